@@ -1,0 +1,65 @@
+"""Run a heavy stage (generation, scoring, training) in its own child process.
+
+Why: memory goes back to the OS when the child exits (vLLM does not release it in-process), and
+vLLM's changes to its host process (LD_PRELOAD, thread binding that turns torch.set_num_threads into
+a no-op) stay in the child instead of leaking into the flow or into a later training stage.
+
+The child gets its keyword arguments as JSON, returns a JSON-able result, and writes its output to a
+log file; on failure the parent raises with the log's tail.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+# vLLM sets these in its host process; a child must start from a clean slate.
+_LEAKY = ("LD_PRELOAD",)
+
+
+def run_isolated(target: str, kwargs: dict, log_dir: str | Path = ".vstar/logs", name: str | None = None):
+    """Call `module:function(**kwargs)` in a child Python and return its result."""
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    name = name or target.rsplit(":", 1)[-1]
+    log_path = log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{os.getpid()}.log"
+    env = {k: v for k, v in os.environ.items() if k not in _LEAKY}
+    env["PYTHONUNBUFFERED"] = "1"
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with tempfile.TemporaryDirectory() as tmp:
+        args, result = Path(tmp) / "args.json", Path(tmp) / "result.json"
+        args.write_text(json.dumps(kwargs))
+        with open(log_path, "w") as log:
+            proc = subprocess.run([sys.executable, "-m", "components.isolation", target, str(args), str(result)],
+                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        if proc.returncode != 0 or not result.exists():
+            tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-40:])
+            raise StageFailed(f"stage {name} failed (exit {proc.returncode}); log: {log_path}\n{tail}")
+        return json.loads(result.read_text())
+
+
+def _main(target: str, args_path: str, result_path: str) -> None:
+    module, fn = target.split(":")
+    kwargs = json.loads(Path(args_path).read_text())
+    out = getattr(importlib.import_module(module), fn)(**kwargs)
+    tmp = result_path + ".tmp"
+    Path(tmp).write_text(json.dumps(out))
+    os.replace(tmp, result_path)
+
+
+if __name__ == "__main__":
+    _main(*sys.argv[1:4])
+    sys.stdout.flush()
+    # vLLM's in-process engine can hang interpreter shutdown on its background threads.
+    os._exit(0)

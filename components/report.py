@@ -1,0 +1,63 @@
+"""The loop's cross-round summary: a markdown table and a PNG plot of the key metrics over rounds."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def key_metrics(rounds: list[dict]) -> tuple[list[int], dict[str, list[float | None]]]:
+    """Per round: pass@1 at each difficulty, best-of-k by PRM vs vote, PRM F1, kept."""
+    levels = sorted({int(k[len("pass1_n"):]) for r in rounds for k in r["evaluate"] if k.startswith("pass1_n")})
+    cols: dict[str, list[float | None]] = {f"pass1_n{n}": [] for n in levels}
+    for extra in ("maj_at_k_all", "bestofk_prm_min_all", "random_at_k_all", "prm_f1", "kept", "minutes"):
+        cols[extra] = []
+    for r in rounds:
+        ev = r["evaluate"]
+        for k in cols:
+            if k == "kept":
+                cols[k].append(r.get("filter", {}).get("kept"))
+            elif k == "minutes":
+                cols[k].append(sum(v.get("seconds", 0) for v in r.values() if isinstance(v, dict)) / 60)
+            else:
+                cols[k].append(ev.get(k))
+    return levels, cols
+
+
+def markdown_table(rounds: list[dict]) -> str:
+    _, cols = key_metrics(rounds)
+    head = "| round | " + " | ".join(cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 1)]
+    for i, r in enumerate(rounds):
+        cells = []
+        for k, v in cols.items():
+            x = v[i]
+            cells.append("-" if x is None else (f"{x:.0f}" if k == "kept" else f"{x:.2f}" if k in ("prm_f1", "minutes")
+                                                 else f"{100 * x:.0f}%"))
+        lines.append(f"| {r['round']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rounds: list[dict], path: str | Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels, cols = key_metrics(rounds)
+    x = [r["round"] for r in rounds]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for n in levels:
+        a.plot(x, [100 * (v or 0) for v in cols[f"pass1_n{n}"]], marker="o", label=f"{n} ops")
+    a.set(xlabel="round", ylabel="greedy pass@1 (%)", title="held-out accuracy by difficulty", ylim=(0, 102))
+    a.legend(fontsize=8)
+    for k, lab in (("bestofk_prm_min_all", "best-of-k by PRM (min)"), ("maj_at_k_all", "majority vote"),
+                   ("random_at_k_all", "random sample")):
+        ys = [None if v is None else 100 * v for v in cols[k]]
+        if any(y is not None for y in ys):
+            b.plot(x, ys, marker="o", label=lab)
+    b.set(xlabel="round", ylabel="accuracy (%)", title="selecting among k samples", ylim=(0, 102))
+    b.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

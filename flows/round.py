@@ -1,0 +1,43 @@
+"""One round of V-STaR-style self-improvement (Hosseini et al. 2024) with step-level verification.
+
+    x_1..x_m  = problems at the curriculum's level                                  (curriculum)
+    y_j ~ G_{n-1}(x), k per problem                                                (generate)
+    s_i(y)    = label of step i: MC rollouts | exact check | PRM_{n-1} | PRM+MC    (score)
+    D_n       = {y : answer(y) right and min_i s_i(y) >= tau}                      (filter)
+    G_n       = SFT(G_{n-1}, D_1..D_n + replayed gold)                             (sft)
+    PRM_n     = train on the scored steps of rounds 1..n                           (train-prm)
+    report    pass@1, maj@k, best-of-k by PRM_n, PRM_n first-error F1 on held-out  (evaluate)
+
+Every stage reads and writes URIs in the object store and publishes with a manifest: a rerun of a
+round skips what is already published, and round n finds its inputs from the store alone.
+"""
+from __future__ import annotations
+
+from prefect import flow
+
+from components import tracking
+from components.config import RunConfig
+from components.loop import round_inputs
+from tasks.evaluate import evaluate_task
+from tasks.filter import filter_task
+from tasks.generate import generate_task
+from tasks.score import score_task
+from tasks.train import prm_task, sft_task
+
+
+@flow(name="vstar-round")
+def run_round(config: RunConfig, round_idx: int) -> dict:
+    n = round_idx
+    run_id = tracking.round_run(config, tracking.loop_run(config), n)
+    inp = round_inputs(config, n)
+    candidates, gen = generate_task(config, inp.generator_uri, n, inp.target, run_id)
+    scored, scores = score_task(config, inp.generator_uri, candidates, n, run_id, inp.prm_uri)
+    filtered, kept = filter_task(config, scored, n, run_id)
+    model, sft = sft_task(config, inp.generator_uri, inp.kept_uris + [filtered], n, run_id)
+    prm, prm_metrics = (prm_task(config, model, inp.scored_uris + [scored], inp.prm_uri, n, run_id)
+                        if config.prm.enabled else (None, {}))
+    _, evaluation = evaluate_task(config, model, n, run_id, prm)
+    tracking.set_terminated(config, run_id)
+    return {"round": n, "run_id": run_id, "target": inp.target, "model_uri": model, "prm_uri": prm,
+            "filtered_uri": filtered, "generate": gen, "score": scores, "filter": kept, "sft": sft,
+            "prm": prm_metrics, "evaluate": evaluation}

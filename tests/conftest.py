@@ -1,0 +1,139 @@
+"""Session fixtures for the external services (S3, MLflow, Prefect server and worker).
+
+All fixtures are lazy: a service starts only when a test (or another fixture) asks for it, once
+per session, and is stopped at the end of the session (process groups; see tests/services.py).
+Everything temporary lives under one directory from tmp_path_factory; logs are in its logs/.
+
+    s3              -> services.S3: .endpoint, .bucket ("vstar-test"), .uri(prefix)
+                       sets AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+                       AWS_DEFAULT_REGION, MLFLOW_S3_ENDPOINT_URL
+    mlflow_server   -> tracking URI "http://127.0.0.1:PORT"; sets MLFLOW_TRACKING_URI
+    prefect_server  -> API URL "http://127.0.0.1:PORT/api"; sets PREFECT_API_URL, PREFECT_HOME
+    prefect_worker  -> work pool name "vstar" (the one prefect.yaml names) (process pool, one ONLINE worker, cwd = repo root)
+
+os.environ changes are undone when the service stops.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# prefect.yaml's pull step runs deployments from $VSTAR_HOME: the worker started below inherits it.
+os.environ.setdefault("VSTAR_HOME", str(Path(__file__).resolve().parent.parent))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import services  # noqa: E402  (tests/services.py)
+
+_STARTUP_TIMES: dict[str, float] = {}
+_STOP_TIMES: dict[str, float] = {}
+_SERVICE_LOGS: list[Path] = []
+
+
+def _refresh_prefect_settings() -> None:
+    """Prefect freezes its settings from os.environ at import; re-read them if it is loaded."""
+    if "prefect.context" in sys.modules:
+        sys.modules["prefect.context"].refresh_global_settings_context()
+
+
+@pytest.fixture(scope="session")
+def service_stack(tmp_path_factory):
+    stack = services.ServiceStack(tmp_path_factory.mktemp("services"))
+    _SERVICE_LOGS.append(stack.logs)
+    try:
+        yield stack
+    finally:
+        stack.close()
+        _STARTUP_TIMES.update(stack.startup_times())
+        _STOP_TIMES.update(stack.stop_times())
+
+
+@pytest.fixture(scope="session")
+def s3(service_stack):
+    handle = service_stack.s3()
+    try:
+        yield handle
+    finally:
+        service_stack.stop(handle.service)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(service_stack, s3):
+    handle = service_stack.mlflow(s3)
+    try:
+        yield handle.uri
+    finally:
+        service_stack.stop(handle.service)
+
+
+@pytest.fixture(scope="session")
+def _prefect_server_handle(service_stack):
+    handle = service_stack.prefect_server()
+    _refresh_prefect_settings()
+    try:
+        yield handle
+    finally:
+        service_stack.stop(handle.service)
+        _refresh_prefect_settings()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(_prefect_server_handle):
+    return _prefect_server_handle.api_url
+
+
+@pytest.fixture(scope="session")
+def prefect_worker(service_stack, _prefect_server_handle):
+    handle = service_stack.prefect_worker(_prefect_server_handle)
+    try:
+        yield handle.pool
+    finally:
+        service_stack.stop(handle.service)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _STARTUP_TIMES:
+        times = ", ".join(f"{k} {v:.1f} s" for k, v in _STARTUP_TIMES.items())
+        stops = ", ".join(f"{k} {v:.1f} s" for k, v in _STOP_TIMES.items())
+        terminalreporter.write_line(f"service startup: {times}")
+        terminalreporter.write_line(f"service stop: {stops}")
+        terminalreporter.write_line(f"service logs: {', '.join(map(str, _SERVICE_LOGS))}")
+
+
+# ------------------------------------------------------------------ a real tiny model, trained once
+
+@pytest.fixture(scope="session")
+def smoke_cfg(tmp_path_factory):
+    from components.config import load_config
+
+    store_dir = tmp_path_factory.mktemp("store")
+    return load_config(Path(__file__).resolve().parent.parent / "configs/smoke.yaml", [f"store_uri={store_dir}"])
+
+
+@pytest.fixture(scope="session")
+def smoke_family(smoke_cfg):
+    from components.families import get_family
+
+    return get_family(smoke_cfg.family, smoke_cfg.seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_uri(smoke_cfg, tmp_path_factory):
+    """The smoke config's bootstrap model, trained from scratch in a child process like the product does."""
+    from components import store
+    from components.isolation import run_isolated
+
+    uri = store.bootstrap_uri(smoke_cfg.store_uri, smoke_cfg.bootstrap_hash())
+    run_isolated("components.stages:bootstrap", {"config": smoke_cfg.model_dump(mode="json"), "out_uri": uri},
+                 log_dir=tmp_path_factory.mktemp("logs"))
+    return uri
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model_uri):
+    from components import store
+
+    return store.fetch_folder(tiny_model_uri)

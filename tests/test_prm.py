@@ -1,0 +1,179 @@
+"""The PRM on the real tiny generator (tests/conftest.py: tiny_model_dir): training, scoring, format.
+
+Training runs with threads=1: on the 2 shared cores of these machines the tiny matmuls ran 5-10x
+slower with 2 threads than with 1 while other jobs were busy (train_prm defaults to all cores).
+"""
+import json
+import math
+import random
+import shutil
+
+import pytest
+
+from components import prm
+from components.families.arith import ANSWER, APPLY
+from components.metrics import first_error_f1
+
+THREADS = 1
+
+
+def planted_trace(fam, p, rng, p_clean=1 / 3) -> dict:
+    """The gold steps, or one slip at a random step (the answer line included), carried forward by the
+    later steps as a real slip would be. Labels come from the family's own first-error check.
+
+    The slip writes a stray leading digit (r -> r + 100*d: a 3-digit value, outside the family's
+    range). A wrong value inside the range (r +- 1..9, or any other 0..99) asks the PRM to redo the
+    arithmetic, which the 133K-parameter smoke backbone did not learn in a test's budget (held-out step
+    accuracy 0.64-0.72, near the base rate, after 57-1,350 steps at lr 3e-4..5e-3). This signal is
+    learned in ~150 steps and still needs the labels on the right tags, and memory of earlier steps
+    (after %10 a carried slip looks right again but is labelled wrong).
+    """
+    ops = p.meta["ops"]
+    slip = -1 if rng.random() < p_clean else rng.randint(0, len(ops))
+    lines, value = [], p.meta["start"]
+    for k, (sym, c) in enumerate(ops):
+        r = APPLY[sym](value, c) + (100 * rng.randint(1, 9) if k == slip else 0)
+        lines.append(f"{value}{sym}{c}={r}")
+        value = r
+    lines.append(f"{ANSWER} {value + (100 * rng.randint(1, 9) if slip == len(ops) else 0)}")
+    completion = fam.steps_text(lines)
+    return {"prompt": p.prompt, "steps": fam.split_steps(completion),
+            "labels": fam.step_labels(p, completion), "first_error": fam.first_error(p, completion)}
+
+
+def gold_example(fam, p, label) -> dict:
+    steps = fam.split_steps(fam.gold_solution(p))
+    return {"prompt": p.prompt, "steps": steps, "labels": [label] * len(steps)}
+
+
+def held_out_traces(fam, seed: int) -> list[dict]:
+    """Traces on eval and train problems: their prompts never occur in the bootstrap split."""
+    rng = random.Random(seed)
+    return [planted_trace(fam, p, rng) for p in fam.problems("eval") + fam.problems("train")]
+
+
+@pytest.fixture(scope="module")
+def planted_prm(tiny_model_dir, smoke_family, tmp_path_factory):
+    rng = random.Random(0)
+    train = [planted_trace(smoke_family, p, rng) for p in smoke_family.problems("bootstrap")[:2400]]
+    out = tmp_path_factory.mktemp("prm") / "planted"
+    stats = prm.train_prm(tiny_model_dir, out, train, epochs=2, lr=2e-3, batch_size=32, seed=0, soft=False,
+                          threads=THREADS)
+    return out, stats
+
+
+def test_learns_planted_first_error(planted_prm, smoke_family):
+    model_dir, stats = planted_prm
+    assert stats["n_heldout"] > 0 and stats["n_train"] + stats["n_heldout"] == 2400
+    assert stats["loss_last"] < 0.5 * stats["loss_first"], stats
+    assert stats["heldout_step_accuracy"] >= 0.9 and stats["heldout_auroc"] >= 0.95, stats
+
+    traces = held_out_traces(smoke_family, seed=1)
+    scores = prm.load_scorer("transformers", model_dir).score([t["prompt"] for t in traces],
+                                                              [t["steps"] for t in traces])
+    assert [len(s) for s in scores] == [len(t["steps"]) for t in traces]
+    hits = [(s >= 0.5) == bool(y) for t, row in zip(traces, scores) for s, y in zip(row, t["labels"])]
+    assert sum(hits) / len(hits) >= 0.9
+    q = first_error_f1([prm.first_error_from_scores(s) for s in scores], [t["first_error"] for t in traces])
+    assert q["n_erroneous"] > 0 and q["n_correct"] > 0  # both kinds present, so F1 means something
+    assert q["f1"] >= 0.8, q
+
+
+def test_auroc_by_ranks():
+    assert prm.auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75
+    assert prm.auroc([0.5, 0.5, 0.5], [True, False, True]) == 0.5  # ties count half
+    assert math.isnan(prm.auroc([0.2, 0.9], [True, True]))
+    assert prm.first_error_from_scores([0.9, 0.6, 0.4, 0.9]) == 2
+    assert prm.first_error_from_scores([0.9, 0.5]) == -1 and prm.first_error_from_scores([]) == -1
+
+
+def test_soft_labels_stay_floats(tiny_model_dir, smoke_family, tmp_path):
+    """A constant 0.7 target: an int() cast would train towards 0 (and the loss towards 0)."""
+    examples = [gold_example(smoke_family, p, 0.7) for p in smoke_family.problems("bootstrap")[:192]]
+    with pytest.raises(ValueError, match="soft=False needs labels 0 or 1"):
+        prm.train_prm(tiny_model_dir, tmp_path / "hard", examples, 1, 3e-3, 16, 0, soft=False, threads=THREADS)
+    stats = prm.train_prm(tiny_model_dir, tmp_path / "soft", examples, 2, 3e-3, 16, 0, soft=True,
+                          threads=THREADS)
+    # Cross-entropy against [0.3, 0.7] can't go below its entropy; it should end close to it.
+    entropy = -(0.7 * math.log(0.7) + 0.3 * math.log(0.3))
+    assert entropy - 1e-4 <= stats["loss_last"] < entropy + 0.02, stats
+    probs = [gold_example(smoke_family, p, None) for p in smoke_family.problems("eval")]
+    scores = prm.load_scorer("transformers", tmp_path / "soft").score([e["prompt"] for e in probs],
+                                                                      [e["steps"] for e in probs])
+    flat = [s for row in scores for s in row]
+    assert all(0.6 <= s <= 0.8 for s in flat), (min(flat), max(flat))
+    assert abs(sum(flat) / len(flat) - 0.7) < 0.05
+
+
+def test_unlabeled_steps_are_not_trained_on(tiny_model_dir, smoke_family, tmp_path):
+    rng = random.Random(5)
+    traces = [planted_trace(smoke_family, p, rng) for p in smoke_family.problems("bootstrap")[:96]]
+
+    unlabeled = [dict(t, labels=[None] * len(t["steps"])) for t in traces]
+    with pytest.raises(ValueError, match="no labeled steps"):
+        prm.train_prm(tiny_model_dir, tmp_path / "none", unlabeled, 1, 2e-3, 16, 0, soft=False, threads=THREADS)
+
+    # Only the first step labeled (None and NaN both mean unlabeled) vs the traces cut after that step:
+    # a tag's logits depend only on the tokens before it, so if unlabeled tags add nothing to the loss,
+    # the two runs are the same run.
+    first_only = [dict(t, labels=[t["labels"][0]] + [None] * (len(t["steps"]) - 2) + [float("nan")])
+                  for t in traces]
+    cut = [dict(t, steps=t["steps"][:1], labels=t["labels"][:1]) for t in traces]
+    a = prm.train_prm(tiny_model_dir, tmp_path / "a", first_only, 1, 2e-3, 16, 0, soft=False, threads=THREADS)
+    b = prm.train_prm(tiny_model_dir, tmp_path / "b", cut, 1, 2e-3, 16, 0, soft=False, threads=THREADS)
+    assert a["n_train_steps"] == b["n_train_steps"] == a["n_train"]
+    assert a["loss_first"] == pytest.approx(b["loss_first"], abs=1e-5)
+    assert a["loss_last"] == pytest.approx(b["loss_last"], abs=1e-5)
+    prompts, steps = [t["prompt"] for t in cut], [t["steps"] for t in cut]
+    sa = prm.load_scorer("transformers", tmp_path / "a").score(prompts, steps)
+    sb = prm.load_scorer("transformers", tmp_path / "b").score(prompts, steps)
+    assert max(abs(x[0] - y[0]) for x, y in zip(sa, sb)) < 1e-5
+
+
+def test_format_file_is_the_source_of_truth(planted_prm, tmp_path):
+    from transformers import AutoTokenizer
+
+    model_dir, _ = planted_prm
+    fmt = json.loads((model_dir / prm.FORMAT_FILE).read_text())
+    tag_id = AutoTokenizer.from_pretrained(str(model_dir)).convert_tokens_to_ids("<step>")
+    assert fmt == {"step_tag": "<step>", "step_tag_id": tag_id, "template": "{step}<step>\n",
+                   "label_convention": "class 1 = good; soft labels = P(good)", "positive_class": 1}
+    assert prm.load_format(model_dir) == fmt == prm.load_scorer("transformers", model_dir).fmt
+    assert prm.format_input("1 +1\n", ["1+1=2", "Answer: 2"]) == "1 +1\n1+1=2<step>\nAnswer: 2<step>\n"
+
+    missing = tmp_path / "no-format"
+    shutil.copytree(model_dir, missing)
+    (missing / prm.FORMAT_FILE).unlink()
+    for backend in ("transformers", "vllm"):  # vllm fails before it starts an engine
+        with pytest.raises(FileNotFoundError, match="prm_format.json"):
+            prm.load_scorer(backend, missing)
+
+    wrong = tmp_path / "wrong-id"
+    shutil.copytree(model_dir, wrong)
+    (wrong / prm.FORMAT_FILE).write_text(json.dumps(dict(fmt, step_tag_id=tag_id - 1)))
+    with pytest.raises(ValueError, match="prm_format.json"):
+        prm.load_scorer("transformers", wrong)
+
+    # A PRM dir as init: trained on as is, no second tag, same format.
+    again = tmp_path / "again"
+    prm.train_prm(model_dir, again, [{"prompt": "1 +1\n", "steps": ["1+1=2", "Answer: 2"], "labels": [1, 1]}],
+                  1, 1e-4, 4, 0, soft=False, heldout_fraction=0, threads=THREADS)
+    assert prm.load_format(again) == fmt
+    assert len(AutoTokenizer.from_pretrained(str(again))) == len(AutoTokenizer.from_pretrained(str(model_dir)))
+
+
+def test_vllm_matches_transformers(planted_prm, smoke_family):
+    """Last in this module: an in-process vLLM engine changes its host process (see stack notes)."""
+    model_dir, _ = planted_prm
+    traces = held_out_traces(smoke_family, seed=2)[::5][:14]
+    prompts = [t["prompt"] for t in traces] + ["40 -1\n", "12 +3 *2\n"]
+    steps = [t["steps"] for t in traces] + [[], ["12+3=15"]]  # no step at all; a trace cut short
+    assert len({len(s) for s in steps}) >= 4
+    hf = prm.load_scorer("transformers", model_dir).score(prompts, steps)
+    engine = prm.load_scorer("vllm", model_dir, max_model_len=256, kv_cache_bytes=32 << 20)
+    try:
+        vl = engine.score(prompts, steps)
+    finally:
+        del engine
+    assert [len(r) for r in vl] == [len(s) for s in steps]
+    assert max(abs(x - y) for a, b in zip(hf, vl) for x, y in zip(a, b)) < 1e-4

@@ -1,0 +1,46 @@
+import json
+
+import datasets
+import pytest
+
+from components import store
+
+
+def test_local_publish_and_read_back(tmp_path):
+    uri = str(tmp_path / "loops/x/round-1/filtered")
+    assert not store.is_published(uri)
+    m = store.write_rows([{"a": 1, "s": [0.5, 1.0]}, {"a": 2, "s": []}], uri, {"metrics": {"kept": 2}})
+    assert m["rows"] == 2 and store.read_manifest(uri)["metrics"] == {"kept": 2}
+    assert store.read_rows(uri) == [{"a": 1, "s": [0.5, 1.0]}, {"a": 2, "s": []}]
+
+
+def test_files_without_manifest_are_not_published(tmp_path):
+    """What a writer that died before its manifest leaves behind is not readable as a dataset."""
+    uri = str(tmp_path / "half")
+    (tmp_path / "half").mkdir()
+    datasets.Dataset.from_list([{"a": 1}]).to_parquet(str(tmp_path / "half/data.parquet"))
+    assert not store.is_published(uri)
+    with pytest.raises(store.NotPublished, match="half"):
+        store.read_rows(uri)
+
+
+def test_republish_unpublishes_first(tmp_path):
+    uri = str(tmp_path / "d")
+    store.write_rows([{"a": 1}], uri)
+    first = store.read_manifest(uri)["sha256"]
+    store.write_rows([{"a": 2}], uri)
+    assert store.read_manifest(uri)["sha256"] != first and store.read_rows(uri) == [{"a": 2}]
+
+
+def test_s3_roundtrip_readable_with_plain_datasets(s3, tmp_path):
+    uri = s3.uri("unit/filtered")
+    store.write_rows([{"q": "1 +2\n", "ok": True}], uri)
+    ds = datasets.load_dataset("parquet", data_files=f"{uri}/data.parquet", split="train",
+                               storage_options=store.storage_options(uri))
+    assert ds.to_list() == [{"q": "1 +2\n", "ok": True}]
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"x": 1}))
+    store.publish_folder(folder, s3.uri("unit/model"), {"kind": "model"})
+    local = store.fetch_folder(s3.uri("unit/model"), cache_root=tmp_path / "cache")
+    assert json.loads((local / "config.json").read_text()) == {"x": 1}
