@@ -15,10 +15,10 @@ import hashlib
 import json
 import math
 import os
-import random
-import time
 from pathlib import Path
 from typing import Callable
+
+from components.training import fit
 
 STEP_TAG = "<step>"
 TEMPLATE = "{step}" + STEP_TAG + "\n"
@@ -182,7 +182,6 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
     # (measured here: tiny matmuls with 2 threads on 2 busy cores ran 5-10x slower than with 1).
     torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
     torch.manual_seed(seed)
-    rng = random.Random(seed)
     init_dir, out_dir = Path(init_dir), Path(out_dir)
     model, tok, fmt = _init_model(init_dir)
 
@@ -201,21 +200,7 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
         raise ValueError(f"no labeled steps to train on among {len(train_idx)} training traces "
                          f"(labels None/NaN mean unlabeled)")
 
-    steps = max(1, math.ceil(len(data) * epochs / batch_size))
-    warmup = int(steps * WARMUP_RATIO)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))))
-    model.train()
-    order: list[int] = []
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    for step in range(steps):
-        if len(order) < batch_size:
-            more = list(range(len(data)))
-            rng.shuffle(more)
-            order += more
-        idx, order = order[:batch_size], order[batch_size:]
+    def batch_loss(idx: list[int]):
         batch = [data[i] for i in idx]
         input_ids, attn = _pad([ids for ids, _ in batch], tok.pad_token_id)
         rows = torch.tensor([b for b, (_, pairs) in enumerate(batch) for _ in pairs])
@@ -225,17 +210,9 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
         # Probability targets: for soft y this is BCE on the logit difference; for y in {0, 1} it is
         # exactly plain cross-entropy. One formula, and the float target is never rounded.
         target = torch.stack([1 - y, y], dim=-1) if fmt["positive_class"] == 1 else torch.stack([y, 1 - y], dim=-1)
-        loss = torch.nn.functional.cross_entropy(logits, target)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if log and (step % 50 == 0 or step == steps - 1):
-            log(step, {"train_loss": sum(losses[-50:]) / len(losses[-50:]), "lr": sched.get_last_lr()[0]})
-    model.eval()
-    seconds = time.perf_counter() - t0
+        return torch.nn.functional.cross_entropy(logits, target)
+
+    stats = fit(model, len(data), batch_loss, epochs, lr, batch_size, seed, WARMUP_RATIO, log)
 
     # Held-out quality, on labeled steps only; a soft label counts as positive when P(good) >= 0.5.
     probs = _step_probs(model, tok, fmt, [examples[i]["prompt"] for i in held_idx],
@@ -247,10 +224,7 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
     model.save_pretrained(str(out_dir))
     tok.save_pretrained(str(out_dir))
     (out_dir / FORMAT_FILE).write_text(json.dumps(fmt, indent=2) + "\n")
-    head = losses[: max(1, min(20, len(losses)))]
-    tail = losses[-max(1, min(20, len(losses))):]
-    return {"loss_first": sum(head) / len(head), "loss_last": sum(tail) / len(tail), "steps": steps,
-            "seconds": seconds, "heldout_auroc": auroc([p for p, _ in flat], [y >= 0.5 for _, y in flat]),
+    return {**stats, "heldout_auroc": auroc([p for p, _ in flat], [y >= 0.5 for _, y in flat]),
             "heldout_step_accuracy": acc, "n_train": len(train_idx), "n_heldout": len(held_idx),
             "n_train_steps": sum(len(pairs) for _, pairs in data)}
 

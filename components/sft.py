@@ -39,7 +39,8 @@ def _lora_config(lora: dict):
 
 
 def make_trainer(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[str, str]], epochs: float, lr: float,
-                 batch_size: int, seed: int, lora: dict | None = None, log: Callable[[int, dict], None] | None = None):
+                 batch_size: int, seed: int, lora: dict | None = None, log: Callable[[int, dict], None] | None = None,
+                 warmup_ratio: float = 0.05):
     """An SFTTrainer ready to `.train()`; its `train_dataset` is already tokenized (tests inspect it)."""
     import torch
     from datasets import Dataset
@@ -52,7 +53,7 @@ def make_trainer(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[st
     steps = max(1, math.ceil(len(pairs) * epochs / batch_size))
     args = SFTConfig(
         output_dir=str(out_dir), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=batch_size,
-        seed=seed, data_seed=seed, lr_scheduler_type="cosine", warmup_steps=0.05,
+        seed=seed, data_seed=seed, lr_scheduler_type="cosine", warmup_steps=warmup_ratio,  # < 1: a ratio in transformers 5
         bf16=False, fp16=False, use_cpu=True, report_to=[], save_strategy="no", dataloader_num_workers=0,
         # ~50 points per curve however long the run; a loss point costs nothing beyond the step itself.
         logging_steps=max(1, steps // 50), logging_first_step=True, disable_tqdm=True,
@@ -77,7 +78,8 @@ def make_trainer(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[st
 
 
 def sft(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[str, str]], epochs: float, lr: float,
-        batch_size: int, seed: int, lora: dict | None = None, log: Callable[[int, dict], None] | None = None) -> dict:
+        batch_size: int, seed: int, lora: dict | None = None, log: Callable[[int, dict], None] | None = None,
+        warmup_ratio: float = 0.05) -> dict:
     """Fine-tune the model in `base_dir` on `pairs` and save the result to `out_dir`.
 
     Full fine-tuning saves model + tokenizer. With `lora` ({"r", "alpha", "dropout", "target_modules"}) only the
@@ -85,7 +87,7 @@ def sft(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[str, str]],
     Returns {'loss_first', 'loss_last', 'steps', 'seconds', 'log_history': [{'step', 'loss', 'lr'}, ...]}.
     """
     out_dir = Path(out_dir)
-    trainer = make_trainer(base_dir, out_dir, pairs, epochs, lr, batch_size, seed, lora, log)
+    trainer = make_trainer(base_dir, out_dir, pairs, epochs, lr, batch_size, seed, lora, log, warmup_ratio)
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0

@@ -305,7 +305,8 @@ def train_generator(config: dict, model_uri: str, out_uri: str, round_idx: int, 
     with tempfile.TemporaryDirectory() as tmp:
         lora = cfg.sft.lora.model_dump() if cfg.sft.lora else None
         stats = sft(str(folder), tmp, data, epochs=cfg.sft.epochs, lr=cfg.sft.lr, batch_size=cfg.sft.batch_size,
-                    seed=cfg.seed + round_idx, lora=lora, log=lambda step, m: curve.append((step, m["train_loss"])))
+                    seed=cfg.seed + round_idx, lora=lora, log=lambda step, m: curve.append((step, m["train_loss"])),
+                    warmup_ratio=cfg.sft.warmup_ratio)
         if lora:
             Path(tmp, "adapter_base.json").write_text(json.dumps({"base_uri": base_uri}))
         metrics = {"examples": len(data), "kept_examples": len(pairs), "replay_examples": len(gold),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from components.config import TrainConfig
 
@@ -35,19 +35,20 @@ def collate(batch: list[tuple[list[int], int]], pad_id: int):
     return input_ids, attn, labels
 
 
-def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], cfg: TrainConfig, seed: int,
-                    log: Callable[[int, dict], None] | None = None, threads: int | None = None) -> dict:
-    """Train in place; returns {'loss_first', 'loss_last', 'steps', 'seconds'}."""
+def fit(model, n_items: int, batch_loss: Callable[[list[int]], Any], epochs: float, lr: float,
+        batch_size: int, seed: int, warmup_ratio: float = 0.05, log: Callable[[int, dict], None] | None = None,
+        threads: int | None = None) -> dict:
+    """The one training loop (bootstrap LM, PRM): AdamW, linear warmup then cosine, shuffled epochs.
+    `batch_loss(indices)` returns the loss of those items. Returns {'loss_first', 'loss_last', 'steps', 'seconds'}."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    data = encode_examples(tokenizer, pairs)
-    steps = max(1, math.ceil(len(data) * cfg.epochs / cfg.batch_size))
-    warmup = int(steps * cfg.warmup_ratio)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    steps = max(1, math.ceil(n_items * epochs / batch_size))
+    warmup = int(steps * warmup_ratio)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))))
     model.train()
@@ -55,13 +56,12 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], cfg: TrainCo
     losses: list[float] = []
     t0 = time.perf_counter()
     for step in range(steps):
-        if len(order) < cfg.batch_size:
-            more = list(range(len(data)))
+        if len(order) < batch_size:
+            more = list(range(n_items))
             rng.shuffle(more)
             order += more
-        idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
-        input_ids, attn, labels = collate([data[i] for i in idx], tokenizer.pad_token_id)
-        loss = model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
+        idx, order = order[:batch_size], order[batch_size:]
+        loss = batch_loss(idx)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -71,7 +71,18 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], cfg: TrainCo
         if log and (step % 50 == 0 or step == steps - 1):
             log(step, {"train_loss": sum(losses[-50:]) / len(losses[-50:]), "lr": sched.get_last_lr()[0]})
     model.eval()
-    head = losses[: max(1, min(20, len(losses)))]
-    tail = losses[-max(1, min(20, len(losses))):]
-    return {"loss_first": sum(head) / len(head), "loss_last": sum(tail) / len(tail), "steps": steps,
+    k = max(1, min(20, len(losses)))
+    return {"loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k, "steps": steps,
             "seconds": time.perf_counter() - t0}
+
+
+def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], cfg: TrainConfig, seed: int,
+                    log: Callable[[int, dict], None] | None = None, threads: int | None = None) -> dict:
+    """Train in place on (prompt, completion) pairs, loss on the completion only."""
+    data = encode_examples(tokenizer, pairs)
+
+    def batch_loss(idx: list[int]):
+        input_ids, attn, labels = collate([data[i] for i in idx], tokenizer.pad_token_id)
+        return model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
+
+    return fit(model, len(data), batch_loss, cfg.epochs, cfg.lr, cfg.batch_size, seed, cfg.warmup_ratio, log, threads)

@@ -14,7 +14,7 @@ from components.config import ConfigError, dump_yaml, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # Wide enough for the round table even when stdout is a pipe or a CI log.
-console = Console(width=None if Console().is_terminal else 140)
+console = Console(width=None if Console().is_terminal else 200)
 SET_HELP = "Override a config field, e.g. --set generation.k=8 (repeatable)."
 
 

@@ -42,4 +42,5 @@ def test_deploy_and_run_smoke_on_worker(s3, mlflow_server, prefect_worker, smoke
     runs = mlflow.MlflowClient(mlflow_server).search_runs(
         [mlflow.MlflowClient(mlflow_server).get_experiment_by_name(cfg.experiment).experiment_id],
         f"tags.`vstar.loop_id` = '{loop_id}' and tags.`vstar.round` = '1'")
-    assert len(runs) == 1 and runs[0].data.metrics["generate/traces"] == 40 * 2
+    m = runs[0].data.metrics
+    assert len(runs) == 1 and m["generate/traces"] == m["generate/problems"] * 2 > 0  # k=2 reached the worker
