@@ -145,9 +145,16 @@ def fetch_folder(uri: str, cache_root: str | Path = ".vstar/cache") -> Path:
 
 # ---------------------------------------------------------------- datasets (parquet through `datasets`)
 
+def _datasets():
+    import datasets
+
+    datasets.disable_progress_bars()  # per-call bars for small tables only clutter stage logs
+    return datasets
+
+
 def write_rows(rows: list[dict], uri: str, meta: dict[str, Any] | None = None) -> dict:
     """Publish rows as one parquet file plus a manifest with the row count."""
-    import datasets
+    datasets = _datasets()
 
     with tempfile.TemporaryDirectory() as tmp:
         ds = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({})
@@ -157,7 +164,7 @@ def write_rows(rows: list[dict], uri: str, meta: dict[str, Any] | None = None) -
 
 def read_dataset(uri: str):
     """The published dataset at `uri` as a `datasets.Dataset`."""
-    import datasets
+    datasets = _datasets()
 
     manifest = read_manifest(uri)
     if manifest.get("rows", 0) == 0:

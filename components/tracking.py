@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 from components.config import RunConfig, dump_yaml
@@ -95,7 +96,9 @@ def log_dataset(cfg: RunConfig, run_id: str, uri: str, name: str, context: str) 
 
     from components.store import read_dataset
 
-    ds = mlflow.data.from_pandas(read_dataset(uri).to_pandas(), source=uri, name=name)
+    with warnings.catch_warnings():  # MLflow's notes on ambiguous local sources and int columns: noise here
+        warnings.simplefilter("ignore", UserWarning)
+        ds = mlflow.data.from_pandas(read_dataset(uri).to_pandas(), source=uri, name=name)
     client(cfg).log_inputs(run_id, datasets=[_dataset_input(ds, context, InputTag)])
 
 
