@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from components.config import GenerationConfig
@@ -138,6 +138,3 @@ class TransformersBackend:
                 results.append(samples)
         return results
 
-
-def as_dicts(samples: list[list[Sample]]) -> list[list[dict]]:
-    return [[asdict(s) for s in row] for row in samples]

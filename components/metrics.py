@@ -21,7 +21,3 @@ def first_error_f1(predicted: list[int], gold: list[int]) -> dict[str, float]:
     return {"f1": f1, "acc_erroneous": acc_err, "acc_correct": acc_ok,
             "n_erroneous": float(len(err)), "n_correct": float(len(ok))}
 
-
-def first_error_from_labels(labels: list[int]) -> int:
-    """Index of the first 0 in a list of 0/1 step labels, or -1."""
-    return next((i for i, y in enumerate(labels) if not y), -1)

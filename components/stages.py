@@ -191,7 +191,7 @@ def score(config: dict, model_uri: str, candidates_uri: str, out_uri: str, round
         # Label quality of Monte Carlo on a sample, even when filtering does not use it.
         audit = random.Random(seed).sample(range(len(rows)), min(cfg.scoring.audit_mc, len(rows)))
         saved = [dict(rows[i]) for i in audit]
-        mc(audit)
+        stats.update({f"audit_{k}": v for k, v in mc(audit).items()})  # audit_mc_rollouts, ...
         q = first_error_f1([rows[i]["label_first_error"] for i in audit], [rows[i]["gold_first_error"] for i in audit])
         stats.update({f"audit_mc_{k}": v for k, v in q.items()})
         for i, old in zip(audit, saved):

@@ -177,14 +177,3 @@ def read_dataset(uri: str):
 def read_rows(uri: str) -> list[dict]:
     return read_dataset(uri).to_list()
 
-
-def write_json(obj: Any, uri: str) -> None:
-    fs, path = fs_for(uri)
-    fs.makedirs(fs._parent(path), exist_ok=True)
-    _retry(fs.pipe_file, path, json.dumps(obj, indent=1, sort_keys=True).encode())
-
-
-def read_json(uri: str) -> Any:
-    fs, path = fs_for(uri)
-    with fs.open(path, "r") as f:
-        return json.load(f)

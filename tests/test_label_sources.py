@@ -20,7 +20,7 @@ def test_gold_labels_are_exact_and_mc_audit_reports_its_quality(scored_gold, tin
     audited = cfg.model_copy(update={"scoring": cfg.scoring.model_copy(update={"audit_mc": 20})})
     m = stages.score(audited.model_dump(mode="json"), tiny_model_uri, f"{base}/candidates", f"{base}/scored-audit", 1)
     assert 0.0 <= m["audit_mc_f1"] <= 1.0 and m["audit_mc_n_erroneous"] + m["audit_mc_n_correct"] == 20
-    assert m["mc_rollouts"] > 0
+    assert m["audit_mc_rollouts"] > 0 and "mc_rollouts" not in m  # counted as audit, not as labelling
     # the audit does not change the labels used for filtering
     rows = store.read_rows(f"{base}/scored-audit")
     assert {r["label_source"] for r in rows} == {"gold"}
