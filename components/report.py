@@ -56,7 +56,71 @@ def plot(rounds: list[dict], path: str | Path, title: str = "") -> Path:
             b.plot(x, ys, marker="o", label=lab)
     b.set(xlabel="round", ylabel="accuracy (%)", title="selecting among k samples", ylim=(0, 102))
     b.legend(fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+# ------------------------------------------------------------------ comparing loops from MLflow
+
+def rounds_from_runs(runs) -> list[dict]:
+    """Round dicts shaped like the flow's results, rebuilt from MLflow child runs ("stage/key" metrics)."""
+    out = []
+    for run in sorted(runs, key=lambda r: int(r.data.tags["vstar.round"])):
+        r: dict = {"round": int(run.data.tags["vstar.round"]), "run_id": run.info.run_id, "evaluate": {}}
+        for key, v in run.data.metrics.items():
+            stage, _, name = key.partition("/")
+            r.setdefault("filter" if stage == "filter_traces" else stage, {})[name] = v
+        out.append(r)
+    return out
+
+
+def comparison_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
+    """Rounds x key metrics for each loop, each value with its change since the loop's previous round."""
+    levels = sorted({n for rounds in loops.values() for n in key_metrics(rounds)[0]})
+    keys = [f"pass1_n{n}" for n in levels] + ["maj_at_k_all", "bestofk_prm_min_all", "prm_f1", "kept"]
+    rows = []
+    for loop, rounds in loops.items():
+        _, cols = key_metrics(rounds)
+        for i, r in enumerate(rounds):
+            cells = [loop, str(r["round"])]
+            for k in keys:
+                v = cols.get(k, [None] * len(rounds))[i]
+                prev = cols.get(k, [None] * len(rounds))[i - 1] if i else None
+                pct = k not in ("prm_f1", "kept")
+                fmt = (lambda x: f"{100 * x:.0f}%") if pct else (lambda x: f"{x:.2f}" if k == "prm_f1" else f"{x:.0f}")
+                delta = "" if v is None or prev is None else f" ({'+' if v >= prev else ''}{(100 if pct else 1) * (v - prev):.{0 if pct or k == 'kept' else 2}f})"
+                cells.append("-" if v is None else fmt(v) + delta)
+            rows.append(cells)
+    return ["loop", "round"] + keys, rows
+
+
+def plot_comparison(loops: dict[str, list[dict]], path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for loop, rounds in loops.items():
+        levels, cols = key_metrics(rounds)
+        x = [r["round"] for r in rounds]
+        if levels:
+            axes[0].plot(x, [100 * (v or 0) for v in cols[f"pass1_n{levels[-1]}"]], marker="o", label=f"{loop} ({levels[-1]} ops)")
+        axes[1].plot(x, [100 * (r["evaluate"].get("pass1_all") or 0) for r in rounds], marker="o", label=loop)
+    axes[0].set(xlabel="round", ylabel="greedy pass@1 (%)", title="hardest held-out level", ylim=(0, 102))
+    axes[1].set(xlabel="round", ylabel="greedy pass@1 (%)", title="all held-out levels", ylim=(0, 102))
+    from matplotlib.ticker import MaxNLocator
+
+    for a in axes:
+        a.legend(fontsize=8)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

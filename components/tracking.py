@@ -110,3 +110,16 @@ def _dataset_input(ds, context: str, InputTag):
 
 def set_terminated(cfg: RunConfig, run_id: str, status: str = "FINISHED") -> None:
     client(cfg).set_terminated(run_id, status)
+
+
+def loop_runs(c, experiment: str, loop_id: str):
+    """(parent run, child runs) of a loop, found by tags; raises with the loop id if there is none."""
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(f"no MLflow experiment {experiment!r} at {c.tracking_uri}")
+    parents = c.search_runs([exp.experiment_id], f"tags.`{LOOP_TAG}` = '{loop_id}' and tags.`{KIND_TAG}` = 'loop'")
+    if not parents:
+        raise ValueError(f"no loop {loop_id!r} in experiment {experiment!r} at {c.tracking_uri}")
+    parent = parents[0]
+    children = c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return parent, children

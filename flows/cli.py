@@ -14,7 +14,7 @@ from components.config import ConfigError, dump_yaml, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # Wide enough for the round table even when stdout is a pipe or a CI log.
-console = Console(width=None if Console().is_terminal else 200)
+console = Console(width=None if Console().is_terminal else 240)
 SET_HELP = "Override a config field, e.g. --set generation.k=8 (repeatable)."
 
 
@@ -52,6 +52,37 @@ def run(config: Optional[Path] = typer.Argument(None, help="YAML config; embedde
     t0 = time.perf_counter()
     result = self_improve(cfg)
     print_summary(result, time.perf_counter() - t0)
+
+
+@app.command()
+def compare(loops: list[str] = typer.Argument(..., help="Loop ids, e.g. demo-aac74faae2."),
+            tracking_uri: Optional[str] = typer.Option(None, help="Default: $MLFLOW_TRACKING_URI, else .vstar/mlflow.db."),
+            experiment: str = "vstar", out: Path = typer.Option(Path("compare.png"), help="PNG plot to write.")):
+    """Rounds x key metrics of one or more loops, read from MLflow, with changes since the previous round."""
+    from mlflow import MlflowClient
+
+    from components import report, tracking
+
+    c = MlflowClient(tracking_uri or tracking.tracking_uri())
+    found = {}
+    for loop in loops:
+        try:
+            found[loop] = tracking.loop_runs(c, experiment, loop)
+        except ValueError as e:
+            console.print(f"[red]{e}[/red]")
+            raise typer.Exit(2)
+    rounds = {loop: report.rounds_from_runs(children) for loop, (_, children) in found.items()}
+    header, rows = report.comparison_rows(rounds)
+    t = Table(title="rounds compared (greedy pass@1 on held-out problems; change since the previous round)")
+    for col in header:
+        t.add_column(col, justify="right")
+    for row in rows:
+        t.add_row(*row)
+    console.print(t)
+    report.plot_comparison(rounds, out)
+    for parent, _ in found.values():
+        c.log_artifact(parent.info.run_id, str(out), "compare")
+    console.print(f"plot: {out} (also logged to each loop's parent run under compare/)")
 
 
 def _pct(x) -> str:

@@ -69,3 +69,25 @@ def test_rerun_skips_published_stages(loop_result, s3_cfg):
     after = store.read_manifest(uri)
     assert before["published_at"] == after["published_at"] and before["sha256"] == after["sha256"]
     assert again["rounds"][2]["evaluate"] == loop_result["rounds"][2]["evaluate"]
+
+
+def test_compare_reads_rounds_from_mlflow_server(loop_result, s3_cfg, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "cmp.png"
+    vstar = str(Path(sys.executable).parent / "vstar")
+    res = subprocess.run([vstar, "compare", loop_result["loop_id"], "--tracking-uri", s3_cfg.tracking_uri,
+                          "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = [ln for ln in res.stdout.splitlines() if loop_result["loop_id"] in ln]
+    assert len(lines) == 3  # rounds 0, 1, 2
+    r1, r2 = (loop_result["rounds"][n]["evaluate"]["pass1_n1"] for n in (1, 2))
+    assert f"{100 * r2:.0f}% ({'+' if r2 >= r1 else ''}{100 * (r2 - r1):.0f})" in lines[2]  # value and delta
+    assert out.stat().st_size > 10_000  # a real plot, not an empty file
+    client = mlflow.MlflowClient(s3_cfg.tracking_uri)
+    assert "compare/cmp.png" in {a.path for a in client.list_artifacts(loop_result["parent_run_id"], "compare")}
+    missing = subprocess.run([vstar, "compare", "no-such-loop", "--tracking-uri", s3_cfg.tracking_uri],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "no-such-loop" in missing.stdout
