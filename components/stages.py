@@ -63,6 +63,12 @@ def bootstrap(config: dict, out_uri: str) -> dict:
 
 # ----------------------------------------------------------------------------------------- generation
 
+def _lora_base(folder: Path) -> str | None:
+    """The base model URI of a LoRA adapter folder, None for a full checkpoint."""
+    marker = folder / "adapter_base.json"
+    return json.loads(marker.read_text())["base_uri"] if marker.exists() else None
+
+
 class _Generator:
     """The round's generator: a full checkpoint, or a LoRA adapter served on its base (never merged)."""
 
@@ -70,12 +76,12 @@ class _Generator:
         from components.generation import load_backend
 
         folder = store.fetch_folder(model_uri)
-        adapter = folder / "adapter_base.json"
+        base_uri = _lora_base(folder)
         self.lora = None
-        if adapter.exists():
+        if base_uri:
             from components.sft import vllm_lora_request
 
-            base = store.fetch_folder(json.loads(adapter.read_text())["base_uri"])
+            base = store.fetch_folder(base_uri)
             self.backend = load_backend(cfg.generation.backend, str(base), cfg.generation, cfg.model.max_positions,
                                         enable_lora=True, max_lora_rank=cfg.sft.lora.r if cfg.sft.lora else 8)
             self.lora = vllm_lora_request(str(folder))
@@ -86,10 +92,6 @@ class _Generator:
         if self.lora is None:
             return self.backend.generate(prompts, sampling)
         return self.backend.generate(prompts, sampling, lora_request=self.lora)
-
-
-def _backend(cfg: RunConfig, model_uri: str) -> _Generator:
-    return _Generator(cfg, model_uri)
 
 
 def round_problems(cfg: RunConfig, fam, target: int | None, round_idx: int) -> list[Problem]:
@@ -118,7 +120,7 @@ def generate(config: dict, model_uri: str, out_uri: str, round_idx: int, target:
     problems = round_problems(cfg, fam, target, round_idx)
     g = cfg.generation
     t0 = time.perf_counter()
-    backend = _backend(cfg, model_uri)
+    backend = _Generator(cfg, model_uri)
     t_load = time.perf_counter() - t0
     outs = backend.generate([p.prompt for p in problems], Sampling(
         n=g.k, temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens, seed=g.seed + 1000 * round_idx))
@@ -158,7 +160,7 @@ def score(config: dict, model_uri: str, candidates_uri: str, out_uri: str, round
     engine: list = []  # started on first use: gold and PRM scoring need no generator
 
     def mc(idx: list[int]) -> dict:
-        engine or engine.append(_backend(cfg, model_uri))
+        engine or engine.append(_Generator(cfg, model_uri))
         results, st = montecarlo.estimate(fam, engine[0], [items[i] for i in idx], cfg.scoring.mc,
                                           cfg.generation.max_tokens, seed)
         for i, res in zip(idx, results):
@@ -231,7 +233,7 @@ def evaluate(config: dict, model_uri: str, out_uri: str, tag: str, prm_uri: str 
     fam = get_family(cfg.family, cfg.seed)
     problems = fam.problems("eval")
     t0 = time.perf_counter()
-    gen = _backend(cfg, model_uri)
+    gen = _Generator(cfg, model_uri)
     outs = gen.generate([p.prompt for p in problems], Sampling(n=1, temperature=0.0, max_tokens=cfg.generation.max_tokens))
     rows = [{**_problem_row(p), "kind": "greedy", "sample": 0, "completion": o[0].text,
              "correct": fam.is_correct(p, o[0].text), "gold_first_error": fam.first_error(p, o[0].text)}
@@ -289,18 +291,17 @@ def train_generator(config: dict, model_uri: str, out_uri: str, round_idx: int, 
         if (r["prompt"], r["completion"]) not in seen:
             seen.add((r["prompt"], r["completion"]))
             pairs.append((r["prompt"], r["completion"]))
-    pairs = pairs[: cfg.sft.max_examples]
-    rng = random.Random(f"{cfg.seed}/sft/{round_idx}")
-    gold = rng.sample(fam.problems("bootstrap"), min(int(len(pairs) * cfg.sft.replay_gold), len(fam.problems("bootstrap"))))
-    data = pairs + [(p.prompt, fam.gold_solution(p)) for p in gold]
-    rng.shuffle(data)
     if not pairs:
         raise ValueError(f"round {round_idx}: no kept traces to train on in {kept_uris}")
-    folder = store.fetch_folder(model_uri)
-    base_uri = model_uri
-    if (folder / "adapter_base.json").exists():  # LoRA: each round trains a fresh adapter on the same base
-        base_uri = json.loads((folder / "adapter_base.json").read_text())["base_uri"]
-        folder = store.fetch_folder(base_uri)
+    pairs = pairs[: cfg.sft.max_examples]
+    rng = random.Random(f"{cfg.seed}/sft/{round_idx}")
+    boot = fam.problems("bootstrap")
+    gold = rng.sample(boot, min(int(len(pairs) * cfg.sft.replay_gold), len(boot)))
+    data = pairs + [(p.prompt, fam.gold_solution(p)) for p in gold]
+    rng.shuffle(data)
+    # LoRA: each round trains a fresh adapter on the same base
+    base_uri = _lora_base(store.fetch_folder(model_uri)) or model_uri
+    folder = store.fetch_folder(base_uri)
     curve: list = []
     with tempfile.TemporaryDirectory() as tmp:
         lora = cfg.sft.lora.model_dump() if cfg.sft.lora else None
@@ -337,9 +338,7 @@ def train_prm(config: dict, generator_uri: str, out_uri: str, round_idx: int, sc
     if cfg.prm.init_from == "previous" and previous_prm_uri:
         init = store.fetch_folder(previous_prm_uri)
     else:
-        init = store.fetch_folder(generator_uri)
-        if (init / "adapter_base.json").exists():
-            init = store.fetch_folder(json.loads((init / "adapter_base.json").read_text())["base_uri"])
+        init = store.fetch_folder(_lora_base(store.fetch_folder(generator_uri)) or generator_uri)
     curve: list = []
     with tempfile.TemporaryDirectory() as tmp:
         stats = prm.train_prm(str(init), tmp, examples, epochs=cfg.prm.epochs, lr=cfg.prm.lr,
