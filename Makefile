@@ -27,8 +27,11 @@ demo: install
 	$(VENV)/bin/vstar run $(CONFIG) $(ARGS)
 
 # The test session starts (and stops) moto's S3 server, an MLflow server and a Prefect server and
-# worker on free 127.0.0.1 ports: nothing needs to be running beforehand.
+# worker on free 127.0.0.1 ports: nothing needs to be running beforehand. The HTML trace report is
+# checked in headless Chromium: Debian's package, installed here when missing (CI starts clean).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 test: install
+	command -v chromium >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
 	$(PY) -m pytest -q $(ARGS)
 
 bench: install

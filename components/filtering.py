@@ -17,10 +17,13 @@ AGGREGATES = {
 }
 
 
-def aggregate(scores: list[float], how: str = "min") -> float:
+def aggregate(scores: list[float | None], how: str = "min") -> float:
+    """Over the labelled steps (None = a source said nothing about the step). A trace with no
+    labelled step scores 0: what nobody checked is not kept by a step filter."""
     if how not in AGGREGATES:
         raise ValueError(f"filter.aggregate: unknown aggregate {how!r}; known: {sorted(AGGREGATES)}")
-    return AGGREGATES[how](scores) if scores else 0.0
+    known = [s for s in scores if s is not None]
+    return AGGREGATES[how](known) if known else 0.0
 
 
 def passes(row: dict, cfg: FilterConfig) -> bool:
@@ -44,7 +47,8 @@ def _keep(rows: list[dict], cfg: FilterConfig) -> list[dict]:
 
 
 def _flawed(rows: list[dict]) -> int:
-    return sum(r.get("gold_first_error", -1) >= 0 for r in rows)
+    """Kept traces with a step the gold check calls wrong (0 where the family has no gold)."""
+    return sum(r.get("gold_first_error") is not None and r["gold_first_error"] >= 0 for r in rows)
 
 
 def select(rows: list[dict], cfg: FilterConfig) -> tuple[list[dict], dict]:

@@ -19,6 +19,18 @@ import time
 from pathlib import Path
 
 
+def _die_with_parent() -> None:
+    """Linux: the child is SIGKILLed when its parent dies. A flow-run process killed mid-stage must
+    not leave an orphan that publishes the stage later, behind the back of the rerun."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # not glibc Linux: the child may outlive a killed parent
+        pass
+
+
 class StageFailed(RuntimeError):
     pass
 
@@ -42,7 +54,8 @@ def run_isolated(target: str, kwargs: dict, log_dir: str | Path = ".vstar/logs",
         args.write_text(json.dumps(kwargs))
         with open(log_path, "w") as log:
             proc = subprocess.run([sys.executable, "-m", "components.isolation", target, str(args), str(result)],
-                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                  preexec_fn=_die_with_parent)
         if proc.returncode != 0 or not result.exists():
             tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-40:])
             raise StageFailed(f"stage {name} failed (exit {proc.returncode}); log: {log_path}\n{tail}")

@@ -7,11 +7,14 @@ separately on traces that contain an error (the exact index must match) and on t
 from __future__ import annotations
 
 
-def first_error_f1(predicted: list[int], gold: list[int]) -> dict[str, float]:
+def first_error_f1(predicted: list[int], gold: list[int | None]) -> dict[str, float]:
+    """Traces whose gold is unknown (None: a family without an exact step check) are left out."""
     if len(predicted) != len(gold):
         raise ValueError(f"{len(predicted)} predictions for {len(gold)} gold labels")
-    err = [(p, g) for p, g in zip(predicted, gold) if g >= 0]
-    ok = [(p, g) for p, g in zip(predicted, gold) if g < 0]
+    # A labeller's None (no verdict) is neither "no error" nor any step: wrong on both sides.
+    known = [(10**9 if p is None else p, g) for p, g in zip(predicted, gold) if g is not None]
+    err = [(p, g) for p, g in known if g >= 0]
+    ok = [(p, g) for p, g in known if g < 0]
     acc_err = sum(p == g for p, g in err) / len(err) if err else float("nan")
     acc_ok = sum(p < 0 for p, _ in ok) / len(ok) if ok else float("nan")
     if err and ok:

@@ -35,6 +35,8 @@ def bootstrap(config: dict, out_uri: str) -> dict:
 
     _threads()
     cfg = _cfg(config)
+    if cfg.model.init_uri:
+        return _import_model(cfg.model.init_uri, out_uri, cfg)
     fam = get_family(cfg.family, cfg.seed)
     t0 = time.perf_counter()
     problems = fam.problems("bootstrap")
@@ -59,6 +61,34 @@ def bootstrap(config: dict, out_uri: str) -> dict:
         store.publish_folder(tmp, out_uri, {"kind": "model", "bootstrap_hash": cfg.bootstrap_hash(),
                                             "metrics": metrics, "loss_curve": losses})
     return metrics
+
+
+def _import_model(src: str, out_uri: str, cfg: RunConfig) -> dict:
+    """G_0 is a given pretrained model: copy its folder into the store, published like a bootstrap."""
+    import fsspec
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        fs, path = fsspec.core.url_to_fs(src)
+        if not fs.isdir(path):
+            raise FileNotFoundError(f"model.init_uri: {src} is not a folder holding a model")
+        fs.get(path.rstrip("/") + "/", tmp, recursive=True)
+        if not Path(tmp, "config.json").exists():
+            raise FileNotFoundError(f"model.init_uri: {src} has no config.json (expected a Hugging Face model folder)")
+        metrics = {"imported": 1, "seconds": time.perf_counter() - t0}
+        store.publish_folder(tmp, out_uri, {"kind": "model", "source": src, "bootstrap_hash": cfg.bootstrap_hash(),
+                                            "metrics": metrics})
+    return metrics
+
+
+def prepare_data(config: dict, out_uri: str) -> dict:
+    """A file-backed family's problems, published per split with their quarantine files beside them."""
+    from components.families.custom import publish_problems
+
+    cfg = _cfg(config)
+    counts = publish_problems(get_family(cfg.family, cfg.seed), cfg.store_uri)
+    store.write_rows([], out_uri, {"stage": "prepare_data", "metrics": counts})  # the marker a rerun skips on
+    return counts
 
 
 # ----------------------------------------------------------------------------------------- generation
@@ -94,6 +124,13 @@ class _Generator:
         return self.backend.generate(prompts, sampling, lora_request=self.lora)
 
 
+def _tokenizer(model_uri: str):
+    from transformers import AutoTokenizer
+
+    folder = store.fetch_folder(model_uri)
+    return AutoTokenizer.from_pretrained(str(store.fetch_folder(_lora_base(folder)) if _lora_base(folder) else folder))
+
+
 def round_problems(cfg: RunConfig, fam, target: int | None, round_idx: int) -> list[Problem]:
     """The train problems a round samples: the curriculum's target level plus a share one easier."""
     pool = fam.problems("train")
@@ -115,10 +152,17 @@ def generate(config: dict, model_uri: str, out_uri: str, round_idx: int, target:
     """k samples per round problem, each with its outcome and its gold first error."""
     from components.generation import Sampling
 
+    from components.ingest import Quarantine, reject_long
+
     cfg = _cfg(config)
     fam = get_family(cfg.family, cfg.seed)
-    problems = round_problems(cfg, fam, target, round_idx)
     g = cfg.generation
+    # A problem whose prompt leaves no room for a solution in the model's context is quarantined.
+    q = Quarantine(f"{cfg.family.name}:train")
+    tok = _tokenizer(model_uri)
+    problems = reject_long(round_problems(cfg, fam, target, round_idx), lambda t: len(tok(t).input_ids),
+                           cfg.model.max_positions - g.max_tokens, q, field_name="prompt")
+    q.write(store.join(out_uri, "quarantine.jsonl"))
     t0 = time.perf_counter()
     backend = _Generator(cfg, model_uri)
     t_load = time.perf_counter() - t0
@@ -132,7 +176,8 @@ def generate(config: dict, model_uri: str, out_uri: str, round_idx: int, target:
                          "cumulative_logprob": s.cumulative_logprob, "finish_reason": s.finish_reason,
                          "correct": fam.is_correct(p, s.text), "gold_first_error": fam.first_error(p, s.text)})
     n_tokens = sum(len(r["token_ids"]) for r in rows)
-    metrics = {"target_ops": target or 0, "problems": len(problems), "traces": len(rows), "correct": sum(r["correct"] for r in rows),
+    metrics = {"target_ops": target or 0, "problems": len(problems), "too_long_quarantined": len(q.rejected),
+               "traces": len(rows), "correct": sum(r["correct"] for r in rows),
             "accuracy": sum(r["correct"] for r in rows) / max(1, len(rows)), "tokens": n_tokens,
             "tokens_per_s": n_tokens / max(t_gen, 1e-9), "engine_load_s": t_load, "seconds": time.perf_counter() - t0}
     store.write_rows(rows, out_uri, {"stage": "generate", "round": round_idx, "model": model_uri, "metrics": metrics})
@@ -141,68 +186,87 @@ def generate(config: dict, model_uri: str, out_uri: str, round_idx: int, target:
 
 # ------------------------------------------------------------------------------------------- scoring
 
+def _engines(cfg: RunConfig, model_uri: str, prm_uri: str | None, judge_uri: str | None, seed: int):
+    from components.scoring import Engines
+
+    def prm():
+        from components.prm import load_scorer
+
+        if not prm_uri:
+            raise ValueError("this label source needs a PRM and none is published yet")
+        return load_scorer(cfg.prm.scorer, str(store.fetch_folder(prm_uri)), cfg.model.max_positions + 64)
+
+    def judge():
+        from components.judge import make_judge_client
+
+        j = cfg.scoring.judge
+        uri = j.model_uri or judge_uri
+        if j.backend == "local" and not uri:
+            raise ValueError("scoring.judge: a local judge needs judge.model_uri or a judge trained by the loop")
+        return make_judge_client(j, model_dir=str(store.fetch_folder(uri)) if j.backend == "local" else None,
+                                 gen_cfg=cfg.generation, max_positions=cfg.model.max_positions)
+
+    return Engines(lambda: _Generator(cfg, model_uri), judge, prm, seed)
+
+
 def score(config: dict, model_uri: str, candidates_uri: str, out_uri: str, round_idx: int,
-          prm_uri: str | None = None) -> dict:
-    """Per-step scores from the configured label source, with their quality against gold labels."""
-    from components import montecarlo
-    from components.metrics import first_error_f1
+          prm_uri: str | None = None, judge_uri: str | None = None) -> dict:
+    """Per-step labels from the configured source, plus the label-quality report: every source in use
+    (the primary, `scoring.also`, the MC audit sample) against gold and against each other."""
+    from components.scoring import Batch, quality, run_source
 
     cfg = _cfg(config)
     fam = get_family(cfg.family, cfg.seed)
     rows = store.read_rows(candidates_uri)
     t0 = time.perf_counter()
     problems = {p.id: p for p in fam.problems("train")}
-    items = [(problems[r["problem_id"]], r["completion"]) for r in rows]
+    batch = Batch(fam, [problems[r["problem_id"]] for r in rows], [r["completion"] for r in rows])
     source = cfg.scoring.label_source
-    if source.startswith("prm") and not prm_uri:
+    if source in ("prm", "prm+mc") and not prm_uri:
         source = cfg.scoring.first_round_source  # round 1 has no PRM yet
-    seed = cfg.generation.seed + 1000 * round_idx + 7
-    engine: list = []  # started on first use: gold and PRM scoring need no generator
-
-    def mc(idx: list[int]) -> dict:
-        engine or engine.append(_Generator(cfg, model_uri))
-        results, st = montecarlo.estimate(fam, engine[0], [items[i] for i in idx], cfg.scoring.mc,
-                                          cfg.generation.max_tokens, seed)
-        for i, res in zip(idx, results):
-            rows[i].update(step_scores=res.scores, step_labels=res.hard, label_first_error=res.first_error,
-                           label_source="mc")
-        return st
-
-    stats: dict = {}
-    if source == "gold":  # the exact step check of a verifiable family
-        for r, (p, c) in zip(rows, items):
-            labels = fam.step_labels(p, c)
-            r.update(step_scores=[float(y) for y in labels], step_labels=labels,
-                     label_first_error=r["gold_first_error"], label_source="gold")
-    elif source == "mc":
-        stats = mc(list(range(len(rows))))
-    else:  # "prm" or "prm+mc": the previous round's PRM, MC where the PRM is unsure
-        from components.prm import first_error_from_scores, load_scorer
-
-        scorer = load_scorer(cfg.prm.scorer, str(store.fetch_folder(prm_uri)), cfg.model.max_positions + 64)
-        scores = scorer.score([p.prompt for p, _ in items], [fam.split_steps(c) for _, c in items])
-        for r, sc in zip(rows, scores):
-            r.update(step_scores=sc, step_labels=[int(x >= 0.5) for x in sc],
-                     label_first_error=first_error_from_scores(sc), label_source="prm")
+    engines = _engines(cfg, model_uri, prm_uri, judge_uri, cfg.generation.seed + 1000 * round_idx + 7)
+    primary, stats = run_source("prm" if source == "prm+mc" else source, batch, cfg, engines)
+    # Per row, what its labels came from; a PRM's scores (`labels` too: a PRM trained on them) say "prm".
+    origin = ["prm" if source in ("prm", "prm+mc", "labels") else source] * len(rows)
+    if source in ("prm", "prm+mc"):  # prm+mc: MC only where the PRM is unsure
         lo, hi = cfg.scoring.prm_unsure
-        unsure = [i for i, sc in enumerate(scores) if sc and lo < min(sc) < hi]
-        if source == "prm+mc" and unsure:
-            stats = mc(unsure)
+        unsure = [i for i, s in enumerate(primary) if s.scores and lo < min(s.scores) < hi]
+        if unsure and source == "prm+mc":
+            mc, stats = run_source("mc", batch.subset(unsure), cfg, engines)
+            for i, lab in zip(unsure, mc):
+                primary[i], origin[i] = lab, "mc"
         stats["prm_unsure"] = len(unsure)
-    if cfg.scoring.audit_mc and source != "mc":
+    by_source = {source: primary}
+    for extra in cfg.scoring.also:
+        if extra != source:
+            by_source[extra], st = run_source(extra, batch, cfg, engines)
+            stats.update({f"also_{k}": v for k, v in st.items()})
+    gold_fe = [r["gold_first_error"] for r in rows]
+    report = quality(by_source, gold_fe)
+    if cfg.scoring.audit_mc and source != "mc" and "mc" not in by_source:
         # Label quality of Monte Carlo on a sample, even when filtering does not use it.
-        audit = random.Random(seed).sample(range(len(rows)), min(cfg.scoring.audit_mc, len(rows)))
-        saved = [dict(rows[i]) for i in audit]
-        stats.update({f"audit_{k}": v for k, v in mc(audit).items()})  # audit_mc_rollouts, ...
-        q = first_error_f1([rows[i]["label_first_error"] for i in audit], [rows[i]["gold_first_error"] for i in audit])
-        stats.update({f"audit_mc_{k}": v for k, v in q.items()})
-        for i, old in zip(audit, saved):
-            rows[i] = old
-    for r in rows:
-        r["steps"] = fam.split_steps(r["completion"])
-    quality = first_error_f1([r["label_first_error"] for r in rows], [r["gold_first_error"] for r in rows])
-    metrics = {**stats, **{f"label_{k}": v for k, v in quality.items()}, "traces": len(rows),
-               "steps": sum(len(r["steps"]) for r in rows), "seconds": time.perf_counter() - t0}
+        audit = random.Random(engines.seed).sample(range(len(rows)), min(cfg.scoring.audit_mc, len(rows)))
+        mc, st = run_source("mc", batch.subset(audit), cfg, engines)
+        stats.update({f"audit_{k}": v for k, v in st.items()})  # audit_mc_rollouts, ...
+        sub = {"mc": mc, source: [primary[i] for i in audit]}
+        sub.update({k: [v[i] for i in audit] for k, v in by_source.items() if k != source})
+        report.update({f"audit_{k}": v for k, v in quality(sub, [gold_fe[i] for i in audit]).items()
+                       if k.startswith("mc/") or k.startswith("agree/")})
+        for r in rows:
+            r.setdefault("mc_scores", None)  # a column for every row: only the sample has values
+        for i, lab in zip(audit, mc):
+            rows[i]["mc_scores"] = lab.scores
+    for name, labels in by_source.items():
+        for r, lab in zip(rows, labels):
+            r[f"{name.replace('+', '_')}_scores"] = lab.scores
+            r[f"{name.replace('+', '_')}_first_error"] = lab.first_error
+    for r, steps, lab, o in zip(rows, batch.steps, primary, origin):
+        r.update(steps=steps, step_scores=lab.scores, step_labels=lab.labels, label_first_error=lab.first_error,
+                 label_source=o)
+    metrics = {**stats, **{f"quality/{k}": v for k, v in report.items()}, "traces": len(rows),
+               "steps": sum(len(s) for s in batch.steps), "seconds": time.perf_counter() - t0}
+    primary_q = {k.split("/", 1)[1]: v for k, v in report.items() if k.startswith(source.replace("+", "_") + "/")}
+    metrics.update({f"label_{k}": v for k, v in primary_q.items() if k in ("f1", "acc_erroneous", "acc_correct")})
     store.write_rows(rows, out_uri, {"stage": "score", "round": round_idx, "metrics": metrics, "label_source": source})
     return metrics
 
@@ -279,6 +343,14 @@ def _read_all(uris: list[str]) -> list[dict]:
     return [r for u in uris for r in store.read_rows(u)]
 
 
+def _decontaminate(cfg: RunConfig, fam, items: list) -> tuple[list, dict]:
+    """Training items whose problem overlaps an evaluation problem are dropped, and counted."""
+    from components.decontam import counts, decontaminate
+
+    kept, dropped = decontaminate(items, [p.prompt for p in fam.problems("eval")], cfg.decontam)
+    return kept, counts(dropped, kept)
+
+
 def train_generator(config: dict, model_uri: str, out_uri: str, round_idx: int, kept_uris: list[str]) -> dict:
     """SFT the generator on kept traces (newest round first), plus replayed bootstrap gold data."""
     from components.sft import sft
@@ -287,12 +359,19 @@ def train_generator(config: dict, model_uri: str, out_uri: str, round_idx: int, 
     fam = get_family(cfg.family, cfg.seed)
     t0 = time.perf_counter()
     pairs, seen = [], set()
-    for r in _read_all(kept_uris if cfg.sft.keep_history else kept_uris[-1:]):
+    rows, dropped = _decontaminate(cfg, fam, _read_all(kept_uris if cfg.sft.keep_history else kept_uris[-1:]))
+    for r in rows:
         if (r["prompt"], r["completion"]) not in seen:
             seen.add((r["prompt"], r["completion"]))
             pairs.append((r["prompt"], r["completion"]))
-    if not pairs:
-        raise ValueError(f"round {round_idx}: no kept traces to train on in {kept_uris}")
+    if not pairs:  # nothing passed the filter (or decontamination): G_n = G_{n-1}, said loudly
+        print(f"round {round_idx}: no kept traces to train on in {kept_uris}; the generator is unchanged", flush=True)
+        metrics = {"examples": 0, "kept_examples": 0, "unchanged": 1, **dropped, "seconds": time.perf_counter() - t0}
+        src = store.read_manifest(model_uri)
+        store.publish_folder(store.fetch_folder(model_uri), out_uri, {
+            "kind": src.get("kind", "model"), "round": round_idx, "parent": model_uri, "data": kept_uris,
+            "unchanged": True, "metrics": metrics})
+        return metrics
     pairs = pairs[: cfg.sft.max_examples]
     rng = random.Random(f"{cfg.seed}/sft/{round_idx}")
     boot = fam.problems("bootstrap")
@@ -310,7 +389,7 @@ def train_generator(config: dict, model_uri: str, out_uri: str, round_idx: int, 
                     warmup_ratio=cfg.sft.warmup_ratio)
         if lora:
             Path(tmp, "adapter_base.json").write_text(json.dumps({"base_uri": base_uri}))
-        metrics = {"examples": len(data), "kept_examples": len(pairs), "replay_examples": len(gold),
+        metrics = {"examples": len(data), "kept_examples": len(pairs), "replay_examples": len(gold), **dropped,
                    "loss_first": stats["loss_first"], "loss_last": stats["loss_last"], "steps": stats["steps"],
                    "seconds": time.perf_counter() - t0, "loss_curve": curve}
         store.publish_folder(tmp, out_uri, {"kind": "lora" if lora else "model", "round": round_idx,
@@ -326,7 +405,13 @@ def train_prm(config: dict, generator_uri: str, out_uri: str, round_idx: int, sc
 
     cfg = _cfg(config)
     t0 = time.perf_counter()
+    from components.loop import labels_uri
+
+    if labels_uri(cfg) and not cfg.scoring.labels.with_generated:
+        scored_uris = [u for u in scored_uris if u == labels_uri(cfg)]  # imported human labels only
+    # A PRM does not learn from a PRM's guesses.
     rows = [r for r in _read_all(scored_uris) if r.get("label_source", "mc") != "prm" and r["steps"]]
+    rows, dropped = _decontaminate(cfg, get_family(cfg.family, cfg.seed), rows)
     rng = random.Random(f"{cfg.seed}/prm/{round_idx}")
     rng.shuffle(rows)
     soft = cfg.prm.soft
@@ -344,8 +429,65 @@ def train_prm(config: dict, generator_uri: str, out_uri: str, round_idx: int, sc
         stats = prm.train_prm(str(init), tmp, examples, epochs=cfg.prm.epochs, lr=cfg.prm.lr,
                               batch_size=cfg.prm.batch_size, seed=cfg.seed + round_idx, soft=soft,
                               log=lambda step, m: curve.append((step, m["train_loss"])))
-        metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))},
+        metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))}, **dropped,
                    "examples": len(examples), "seconds": time.perf_counter() - t0, "loss_curve": curve}
         store.publish_folder(tmp, out_uri, {"kind": "prm", "round": round_idx, "data": scored_uris,
                                             "metrics": metrics})
     return metrics
+
+
+# ------------------------------------------------------------------------- label sources' own models
+
+def train_judge(config: dict, generator_uri: str, out_uri: str) -> dict:
+    """A small generative judge (no instruct model on CPU): the bootstrap generator fine-tuned on the
+    family's gold traces with planted errors -> " <first wrong step>" or " none". Its first-error F1
+    on held-out planted traces goes into the manifest: whatever it is, it is measured."""
+    from components import judge
+
+    cfg = _cfg(config)
+    fam = get_family(cfg.family, cfg.seed)
+    j = cfg.scoring.judge
+    t0 = time.perf_counter()
+    rng = random.Random(f"{cfg.seed}/judge")
+    pool = fam.problems("bootstrap")
+    held_out = judge.planted_traces(fam, pool[:300], 300, rng)  # problems the judge never trains on
+    examples = judge.judge_examples(fam, pool[300:], j.train_examples, rng, j)
+    curve: list = []
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = judge.train_judge(str(store.fetch_folder(generator_uri)), tmp, examples, j.train, cfg.seed,
+                                  log=lambda step, m: curve.append((step, m["train_loss"])))
+        client = judge.make_judge_client(j.model_copy(update={"backend": "local"}), model_dir=tmp,
+                                         gen_cfg=cfg.generation, max_positions=cfg.model.max_positions)
+        quality = judge.judge_accuracy(j, client, fam, [p for p, _ in held_out], [c for _, c in held_out])
+        metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))},
+                   **{f"heldout_{k}": v for k, v in quality.items()}, "examples": len(examples),
+                   "seconds": time.perf_counter() - t0, "loss_curve": curve}
+        store.publish_folder(tmp, out_uri, {"kind": "judge", "parent": generator_uri, "metrics": metrics})
+    return metrics
+
+
+def import_labels(config: dict, out_uri: str) -> dict:
+    """Existing human step labels (PRM800K / Math-Shepherd) in the trace schema, decontaminated
+    against the evaluation problems; rejected rows land in quarantine.jsonl beside the dataset."""
+    from components.decontam import decontaminate
+    from components.importers import import_labels as read_labels
+
+    cfg = _cfg(config)
+    lab = cfg.scoring.labels
+    rows, q = read_labels(lab.uri, lab)
+    fam = get_family(cfg.family, cfg.seed)
+    rows, dropped = decontaminate(rows, [p.prompt for p in fam.problems("eval")], cfg.decontam)
+    q.write(store.join(out_uri, "quarantine.jsonl"))  # before the manifest: published means complete
+    metrics = {**q.counts(), "decontam_dropped": len(dropped), "traces": len(rows),
+               "steps": sum(len(r["steps"]) for r in rows),
+               "unlabelled_steps": sum(y is None for r in rows for y in r["step_labels"])}
+    store.write_rows(rows, out_uri, {"stage": "import_labels", "source": lab.uri, "format": lab.format,
+                                     "quarantine": q.reasons(), "metrics": metrics})
+    return metrics
+
+
+def trace_report(config: dict, scored_uri: str, filtered_uri: str, out_uri: str, round_idx: int,
+                 prm_uri: str | None = None) -> dict:
+    from components.trace_report import trace_report as report
+
+    return report(config, scored_uri, filtered_uri, out_uri, round_idx, prm_uri=prm_uri)

@@ -63,9 +63,10 @@ def _retry(fn, *args, attempts: int = 4, **kw):
             return fn(*args, **kw)
         except (FileNotFoundError, PermissionError, ValueError):
             raise
-        except OSError:
+        except OSError as e:
             if i == attempts - 1:
-                raise
+                raise OSError(f"object store unreachable after {attempts} attempts with backoff "
+                              f"({fn.__name__} {args[0] if args else ''}): {e}") from e
             time.sleep(0.5 * 2**i)
 
 
@@ -101,7 +102,9 @@ def _put_manifest(fs, path: str, manifest: dict) -> None:
 def publish_folder(local_dir: str | Path, uri: str, meta: dict[str, Any]) -> dict:
     """Copy a finished local folder to `uri` and publish it; returns the manifest."""
     local_dir = Path(local_dir)
-    files = sorted(str(p.relative_to(local_dir)) for p in local_dir.rglob("*") if p.is_file())
+    # A folder fetched from the store carries its old manifest: the new one replaces it, last.
+    files = sorted(str(p.relative_to(local_dir)) for p in local_dir.rglob("*")
+                   if p.is_file() and p.relative_to(local_dir) != Path(MANIFEST))
     digest = hashlib.sha256()
     for name in files:
         digest.update(name.encode())
@@ -109,9 +112,9 @@ def publish_folder(local_dir: str | Path, uri: str, meta: dict[str, Any]) -> dic
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     fs, path = fs_for(uri)
-    if fs.exists(join(path, MANIFEST)):
-        fs.rm(join(path, MANIFEST))  # unpublish first: a reader never sees an old manifest over new files
-    fs.makedirs(path, exist_ok=True)
+    if _retry(fs.exists, join(path, MANIFEST)):
+        _retry(fs.rm, join(path, MANIFEST))  # unpublish first: a reader never sees an old manifest over new files
+    _retry(fs.makedirs, path, exist_ok=True)
     for name in files:  # each object PUT is atomic on S3; the set of them counts only once the manifest is there
         fs.makedirs(fs._parent(join(path, name)), exist_ok=True)
         _retry(fs.put_file, str(local_dir / name), join(path, name))

@@ -54,6 +54,26 @@ def run(config: Optional[Path] = typer.Argument(None, help="YAML config; embedde
     print_summary(result, time.perf_counter() - t0)
 
 
+labels_app = typer.Typer(no_args_is_help=True, help="Step-labelled traces in the PRM800K / Math-Shepherd formats.")
+app.add_typer(labels_app, name="labels")
+
+
+@labels_app.command("export")
+def labels_export(scored_uri: str = typer.Argument(..., help="A published scored dataset (a round's `scored`)."),
+                  out: str = typer.Argument(..., help="jsonl to write (any fsspec URI)."),
+                  format: str = typer.Option("prm800k", help="prm800k | math_shepherd")):
+    """Export a round's step-labelled traces in a published format (for other tools, or as `labels`)."""
+    from components import store
+    from components.importers import EXPORTERS
+
+    if format not in EXPORTERS:
+        console.print(f"[red]--format: unknown {format!r}; known: {', '.join(sorted(EXPORTERS))}[/red]")
+        raise typer.Exit(2)
+    rows = [r for r in store.read_rows(scored_uri) if r.get("steps")]
+    EXPORTERS[format](rows, out)
+    console.print(f"wrote {len(rows)} traces from {scored_uri} to {out} ({format})")
+
+
 @app.command()
 def compare(loops: list[str] = typer.Argument(..., help="Loop ids, e.g. demo-aac74faae2."),
             tracking_uri: Optional[str] = typer.Option(None, help="Default: $MLFLOW_TRACKING_URI, else .vstar/mlflow.db."),
@@ -85,6 +105,134 @@ def compare(loops: list[str] = typer.Argument(..., help="Loop ids, e.g. demo-aac
     console.print(f"plot: {out} (also logged to each loop's parent run under compare/)")
 
 
+# ------------------------------------------------------------------------ catalogued datasets
+
+datasets_app = typer.Typer(no_args_is_help=True, help="Published filtered datasets, catalogued for reuse.")
+app.add_typer(datasets_app, name="datasets")
+STORE_HELP = "Store URI holding the catalog (default: $VSTAR_STORE, else .vstar/store)."
+
+
+def _entry(store_uri: Optional[str], id: str) -> tuple[str, dict]:
+    from components import catalog
+
+    store_uri = store_uri or catalog.default_store()
+    try:
+        return store_uri, catalog.get(store_uri, id)
+    except catalog.UnknownDataset as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+
+
+def _filter_text(f: dict) -> str:
+    if not f:
+        return "-"
+    rule = "answer only" if f.get("mode") == "outcome" else f"{f.get('aggregate')} >= {f.get('threshold')}"
+    return f"{rule}, <= {f.get('max_per_problem')}/problem"
+
+
+@datasets_app.command("list")
+def datasets_list(store_uri: Optional[str] = typer.Option(None, "--store", help=STORE_HELP)):
+    """Every catalogued dataset: id, loop, round, rows, filter, label source, URI."""
+    from components import catalog
+
+    store_uri = store_uri or catalog.default_store()
+    entries = catalog.list_entries(store_uri)
+    t = Table(title=f"catalogued datasets in {store_uri} ({len(entries)})")
+    for col in ["id", "loop", "round", "rows", "filter", "labels", "published", "uri"]:
+        t.add_column(col, overflow="fold")
+    for e in entries:
+        t.add_row(e["id"], e.get("loop_id", "-"), str(e.get("round", "-")), str(e["rows"]),
+                  _filter_text(e.get("filter") or {}), str(e.get("label_source", "-")),
+                  str(e.get("published_at", "-")), e["uri"])
+    console.print(t)
+
+
+@datasets_app.command("show")
+def datasets_show(id: str = typer.Argument(..., help="Catalog id, or a unique prefix of one."),
+                  store_uri: Optional[str] = typer.Option(None, "--store", help=STORE_HELP)):
+    """One catalog entry in full, with how to load it."""
+    import json
+
+    store_uri, e = _entry(store_uri, id)
+    console.print_json(json.dumps(e))
+    console.print(f"python: components.catalog.load_filtered({e['id']!r}, store_uri={store_uri!r})", markup=False)
+    console.print(f"datasets: datasets.load_dataset('parquet', data_files={e['data_files']!r}, split='train')",
+                  markup=False)
+
+
+@app.command("sft")
+def sft_command(
+        data: str = typer.Option(..., "--data", help="Catalog id of the training data (vstar datasets list)."),
+        model: str = typer.Option(..., "--model", help="Base model: a local folder or a published store URI."),
+        out: Optional[str] = typer.Option(None, help="Model URI to publish to (default <store>/sft/<id>/<hash>)."),
+        epochs: float = 1.0, lr: float = 3e-4, batch_size: int = 32, seed: int = 0,
+        lora_r: int = typer.Option(0, help="LoRA rank; 0 = full fine-tuning."),
+        store_uri: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
+        tracking_uri: Optional[str] = typer.Option(None, help="Default: $MLFLOW_TRACKING_URI, else .vstar/mlflow.db."),
+        experiment: str = "vstar"):
+    """Fine-tune a model on a catalogued dataset; publish it and log the lineage (dataset -> model) in MLflow."""
+    import json
+    import tempfile
+
+    from components import catalog, store, tracking
+    from components.config import RunConfig, stable_hash
+    from components.sft import sft
+
+    store_uri, entry = _entry(store_uri, data)
+    rows = catalog.load_filtered(entry["id"], store_uri)
+    missing = {"prompt", "completion"} - set(rows.column_names)
+    if missing or len(rows) == 0:
+        console.print(f"[red]{entry['uri']}: {len(rows)} rows, missing field(s) {sorted(missing)}: "
+                      f"nothing to fine-tune on[/red]")
+        raise typer.Exit(2)
+    pairs = list(zip(rows["prompt"], rows["completion"]))
+    local = store.is_local(model) and Path(model).is_dir() and not (Path(model) / store.MANIFEST).exists()
+    try:  # a plain local folder is used as is; anything else must be a published model
+        base_dir, base_sha = (Path(model), None) if local else (store.fetch_folder(model), store.read_manifest(model)["sha256"])
+    except store.NotPublished as e:
+        console.print(f"[red]--model {model}: {e}[/red]")
+        raise typer.Exit(2)
+    hp = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "lora_r": lora_r}
+    out = out or store.join(store_uri, "sft", entry["id"], stable_hash({"base": base_sha or model, **hp})[:10])
+    cfg = RunConfig(tracking_uri=tracking_uri, experiment=experiment)
+    c = tracking.client(cfg)
+    run_id = c.create_run(tracking._experiment_id(c, experiment), run_name=f"sft/{entry['id']}", tags={
+        tracking.KIND_TAG: "sft", "vstar.data_id": entry["id"], "vstar.data_loop_id": entry.get("loop_id", ""),
+        "vstar.data_run_id": entry.get("run_id") or "", "vstar.base_model": model, "vstar.model_uri": out,
+        "mlflow.note.content": f"Fine-tuned {model} on catalog dataset {entry['id']} ({entry['uri']}) -> {out}",
+    }).info.run_id
+    try:
+        tracking.log_dataset(cfg, run_id, entry["uri"], entry["id"], context="training")
+        curve: list = []
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            lora = {"r": lora_r, "alpha": 2 * lora_r} if lora_r else None
+            stats = sft(str(base_dir), tmp, pairs, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                        lora=lora, log=lambda step, m: curve.append((step, m["train_loss"])))
+            if lora:  # where the generator stage finds the base to serve the adapter on
+                Path(tmp, "adapter_base.json").write_text(json.dumps({"base_uri": model}))
+            metrics = {"examples": len(pairs), "loss_first": stats["loss_first"], "loss_last": stats["loss_last"],
+                       "steps": stats["steps"], "seconds": time.perf_counter() - t0, "loss_curve": curve}
+            store.publish_folder(tmp, out, {"kind": "lora" if lora else "model", "data_id": entry["id"],
+                                            "data_uri": entry["uri"], "data_sha256": entry["sha256"],
+                                            "base_model": model, "base_sha256": base_sha, "hparams": hp,
+                                            "mlflow_run_id": run_id, "metrics": metrics})
+        from mlflow.entities import Param
+
+        c.log_batch(run_id, params=[Param(k, str(v)) for k, v in {
+            "data_id": entry["id"], "data_uri": entry["uri"], "base_model": model, "model_uri": out,
+            "examples": len(pairs), **hp}.items()])
+        tracking.log_metrics(cfg, run_id, metrics)
+        tracking.set_terminated(cfg, run_id)
+    except BaseException:
+        tracking.set_terminated(cfg, run_id, "FAILED")
+        raise
+    console.print(f"fine-tuned {model} on {entry['id']} ({len(pairs)} examples, {stats['steps']} steps, "
+                  f"loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}) in {metrics['seconds']:.0f} s")
+    console.print(f"model: {out}")
+    console.print(f"MLflow run {run_id} (experiment {experiment}): input {entry['uri']}")
+
+
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
@@ -102,7 +250,7 @@ def print_summary(result: dict, seconds: float) -> None:
         t.add_column(col, justify="right")
     for r in rounds:
         g, s, f, e = r.get("generate", {}), r.get("score", {}), r.get("filter", {}), r["evaluate"]
-        f1 = s.get("audit_mc_f1", s.get("label_f1"))
+        f1 = s.get("quality/audit_mc/f1", s.get("label_f1"))
         minutes = sum(v.get("seconds", 0) for v in r.values() if isinstance(v, dict)) / 60
         t.add_row(str(r["round"]), str(r.get("target") or "-"), str(g.get("traces", "-")),
                   _pct(g.get("accuracy")), f"{f['kept']}" if f else "-", _pct(f.get("kept_flawed_share")),
@@ -116,6 +264,17 @@ def print_summary(result: dict, seconds: float) -> None:
                   f"wall {seconds / 60:.1f} min")
     for r in rounds[1:]:
         console.print(f"round {r['round']}: MLflow run {r['run_id']}  filtered data {r['filtered_uri']}")
+        q = {k.split("/")[1]: v for k, v in r.get("score", {}).items()
+             if k.startswith("quality/") and k.endswith("/f1") and "agree" not in k}
+        if len(q) > 1:
+            console.print(f"  first-error F1 vs gold by label source: "
+                          + ", ".join(f"{k} {v:.2f}" for k, v in sorted(q.items())))
+    data = rounds[0].get("data") or {}
+    if data:  # problems from files: what was read, kept and quarantined (never dropped silently)
+        console.print("problems: " + ", ".join(f"{k} {v}" for k, v in data.items() if "/rows_" in k))
+        for k, v in data.items():
+            if "/quarantined/" in k:
+                console.print(f"  quarantined {k.split('/quarantined/')[0]}: {k.split('/quarantined/')[1]}: {v}")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 
     x_1..x_m  = problems at the curriculum's level                                  (curriculum)
     y_j ~ G_{n-1}(x), k per problem                                                (generate)
-    s_i(y)    = label of step i: MC rollouts | exact check | PRM_{n-1} | PRM+MC    (score)
+    s_i(y)    = label of step i: MC | binary-search MC | judge | MC∧judge | exact check
+                | PRM_{n-1} (trained on own and/or imported human labels) | PRM+MC     (score)
     D_n       = {y : answer(y) right and min_i s_i(y) >= tau}                      (filter)
     G_n       = SFT(G_{n-1}, D_1..D_n + replayed gold)                             (sft)
     PRM_n     = train on the scored steps of rounds 1..n                           (train-prm)
     report    pass@1, maj@k, best-of-k by PRM_n, PRM_n first-error F1 on held-out  (evaluate)
+              sample traces with PRM / label / gold step scores side by side        (trace report)
 
 Every stage reads and writes URIs in the object store and publishes with a manifest: a rerun of a
 round skips what is already published, and round n finds its inputs from the store alone.
@@ -21,6 +23,7 @@ from components.loop import round_inputs
 from tasks.evaluate import evaluate_task
 from tasks.filter import filter_task
 from tasks.generate import generate_task
+from tasks.report import round_artifact_task, trace_report_task
 from tasks.score import score_task
 from tasks.train import prm_task, sft_task
 
@@ -31,13 +34,16 @@ def run_round(config: RunConfig, round_idx: int) -> dict:
     run_id = tracking.round_run(config, tracking.loop_run(config), n)
     inp = round_inputs(config, n)
     candidates, gen = generate_task(config, inp.generator_uri, n, inp.target, run_id)
-    scored, scores = score_task(config, inp.generator_uri, candidates, n, run_id, inp.prm_uri)
+    scored, scores = score_task(config, inp.generator_uri, candidates, n, run_id, inp.prm_uri, inp.judge_uri)
     filtered, kept = filter_task(config, scored, n, run_id)
     model, sft = sft_task(config, inp.generator_uri, inp.kept_uris + [filtered], n, run_id)
     prm, prm_metrics = (prm_task(config, model, inp.scored_uris + [scored], inp.prm_uri, n, run_id)
                         if config.prm.enabled else (None, {}))
     _, evaluation = evaluate_task(config, model, n, run_id, prm)
+    result = {"round": n, "run_id": run_id, "target": inp.target, "model_uri": model, "prm_uri": prm,
+              "filtered_uri": filtered, "generate": gen, "score": scores, "filter": kept, "sft": sft,
+              "prm": prm_metrics, "evaluate": evaluation}
+    trace_report_task(config, scored, filtered, n, run_id, prm)
+    round_artifact_task(config, result)
     tracking.set_terminated(config, run_id)
-    return {"round": n, "run_id": run_id, "target": inp.target, "model_uri": model, "prm_uri": prm,
-            "filtered_uri": filtered, "generate": gen, "score": scores, "filter": kept, "sft": sft,
-            "prm": prm_metrics, "evaluate": evaluation}
+    return result

@@ -1,36 +1,118 @@
 """The loop: bootstrap a generator (or reuse a published one), evaluate it, then run the rounds.
 
-    G_0 = bootstrap(easy problems, gold solutions)      trained from scratch; skipped if published
+    D   = problems from files, bad rows quarantined      file-backed families (gsm8k, math, custom)
+    G_0 = bootstrap(easy problems, gold solutions)      trained from scratch (or model.init_uri); skipped if published
+    J   = train_judge(G_0, planted errors)              when a judge labels steps and none is given
+    L   = import(human step labels); PRM_0 = train(L)   when existing labels are configured
     evaluate(G_0)                                       round 0 of the table
     for n = 1..rounds:  G_n, PRM_n = round(n)           see flows/round.py
+
+Every entry point holds the loop's lock (flows/lock.py) and finds its place from the store, so the
+whole loop, one more round (cron or manual) and a re-evaluation can be triggered in any order.
 """
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
-from components import tracking
-from components.config import RunConfig, load_config
+from components import store, tracking
+from components.config import RunConfig, load_config, stable_hash
+from components.loop import judge_uri, labels_uri, last_round
+from flows.lock import loop_lock
 from flows.round import run_round
 from tasks.bootstrap import bootstrap_task
 from tasks.evaluate import evaluate_task
+from tasks.labels import judge_task, labels_task
+from tasks.train import prm_task
+from tasks.common import result_storage
+from tasks.data import data_task
 from tasks.report import report_task
 
 
-@flow(name="vstar-self-improve")
-def self_improve(config: RunConfig = RunConfig()) -> dict:
+def stored(f, config: RunConfig):
+    """The flow (or task) with its stage results persisted in the run's object store."""
+    return f.with_options(result_storage=result_storage(config))
+
+
+@flow(name="vstar-start")
+def start(config: RunConfig) -> dict:
+    """Bootstrap and round 0's evaluation (both skipped once published)."""
     parent = tracking.loop_run(config)
-    model_uri, boot = bootstrap_task(config, parent)
     run0 = tracking.round_run(config, parent, 0)
-    _, eval0 = evaluate_task(config, model_uri, 0, run0)
+    data = {}
+    if config.family.data.train_uri:  # problems from files: validated, published, quarantine counted
+        _, data = data_task(config, run0)
+    model_uri, boot = bootstrap_task(config, parent)
+    if judge_uri(config) and not config.scoring.judge.model_uri:
+        judge_task(config, model_uri, run0)
+    prm0 = None
+    if labels_uri(config):
+        labels, _ = labels_task(config, run0)
+        if config.scoring.label_source == "labels":
+            prm0, _ = prm_task(config, model_uri, [labels], None, 0, run0)
+    _, eval0 = evaluate_task(config, model_uri, 0, run0, prm0)
     tracking.set_terminated(config, run0)
-    rounds = [{"round": 0, "run_id": run0, "model_uri": model_uri, "evaluate": eval0, "bootstrap": boot}]
-    for n in range(1, config.rounds + 1):
-        rounds.append(run_round(config, n))
-    report_task(config, parent, rounds)
-    return {"loop_id": config.loop_id(), "parent_run_id": parent, "rounds": rounds}
+    return {"round": 0, "run_id": run0, "model_uri": model_uri, "evaluate": eval0, "bootstrap": boot, "data": data}
+
+
+def _summary(config: RunConfig, upto: int) -> list[dict]:
+    """Every published round's evaluation, read back from the store for the cross-round report."""
+    out = []
+    for n in range(upto + 1):
+        uri = store.round_uri(config.store_uri, config.loop_id(), n, "eval")
+        out.append({"round": n, "evaluate": store.read_manifest(uri).get("metrics", {})})
+    return out
+
+
+@flow(name="vstar-self-improve")
+def self_improve(config: RunConfig = RunConfig(), wait_s: float = 5.0) -> dict:
+    with loop_lock(config, wait_s):
+        rounds = [stored(start, config)(config)]
+        for n in range(1, config.rounds + 1):
+            rounds.append(stored(run_round, config)(config, n))
+        report_task(config, tracking.loop_run(config), rounds)
+    return {"loop_id": config.loop_id(), "parent_run_id": tracking.loop_run(config), "rounds": rounds}
 
 
 @flow(name="vstar-from-file")
-def self_improve_from_file(config_path: str = "configs/demo.yaml", overrides: list[str] | None = None) -> dict:
+def self_improve_from_file(config_path: str = "configs/demo.yaml", overrides: list[str] | None = None,
+                           wait_s: float = 5.0) -> dict:
     """The loop from a YAML config in the checkout plus `a.b=v` overrides: what deployments run."""
-    return self_improve(load_config(config_path, overrides or []))
+    return self_improve(load_config(config_path, overrides or []), wait_s)
+
+
+@flow(name="vstar-next-round")
+def next_round(config_path: str = "configs/demo.yaml", overrides: list[str] | None = None,
+               round: int | None = None, wait_s: float = 5.0) -> dict:
+    """Advance a loop by one round: the one after its last published round, or `round` to (re)run a
+    given one (its published stages are reused). Stops at the config's `rounds`."""
+    config = load_config(config_path, overrides or [])
+    log = get_run_logger()
+    with loop_lock(config, wait_s):
+        stored(start, config)(config)
+        n = round if round is not None else last_round(config) + 1
+        if round is None and n > config.rounds:
+            log.info("loop %s has run its %d rounds; raise `rounds` to go on", config.loop_id(), config.rounds)
+            return {"loop_id": config.loop_id(), "round": None}
+        result = stored(run_round, config)(config, n)
+        report_task(config, tracking.loop_run(config), _summary(config, last_round(config)))
+    return {"loop_id": config.loop_id(), **result}
+
+
+@flow(name="vstar-evaluate")
+def reevaluate(config_path: str = "configs/demo.yaml", overrides: list[str] | None = None, round: int = 0,
+               eval_overrides: list[str] | None = None) -> dict:
+    """Evaluate a published round again, e.g. with more samples (`eval_overrides=["eval.k=16"]`). The
+    loop is named by config_path + overrides; eval settings change only this evaluation."""
+    config = load_config(config_path, overrides or [])
+    loop = config.loop_id()
+    model = (store.bootstrap_uri(config.store_uri, config.bootstrap_hash()) if round == 0
+             else store.round_uri(config.store_uri, loop, round, "model"))
+    if not store.is_published(model):
+        raise store.NotPublished(f"loop {loop} has no published model for round {round} ({model})")
+    prm = store.round_uri(config.store_uri, loop, round, "prm") if round > 0 else None
+    prm = prm if prm and store.is_published(prm) else None
+    ev = load_config(config_path, (overrides or []) + (eval_overrides or []))
+    tag = f"eval-{stable_hash(ev.eval.model_dump(mode='json'))[:8]}" if eval_overrides else "eval"
+    run_id = tracking.round_run(config, tracking.loop_run(config), round)
+    uri, metrics = stored(evaluate_task, ev)(ev, model, round, run_id, prm, stage=tag, loop_id=loop)
+    return {"loop_id": loop, "round": round, "eval_uri": uri, "evaluate": metrics}

@@ -2,10 +2,10 @@ from prefect import task
 
 from components import store
 from components.config import RunConfig
-from tasks.common import run_stage
+from tasks.common import CACHED, run_stage
 
 
-@task(name="generate", tags=["gpu"])
+@task(name="generate", tags=["gpu"], **CACHED)
 def generate_task(cfg: RunConfig, model_uri: str, round_idx: int, target: int | None,
                   run_id: str | None) -> tuple[str, dict]:
     """k candidate solutions per round problem (curriculum level `target`) -> round-<n>/candidates."""

@@ -1,3 +1,4 @@
+import re
 import tempfile
 from pathlib import Path
 
@@ -5,6 +6,7 @@ from prefect import task
 
 from components import report, tracking
 from components.config import RunConfig
+from tasks.common import CACHED, run_stage
 
 
 @task(name="report")
@@ -19,3 +21,42 @@ def report_task(cfg: RunConfig, parent_run_id: str, rounds: list[dict]) -> str:
     last = rounds[-1]["evaluate"]
     tracking.log_metrics(cfg, parent_run_id, last, prefix="final/")
     return table
+
+
+def _mlflow_link(cfg: RunConfig, run_id: str) -> str:
+    uri = tracking.tracking_uri(cfg)
+    if not uri.startswith("http"):
+        return f"run `{run_id}` in `{uri}`"
+    exp = tracking.client(cfg).get_run(run_id).info.experiment_id
+    return f"[MLflow run {run_id[:8]}]({uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id})"
+
+
+@task(name="round-artifact")
+def round_artifact_task(cfg: RunConfig, result: dict) -> str:
+    """The round's metrics as a Prefect artifact: the Prefect UI shows results without opening MLflow."""
+    from prefect.artifacts import create_markdown_artifact
+
+    n = result["round"]
+    rows = [(stage, k, v) for stage in ("generate", "score", "filter", "sft", "prm", "evaluate")
+            for k, v in (result.get(stage) or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    uris = {k: v for k, v in result.items() if k.endswith("_uri") and v}
+    md = "\n".join([f"# {cfg.loop_id()} round {n}", "", _mlflow_link(cfg, result["run_id"]), "",
+                    *[f"- {k}: `{v}`" for k, v in uris.items()], "", "| stage | metric | value |", "|---|---|---|",
+                    *[f"| {s} | {k} | {v:.4g} |" for s, k, v in rows]])
+    key = re.sub(r"[^a-z0-9-]", "-", f"{cfg.loop_id()}-round-{n}".lower())
+    create_markdown_artifact(markdown=md, key=key, description=f"vstar loop {cfg.loop_id()}, round {n}")
+    return key
+
+
+@task(name="trace-report", **CACHED)
+def trace_report_task(cfg: RunConfig, scored_uri: str, filtered_uri: str, round_idx: int, run_id: str,
+                      prm_uri: str | None) -> str:
+    """The round's HTML trace report, published in the store and logged to the round's MLflow run."""
+    from components import store
+
+    uri = store.round_uri(cfg.store_uri, cfg.loop_id(), round_idx, "report")
+    run_stage(cfg, "trace_report", uri, run_id, scored_uri=scored_uri, filtered_uri=filtered_uri,
+              round_idx=round_idx, prm_uri=prm_uri)
+    folder = store.fetch_folder(uri)
+    tracking.client(cfg).log_artifact(run_id, str(folder / "report.html"), "report")
+    return uri

@@ -2,10 +2,10 @@ from prefect import task
 
 from components import store
 from components.config import RunConfig
-from tasks.common import run_stage
+from tasks.common import CACHED, run_stage
 
 
-@task(name="sft", tags=["gpu"])
+@task(name="sft", tags=["gpu"], **CACHED)
 def sft_task(cfg: RunConfig, model_uri: str, kept_uris: list[str], round_idx: int,
              run_id: str | None) -> tuple[str, dict]:
     """Fine-tune the generator on kept traces (+ history, + replayed gold) -> round-<n>/model."""
@@ -14,7 +14,7 @@ def sft_task(cfg: RunConfig, model_uri: str, kept_uris: list[str], round_idx: in
                           kept_uris=kept_uris)
 
 
-@task(name="train-prm", tags=["gpu"])
+@task(name="train-prm", tags=["gpu"], **CACHED)
 def prm_task(cfg: RunConfig, generator_uri: str, scored_uris: list[str], previous_prm_uri: str | None,
              round_idx: int, run_id: str | None) -> tuple[str, dict]:
     """Train the PRM on the scored steps of all rounds so far -> round-<n>/prm."""

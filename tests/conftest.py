@@ -109,7 +109,9 @@ def pytest_terminal_summary(terminalreporter):
 def smoke_cfg(tmp_path_factory):
     from components.config import load_config
 
-    store_dir = tmp_path_factory.mktemp("store")
+    # VSTAR_TEST_STORE (developers only, unset in CI): a store kept between sessions, so the tiny
+    # model below is trained once rather than per session.
+    store_dir = os.environ.get("VSTAR_TEST_STORE") or tmp_path_factory.mktemp("store")
     return load_config(Path(__file__).resolve().parent.parent / "configs/smoke.yaml", [f"store_uri={store_dir}"])
 
 
@@ -127,6 +129,8 @@ def tiny_model_uri(smoke_cfg, tmp_path_factory):
     from components.isolation import run_isolated
 
     uri = store.bootstrap_uri(smoke_cfg.store_uri, smoke_cfg.bootstrap_hash())
+    if store.is_published(uri):
+        return uri
     run_isolated("components.stages:bootstrap", {"config": smoke_cfg.model_dump(mode="json"), "out_uri": uri},
                  log_dir=tmp_path_factory.mktemp("logs"))
     return uri

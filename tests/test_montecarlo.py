@@ -49,3 +49,96 @@ def test_mc_labels_track_gold_on_sampled_traces(engine, smoke_family):
     q = first_error_f1([r.first_error for r in results], gold)
     assert q["n_erroneous"] > 0 and q["n_correct"] > 0  # the sample has both kinds, so F1 means something
     assert q["f1"] > 0.5, q
+
+
+# ----------------------------------------------------------------------------- binary search (OmegaPRM)
+
+@pytest.fixture(scope="module")
+def sampled_items(engine, smoke_family):
+    """Candidates sampled from the tiny model: a mix of correct and wrong traces, several per problem."""
+    probs = smoke_family.problems("train")[:20]
+    outs = engine.generate([p.prompt for p in probs], Sampling(n=4, temperature=1.0, max_tokens=48, seed=3))
+    return [(p, s.text) for p, o in zip(probs, outs) for s in o]
+
+
+def test_binary_search_finds_the_per_step_first_error(engine, smoke_family, sampled_items):
+    # Greedy rollouts: both labellers see the same deterministic estimate at every prefix.
+    greedy = MCConfig(rollouts=1, temperature=0.0, reuse_completion=False)
+    per_step, _ = montecarlo.estimate(smoke_family, engine, sampled_items, greedy, 48, seed=0)
+    binary, _ = montecarlo.estimate_binary(smoke_family, engine, sampled_items, greedy, 48, seed=0)
+    monotone = 0
+    for ps, bs in zip(per_step, binary):
+        assert bs.hard == [int(s > 0) for s in bs.scores] and len(bs.hard) == len(ps.hard)
+        b = len(ps.hard) if bs.first_error < 0 else bs.first_error
+        # Bisection always lands on a 1 -> 0 boundary of the per-step labels (or past a last 1) ...
+        assert b == 0 or ps.hard[b - 1] == 1
+        assert b == len(ps.hard) or ps.hard[b] == 0
+        # ... which is the per-step first error whenever the labels are monotone (1..1 0..0).
+        if ps.hard == sorted(ps.hard, reverse=True):
+            monotone += 1
+            assert bs.first_error == ps.first_error
+    assert monotone >= 0.8 * len(sampled_items)
+    assert any(r.first_error >= 0 for r in binary) and any(r.first_error < 0 for r in binary)
+
+
+def test_binary_search_needs_log_steps_estimates_on_long_traces(engine, smoke_family):
+    from components.families.arith import make_problem
+
+    # 7-op chains without absorbing ops, gold solutions with one slipped value planted at step j.
+    items = []
+    for j in range(8):
+        p = make_problem(10 + j, [["+", 3], ["-", 2], ["+", 4], ["-", 1], ["+", 2], ["-", 3], ["+", 1]])
+        steps = smoke_family.split_steps(smoke_family.gold_solution(p))
+        if j < 7:
+            a, r = steps[j].split("=")
+            steps[j] = f"{a}={int(r) + 1}"
+        items.append((p, smoke_family.steps_text(steps)))
+    cfg = MCConfig(rollouts=2, share_prefixes=False, reuse_completion=False)
+    _, per_step = montecarlo.estimate(smoke_family, engine, items, cfg, 48, seed=0)
+    results, binary = montecarlo.estimate_binary(smoke_family, engine, items, cfg, 48, seed=0)
+    assert per_step["mc_estimates"] == 7 * len(items)  # one per step before the answer line
+    assert binary["mc_estimates"] <= 3 * len(items)  # ceil(log2(8)) probes of 7 prefixes + the answer
+    assert binary["mc_levels"] <= 3 and binary["mc_engine_calls"] == binary["mc_levels"]  # one call a level
+    assert binary["mc_rollouts"] == 2 * binary["mc_estimates"] and binary["mc_traces"] == len(items)
+    assert all(len(r.hard) == 8 for r in results)
+
+
+def test_reusing_the_own_completion_saves_rollouts(engine, smoke_family, sampled_items):
+    fresh, st_fresh = montecarlo.estimate_binary(smoke_family, engine, sampled_items,
+                                                 MCConfig(rollouts=4, reuse_completion=False), 48, seed=0)
+    reused, st_reused = montecarlo.estimate_binary(smoke_family, engine, sampled_items,
+                                                   MCConfig(rollouts=4, reuse_completion=True), 48, seed=0)
+    assert st_reused["mc_rollouts"] < st_fresh["mc_rollouts"]
+    assert st_reused["mc_rollouts"] == 3 * st_reused["mc_estimates"]  # the own completion is the 4th
+    for (p, c), r in zip(sampled_items, reused):
+        if smoke_family.is_correct(p, c):  # its own completion is a success from every prefix
+            assert r.first_error == -1 and all(r.hard)
+        elif smoke_family.extract_answer(c) is not None:  # a wrong answer line is always a known error
+            assert 0 <= r.first_error < len(r.hard) and r.hard[-1] == 0
+    # Correct traces alone need no rollouts at all.
+    correct = [(p, c) for p, c in sampled_items if smoke_family.is_correct(p, c)]
+    assert correct
+    _, st = montecarlo.estimate_binary(smoke_family, engine, correct, MCConfig(rollouts=4), 48, seed=0)
+    assert st["mc_rollouts"] == 0 and st["mc_engine_calls"] == 0
+
+
+def test_shared_prefixes_are_estimated_once(engine, smoke_family, sampled_items):
+    twice = sampled_items + sampled_items  # every prefix is held by at least two traces
+    greedy = dict(rollouts=1, temperature=0.0, reuse_completion=False)
+    shared, st_shared = montecarlo.estimate_binary(smoke_family, engine, twice,
+                                                   MCConfig(share_prefixes=True, **greedy), 48, seed=0)
+    alone, st_alone = montecarlo.estimate_binary(smoke_family, engine, twice,
+                                                 MCConfig(share_prefixes=False, **greedy), 48, seed=0)
+    assert st_alone["mc_estimates"] >= 2 * st_shared["mc_estimates"] > 0
+    assert [r.first_error for r in shared] == [r.first_error for r in alone]  # same labels, fewer calls
+
+
+def test_absorbed_slip_is_invisible_to_hard_mc_labels(engine, smoke_family):
+    from components.families.arith import make_problem
+
+    # 57 +5 %10: a wrong sum that %10 maps to the right digit still ends at the gold answer.
+    p = make_problem(57, [["+", 5], ["%", 10]])
+    slipped = "57+5=72\n72%10=2\nAnswer: 2\n"
+    assert smoke_family.is_correct(p, slipped) and smoke_family.first_error(p, slipped) == 0
+    results, st = montecarlo.estimate_binary(smoke_family, engine, [(p, slipped)], MCConfig(rollouts=4), 48, seed=0)
+    assert results[0].first_error == -1 and st["mc_rollouts"] == 0  # documented limitation, like per-step MC

@@ -40,12 +40,14 @@ class Family(Protocol):
 
     def is_correct(self, p: Problem, completion: str) -> bool: ...
 
-    def first_error(self, p: Problem, completion: str) -> int:
-        """Index in split_steps of the first wrong step, -1 if none is wrong."""
+    def first_error(self, p: Problem, completion: str) -> int | None:
+        """Index in split_steps of the first wrong step, -1 if none is wrong; None where the family
+        has no exact step truth (file-backed families): downstream treats None as "no gold"."""
         ...
 
-    def step_labels(self, p: Problem, completion: str) -> list[int]:
-        """1 per step before first_error, 0 from it on."""
+    def step_labels(self, p: Problem, completion: str) -> list[int | None]:
+        """1 per step before first_error, 0 from it on; None for a step the family cannot check
+        (gsm8k checks only steps with calculator annotations)."""
         ...
 
     def prefix_text(self, p: Problem, steps: list[str], i: int) -> str:
@@ -73,3 +75,4 @@ def get_family(cfg: FamilyConfig, seed: int = 0) -> Family:
 
 # Imported last so the families can import Problem and register from this module.
 from components.families import arith  # noqa: E402,F401
+from components.families import custom, gsm8k, mathbox  # noqa: E402,F401

@@ -1,0 +1,182 @@
+"""The per-round HTML trace report: why each trace was kept or rejected, and the page as headless
+Chromium (Debian's `chromium`, started here) renders it."""
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import pytest
+from PIL import Image, ImageStat
+
+from components import prm, stages, store
+from components.config import FilterConfig
+from components.families.arith import APPLY
+from components.filtering import select
+from components.trace_report import REPORT, reasons, render, trace_report
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium(tmp_path, *args) -> str:
+    exe = shutil.which("chromium")
+    assert exe, ("chromium not found: these tests need Debian's chromium package "
+                 "(`make test` installs it: apt-get install --no-install-recommends chromium)")
+    # The timeout only keeps a hung browser from hanging the suite; nothing asserts on time.
+    r = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}", *args],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, f"chromium exited {r.returncode}: {r.stderr[-3000:]}"
+    return r.stdout
+
+
+class Traces(HTMLParser):
+    """Per <section class="trace ...">: its classes, data attributes and the text of each table row."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.traces: list[dict] = []
+        self._cells: list[str] | None = None
+        self._text: list[str] | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "section" and "trace" in (a.get("class") or "").split():
+            self.traces.append({"class": a["class"].split(), "problem": a.get("data-problem"),
+                                "sample": a.get("data-sample"), "rows": []})
+        elif self.traces and tag == "tr":
+            self._cells = []
+            self.traces[-1]["rows"].append(self._cells)
+        elif self._cells is not None and tag in ("td", "th"):
+            self._text = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._text is not None:
+            self._cells.append("".join(self._text).strip())
+            self._text = None
+
+    def handle_data(self, data):
+        if self._text is not None:
+            self._text.append(data)
+
+
+def candidates(fam, n_problems: int) -> list[dict]:
+    """Per problem: the gold trace, one wrong at its first step (a later op may forget the error and
+    still reach the right answer), one with a wrong answer line, and the gold trace again."""
+    def wrong_first_step(p):
+        value, lines = p.meta["start"], []
+        for j, (sym, c) in enumerate(p.meta["ops"]):
+            r = APPLY[sym](value, c) + (j == 0)
+            lines.append(f"{value}{sym}{c}={r}")
+            value = r
+        return fam.steps_text(lines + [f"Answer: {value}"])
+
+    rows = []
+    for p in fam.problems("train")[:n_problems]:
+        gold = fam.gold_solution(p)
+        wrong_answer = gold.replace(f"Answer: {p.answer}", f"Answer: {int(p.answer) + 1}")
+        for j, c in enumerate([gold, wrong_first_step(p), wrong_answer, gold]):
+            rows.append({"problem_id": p.id, "prompt": p.prompt, "answer": p.answer, "difficulty": p.difficulty,
+                         "sample": j, "completion": c, "correct": fam.is_correct(p, c),
+                         "gold_first_error": fam.first_error(p, c)})
+    return rows
+
+
+def scored_round(cfg, fam, n_problems: int) -> tuple[str, str, dict]:
+    """A round's scored (gold step labels, by the real score stage) and filtered datasets."""
+    config = cfg.model_dump(mode="json")
+    uri = lambda stage: store.round_uri(cfg.store_uri, cfg.loop_id(), 1, stage)  # noqa: E731
+    store.write_rows(candidates(fam, n_problems), uri("candidates"))
+    stages.score(config, "unused: gold labels need no model", uri("candidates"), uri("scored"), 1)
+    stats = stages.filter_traces(config, uri("scored"), uri("filtered"), 1)
+    return uri("scored"), uri("filtered"), stats
+
+
+def row(pid, completion, correct, scores, **kw):
+    return {"problem_id": pid, "completion": completion, "correct": correct, "step_scores": scores, **kw}
+
+
+def test_reasons_say_why_each_trace_was_kept_or_rejected():
+    rows = [row("a", "good", True, [1.0, 0.9]), row("a", "good", True, [1.0, 0.9]),
+            row("a", "lucky", True, [1.0, 0.2]), row("a", "other", True, [0.8, 1.0]),
+            row("b", "wrong", False, [1.0, 1.0], answer="7")]
+    cfg = FilterConfig(mode="step", aggregate="min", threshold=0.5, max_per_problem=1)
+    why = reasons(rows, cfg)
+    assert why == ["kept: right answer, min step score 0.90 >= 0.5",
+                   "rejected: duplicate of a kept trace of the same problem",
+                   "rejected: min step score 0.20 < threshold 0.5",
+                   "rejected: over max_per_problem (1 kept already for this problem)",
+                   "rejected: wrong answer (gold answer 7)"]
+    assert sum(w.startswith("kept") for w in why) == len(select(rows, cfg)[0])
+    outcome = reasons(rows, cfg.model_copy(update={"mode": "outcome", "max_per_problem": 3}))
+    assert outcome[2] == "kept: right answer" and outcome[4].startswith("rejected: wrong answer")
+
+
+def test_render_puts_prm_mc_label_and_gold_side_by_side():
+    r = row("p1", "1+1=2\n2*3=7\nAnswer: 7\n", False, [0.9, 0.6, 0.1], answer="6", prompt="1 +1 *3\n",
+            difficulty=2, steps=["1+1=2", "2*3=7", "Answer: 7"], prm_scores=[0.8, 0.3, 0.2],
+            mc_scores=[1.0, 0.5, None], label_source="mc", label_first_error=2, gold_first_error=1)
+    page = render([r, {**r, "problem_id": "p2"}], title="t", per_difficulty=1, filter_cfg=FilterConfig())
+    (t,) = Traces(page).traces  # per_difficulty=1: one of the two
+    assert t["class"] == ["trace", "rejected"] and t["problem"] == "p1"
+    header, *steps = t["rows"]
+    assert header == ["#", "step", "PRM", "MC", "mc (filtered on)", "gold", "first error"]
+    assert steps == [["1", "1+1=2", "0.80", "1.00", "0.90", "right", ""],
+                     ["2", "2*3=7", "0.30", "0.50", "0.60", "wrong", "gold: first error"],
+                     ["3", "Answer: 7", "0.20", "–", "0.10", "wrong", "mc labels: first error"]]
+    assert "rejected: wrong answer (gold answer 6)" in page
+
+
+def test_round_report_renders_in_headless_chromium(smoke_cfg, smoke_family, tiny_model_dir, tmp_path):
+    cfg = smoke_cfg.model_copy(update={"store_uri": str(tmp_path / "store"),
+                                       "scoring": smoke_cfg.scoring.model_copy(update={"label_source": "gold"})})
+    scored, filtered, stats = scored_round(cfg, smoke_family, 12)
+    # A real PRM for the PRM column: the tiny generator with a step head, trained briefly on these labels.
+    examples = [{"prompt": r["prompt"], "steps": r["steps"], "labels": r["step_scores"]}
+                for r in store.read_rows(scored)]
+    prm.train_prm(tiny_model_dir, tmp_path / "prm", examples, epochs=1, lr=1e-3, batch_size=16, seed=0,
+                  soft=True, threads=1)
+    prm_uri = store.join(cfg.store_uri, "prm")
+    store.publish_folder(tmp_path / "prm", prm_uri, {"kind": "prm"})
+    out = store.round_uri(cfg.store_uri, cfg.loop_id(), 1, "report")
+    per_difficulty = 4
+    metrics = trace_report(cfg.model_dump(mode="json"), scored, filtered, out, 1, prm_uri, per_difficulty)
+
+    by_level = {}
+    for r in store.read_rows(scored):
+        by_level[r["difficulty"]] = by_level.get(r["difficulty"], 0) + 1
+    expected = sum(min(per_difficulty, n) for n in by_level.values())
+    assert metrics == {"report_traces": expected}
+    page = store.fetch_folder(out) / REPORT
+    text = page.read_text()
+    assert "<script" not in text and "http" not in text and "<link" not in text  # self-contained
+
+    traces = Traces(chromium(tmp_path, "--dump-dom", page.as_uri())).traces
+    assert len(traces) == expected
+    kept = {(r["problem_id"], str(r["sample"])) for r in store.read_rows(filtered)}
+    assert stats["kept"] == len(kept) and 0 < stats["kept"] < stats["traces"]
+    for t in traces:  # kept exactly when the published filtered data holds the trace
+        assert ("kept" in t["class"]) == ((t["problem"], t["sample"]) in kept), t
+        header, *steps = t["rows"]
+        assert header[2] == "PRM" and all(0.0 <= float(s[2]) <= 1.0 for s in steps)  # every step scored
+        assert header[4] == "gold (filtered on)" and all(s[5] in ("right", "wrong") for s in steps)
+    assert {"kept", "rejected"} <= {c for t in traces for c in t["class"]}
+    flawed = [t for t in traces if "wrong" in [s[5] for s in t["rows"][1:]]]
+    assert flawed and all([s[6] for s in t["rows"][1:]].count("gold: first error") == 1 for t in flawed)
+
+    png = tmp_path / "report.png"
+    chromium(tmp_path, f"--screenshot={png}", "--window-size=1200,2000", page.as_uri())
+    img = Image.open(png).convert("RGB")
+    assert img.size == (1200, 2000)
+    colours = img.getcolors(maxcolors=1 << 20)
+    assert len(colours) > 200, f"screenshot {png} looks blank: {len(colours)} colours"
+    assert max(ImageStat.Stat(img).stddev) > 20, f"screenshot {png} looks blank"
+
+
+def test_report_refuses_filtered_data_from_other_rows(smoke_cfg, smoke_family, tmp_path):
+    cfg = smoke_cfg.model_copy(update={"store_uri": str(tmp_path / "store"),
+                                       "scoring": smoke_cfg.scoring.model_copy(update={"label_source": "gold"})})
+    scored, filtered, _ = scored_round(cfg, smoke_family, 4)
+    rows = store.read_rows(filtered)
+    store.write_rows(rows[1:], filtered, {"filter": store.read_manifest(filtered)["filter"]})  # one kept trace missing
+    with pytest.raises(ValueError, match="filtered.*not made from these rows"):
+        trace_report(cfg.model_dump(mode="json"), scored, filtered, str(tmp_path / "report"), 1)
