@@ -56,6 +56,16 @@ def storage_options(uri: str) -> dict:
     return {}
 
 
+def _transient() -> tuple[type[BaseException], ...]:
+    """Errors that an endpoint going away for a moment raises: OSError, and botocore's connection
+    errors (not OSErrors) when the store is S3."""
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
+    except ImportError:
+        return (OSError,)
+    return (OSError, BotoConnectionError, HTTPClientError)
+
+
 def _retry(fn, *args, attempts: int = 4, **kw):
     """Transient store errors (endpoint restarting, throttling) are retried with backoff."""
     for i in range(attempts):
@@ -63,7 +73,7 @@ def _retry(fn, *args, attempts: int = 4, **kw):
             return fn(*args, **kw)
         except (FileNotFoundError, PermissionError, ValueError):
             raise
-        except OSError as e:
+        except _transient() as e:
             if i == attempts - 1:
                 raise OSError(f"object store unreachable after {attempts} attempts with backoff "
                               f"({fn.__name__} {args[0] if args else ''}): {e}") from e

@@ -82,25 +82,29 @@ def test_binary_search_finds_the_per_step_first_error(engine, smoke_family, samp
 
 
 def test_binary_search_needs_log_steps_estimates_on_long_traces(engine, smoke_family):
-    from components.families.arith import make_problem
+    from components.families.arith import APPLY, make_problem
 
-    # 7-op chains without absorbing ops, gold solutions with one slipped value planted at step j.
+    # A 7-op chain without absorbing ops; trace j slips by one at step j and carries the wrong value on.
+    ops = [["+", 3], ["-", 2], ["+", 4], ["-", 1], ["+", 2], ["-", 3], ["+", 1]]
+    p = make_problem(10, ops)
     items = []
-    for j in range(8):
-        p = make_problem(10 + j, [["+", 3], ["-", 2], ["+", 4], ["-", 1], ["+", 2], ["-", 3], ["+", 1]])
-        steps = smoke_family.split_steps(smoke_family.gold_solution(p))
-        if j < 7:
-            a, r = steps[j].split("=")
-            steps[j] = f"{a}={int(r) + 1}"
-        items.append((p, smoke_family.steps_text(steps)))
+    for j in range(7):
+        lines, v = [], 10
+        for i, (sym, c) in enumerate(ops):
+            r = APPLY[sym](v, c) + (i == j)
+            lines.append(f"{v}{sym}{c}={r}")
+            v = r
+        items.append((p, smoke_family.steps_text(lines + [f"Answer: {v}"])))
+    assert [smoke_family.first_error(p, c) for _, c in items] == list(range(7))
     cfg = MCConfig(rollouts=2, share_prefixes=False, reuse_completion=False)
     _, per_step = montecarlo.estimate(smoke_family, engine, items, cfg, 48, seed=0)
     results, binary = montecarlo.estimate_binary(smoke_family, engine, items, cfg, 48, seed=0)
     assert per_step["mc_estimates"] == 7 * len(items)  # one per step before the answer line
-    assert binary["mc_estimates"] <= 3 * len(items)  # ceil(log2(8)) probes of 7 prefixes + the answer
+    # The wrong answer line is a known error: 8 possible first errors (steps 0-6, the answer) = 3 probes.
+    assert binary["mc_estimates"] <= 3 * len(items)
     assert binary["mc_levels"] <= 3 and binary["mc_engine_calls"] == binary["mc_levels"]  # one call a level
     assert binary["mc_rollouts"] == 2 * binary["mc_estimates"] and binary["mc_traces"] == len(items)
-    assert all(len(r.hard) == 8 for r in results)
+    assert all(len(r.hard) == 8 and 0 <= r.first_error <= 7 for r in results)
 
 
 def test_reusing_the_own_completion_saves_rollouts(engine, smoke_family, sampled_items):

@@ -67,6 +67,7 @@ def relayed(s3, monkeypatch, tmp_path):
     u = urlparse(s3.endpoint)
     relay = Relay((u.hostname, u.port))
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{relay.port}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries off: the store's backoff is under test
     fsspec.filesystem("s3").clear_instance_cache()  # s3fs caches clients with the old endpoint
     folder = tmp_path / "artifact"
     folder.mkdir()

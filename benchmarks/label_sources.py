@@ -1,0 +1,108 @@
+"""Every label source inside the round flow on the demo config, measured against the gold step labels.
+
+    python benchmarks/label_sources.py [--labels PRM800K_JSONL] [--set k=v ...]
+
+Three one-round loops on the demo's bootstrap:
+  consensus  filters on MC∧judge (the judge is the small one the loop trains), with mc, mc_binary,
+             judge and gold scored beside it on the same traces for the label-quality report;
+  labels     filters with a PRM trained on imported human labels (a PRM800K file; by default
+             exported from an earlier demo round's gold-labelled traces: `vstar labels export`);
+  remote     filters on the judge served by `vllm serve` (OpenAI-compatible HTTP) on 127.0.0.1.
+Prints per source: first-error F1 vs gold, model calls, kept traces, and the share of kept traces
+holding a gold-wrong step; writes benchmarks/results/label_sources.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from components import store  # noqa: E402
+from components.config import load_config  # noqa: E402
+from components.loop import judge_uri  # noqa: E402
+
+
+def run(config: str, overrides: list[str]) -> dict:
+    from flows.self_improve import self_improve
+
+    cfg = load_config(config, overrides)
+    t0 = time.perf_counter()
+    out = self_improve(cfg)
+    r1 = out["rounds"][1]
+    return {"loop_id": out["loop_id"], "overrides": overrides, "wall_s": time.perf_counter() - t0,
+            "score": r1["score"], "filter": r1["filter"], "evaluate": r1["evaluate"],
+            "judge_heldout_f1": store.read_manifest(judge_uri(cfg)).get("metrics", {}).get("heldout_f1")
+            if judge_uri(cfg) else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--labels", default=None, help="PRM800K jsonl of human labels (default: export one)")
+    ap.add_argument("--set", action="append", default=["rounds=1", "curriculum.problems=200", "scoring.audit_mc=0"],
+                    dest="overrides")
+    ap.add_argument("--out", default="benchmarks/results/label_sources.json")
+    args = ap.parse_args()
+    results = {}
+    results["consensus"] = run(args.config, args.overrides + [
+        "scoring.label_source=consensus", "scoring.also=[mc, mc_binary, judge, gold]"])
+    labels = args.labels
+    if not labels:  # human-style labels: the consensus loop's traces with their gold labels, as PRM800K
+        from components.importers import write_prm800k
+
+        labels = str(Path(tempfile.mkdtemp()) / "labels.jsonl")
+        loop = results["consensus"]["loop_id"]
+        scored = store.round_uri(load_config(args.config, args.overrides).store_uri, loop, 1, "scored")
+        write_prm800k([{**r, "step_labels": [int(i < r["gold_first_error"] or r["gold_first_error"] < 0)
+                                             for i in range(len(r["steps"]))]}
+                       for r in store.read_rows(scored) if r["steps"]], labels)
+    results["labels"] = run(args.config, args.overrides + ["scoring.label_source=labels",
+                                                           f"scoring.labels.uri={labels}"])
+    import services
+
+    cfg = load_config(args.config, args.overrides + ["scoring.label_source=judge"])
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = services.ServiceStack(Path(tmp))
+        try:
+            srv = stack.vllm_serve(store.fetch_folder(judge_uri(cfg)), max_model_len=cfg.model.max_positions,
+                                   kv_cache_bytes=cfg.generation.kv_cache_bytes)
+            results["remote judge"] = run(args.config, args.overrides + [
+                "scoring.label_source=judge", "scoring.judge.backend=remote",
+                f"scoring.judge.remote.base_url={srv.base_url}", f"scoring.judge.remote.model={srv.model}"])
+        finally:
+            stack.close()
+
+    t = Table(title="label sources in the round flow (demo config, one round; F1 = first-error F1 vs gold)")
+    for col in ("loop", "source", "F1", "answered", "calls", "kept", "kept flawed", "pass@1 all"):
+        t.add_column(col, justify="right")
+    for name, r in results.items():
+        q = {k.split("/")[1]: v for k, v in r["score"].items() if k.startswith("quality/") and k.endswith("/f1")
+             and "agree" not in k}
+        for src, f1 in sorted(q.items()):
+            calls = (r["score"].get("mc_rollouts") if src in ("mc", "mc_binary", "consensus") else None)
+            t.add_row(name, src, f"{f1:.2f}", f"{r['score'].get(f'quality/{src}/answered', float('nan')):.2f}",
+                      str(calls or r["score"].get("judge_calls", "-")), str(r["filter"]["kept"]),
+                      f"{100 * r['filter']['kept_flawed_share']:.0f}%", f"{100 * r['evaluate']['pass1_all']:.0f}%")
+    Console(width=160).print(t)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"config": args.config, "overrides": args.overrides, "results": results,
+                                          "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                                          "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1, default=str))
+    print(f"results: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
