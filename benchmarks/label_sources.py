@@ -35,6 +35,9 @@ from components.config import load_config  # noqa: E402
 from components.loop import judge_uri  # noqa: E402
 
 
+PRIMARY = {"consensus": "consensus", "labels": "labels", "remote judge": "judge"}  # loop -> what it filters on
+
+
 def run(config: str, overrides: list[str]) -> dict:
     from flows.self_improve import self_improve
 
@@ -92,9 +95,11 @@ def main() -> None:
         q = {k.split("/")[1]: v for k, v in r["score"].items() if k.startswith("quality/") and k.endswith("/f1")
              and "agree" not in k}
         for src, f1 in sorted(q.items()):
-            calls = (r["score"].get("mc_rollouts") if src in ("mc", "mc_binary", "consensus") else None)
+            key = "" if src == PRIMARY[name] else f"{src}/"  # an `also` source's stats carry its name
+            calls = {"mc": "mc_rollouts", "mc_binary": "mc_rollouts", "consensus": "mc_rollouts",
+                     "judge": "judge_calls"}.get(src)
             t.add_row(name, src, f"{f1:.2f}", f"{r['score'].get(f'quality/{src}/answered', float('nan')):.2f}",
-                      str(calls or r["score"].get("judge_calls", "-")), str(r["filter"]["kept"]),
+                      str(r["score"].get(key + calls, "-")) if calls else "-", str(r["filter"]["kept"]),
                       f"{100 * r['filter']['kept_flawed_share']:.0f}%", f"{100 * r['evaluate']['pass1_all']:.0f}%")
     Console(width=160).print(t)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

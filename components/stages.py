@@ -240,7 +240,7 @@ def score(config: dict, model_uri: str, candidates_uri: str, out_uri: str, round
     for extra in cfg.scoring.also:
         if extra != source:
             by_source[extra], st = run_source(extra, batch, cfg, engines)
-            stats.update({f"also_{k}": v for k, v in st.items()})
+            stats.update({f"{extra}/{k}": v for k, v in st.items()})  # e.g. mc_binary/mc_rollouts
     gold_fe = [r["gold_first_error"] for r in rows]
     report = quality(by_source, gold_fe)
     if cfg.scoring.audit_mc and source != "mc" and "mc" not in by_source:

@@ -79,7 +79,7 @@ def test_binary_search_mc_reports_quality_against_gold_and_mc(scored_gold, tiny_
         assert 0.0 <= m[f"quality/{src}/f1"] <= 1.0
     assert m["quality/gold/f1"] == 1.0  # the exact check against itself
     assert 0.0 <= m["quality/agree/mc_vs_mc_binary/first_error"] <= 1.0
-    assert m["mc_estimates"] < m["also_mc_estimates"]  # bisection estimates fewer prefixes than every step
+    assert m["mc_estimates"] < m["mc/mc_estimates"]  # bisection estimates fewer prefixes than every step
     rows = store.read_rows(f"{base}/scored-bin")
     assert {r["label_source"] for r in rows} == {"mc_binary"}
     assert all(r["step_labels"] == [int(i < r["label_first_error"] or r["label_first_error"] < 0)
@@ -153,7 +153,7 @@ def test_every_source_runs_inside_the_round_flow(scored_gold, prefect_server, tm
     for src_name in ("labels", "consensus", "mc_binary"):
         assert 0.0 <= metrics[f"score/quality/{src_name}/f1"] <= 1.0
     assert 0.0 <= metrics["score/quality/agree/consensus_vs_labels/first_error"] <= 1.0
-    assert metrics["score/also_judge_calls"] > 0 and metrics["score/also_mc_estimates"] > 0
+    assert metrics["score/consensus/judge_calls"] > 0 and metrics["score/mc_binary/mc_estimates"] > 0
     from components.loop import judge_uri, labels_uri
 
     assert store.is_published(judge_uri(cfg)) and store.is_published(labels_uri(cfg))
