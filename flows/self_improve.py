@@ -35,7 +35,8 @@ def stored(f, config: RunConfig):
 
 @flow(name="vstar-start")
 def start(config: RunConfig) -> dict:
-    """Bootstrap and round 0's evaluation (both skipped once published)."""
+    """Round 0: problems from files, the bootstrap, the loop's judge, imported labels and PRM_0 where
+    configured, and the bootstrap's evaluation (each skipped once published)."""
     parent = tracking.loop_run(config)
     run0 = tracking.round_run(config, parent, 0)
     data = {}
