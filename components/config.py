@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -64,6 +64,15 @@ class FamilyConfig(Strict):
     bootstrap: SplitConfig = SplitConfig(min_ops=1, max_ops=3, size=66000)
     train: SplitConfig = SplitConfig(min_ops=4, max_ops=4, size=600)
     eval: EvalSplitConfig = EvalSplitConfig(min_ops=1, max_ops=6, per_level=100)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from components.families import FAMILIES  # the registry imports this module: ask at validation
+
+        if name not in FAMILIES:
+            raise ValueError(f"unknown family {name!r}; known: {', '.join(sorted(FAMILIES))}")
+        return name
 
 
 class ModelConfig(Strict):
@@ -326,7 +335,7 @@ def _describe(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid config"]
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
         lines.append(f"  {source}: {field}: {msg}")
     return "\n".join(lines)
 

@@ -18,6 +18,12 @@ console = Console(width=None if Console().is_terminal else 240)
 SET_HELP = "Override a config field, e.g. --set generation.k=8 (repeatable)."
 
 
+def _fail(message: str):
+    """A user-caused error: what is wrong and what to do, in red, exit 2 (no traceback)."""
+    console.print(message, style="red", markup=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
 @app.callback()
 def main() -> None:
     """vstar-flow: orchestrated V-STaR-style self-improvement."""
@@ -30,8 +36,7 @@ def _load(config: Optional[Path], overrides: list[str]):
     try:
         return load_config(config, overrides)
     except ConfigError as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        _fail(str(e))
 
 
 @app.command()
@@ -47,11 +52,28 @@ def run(config: Optional[Path] = typer.Argument(None, help="YAML config; embedde
         set: list[str] = typer.Option([], "--set", help=SET_HELP)):
     """Bootstrap (or reuse) a generator and run the configured rounds."""
     cfg = _load(config, set)
+    from flows.lock import LoopBusy, loop_lock
     from flows.self_improve import self_improve
 
     t0 = time.perf_counter()
-    result = self_improve(cfg)
+    try:  # taken here too (the flow re-enters it), so a busy loop is one line, not a failed flow's traceback
+        with loop_lock(cfg.loop_id()):
+            result = self_improve(cfg)
+    except LoopBusy as e:
+        _fail(str(e))
     print_summary(result, time.perf_counter() - t0)
+
+
+@app.command()
+def unlock(loop: str = typer.Argument(..., help="Loop id, e.g. demo-aac74faae2 (printed by `vstar run`)."),
+           force: bool = typer.Option(False, "--force", help="Clear it even if its holder may be alive.")):
+    """Free a loop's lock left by a run that died; refused while the holder is alive unless --force."""
+    from flows.lock import LoopBusy, unlock as free
+
+    try:
+        console.print(free(loop, force))
+    except LoopBusy as e:
+        _fail(str(e))
 
 
 labels_app = typer.Typer(no_args_is_help=True, help="Step-labelled traces in the PRM800K / Math-Shepherd formats.")
@@ -67,9 +89,11 @@ def labels_export(scored_uri: str = typer.Argument(..., help="A published scored
     from components.importers import EXPORTERS
 
     if format not in EXPORTERS:
-        console.print(f"[red]--format: unknown {format!r}; known: {', '.join(sorted(EXPORTERS))}[/red]")
-        raise typer.Exit(2)
-    rows = [r for r in store.read_rows(scored_uri) if r.get("steps")]
+        _fail(f"--format: unknown {format!r}; known: {', '.join(sorted(EXPORTERS))}")
+    try:
+        rows = [r for r in store.read_rows(scored_uri) if r.get("steps")]
+    except store.NotPublished as e:
+        _fail(f"{e}: give a published scored dataset, e.g. <store>/loops/<loop id>/round-1/scored")
     EXPORTERS[format](rows, out)
     console.print(f"wrote {len(rows)} traces from {scored_uri} to {out} ({format})")
 
@@ -89,8 +113,7 @@ def compare(loops: list[str] = typer.Argument(..., help="Loop ids, e.g. demo-aac
         try:
             found[loop] = tracking.loop_runs(c, experiment, loop)
         except ValueError as e:
-            console.print(f"[red]{e}[/red]")
-            raise typer.Exit(2)
+            _fail(str(e))
     rounds = {loop: report.rounds_from_runs(children) for loop, (_, children) in found.items()}
     header, rows = report.comparison_rows(rounds)
     t = Table(title="rounds compared (greedy pass@1 on held-out problems; change since the previous round)")
@@ -119,8 +142,7 @@ def _entry(store_uri: Optional[str], id: str) -> tuple[str, dict]:
     try:
         return store_uri, catalog.get(store_uri, id)
     except catalog.UnknownDataset as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+        _fail(str(e))
 
 
 def _filter_text(f: dict) -> str:
@@ -182,16 +204,14 @@ def sft_command(
     rows = catalog.load_filtered(entry["id"], store_uri)
     missing = {"prompt", "completion"} - set(rows.column_names)
     if missing or len(rows) == 0:
-        console.print(f"[red]{entry['uri']}: {len(rows)} rows, missing field(s) {sorted(missing)}: "
-                      f"nothing to fine-tune on[/red]")
-        raise typer.Exit(2)
+        _fail(f"{entry['uri']}: {len(rows)} rows, missing field(s) {sorted(missing)}: "
+              f"nothing to fine-tune on")
     pairs = list(zip(rows["prompt"], rows["completion"]))
     local = store.is_local(model) and Path(model).is_dir() and not (Path(model) / store.MANIFEST).exists()
     try:  # a plain local folder is used as is; anything else must be a published model
         base_dir, base_sha = (Path(model), None) if local else (store.fetch_folder(model), store.read_manifest(model)["sha256"])
     except store.NotPublished as e:
-        console.print(f"[red]--model {model}: {e}[/red]")
-        raise typer.Exit(2)
+        _fail(f"--model {model}: {e}")
     hp = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "lora_r": lora_r}
     out = out or store.join(store_uri, "sft", entry["id"], stable_hash({"base": base_sha or model, **hp})[:10])
     cfg = RunConfig(tracking_uri=tracking_uri, experiment=experiment)

@@ -1,59 +1,231 @@
 """One loop, one writer: a Prefect global concurrency limit named after the loop, with one slot.
 
 Two triggers of the same loop (a cron tick while a manual round runs, a double click) would otherwise
-race on the same store paths and MLflow runs. The slot is leased: a flow-run process that dies
-(SIGKILL, lost machine) stops renewing its lease and the server frees the slot after `LEASE_S`, so
-a crashed round never locks its loop for good.
+race on the same store paths and MLflow runs. The slot is leased, and beside it a Prefect variable of
+the same name records who holds it (host, pid, flow run, lease).
+
+Why both: a leased slot is freed by a Prefect *server*'s background service when its holder stops
+renewing, but the temporary server that `vstar run` starts on the ephemeral API runs no such service
+(and keeps leases in memory, so a new one never learns of the old lease): a SIGKILLed `vstar run`
+would hold its loop for good. So a waiting trigger asks whether the holder is provably dead (its
+process gone on this host, or its flow run in a final state) and, if so, reclaims the slot at once.
+A holder on another host whose flow run still looks alive is waited for: a server frees its slot
+after `LEASE_S` seconds without renewal.
 """
 from __future__ import annotations
 
+import os
 import re
+import socket
+import sys
+import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
+from uuid import UUID
 
-from prefect import get_client, get_run_logger
-from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists
+import psutil
+from prefect import get_client
+from prefect.logging import get_logger
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate, VariableCreate
+from prefect.concurrency._leases import maintain_concurrency_lease
+from prefect.concurrency._sync import release_concurrency_slots_with_lease
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 
-from components.config import RunConfig
+LEASE_S = 60  # the server's minimum: how long a dead holder on another host keeps the loop locked
+POLL_S = 2.0  # how often a waiting trigger asks again (and re-checks the holder)
+log = get_logger("vstar.lock")  # a child of Prefect's logger: printed by `vstar`, kept by a flow run
 
-LEASE_S = 60  # the server's minimum: how long a dead holder keeps the loop locked
+# Locks this process holds (limit name -> holder record): `vstar run` takes its loop's lock before
+# the flow starts, so the flow's own `loop_lock` finds it held here and only notes its flow run.
+_HELD: dict[str, dict] = {}
 
 
 class LoopBusy(RuntimeError):
-    """Another flow run holds this loop's slot."""
+    """Another live run holds this loop."""
 
 
-def limit_name(cfg: RunConfig) -> str:
-    return "vstar-loop-" + re.sub(r"[^a-z0-9-]", "-", cfg.loop_id().lower())
+def limit_name(loop_id: str) -> str:
+    return "vstar-loop-" + re.sub(r"[^a-z0-9-]", "-", loop_id.lower())
 
 
-def _ensure_limit(name: str) -> None:
-    # `concurrency()` ignores a limit that does not exist (non-strict) or fails (strict): create it.
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectNotFound
+def _flow_run_id() -> str | None:
+    from prefect.context import FlowRunContext
 
-    with get_client(sync_client=True) as client:
+    ctx = FlowRunContext.get()
+    return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+
+
+def _record(lease_id: UUID) -> dict:
+    me = psutil.Process()
+    return {"lease_id": str(lease_id), "host": socket.gethostname(), "pid": me.pid,
+            "pid_started": me.create_time(), "flow_run_id": _flow_run_id(),
+            "since": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:200]}
+
+
+def describe(rec: dict | None) -> str:
+    if not rec:
+        return "holder unknown"
+    fr = f", flow run {rec['flow_run_id']}" if rec.get("flow_run_id") else ""
+    return f"pid {rec['pid']} on {rec['host']} since {rec['since']}{fr}"
+
+
+# ------------------------------------------------------------------------------ the holder's record
+
+def read_holder(client, name: str) -> dict | None:
+    var = client.read_variable_by_name(name)
+    return var.value if var and isinstance(var.value, dict) else None
+
+
+def _write_holder(client, name: str, rec: dict) -> None:
+    try:
+        client.delete_variable_by_name(name)
+    except ObjectNotFound:
+        pass
+    client.create_variable(VariableCreate(name=name, value=rec))
+
+
+def _drop_holder(client, name: str, lease_id: str | None) -> None:
+    """Delete the record if it is still the one for `lease_id` (None: whatever it is)."""
+    rec = read_holder(client, name)
+    if rec is not None and (lease_id is None or rec.get("lease_id") == lease_id):
         try:
-            client.read_global_concurrency_limit_by_name(name)
+            client.delete_variable_by_name(name)
         except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-            except ObjectAlreadyExists:  # a concurrent trigger created it first
-                pass
+            pass
+
+
+def holder_state(client, rec: dict | None) -> tuple[bool | None, str]:
+    """(alive, why): False when the holder is provably dead, True when provably alive, None when it
+    cannot be told from here (another host, flow run not final)."""
+    if not rec:
+        return None, "no holder recorded"
+    if rec.get("flow_run_id"):
+        try:
+            fr = client.read_flow_run(UUID(rec["flow_run_id"]))
+            if fr.state and fr.state.is_final():
+                return False, f"its flow run {fr.name} is {fr.state.name}"
+        except ObjectNotFound:
+            pass
+    if rec.get("host") != socket.gethostname():
+        return None, f"held from host {rec.get('host')}"
+    try:
+        proc = psutil.Process(rec["pid"])
+        # A recycled pid is another process: compare start times.
+        if abs(proc.create_time() - rec.get("pid_started", proc.create_time())) < 1 and proc.is_running() \
+                and proc.status() != psutil.STATUS_ZOMBIE:
+            return True, f"process {rec['pid']} is running"
+    except psutil.NoSuchProcess:
+        pass
+    return False, f"process {rec['pid']} on this host is gone"
+
+
+def _reclaim(client, name: str, rec: dict | None, why: str) -> None:
+    """Free the slot of a dead holder: release its lease where the server still knows it (a real
+    server, whose own reaper would otherwise free it a second time later), else reset the count."""
+    if rec and rec.get("lease_id"):
+        release_concurrency_slots_with_lease(UUID(rec["lease_id"]))
+    now = read_holder(client, name)
+    if now and rec and now.get("lease_id") != rec.get("lease_id"):
+        return  # someone else reclaimed and took the loop meanwhile
+    if client.read_global_concurrency_limit_by_name(name).active_slots > 0:
+        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+    _drop_holder(client, name, rec.get("lease_id") if rec else None)
+    if rec and rec.get("flow_run_id"):  # say so in Prefect too: a killed run would look Running forever
+        from prefect.states import Crashed
+
+        try:
+            fr = client.read_flow_run(UUID(rec["flow_run_id"]))
+            if not (fr.state and fr.state.is_final()):
+                client.set_flow_run_state(fr.id, Crashed(message=f"vstar lock reclaimed: {why}"), force=True)
+        except ObjectNotFound:
+            pass
+    log.warning("%s: previous holder is dead (%s; %s): lock reclaimed", name, why, describe(rec))
+
+
+def _ensure_limit(client, name: str) -> None:
+    # `concurrency()` ignores a limit that does not exist (non-strict) or fails (strict): create it.
+    try:
+        client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        except ObjectAlreadyExists:  # a concurrent trigger created it first
+            pass
+
+
+# --------------------------------------------------------------------------------------- the lock
+
+def _acquire(client, name: str, loop_id: str, wait_s: float) -> UUID:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:  # one try at a time (Prefect's own waiting logs an error per timeout): we check the holder between
+            return UUID(client.increment_concurrency_slots_with_lease(
+                names=[name], slots=1, mode="concurrency", lease_duration=LEASE_S).json()["lease_id"])
+        except PrefectHTTPStatusError as e:
+            if e.response.status_code != 423:  # 423 Locked: the slot is taken
+                raise
+        rec = read_holder(client, name)
+        alive, why = holder_state(client, rec)
+        if alive is False:
+            _reclaim(client, name, rec, why)
+            continue
+        if time.monotonic() >= deadline:
+            hint = (f"if it is gone, `vstar unlock {loop_id}`" if alive else
+                    f"a server frees a dead holder's slot within {LEASE_S} s; `vstar unlock {loop_id} --force` "
+                    f"clears it now")
+            raise LoopBusy(f"loop {loop_id} is already running ({describe(rec)}; {why}). "
+                           f"Wait for it to finish; {hint}.")
+        time.sleep(POLL_S)
 
 
 @contextmanager
-def loop_lock(cfg: RunConfig, wait_s: float = 5.0):
-    """Hold the loop's slot for the block; LoopBusy when it stays taken for `wait_s` seconds."""
-    name = limit_name(cfg)
-    _ensure_limit(name)
-    log = get_run_logger()
-    try:
-        with concurrency(name, occupy=1, timeout_seconds=max(wait_s, 1.0), lease_duration=LEASE_S, strict=True):
-            log.info("holding %s: no other run writes to loop %s meanwhile", name, cfg.loop_id())
+def loop_lock(loop_id: str, wait_s: float = 5.0):
+    """Hold the loop's slot for the block; LoopBusy when a live holder keeps it for `wait_s` seconds.
+    Re-entrant within a process (the CLI holds it around the flow that holds it too)."""
+    name = limit_name(loop_id)
+    with get_client(sync_client=True) as client:
+        if name in _HELD:
+            held = _HELD[name]
+            if held.get("flow_run_id") is None and _flow_run_id():  # name the flow run in the record
+                held["flow_run_id"] = _flow_run_id()
+                _write_holder(client, name, held)
             yield
-    except AcquireConcurrencySlotTimeoutError:  # only acquisition: a TimeoutError inside the block is not ours
-        raise LoopBusy(f"loop {cfg.loop_id()} is already running in another flow run (concurrency limit {name} "
-                       f"has its one slot taken; waited {wait_s:.0f} s). Wait for it to finish, or, if it "
-                       f"crashed, for its lease to expire (<= {LEASE_S} s).") from None
+            return
+        _ensure_limit(client, name)
+        lease_id = _acquire(client, name, loop_id, wait_s)
+        rec = _record(lease_id)
+        _write_holder(client, name, rec)
+        _HELD[name] = rec
+        log.info("holding %s: no other run writes to loop %s meanwhile", name, loop_id)
+        try:
+            # Renewal failures do not stop the round: a lost lease is recovered by the holder check.
+            with maintain_concurrency_lease(lease_id, LEASE_S, raise_on_lease_renewal_failure=False,
+                                            suppress_warnings=True):
+                yield
+        finally:
+            _HELD.pop(name, None)
+            _drop_holder(client, name, rec["lease_id"])
+            release_concurrency_slots_with_lease(lease_id)
+
+
+def unlock(loop_id: str, force: bool = False) -> str:
+    """Free a loop's slot by hand: refused while its holder is alive (or unknown) unless `force`."""
+    name = limit_name(loop_id)
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            return f"loop {loop_id} has never been locked here (no limit {name})"
+        rec = read_holder(client, name)
+        if limit.active_slots == 0:
+            _drop_holder(client, name, None)
+            return f"loop {loop_id} is not locked"
+        alive, why = holder_state(client, rec)
+        if alive is not False and not force:
+            raise LoopBusy(f"loop {loop_id} is held by a holder that may be alive ({describe(rec)}; {why}); "
+                           f"stop it first, or `vstar unlock {loop_id} --force` if you know it is gone")
+        if alive is not False:
+            log.warning("forcing %s open although its holder may be alive (%s)", name, why)
+        _reclaim(client, name, rec, why if alive is False else f"forced by hand ({why})")
+        return f"loop {loop_id} unlocked ({why}; was {describe(rec)})"

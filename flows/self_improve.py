@@ -66,7 +66,7 @@ def _summary(config: RunConfig, upto: int) -> list[dict]:
 
 @flow(name="vstar-self-improve")
 def self_improve(config: RunConfig = RunConfig(), wait_s: float = 5.0) -> dict:
-    with loop_lock(config, wait_s):
+    with loop_lock(config.loop_id(), wait_s):
         rounds = [stored(start, config)(config)]
         for n in range(1, config.rounds + 1):
             rounds.append(stored(run_round, config)(config, n))
@@ -88,7 +88,7 @@ def next_round(config_path: str = "configs/demo.yaml", overrides: list[str] | No
     given one (its published stages are reused). Stops at the config's `rounds`."""
     config = load_config(config_path, overrides or [])
     log = get_run_logger()
-    with loop_lock(config, wait_s):
+    with loop_lock(config.loop_id(), wait_s):
         stored(start, config)(config)
         n = round if round is not None else last_round(config) + 1
         if round is None and n > config.rounds:
