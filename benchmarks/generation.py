@@ -47,8 +47,8 @@ def measure(backend: str, model_dir: str, prompts: list[str], warmup_prompts: li
     """One backend on one model, in its own process (called through components.isolation)."""
     import torch
 
-    from components.config import GenerationConfig
-    from components.generation import Sampling, load_backend
+    from components.config_sections import GenerationConfig
+    from components.models.generation import Sampling, load_backend
 
     gen_cfg = GenerationConfig(backend=backend, kv_cache_bytes=kv_cache_bytes)
     t0 = time.perf_counter()
@@ -132,16 +132,17 @@ def pick_prompts(all_prompts: list[str], n: int) -> tuple[list[str], list[str]]:
 
 def bootstrap_dir(cfg) -> Path:
     """The config's bootstrap model folder: from the store, trained (and published) first if missing."""
-    from components import store
-    from components.isolation import run_isolated
+    from components.infra import store
+    from components.infra.layout import Layout
+    from components.infra.isolation import run_isolated
+    from components.stages import bootstrap
 
-    uri = store.bootstrap_uri(cfg.store_uri, cfg.bootstrap_hash())
+    uri = Layout.of(cfg).bootstrap()
     if not store.is_published(uri):
         print(f"[note] no published bootstrap at {uri}: training one with {cfg.name}'s config "
               f"({cfg.family.bootstrap.size} examples; this takes minutes on CPU) ...", flush=True)
         t0 = time.perf_counter()
-        metrics = run_isolated("components.stages:bootstrap", {"config": cfg.model_dump(mode="json"), "out_uri": uri},
-                               name="bench-bootstrap")
+        metrics = run_isolated(bootstrap, cfg, {"out_uri": uri})
         print(f"[note] bootstrap trained in {time.perf_counter() - t0:.0f} s "
               f"(loss {metrics['loss_first']:.3f} -> {metrics['loss_last']:.3f})", flush=True)
     return store.fetch_folder(uri).resolve()
@@ -172,8 +173,8 @@ def build_big(tok_dir: Path, out_dir: Path, args, cfg) -> None:
     """A random-init Llama with the big dims and tok_dir's tokenizer, saved to out_dir."""
     from transformers import AutoTokenizer
 
-    from components.config import ModelConfig
-    from components.tiny_model import build_model
+    from components.config_sections import ModelConfig
+    from components.models.tiny import build_model
 
     import torch
 
@@ -301,8 +302,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from components.config import load_config
-    from components.families import get_family
-    from components.isolation import StageFailed, run_isolated
+    from components.data.families import get_family
+    from components.infra.isolation import StageFailed, call_isolated
 
     from components.config import ConfigError
 
@@ -354,7 +355,7 @@ def main(argv=None) -> dict:
                 print(f"[run] {name} / {backend}: {len(prompts)} prompts x k={args.k}, max {args.max_tokens} tokens, "
                       f"kv cache {kv >> 20} MiB ...", flush=True)
                 try:
-                    r = run_isolated("benchmarks.generation:measure",
+                    r = call_isolated("benchmarks.generation:measure",
                                      {"backend": backend, "model_dir": str(mdir), "prompts": prompts,
                                       "warmup_prompts": warmup, "k": args.k, "max_tokens": args.max_tokens,
                                       "temperature": args.temperature, "seed": args.seed, "kv_cache_bytes": kv,

@@ -24,13 +24,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from components import store  # noqa: E402
+from components.infra import store  # noqa: E402
+from components.infra.layout import Layout
 from components.config import load_config  # noqa: E402
 from components.loop import judge_uri  # noqa: E402
 
@@ -64,17 +64,17 @@ def main() -> None:
         "scoring.label_source=consensus", "scoring.also=[mc, mc_binary, judge, gold]"])
     labels = args.labels
     if not labels:  # human-style labels: the consensus loop's traces with their gold labels, as PRM800K
-        from components.importers import write_prm800k
+        from components.data.importers import write_prm800k
 
         labels = str(Path(tempfile.mkdtemp()) / "labels.jsonl")
         loop = results["consensus"]["loop_id"]
-        scored = store.round_uri(load_config(args.config, args.overrides).store_uri, loop, 1, "scored")
+        scored = Layout(load_config(args.config, args.overrides).store_uri, loop).round(1, "scored")
         write_prm800k([{**r, "step_labels": [int(i < r["gold_first_error"] or r["gold_first_error"] < 0)
                                              for i in range(len(r["steps"]))]}
                        for r in store.read_rows(scored) if r["steps"]], labels)
     results["labels"] = run(args.config, args.overrides + ["scoring.label_source=labels",
                                                            f"scoring.labels.uri={labels}"])
-    import services
+    from components.infra import services
 
     cfg = load_config(args.config, args.overrides + ["scoring.label_source=judge"])
     with tempfile.TemporaryDirectory() as tmp:

@@ -43,7 +43,7 @@ def methods(n: int) -> dict:
 
 
 def sample_traces(cfg, engine, fam, ops: list[int], problems: int, k: int, seed: int):
-    from components.generation import Sampling
+    from components.models.generation import Sampling
 
     probs = [p for p in fam.problems("train") if p.difficulty in ops][:problems]
     if not probs:
@@ -54,8 +54,8 @@ def sample_traces(cfg, engine, fam, ops: list[int], problems: int, k: int, seed:
 
 
 def label(method: str, fn: str, switches: dict, n: int, cfg, engine, fam, items, gold, seed: int) -> dict:
-    from components import montecarlo
-    from components.metrics import first_error_f1
+    from components.labeling import montecarlo
+    from components.labeling.quality import first_error_f1
 
     mc = cfg.scoring.mc.model_copy(update={"rollouts": n, **switches})
     engine.llm.reset_prefix_cache()
@@ -122,8 +122,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from benchmarks.generation import bootstrap_dir, machine_info
     from components.config import ConfigError, load_config
-    from components.families import get_family
-    from components.generation import load_backend
+    from components.data.families import get_family
+    from components.models.generation import load_backend
 
     try:
         cfg = load_config(args.config, args.set)

@@ -31,7 +31,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from components import store  # noqa: E402
+from components.infra import store  # noqa: E402
+from components.infra.layout import Layout
 from components.config import load_config  # noqa: E402
 
 STAGES = ("generate", "score", "filter", "sft", "prm", "evaluate")
@@ -39,13 +40,14 @@ STAGES = ("generate", "score", "filter", "sft", "prm", "evaluate")
 
 def _seed_store(cfg, dest: str) -> None:
     """Publish the loop's bootstrap into a fresh store, training it once if the default store lacks it."""
-    src = store.bootstrap_uri(".vstar/store", cfg.bootstrap_hash())
+    src = Layout(".vstar/store", bootstrap_hash=cfg.bootstrap_hash()).bootstrap()
     if not store.is_published(src):
-        from components.isolation import run_isolated
+        from components.infra.isolation import run_isolated
+        from components.stages import bootstrap
 
-        run_isolated("components.stages:bootstrap", {"config": cfg.model_copy(update={"store_uri": ".vstar/store"})
-                                                     .model_dump(mode="json"), "out_uri": src})
-    store.publish_folder(store.fetch_folder(src), store.bootstrap_uri(dest, cfg.bootstrap_hash()), {"kind": "model"})
+        run_isolated(bootstrap, cfg.model_copy(update={"store_uri": ".vstar/store"}), {"out_uri": src})
+    store.publish_folder(store.fetch_folder(src), Layout(dest, bootstrap_hash=cfg.bootstrap_hash()).bootstrap(),
+                         {"kind": "model"})
 
 
 def _prefect_times(flow_run_id) -> tuple[float, float, float]:
@@ -119,7 +121,7 @@ def run_worker(config: str, overrides: list[str]) -> dict:
             if not fr.state.is_completed():
                 raise RuntimeError(f"worker run ended {fr.state.name}: {fr.state.message}")
             loop = load_config(config, over).loop_id()
-            result = {s: store.read_manifest(store.round_uri(f"{tmp}/store", loop, 1, u)).get("metrics", {})
+            result = {s: store.read_manifest(Layout(f"{tmp}/store", loop).round(1, u)).get("metrics", {})
                       for s, u in zip(STAGES, ("candidates", "scored", "filtered", "model", "prm", "eval"))}
             flow_s, tasks_s, latency = _prefect_times(fr.id)
             _ = worker

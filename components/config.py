@@ -8,251 +8,23 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from components.config_sections import (CurriculumConfig, DecontamConfig, EvalConfig, FamilyConfig, FilterConfig,
+                                        GenerationConfig, ModelConfig, PRMConfig, ScoringConfig, SFTConfig, Strict,
+                                        TrainConfig)
 
 
 class ConfigError(ValueError):
     """A config that cannot run, with the file and the field that are wrong."""
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OpsRange(Strict):
-    min_ops: int = Field(1, ge=1, le=32)
-    max_ops: int = Field(3, ge=1, le=32)
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        if self.min_ops > self.max_ops:
-            raise ValueError(f"min_ops ({self.min_ops}) > max_ops ({self.max_ops})")
-        return self
-
-
-class SplitConfig(OpsRange):
-    size: int = Field(600, ge=1)
-
-
-class EvalSplitConfig(OpsRange):
-    per_level: int = Field(100, ge=1)
-
-
-class DataConfig(Strict):
-    """Problems from files (gsm8k, math, custom families): jsonl or parquet at any fsspec URI.
-    `fields` maps our names (question, answer, solution, id) to the file's column names."""
-    train_uri: str | None = None
-    eval_uri: str | None = None
-    fields: dict[str, str] = {}
-    verifier: Literal["numeric", "exact", "math_verify"] | None = None  # None: the family's own (math: math_verify)
-    last_number_fallback: bool = True  # answer = last number in the text when no answer marker is found
-    strict: bool = False  # a bad row fails the load (True) or is quarantined and counted (False)
-    max_prompt_tokens: int | None = Field(None, ge=1)  # longer problems are rejected (None: model context)
-    bootstrap_size: int | None = Field(None, ge=1)  # train problems whose reference solutions bootstrap G_0
-    eval_size: int | None = Field(None, ge=1)  # first N eval problems (None: all)
-
-
-class FamilyConfig(Strict):
-    name: str = "arith"
-    data: DataConfig = DataConfig()
-    max_value: int = Field(99, ge=9, le=10**6)
-    operations: list[Literal["add", "sub", "mul", "mod10", "max", "mul0"]] = [
-        "add", "sub", "mul", "mod10", "max"]
-    bootstrap: SplitConfig = SplitConfig(min_ops=1, max_ops=3, size=66000)
-    train: SplitConfig = SplitConfig(min_ops=4, max_ops=4, size=600)
-    eval: EvalSplitConfig = EvalSplitConfig(min_ops=1, max_ops=6, per_level=100)
-
-    @field_validator("name")
-    @classmethod
-    def _registered(cls, name: str) -> str:
-        from components.families import FAMILIES  # the registry imports this module: ask at validation
-
-        if name not in FAMILIES:
-            raise ValueError(f"unknown family {name!r}; known: {', '.join(sorted(FAMILIES))}")
-        return name
-
-
-class ModelConfig(Strict):
-    """The tiny Llama trained from scratch. rope_factor >> 1 makes rotations negligible: measured
-    here, standard RoPE never produced a genuine longer chain (../shared/notes/demo-feasibility.md)."""
-    hidden_size: int = Field(128, ge=8)
-    layers: int = Field(4, ge=1)
-    heads: int = Field(4, ge=1)
-    intermediate_size: int = Field(512, ge=8)
-    max_positions: int = Field(256, ge=32)
-    rope_factor: float = Field(1000.0, ge=1.0, le=10000.0)
-    # A pretrained model (a Hugging Face folder at any fsspec URI or local path) to start from instead
-    # of training the tiny one: it is published as G_0 and the fields above are ignored.
-    init_uri: str | None = None
-
-    @model_validator(mode="after")
-    def _heads_divide(self):
-        if self.hidden_size % self.heads:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by heads ({self.heads})")
-        return self
-
-
-class TrainConfig(Strict):
-    epochs: float = Field(1.0, gt=0)
-    lr: float = Field(2e-3, gt=0, lt=1)
-    batch_size: int = Field(64, ge=1)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-
-
-class GenerationConfig(Strict):
-    backend: str = "vllm"
-    k: int = Field(8, ge=1, le=256)
-    temperature: float = Field(0.8, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(96, ge=1)
-    seed: int = 0
-    kv_cache_bytes: int = Field(256 * 2**20, ge=2**20)
-    prefix_caching: bool = True
-
-
-class MCConfig(Strict):
-    rollouts: int = Field(8, ge=1, le=64)
-    temperature: float = Field(0.8, ge=0)
-    reuse_completion: bool = True  # the candidate's own continuation counts as one rollout (binary search)
-    share_prefixes: bool = True  # one estimate per distinct prefix, shared by every trace that has it
-    # Binary search only: draw rollouts this many at a time, stopping at a prefix's first success
-    # (its hard label is then known); 0 draws all at once. Soft scores become hits / rollouts drawn.
-    early_stop_chunk: int = Field(0, ge=0, le=64)
-
-
-class RemoteJudgeConfig(Strict):
-    """An OpenAI-compatible /v1/completions endpoint (`vllm serve`, hosted models; the judge is
-    prompted as a base model, no chat template). The key is read from the environment variable
-    named here, never from config."""
-    base_url: str = "http://127.0.0.1:8000/v1"
-    model: str = "judge"
-    api_key_env: str = "VSTAR_JUDGE_API_KEY"
-    timeout_s: float = Field(60.0, gt=0)
-    retries: int = Field(4, ge=0)
-    backoff_s: float = Field(0.5, ge=0)
-    concurrency: int = Field(8, ge=1)
-
-
-FIRST_ERROR_TEMPLATE = (
-    "Problem:\n{problem}\nSolution steps:\n{steps}\n"
-    "Which step is the first incorrect one? Answer with its number, or none if every step is correct.\n"
-    "Verdict:")
-PER_STEP_TEMPLATE = (
-    "Problem:\n{problem}\nEarlier steps:\n{steps}\nStep {index}: {step}\n"
-    "Is this step correct? Answer yes or no.\nVerdict:")
-
-
-class JudgeConfig(Strict):
-    """LLM-as-judge (ProcessBench protocol). `model_uri` None: the loop trains a small judge of its
-    own from planted-error traces of the family (no instruct model on CPU); `backend: remote` asks
-    an HTTP endpoint instead. Templates take {problem}, {steps} (numbered from 1), {index}, {step}."""
-    backend: Literal["local", "remote"] = "local"
-    model_uri: str | None = None
-    mode: Literal["first_error", "per_step"] = "first_error"
-    first_error_template: str = FIRST_ERROR_TEMPLATE
-    per_step_template: str = PER_STEP_TEMPLATE
-    step_line: str = "Step {index}: {step}"  # one numbered step in {steps}
-    # What the judge the loop trains writes when every step is right; the parser always accepts
-    # none / no error / all correct / -1 (ProcessBench). A char-level tiny judge needs "-1".
-    none_verdict: str = "none"
-    max_tokens: int = Field(8, ge=1)
-    temperature: float = Field(0.0, ge=0)
-    remote: RemoteJudgeConfig = RemoteJudgeConfig()
-    train_examples: int = Field(20000, ge=1)  # planted-error examples for the judge the loop trains
-    train: TrainConfig = TrainConfig(epochs=1.0, lr=1e-3, batch_size=64)
-
-
-class LabelsConfig(Strict):
-    """Existing human step labels (PRM800K or Math-Shepherd format) imported from any fsspec URI."""
-    uri: str | None = None
-    format: Literal["prm800k", "math_shepherd"] = "prm800k"
-    neutral: Literal["correct", "wrong", "skip"] = "correct"  # PRM800K rating 0 (TRL counted it wrong)
-    strict: bool = False
-    with_generated: bool = True  # PRM trains on imported plus generated traces (False: imported only)
-
-
-class ScoringConfig(Strict):
-    """Where step labels for filtering come from. `gold` is the exact step check of a verifiable
-    family (the bar the others are measured by); `mc` Monte Carlo rollouts per step, `mc_binary`
-    binary search for the first error (OmegaPRM); `judge` an LLM judge; `consensus` keeps a step
-    label only where MC and the judge agree; `labels` scores with a PRM trained on imported human
-    labels (round 1: on those alone; later rounds: on those plus the loop's own labelled steps);
-    `prm` uses the previous round's PRM (round 1, which has none, uses `first_round_source`);
-    `prm+mc` runs MC only on traces the PRM is unsure about. `also` names extra sources scored on
-    the same traces for the label-quality report (agreement, F1 vs gold) without filtering on them."""
-    label_source: Literal["mc", "mc_binary", "judge", "consensus", "labels", "gold", "prm", "prm+mc"] = "mc"
-    first_round_source: Literal["mc", "mc_binary", "judge", "consensus", "gold"] = "mc"
-    also: list[Literal["mc", "mc_binary", "judge", "consensus", "gold"]] = []
-    mc: MCConfig = MCConfig()
-    judge: JudgeConfig = JudgeConfig()
-    labels: LabelsConfig = LabelsConfig()
-    prm_unsure: tuple[float, float] = (0.2, 0.8)
-    audit_mc: int = Field(0, ge=0)  # traces also scored by MC to report its label quality (0 = off)
-
-
-class FilterConfig(Strict):
-    mode: Literal["step", "outcome"] = "step"
-    aggregate: Literal["min", "prod", "last", "mean"] = "min"
-    threshold: float = Field(0.5, ge=0, le=1)
-    max_per_problem: int = Field(2, ge=1)
-
-
 # Fields that say where or how long a loop runs, not what it computes: excluded from its identity,
 # so `--set rounds=5` continues the same loop and an s3:// store holds the same loop as a local one.
 NOT_IDENTITY = ("rounds", "store_uri", "tracking_uri", "experiment")
-
-
-class CurriculumConfig(Strict):
-    """Which train problems a round samples: one level past the longest chain the current generator
-    already solves (greedy pass@1 >= promote_at), plus a share one level easier (Lee et al. 2025)."""
-    enabled: bool = True
-    promote_at: float = Field(0.8, gt=0, le=1)
-    problems: int = Field(400, ge=1)
-    easier_share: float = Field(0.25, ge=0, lt=1)
-
-
-class LoraConfig(Strict):
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
-
-
-class SFTConfig(TrainConfig):
-    epochs: float = Field(3.0, gt=0)
-    lr: float = Field(1e-3, gt=0, lt=1)
-    replay_gold: float = Field(1.0, ge=0)  # bootstrap gold examples mixed in per kept trace
-    keep_history: bool = True  # earlier rounds' kept traces join this round's
-    max_examples: int = Field(6000, ge=1)
-    lora: LoraConfig | None = None
-
-
-class PRMConfig(Strict):
-    enabled: bool = True
-    init_from: Literal["generator", "previous"] = "generator"
-    epochs: float = Field(2.0, gt=0)
-    lr: float = Field(1e-3, gt=0, lt=1)
-    batch_size: int = Field(64, ge=1)
-    max_examples: int = Field(4000, ge=1)
-    soft: bool = True  # train on MC fractions as floats (BCE) rather than hard labels
-    scorer: Literal["transformers", "vllm"] = "transformers"
-
-
-class EvalConfig(Strict):
-    k: int = Field(4, ge=1)
-    sampled_per_level: int = Field(30, ge=1)  # problems per level that get k samples for maj@k / best-of-k
-    temperature: float = Field(0.8, ge=0)
-
-
-class DecontamConfig(Strict):
-    """Training problems that overlap evaluation problems are dropped before SFT and PRM training:
-    normalised exact match, or word n-gram overlap (share of the train problem's n-grams found in
-    some eval problem) at or above `threshold`."""
-    enabled: bool = True
-    ngram: int = Field(8, ge=1)
-    threshold: float = Field(0.5, gt=0, le=1)
 
 
 class RunConfig(Strict):
@@ -278,10 +50,13 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.scoring.label_source == "labels" and not self.scoring.labels.uri:
-            raise ValueError("scoring.label_source is 'labels' but scoring.labels.uri is not set")
-        if self.scoring.label_source == "labels" and not self.prm.enabled:
-            raise ValueError("scoring.label_source 'labels' scores with a PRM trained on them: prm.enabled must be true")
+        from components.labeling.sources import prm0_from_imports
+
+        src = self.scoring.label_source
+        if prm0_from_imports(self) and not self.scoring.labels.uri:
+            raise ValueError(f"scoring.label_source is {src!r} but scoring.labels.uri is not set")
+        if prm0_from_imports(self) and not self.prm.enabled:
+            raise ValueError(f"scoring.label_source {src!r} scores with a PRM trained on them: prm.enabled must be true")
         return self
 
     def identity(self) -> dict:

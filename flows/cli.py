@@ -85,8 +85,8 @@ def labels_export(scored_uri: str = typer.Argument(..., help="A published scored
                   out: str = typer.Argument(..., help="jsonl to write (any fsspec URI)."),
                   format: str = typer.Option("prm800k", help="prm800k | math_shepherd")):
     """Export a round's step-labelled traces in a published format (for other tools, or as `labels`)."""
-    from components import store
-    from components.importers import EXPORTERS
+    from components.infra import store
+    from components.data.importers import EXPORTERS
 
     if format not in EXPORTERS:
         _fail(f"--format: unknown {format!r}; known: {', '.join(sorted(EXPORTERS))}")
@@ -105,7 +105,8 @@ def compare(loops: list[str] = typer.Argument(..., help="Loop ids, e.g. demo-aac
     """Rounds x key metrics of one or more loops, read from MLflow, with changes since the previous round."""
     from mlflow import MlflowClient
 
-    from components import report, tracking
+    from components.evaluation import report
+    from components.infra import tracking
 
     c = MlflowClient(tracking_uri or tracking.tracking_uri())
     found = {}
@@ -136,7 +137,7 @@ STORE_HELP = "Store URI holding the catalog (default: $VSTAR_STORE, else .vstar/
 
 
 def _entry(store_uri: Optional[str], id: str) -> tuple[str, dict]:
-    from components import catalog
+    from components.infra import catalog
 
     store_uri = store_uri or catalog.default_store()
     try:
@@ -155,7 +156,7 @@ def _filter_text(f: dict) -> str:
 @datasets_app.command("list")
 def datasets_list(store_uri: Optional[str] = typer.Option(None, "--store", help=STORE_HELP)):
     """Every catalogued dataset: id, loop, round, rows, filter, label source, URI."""
-    from components import catalog
+    from components.infra import catalog
 
     store_uri = store_uri or catalog.default_store()
     entries = catalog.list_entries(store_uri)
@@ -177,7 +178,7 @@ def datasets_show(id: str = typer.Argument(..., help="Catalog id, or a unique pr
 
     store_uri, e = _entry(store_uri, id)
     console.print_json(json.dumps(e))
-    console.print(f"python: components.catalog.load_filtered({e['id']!r}, store_uri={store_uri!r})", markup=False)
+    console.print(f"python: components.infra.catalog.load_filtered({e['id']!r}, store_uri={store_uri!r})", markup=False)
     console.print(f"datasets: datasets.load_dataset('parquet', data_files={e['data_files']!r}, split='train')",
                   markup=False)
 
@@ -193,12 +194,12 @@ def sft_command(
         tracking_uri: Optional[str] = typer.Option(None, help="Default: $MLFLOW_TRACKING_URI, else .vstar/mlflow.db."),
         experiment: str = "vstar"):
     """Fine-tune a model on a catalogued dataset; publish it and log the lineage (dataset -> model) in MLflow."""
-    import json
     import tempfile
 
-    from components import catalog, store, tracking
-    from components.config import RunConfig, stable_hash
-    from components.sft import sft
+    from components.infra import catalog, store, tracking
+    from components.config import RunConfig
+    from components.infra.layout import Layout
+    from components.models.sft import sft
 
     store_uri, entry = _entry(store_uri, data)
     rows = catalog.load_filtered(entry["id"], store_uri)
@@ -213,10 +214,10 @@ def sft_command(
     except store.NotPublished as e:
         _fail(f"--model {model}: {e}")
     hp = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "lora_r": lora_r}
-    out = out or store.join(store_uri, "sft", entry["id"], stable_hash({"base": base_sha or model, **hp})[:10])
+    out = out or Layout(store_uri).sft(entry["id"], {"base": base_sha or model, **hp})
     cfg = RunConfig(tracking_uri=tracking_uri, experiment=experiment)
     c = tracking.client(cfg)
-    run_id = c.create_run(tracking._experiment_id(c, experiment), run_name=f"sft/{entry['id']}", tags={
+    run_id = c.create_run(tracking.experiment_id(c, experiment), run_name=f"sft/{entry['id']}", tags={
         tracking.KIND_TAG: "sft", "vstar.data_id": entry["id"], "vstar.data_loop_id": entry.get("loop_id", ""),
         "vstar.data_run_id": entry.get("run_id") or "", "vstar.base_model": model, "vstar.model_uri": out,
         "mlflow.note.content": f"Fine-tuned {model} on catalog dataset {entry['id']} ({entry['uri']}) -> {out}",
@@ -228,9 +229,7 @@ def sft_command(
         with tempfile.TemporaryDirectory() as tmp:
             lora = {"r": lora_r, "alpha": 2 * lora_r} if lora_r else None
             stats = sft(str(base_dir), tmp, pairs, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                        lora=lora, log=lambda step, m: curve.append((step, m["train_loss"])))
-            if lora:  # where the generator stage finds the base to serve the adapter on
-                Path(tmp, "adapter_base.json").write_text(json.dumps({"base_uri": model}))
+                        lora=lora, base_uri=model, log=lambda step, m: curve.append((step, m["train_loss"])))
             metrics = {"examples": len(pairs), "loss_first": stats["loss_first"], "loss_last": stats["loss_last"],
                        "steps": stats["steps"], "seconds": time.perf_counter() - t0, "loss_curve": curve}
             store.publish_folder(tmp, out, {"kind": "lora" if lora else "model", "data_id": entry["id"],

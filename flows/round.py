@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from components import tracking
+from components.infra import tracking
 from components.config import RunConfig
 from components.loop import round_inputs
 from tasks.evaluate import evaluate_task

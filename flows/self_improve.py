@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from components import store, tracking
+from components.infra import store, tracking
 from components.config import RunConfig, load_config, stable_hash
+from components.infra.layout import Layout
+from components.labeling.sources import prm0_from_imports
 from components.loop import judge_uri, labels_uri, last_round
 from flows.lock import loop_lock
 from flows.round import run_round
@@ -48,7 +50,7 @@ def start(config: RunConfig) -> dict:
     prm0 = None
     if labels_uri(config):
         labels, _ = labels_task(config, run0)
-        if config.scoring.label_source == "labels":
+        if prm0_from_imports(config):
             prm0, _ = prm_task(config, model_uri, [labels], None, 0, run0)
     _, eval0 = evaluate_task(config, model_uri, 0, run0, prm0)
     tracking.set_terminated(config, run0)
@@ -59,7 +61,7 @@ def _summary(config: RunConfig, upto: int) -> list[dict]:
     """Every published round's evaluation, read back from the store for the cross-round report."""
     out = []
     for n in range(upto + 1):
-        uri = store.round_uri(config.store_uri, config.loop_id(), n, "eval")
+        uri = Layout.of(config).round(n, "eval")
         out.append({"round": n, "evaluate": store.read_manifest(uri).get("metrics", {})})
     return out
 
@@ -106,11 +108,11 @@ def reevaluate(config_path: str = "configs/demo.yaml", overrides: list[str] | No
     loop is named by config_path + overrides; eval settings change only this evaluation."""
     config = load_config(config_path, overrides or [])
     loop = config.loop_id()
-    model = (store.bootstrap_uri(config.store_uri, config.bootstrap_hash()) if round == 0
-             else store.round_uri(config.store_uri, loop, round, "model"))
+    at = Layout.of(config)
+    model = at.generator(round)
     if not store.is_published(model):
         raise store.NotPublished(f"loop {loop} has no published model for round {round} ({model})")
-    prm = store.round_uri(config.store_uri, loop, round, "prm") if round > 0 else None
+    prm = at.round(round, "prm") if round > 0 else None
     prm = prm if prm and store.is_published(prm) else None
     ev = load_config(config_path, (overrides or []) + (eval_overrides or []))
     tag = f"eval-{stable_hash(ev.eval.model_dump(mode='json'))[:8]}" if eval_overrides else "eval"

@@ -2,18 +2,19 @@ from prefect import task
 
 from components.config import RunConfig
 from components.loop import judge_uri, labels_uri
-from tasks.common import CACHED, run_stage
+from components.stages import judge, labels
+from tasks.common import run_stage, stage_task
 
 
-@task(name="train-judge", tags=["gpu"], **CACHED)
+@task(**stage_task(judge))
 def judge_task(cfg: RunConfig, generator_uri: str, run_id: str | None) -> tuple[str, dict]:
     """The loop's own small judge, trained once per bootstrap and judge settings."""
     uri = judge_uri(cfg)
-    return uri, run_stage(cfg, "train_judge", uri, run_id, generator_uri=generator_uri)
+    return uri, run_stage(cfg, judge, uri, run_id, generator_uri=generator_uri)
 
 
-@task(name="import-labels", **CACHED)
+@task(**stage_task(labels))
 def labels_task(cfg: RunConfig, run_id: str | None) -> tuple[str, dict]:
     """Existing human step labels -> the trace schema, with a quarantine of rejected rows."""
     uri = labels_uri(cfg)
-    return uri, run_stage(cfg, "import_labels", uri, run_id, isolate=False)
+    return uri, run_stage(cfg, labels, uri, run_id)

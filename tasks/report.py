@@ -4,9 +4,13 @@ from pathlib import Path
 
 from prefect import task
 
-from components import report, tracking
 from components.config import RunConfig
-from tasks.common import CACHED, run_stage
+from components.evaluation import report
+from components.evaluation.trace_report import REPORT
+from components.infra import store, tracking
+from components.infra.layout import Layout
+from components.stages import report as trace_report
+from tasks.common import run_stage, stage_task
 
 
 @task(name="report")
@@ -48,15 +52,13 @@ def round_artifact_task(cfg: RunConfig, result: dict) -> str:
     return key
 
 
-@task(name="trace-report", **CACHED)
+@task(**stage_task(trace_report))
 def trace_report_task(cfg: RunConfig, scored_uri: str, filtered_uri: str, round_idx: int, run_id: str,
                       prm_uri: str | None) -> str:
     """The round's HTML trace report, published in the store and logged to the round's MLflow run."""
-    from components import store
-
-    uri = store.round_uri(cfg.store_uri, cfg.loop_id(), round_idx, "report")
-    run_stage(cfg, "trace_report", uri, run_id, scored_uri=scored_uri, filtered_uri=filtered_uri,
+    uri = Layout.of(cfg).round(round_idx, "report")
+    run_stage(cfg, trace_report, uri, run_id, scored_uri=scored_uri, filtered_uri=filtered_uri,
               round_idx=round_idx, prm_uri=prm_uri)
     folder = store.fetch_folder(uri)
-    tracking.client(cfg).log_artifact(run_id, str(folder / "report.html"), "report")
+    tracking.client(cfg).log_artifact(run_id, str(folder / REPORT), "report")
     return uri

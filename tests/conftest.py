@@ -25,8 +25,7 @@ import pytest
 # prefect.yaml's pull step runs deployments from $VSTAR_HOME: the worker started below inherits it.
 os.environ.setdefault("VSTAR_HOME", str(Path(__file__).resolve().parent.parent))
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import services  # noqa: E402  (tests/services.py)
+from components.infra import services  # noqa: E402
 
 _STARTUP_TIMES: dict[str, float] = {}
 _STOP_TIMES: dict[str, float] = {}
@@ -117,7 +116,7 @@ def smoke_cfg(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smoke_family(smoke_cfg):
-    from components.families import get_family
+    from components.data.families import get_family
 
     return get_family(smoke_cfg.family, smoke_cfg.seed)
 
@@ -125,19 +124,20 @@ def smoke_family(smoke_cfg):
 @pytest.fixture(scope="session")
 def tiny_model_uri(smoke_cfg, tmp_path_factory):
     """The smoke config's bootstrap model, trained from scratch in a child process like the product does."""
-    from components import store
-    from components.isolation import run_isolated
+    from components.infra import store
+    from components.infra.layout import Layout
+    from components.infra.isolation import run_isolated
+    from components.stages import bootstrap
 
-    uri = store.bootstrap_uri(smoke_cfg.store_uri, smoke_cfg.bootstrap_hash())
+    uri = Layout.of(smoke_cfg).bootstrap()
     if store.is_published(uri):
         return uri
-    run_isolated("components.stages:bootstrap", {"config": smoke_cfg.model_dump(mode="json"), "out_uri": uri},
-                 log_dir=tmp_path_factory.mktemp("logs"))
+    run_isolated(bootstrap, smoke_cfg, {"out_uri": uri}, log_dir=tmp_path_factory.mktemp("logs"))
     return uri
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_model_uri):
-    from components import store
+    from components.infra import store
 
     return store.fetch_folder(tiny_model_uri)

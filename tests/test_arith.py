@@ -3,9 +3,9 @@ import re
 
 import pytest
 
-from components.config import EvalSplitConfig, FamilyConfig, SplitConfig
-from components.families import FAMILIES, Problem, get_family
-from components.families.arith import APPLY, Arith, make_problem
+from components.config_sections import EvalSplitConfig, FamilyConfig, SplitConfig
+from components.data.families import FAMILIES, Problem, get_family
+from components.data.families.arith import APPLY, Arith, make_problem
 
 SMALL = FamilyConfig(
     operations=["add", "sub", "mul", "mod10", "max", "mul0"],

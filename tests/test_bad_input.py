@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from components.config import DataConfig, FamilyConfig
-from components.families import get_family
-from components.families.custom import publish_problems
-from components.ingest import BadInput
+from components.config_sections import DataConfig, FamilyConfig
+from components.data.families import get_family
+from components.infra.layout import Layout
+from components.data.families.custom import publish_problems
+from components.data.ingest import BadInput
 
 GOOD = [{"question": f"Tom has {i} apples and buys 3 more. How many does he have?",
          "answer": f"Tom has {i}+3 = <<{i}+3={i + 3}>>{i + 3} apples.\n#### {i + 3}"} for i in range(4)]
@@ -54,7 +55,7 @@ def test_lenient_quarantines_every_bad_row_and_counts_it(tmp_path):
         assert (r.line, r.field) == (line, fld) and reason in r.reason, case
         assert r.uri == uri and r.raw
 
-    counts = publish_problems(fam, str(tmp_path / "store"))
+    counts = publish_problems(fam, Layout(str(tmp_path / "store")))
     assert counts["train/rows_quarantined"] == len(ROW_CASES)
     assert counts["train/quarantined/answer: not a number"] == 1
     assert counts["train/quarantined/row: malformed JSON"] == 1

@@ -11,7 +11,10 @@ import datasets
 import mlflow
 import pytest
 
-from components import catalog, stages, store, tracking
+from components.infra import catalog, store, tracking
+from components.infra.layout import Layout
+from components.stages import filter as filter_stage
+from components.stages import score
 
 VSTAR = str(Path(sys.executable).parent / "vstar")
 
@@ -19,8 +22,8 @@ VSTAR = str(Path(sys.executable).parent / "vstar")
 def publish_round(cfg, fam, n_problems: int, round_idx: int = 1) -> tuple[str, dict]:
     """A round's filtered data made by the real score (gold step labels) and filter stages; per problem
     the gold trace and one with a wrong answer, so the filter has something to reject."""
-    config = cfg.model_dump(mode="json")
-    uri = lambda stage: store.round_uri(cfg.store_uri, cfg.loop_id(), round_idx, stage)  # noqa: E731
+    config = cfg
+    uri = lambda stage: Layout.of(cfg).round(round_idx, stage)  # noqa: E731
     rows = []
     for p in fam.problems("train")[:n_problems]:
         gold = fam.gold_solution(p)
@@ -29,8 +32,8 @@ def publish_round(cfg, fam, n_problems: int, round_idx: int = 1) -> tuple[str, d
                          "sample": j, "completion": c, "correct": fam.is_correct(p, c),
                          "gold_first_error": fam.first_error(p, c)})
     store.write_rows(rows, uri("candidates"))
-    stages.score(config, "unused: gold labels need no model", uri("candidates"), uri("scored"), round_idx)
-    stats = stages.filter_traces(config, uri("scored"), uri("filtered"), round_idx)
+    score.run(config, uri("scored"), "unused: gold labels need no model", uri("candidates"), round_idx)
+    stats = filter_stage.run(config, uri("filtered"), uri("scored"), round_idx)
     return uri("filtered"), stats
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from components import store
+from components.infra import store
+from components.infra.layout import Layout
 from components.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +58,7 @@ def stage_child(proc: subprocess.Popen, stage: str) -> psutil.Process | None:
         return None
     for k in kids:
         try:
-            if f"components.stages:{stage}" in " ".join(k.cmdline()):
+            if f"components.stages.{stage}:run" in " ".join(k.cmdline()):
                 return k
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             pass
@@ -87,7 +88,7 @@ def test_killed_run_resumes_at_once_and_live_runs_exclude_each_other(user, smoke
     args = ["run", str(ROOT / "configs/smoke.yaml"), "--set", f"store_uri={store_uri}",
             *[x for o in OVERRIDES for x in ("--set", o)]]
     cfg = load_config(ROOT / "configs/smoke.yaml", [f"store_uri={store_uri}", *OVERRIDES])
-    store.publish_folder(tiny_model_dir, store.bootstrap_uri(store_uri, cfg.bootstrap_hash()), {"kind": "model"})
+    store.publish_folder(tiny_model_dir, Layout(store_uri, bootstrap_hash=cfg.bootstrap_hash()).bootstrap(), {"kind": "model"})
 
     first = start(*args)
     wait_for(lambda: stage_child(first, "generate") or first.poll() is not None, 300, "the first run's generate stage")
@@ -100,13 +101,13 @@ def test_killed_run_resumes_at_once_and_live_runs_exclude_each_other(user, smoke
     assert cfg.loop_id() in line and f"pid {first.pid}" in line and "vstar unlock" in line
 
     # SIGKILL the first run during SFT; its stage child dies with it, and nothing is half-published.
-    sft = wait_for(lambda: stage_child(first, "train_generator") or first.poll() is not None, 600, "SFT to start")
+    sft = wait_for(lambda: stage_child(first, "sft") or first.poll() is not None, 600, "SFT to start")
     assert first.poll() is None, "the first run finished before SFT could be caught"
     first.send_signal(signal.SIGKILL)
     first.wait()
     psutil.wait_procs([sft], timeout=30)
     assert not sft.is_running()
-    uri = {s: store.round_uri(store_uri, cfg.loop_id(), 1, s) for s in ("candidates", "scored", "model")}
+    uri = {s: Layout(store_uri, cfg.loop_id()).round(1, s) for s in ("candidates", "scored", "model")}
     assert not store.is_published(uri["model"])
     before = {s: store.read_manifest(uri[s])["published_at"] for s in ("candidates", "scored")}
 

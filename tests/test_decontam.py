@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from components.config import DataConfig, DecontamConfig, FamilyConfig
-from components.decontam import counts, decontaminate, normalize
-from components.families import get_family
+from components.config_sections import DataConfig, DecontamConfig, FamilyConfig
+from components.data.decontam import counts, decontaminate, normalize
+from components.data.families import get_family
 from test_families_data import gsm8k_dir
 
 EVAL = ["Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from components import store
-from components.config import DataConfig, FamilyConfig
-from components.families import get_family
-from components.families.custom import ANSWER_LINE, normalize_number, publish_problems
-from components.families.gsm8k import annotation_labels, check_annotation
-from components.ingest import BadInput, Quarantine, reject_long
+from components.infra import store
+from components.config_sections import DataConfig, FamilyConfig
+from components.data.families import get_family
+from components.infra.layout import Layout
+from components.data.families.custom import ANSWER_LINE, normalize_number, publish_problems
+from components.data.families.gsm8k import annotation_labels, check_annotation
+from components.data.ingest import BadInput, Quarantine, reject_long
 
 FIXTURES = Path(__file__).parent / "fixtures/data"
 
@@ -169,7 +170,7 @@ def test_splits_sizes_and_publishing(tmp_path):
     fam = family("gsm8k", train_uri=str(d / "train.jsonl"), eval_uri=str(d / "test.jsonl"),
                  bootstrap_size=100, eval_size=30)
     assert len(fam.problems("bootstrap")) == 100 and len(fam.problems("eval")) == 30
-    counts = publish_problems(fam, str(tmp_path / "store"))
+    counts = publish_problems(fam, Layout(str(tmp_path / "store")))
     assert counts["train/rows_accepted"] == 7473 and counts["eval/rows_published"] == 30
     assert counts["bootstrap/rows_published"] == 100
     base = next((tmp_path / "store/data").iterdir())
@@ -251,5 +252,5 @@ def test_custom_parquet_on_s3(s3, tmp_path):
     assert [p.id for p in fam.problems("eval")] == ["q1", "q2", "q3"]
     assert fam.problems("train")[0].meta["uri"] == uri
     # Publishing writes beside the store's copy, never beside the input.
-    counts = publish_problems(fam, s3.uri("store"))
+    counts = publish_problems(fam, Layout(s3.uri("store")))
     assert counts["train/rows_read"] == 3 and fs.ls(fs._parent(path)) == [path]

@@ -2,9 +2,9 @@ import math
 
 import pytest
 
-from components.config import FilterConfig
-from components.filtering import aggregate, select
-from components.metrics import first_error_f1
+from components.config_sections import FilterConfig
+from components.labeling.filtering import aggregate, select
+from components.labeling.quality import first_error_f1
 
 
 def row(pid, completion, correct, scores, gold=-1):

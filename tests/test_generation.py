@@ -1,7 +1,7 @@
 """Both generation backends on a real tiny model trained in the session (tests/conftest.py)."""
 import pytest
 
-from components.generation import Sampling, load_backend
+from components.models.generation import Sampling, load_backend
 
 
 @pytest.fixture(scope="module", params=["vllm", "transformers"])

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from components import importers, stages, store
-from components.config import LabelsConfig
-from components.importers import import_labels, write_math_shepherd, write_prm800k
-from components.ingest import BadInput
+from components.data import importers
+from components.stages import labels as labels_stage
+from components.stages import prm as prm_stage
+from components.infra import store
+from components.config_sections import LabelsConfig
+from components.data.importers import import_labels, write_math_shepherd, write_prm800k
+from components.data.ingest import BadInput
 
 FIX = Path(__file__).parent / "fixtures" / "labels"
 PRM, SHEP = str(FIX / "prm800k.jsonl"), str(FIX / "math_shepherd.jsonl")
@@ -235,10 +238,9 @@ def test_imported_traces_are_decontaminated_and_train_a_prm(smoke_cfg, smoke_fam
     for with_generated, expected in ((False, 24), (True, 30)):
         labels = LabelsConfig(uri=source, neutral="skip", with_generated=with_generated)
         cfg = smoke_cfg.model_copy(update={"scoring": smoke_cfg.scoring.model_copy(update={"labels": labels})})
-        c = cfg.model_dump(mode="json")
-        m = stages.import_labels(c, labels_uri(cfg))
+        c = cfg
+        m = labels_stage.run(c, labels_uri(cfg))
         assert (m["rows_accepted"], m["decontam_dropped"], m["traces"]) == (27, 3, 24)
         assert not {r["prompt"] for r in store.read_rows(labels_uri(cfg))} & {r["prompt"] for r in leaked}
-        m = stages.train_prm(c, tiny_model_uri, str(tmp_path / f"prm-{with_generated}"), 1,
-                             [labels_uri(cfg), generated])
+        m = prm_stage.run(c, str(tmp_path / f"prm-{with_generated}"), tiny_model_uri, 1, [labels_uri(cfg), generated])
         assert m["examples"] == expected

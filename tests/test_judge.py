@@ -4,10 +4,11 @@ import socket
 
 import pytest
 
-from components.config import JudgeConfig, RemoteJudgeConfig, TrainConfig
-from components.judge import (TINY_JUDGE, JudgeError, judge_accuracy, judge_examples, judge_prompt, judge_traces,
-                              make_judge_client, parse_first_error, parse_step_verdict, per_step_prompts,
-                              planted_traces, train_judge, unknown_text)
+from components.config_sections import JudgeConfig, RemoteJudgeConfig, TrainConfig
+from components.labeling.judge import (TINY_JUDGE, JudgeError, judge_prompt, judge_traces, make_judge_client,
+                                       parse_first_error, parse_step_verdict, per_step_prompts)
+from components.labeling.judge_training import (judge_accuracy, judge_examples, planted_traces, train_judge,
+                                                unknown_text)
 
 TINY = JudgeConfig(**TINY_JUDGE, per_step_template="{problem}\n{steps}\n{index} {step}\n==")
 KEY = "test-key"

@@ -1,16 +1,22 @@
 """The score stage with each label source, on real candidates from the tiny model."""
 import pytest
 
-from components import stages, store
+from components.stages import generate
+from components.stages import judge as judge_stage
+from components.stages import labels as labels_stage
+from components.stages import prm as prm_stage
+from components.stages import score
+from components.infra import store
+from components.infra.layout import Layout
 
 
 @pytest.fixture(scope="module")
 def scored_gold(smoke_cfg, tiny_model_uri, tmp_path_factory):
     base = tmp_path_factory.mktemp("sources")
     cfg = smoke_cfg.model_copy(update={"scoring": smoke_cfg.scoring.model_copy(update={"label_source": "gold"})})
-    c = cfg.model_dump(mode="json")
-    stages.generate(c, tiny_model_uri, f"{base}/candidates", 1, target=2)
-    metrics = stages.score(c, tiny_model_uri, f"{base}/candidates", f"{base}/scored-gold", 1)
+    c = cfg
+    generate.run(c, f"{base}/candidates", tiny_model_uri, 1, target=2)
+    metrics = score.run(c, f"{base}/scored-gold", tiny_model_uri, f"{base}/candidates", 1)
     return cfg, base, metrics
 
 
@@ -18,7 +24,7 @@ def test_gold_labels_are_exact_and_mc_audit_reports_its_quality(scored_gold, tin
     cfg, base, metrics = scored_gold
     assert metrics["label_f1"] == 1.0  # the exact check is the bar
     audited = cfg.model_copy(update={"scoring": cfg.scoring.model_copy(update={"audit_mc": 20})})
-    m = stages.score(audited.model_dump(mode="json"), tiny_model_uri, f"{base}/candidates", f"{base}/scored-audit", 1)
+    m = score.run(audited, f"{base}/scored-audit", tiny_model_uri, f"{base}/candidates", 1)
     assert 0.0 <= m["quality/audit_mc/f1"] <= 1.0
     assert 0.0 <= m["quality/audit_agree/gold_vs_mc/first_error"] <= 1.0  # pairwise agreement on the sample
     assert m["audit_mc_rollouts"] > 0 and "mc_rollouts" not in m  # counted as audit, not as labelling
@@ -29,13 +35,12 @@ def test_gold_labels_are_exact_and_mc_audit_reports_its_quality(scored_gold, tin
 
 def test_prm_and_prm_plus_mc_sources(scored_gold, tiny_model_uri):
     cfg, base, _ = scored_gold
-    c = cfg.model_dump(mode="json")
-    stages.train_prm(c, tiny_model_uri, f"{base}/prm", 1, [f"{base}/scored-gold"])
+    c = cfg
+    prm_stage.run(c, f"{base}/prm", tiny_model_uri, 1, [f"{base}/scored-gold"])
     for source in ("prm", "prm+mc"):
         cfg2 = cfg.model_copy(update={"scoring": cfg.scoring.model_copy(
             update={"label_source": source, "prm_unsure": (-1.0, 2.0)})})  # every trace counts as unsure
-        m = stages.score(cfg2.model_dump(mode="json"), tiny_model_uri, f"{base}/candidates",
-                         f"{base}/scored-{source}", 2, prm_uri=f"{base}/prm")
+        m = score.run(cfg2, f"{base}/scored-{source}", tiny_model_uri, f"{base}/candidates", 2, prm_uri=f"{base}/prm")
         rows = store.read_rows(f"{base}/scored-{source}")
         assert all(len(r["step_scores"]) == len(r["steps"]) for r in rows)
         assert m["prm_unsure"] == sum(1 for r in rows if r["steps"])
@@ -44,7 +49,7 @@ def test_prm_and_prm_plus_mc_sources(scored_gold, tiny_model_uri):
         assert {r["label_source"] for r in rows if r["steps"]} == expected
     # a PRM is never trained on its own labels
     with pytest.raises(ValueError, match="no labelled steps"):
-        stages.train_prm(c, tiny_model_uri, f"{base}/prm2", 2, [f"{base}/scored-prm"])
+        prm_stage.run(c, f"{base}/prm2", tiny_model_uri, 2, [f"{base}/scored-prm"])
 
 
 # ------------------------------------------------------------- the sources of the PRM literature
@@ -60,11 +65,11 @@ def with_scoring(cfg, **update):
 
 @pytest.fixture(scope="module")
 def judge_uri(scored_gold, tiny_model_uri):
-    from components.config import JudgeConfig
+    from components.config_sections import JudgeConfig
 
     cfg, base, _ = scored_gold
     cfg = with_scoring(cfg, judge=JudgeConfig(**TINY_JUDGE))
-    m = stages.train_judge(cfg.model_dump(mode="json"), tiny_model_uri, f"{base}/judge")
+    m = judge_stage.run(cfg, f"{base}/judge", tiny_model_uri)
     # measured on held-out planted traces and recorded with the judge
     assert store.read_manifest(f"{base}/judge")["metrics"]["heldout_f1"] == m["heldout_f1"]
     assert m["heldout_judge_calls"] == 300
@@ -74,7 +79,7 @@ def judge_uri(scored_gold, tiny_model_uri):
 def test_binary_search_mc_reports_quality_against_gold_and_mc(scored_gold, tiny_model_uri):
     cfg, base, _ = scored_gold
     cfg = with_scoring(cfg, label_source="mc_binary", also=["mc", "gold"])
-    m = stages.score(cfg.model_dump(mode="json"), tiny_model_uri, f"{base}/candidates", f"{base}/scored-bin", 1)
+    m = score.run(cfg, f"{base}/scored-bin", tiny_model_uri, f"{base}/candidates", 1)
     for src in ("mc_binary", "mc"):
         assert 0.0 <= m[f"quality/{src}/f1"] <= 1.0
     assert m["quality/gold/f1"] == 1.0  # the exact check against itself
@@ -87,12 +92,12 @@ def test_binary_search_mc_reports_quality_against_gold_and_mc(scored_gold, tiny_
 
 
 def test_judge_and_consensus_partial_labels_train_a_prm(scored_gold, judge_uri, tiny_model_uri):
-    from components.config import JudgeConfig
+    from components.config_sections import JudgeConfig
 
     cfg, base, _ = scored_gold
     cfg = with_scoring(cfg, label_source="consensus", also=["judge", "gold"], judge=JudgeConfig(**TINY_JUDGE))
-    c = cfg.model_dump(mode="json")
-    m = stages.score(c, tiny_model_uri, f"{base}/candidates", f"{base}/scored-cons", 1, judge_uri=judge_uri)
+    c = cfg
+    m = score.run(c, f"{base}/scored-cons", tiny_model_uri, f"{base}/candidates", 1, judge_uri=judge_uri)
     assert 0.0 <= m["consensus_step_agreement"] <= 1.0
     assert m["consensus_steps_kept"] <= m["consensus_steps_total"] == m["steps"]
     assert m["judge_calls"] > 0 and "judge_unparseable" in m and "quality/judge/f1" in m
@@ -102,13 +107,13 @@ def test_judge_and_consensus_partial_labels_train_a_prm(scored_gold, judge_uri, 
         assert all(y is None or jd == y for y, jd in zip(r["step_labels"], r["judge_scores"]))
     assert sum(y is None for r in rows for y in r["step_labels"]) == m["steps"] - m["consensus_steps_kept"]
     # the PRM trains on the labelled steps only
-    prm = stages.train_prm(c, tiny_model_uri, f"{base}/prm-cons", 1, [f"{base}/scored-cons"])
+    prm = prm_stage.run(c, f"{base}/prm-cons", tiny_model_uri, 1, [f"{base}/scored-cons"])
     assert prm["examples"] > 0
 
 
 def test_imported_human_labels_train_the_prm_that_scores(scored_gold, tiny_model_uri, tmp_path):
     """`labels`: traces in PRM800K format (with a broken row) -> import with quarantine -> PRM_0 -> scores."""
-    from components.importers import write_prm800k
+    from components.data.importers import write_prm800k
 
     cfg, base, _ = scored_gold
     gold_rows = [r for r in store.read_rows(f"{base}/scored-gold") if r["steps"]]
@@ -117,16 +122,16 @@ def test_imported_human_labels_train_the_prm_that_scores(scored_gold, tiny_model
     with open(src, "a") as f:
         f.write('{"label": {"steps": []}, "question": {"problem": "1 +1"}}\n{not json\n')
     cfg = with_scoring(cfg, label_source="labels", labels={"uri": src, "format": "prm800k"})
-    c = cfg.model_dump(mode="json")
+    c = cfg
     from components.loop import labels_uri
 
-    m = stages.import_labels(c, labels_uri(cfg))
+    m = labels_stage.run(c, labels_uri(cfg))
     assert m["rows_quarantined"] == 2 and m["traces"] + m["decontam_dropped"] == len(gold_rows)
     assert len(store.read_rows(labels_uri(cfg))) == m["traces"]
     fs, path = store.fs_for(labels_uri(cfg))
     assert fs.cat(f"{path}/quarantine.jsonl").decode().count("\n") == 2  # beside the dataset, with reasons
-    stages.train_prm(c, tiny_model_uri, f"{base}/prm0", 0, [labels_uri(cfg)])
-    s = stages.score(c, tiny_model_uri, f"{base}/candidates", f"{base}/scored-labels", 1, prm_uri=f"{base}/prm0")
+    prm_stage.run(c, f"{base}/prm0", tiny_model_uri, 0, [labels_uri(cfg)])
+    s = score.run(c, f"{base}/scored-labels", tiny_model_uri, f"{base}/candidates", 1, prm_uri=f"{base}/prm0")
     rows = store.read_rows(f"{base}/scored-labels")
     assert {r["label_source"] for r in rows} == {"prm"}  # PRM guesses: never trained on again
     assert 0.0 <= s["quality/labels/f1"] <= 1.0
@@ -138,7 +143,7 @@ def test_every_source_runs_inside_the_round_flow(scored_gold, prefect_server, tm
     the label-quality report in MLflow."""
     import mlflow
 
-    from components.importers import write_prm800k
+    from components.data.importers import write_prm800k
     from flows.self_improve import self_improve
 
     cfg, base, _ = scored_gold
@@ -157,4 +162,4 @@ def test_every_source_runs_inside_the_round_flow(scored_gold, prefect_server, tm
     from components.loop import judge_uri, labels_uri
 
     assert store.is_published(judge_uri(cfg)) and store.is_published(labels_uri(cfg))
-    assert store.is_published(store.round_uri(cfg.store_uri, cfg.loop_id(), 0, "prm"))  # PRM_0 from human labels
+    assert store.is_published(Layout.of(cfg).round(0, "prm"))  # PRM_0 from human labels

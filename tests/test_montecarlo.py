@@ -1,9 +1,9 @@
 """Monte Carlo step scores on a real tiny model through vLLM, checked against the family's gold labels."""
 import pytest
 
-from components import montecarlo
-from components.config import MCConfig
-from components.generation import Sampling, load_backend
+from components.labeling import montecarlo
+from components.config_sections import MCConfig
+from components.models.generation import Sampling, load_backend
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_scores_per_step_and_shared_prefixes(engine, smoke_family):
 
 
 def test_mc_labels_track_gold_on_sampled_traces(engine, smoke_family):
-    from components.metrics import first_error_f1
+    from components.labeling.quality import first_error_f1
 
     probs = smoke_family.problems("train")[:20]
     outs = engine.generate([p.prompt for p in probs], Sampling(n=4, temperature=1.0, max_tokens=48, seed=3))
@@ -82,7 +82,7 @@ def test_binary_search_finds_the_per_step_first_error(engine, smoke_family, samp
 
 
 def test_binary_search_needs_log_steps_estimates_on_long_traces(engine, smoke_family):
-    from components.families.arith import APPLY, make_problem
+    from components.data.families.arith import APPLY, make_problem
 
     # A 7-op chain without absorbing ops; trace j slips by one at step j and carries the wrong value on.
     ops = [["+", 3], ["-", 2], ["+", 4], ["-", 1], ["+", 2], ["-", 3], ["+", 1]]
@@ -138,7 +138,7 @@ def test_shared_prefixes_are_estimated_once(engine, smoke_family, sampled_items)
 
 
 def test_absorbed_slip_is_invisible_to_hard_mc_labels(engine, smoke_family):
-    from components.families.arith import make_problem
+    from components.data.families.arith import make_problem
 
     # 57 +5 %10: a wrong sum that %10 maps to the right digit still ends at the gold answer.
     p = make_problem(57, [["+", 5], ["%", 10]])

@@ -15,7 +15,8 @@ import mlflow
 import psutil
 import pytest
 
-from components import catalog, store
+from components.infra import catalog, store
+from components.infra.layout import Layout
 from components.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +136,7 @@ def test_one_writer_crash_resume_and_artifacts(deployed, s3, mlflow_server, smok
     cfg = load_config(ROOT / CONFIG, over_a)
     assert cfg.loop_id() == load_config(ROOT / CONFIG, over_b).loop_id()  # the store is not the loop's identity
     for s in (store_a, store_b):
-        store.publish_folder(tiny_model_dir, store.bootstrap_uri(s, cfg.bootstrap_hash()), {"kind": "model"})
+        store.publish_folder(tiny_model_dir, Layout(s, bootstrap_hash=cfg.bootstrap_hash()).bootstrap(), {"kind": "model"})
 
     # The reference: the same round, uninterrupted, in another store.
     ref = next_round(CONFIG, over_b)
@@ -159,7 +160,7 @@ def test_one_writer_crash_resume_and_artifacts(deployed, s3, mlflow_server, smok
     assert "is already running" in logs(refused) + str(wait_final(refused).state.message)
 
     # SIGKILL the flow-run process during SFT: a crash, not a cancellation.
-    candidates, scored = (store.round_uri(store_a, cfg.loop_id(), 1, s) for s in ("candidates", "scored"))
+    candidates, scored = (Layout(store_a, cfg.loop_id()).round(1, s) for s in ("candidates", "scored"))
     before = {u: store.read_manifest(u)["published_at"] for u in (candidates, scored)}
     procs = flow_run_processes(running)
     top = [p for p in procs if p.parent() is None or p.parent().pid not in {q.pid for q in procs}]
@@ -168,7 +169,7 @@ def test_one_writer_crash_resume_and_artifacts(deployed, s3, mlflow_server, smok
         os.kill(p.pid, signal.SIGKILL)
     psutil.wait_procs(procs, timeout=30)
     assert not flow_run_processes(running), "stage child outlived the killed flow run"
-    model = store.round_uri(store_a, cfg.loop_id(), 1, "model")
+    model = Layout(store_a, cfg.loop_id()).round(1, "model")
     assert not store.is_published(model)  # SFT never finished: nothing that looks complete
 
     # Rerun round 1 (waiting for the dead run's lease on the loop to expire).
@@ -186,7 +187,7 @@ def test_one_writer_crash_resume_and_artifacts(deployed, s3, mlflow_server, smok
     assert states["sft"].state.name == "Completed"  # what died is what runs again
     # The result equals the uninterrupted run's.
     for stage in ("candidates", "filtered", "model"):
-        a, b = (store.read_manifest(store.round_uri(s, cfg.loop_id(), 1, stage))["sha256"] for s in (store_a, store_b))
+        a, b = (store.read_manifest(Layout(s, cfg.loop_id()).round(1, stage))["sha256"] for s in (store_a, store_b))
         assert a == b, stage
 
     # What a user sees: a Prefect artifact for the round, the trace report in MLflow, a catalog entry.

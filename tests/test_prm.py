@@ -10,9 +10,10 @@ import shutil
 
 import pytest
 
-from components import prm
-from components.families.arith import ANSWER, APPLY
-from components.metrics import first_error_f1
+from components.labeling.step_labels import first_error_from_scores
+from components.models import prm
+from components.data.families.arith import ANSWER, APPLY
+from components.labeling.quality import first_error_f1
 
 THREADS = 1
 
@@ -74,7 +75,7 @@ def test_learns_planted_first_error(planted_prm, smoke_family):
     assert [len(s) for s in scores] == [len(t["steps"]) for t in traces]
     hits = [(s >= 0.5) == bool(y) for t, row in zip(traces, scores) for s, y in zip(row, t["labels"])]
     assert sum(hits) / len(hits) >= 0.9
-    q = first_error_f1([prm.first_error_from_scores(s) for s in scores], [t["first_error"] for t in traces])
+    q = first_error_f1([first_error_from_scores(s) for s in scores], [t["first_error"] for t in traces])
     assert q["n_erroneous"] > 0 and q["n_correct"] > 0  # both kinds present, so F1 means something
     assert q["f1"] >= 0.8, q
 
@@ -83,8 +84,8 @@ def test_auroc_by_ranks():
     assert prm.auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75
     assert prm.auroc([0.5, 0.5, 0.5], [True, False, True]) == 0.5  # ties count half
     assert math.isnan(prm.auroc([0.2, 0.9], [True, True]))
-    assert prm.first_error_from_scores([0.9, 0.6, 0.4, 0.9]) == 2
-    assert prm.first_error_from_scores([0.9, 0.5]) == -1 and prm.first_error_from_scores([]) == -1
+    assert first_error_from_scores([0.9, 0.6, 0.4, 0.9]) == 2
+    assert first_error_from_scores([0.9, 0.5]) == -1 and first_error_from_scores([]) == -1
 
 
 def test_soft_labels_stay_floats(tiny_model_dir, smoke_family, tmp_path):

@@ -4,14 +4,15 @@ import datasets
 import mlflow
 import pytest
 
-from components import store
+from components.infra import store
+from components.infra.layout import Layout
 
 
 @pytest.fixture(scope="module")
 def s3_cfg(s3, mlflow_server, smoke_cfg, tiny_model_dir):
     cfg = smoke_cfg.model_copy(update={"store_uri": s3.uri("e2e"), "tracking_uri": mlflow_server, "rounds": 2})
     # Reuse the session's bootstrap: publishing it where this loop looks also exercises S3 publishing.
-    store.publish_folder(tiny_model_dir, store.bootstrap_uri(cfg.store_uri, cfg.bootstrap_hash()), {"kind": "model"})
+    store.publish_folder(tiny_model_dir, Layout.of(cfg).bootstrap(), {"kind": "model"})
     return cfg
 
 
@@ -63,7 +64,7 @@ def test_rerun_skips_published_stages(loop_result, s3_cfg):
     """Same config, same loop: every stage is already published, nothing is recomputed."""
     from flows.self_improve import self_improve
 
-    uri = store.round_uri(s3_cfg.store_uri, s3_cfg.loop_id(), 2, "model")
+    uri = Layout.of(s3_cfg).round(2, "model")
     before = store.read_manifest(uri)
     again = self_improve(s3_cfg)
     after = store.read_manifest(uri)

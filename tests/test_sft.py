@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from components.generation import Sampling, VLLMBackend
-from components.sft import ADAPTER_BASE, make_trainer, sft, vllm_lora_request
-from components.training import collate, encode_examples
+from components.models.generation import Sampling, VLLMBackend
+from components.models.sft import ADAPTER_BASE, make_trainer, sft, vllm_lora_request
+from components.models.causal_lm import collate, encode_examples
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
@@ -97,7 +97,7 @@ def test_lora_adapter_generates_through_vllm_like_peft(tiny_model_dir, smoke_cfg
     assert not files & {"model.safetensors", "pytorch_model.bin", "config.json"}
     with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:
         assert all("lora_A" in k or "lora_B" in k for k in f.keys())
-    assert json.loads((adapter / ADAPTER_BASE).read_text()) == {"base_dir": str(tiny_model_dir)}
+    assert json.loads((adapter / ADAPTER_BASE).read_text()) == {"base_uri": str(tiny_model_dir)}
 
     prompts = [p.prompt for p in smoke_family.problems("eval")[-16:]]  # the 3-op level
     greedy = Sampling(n=1, temperature=0.0, max_tokens=48)

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from components import store
+from components.infra import store
 
 
 class Relay:

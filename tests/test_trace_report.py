@@ -7,11 +7,15 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image, ImageStat
 
-from components import prm, stages, store
-from components.config import FilterConfig
-from components.families.arith import APPLY
-from components.filtering import select
-from components.trace_report import REPORT, reasons, render, trace_report
+from components.models import prm
+from components.stages import filter as filter_stage
+from components.stages import score
+from components.infra import store
+from components.infra.layout import Layout
+from components.config_sections import FilterConfig
+from components.data.families.arith import APPLY
+from components.labeling.filtering import select
+from components.evaluation.trace_report import REPORT, reasons, render, trace_report
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -83,11 +87,11 @@ def candidates(fam, n_problems: int) -> list[dict]:
 
 def scored_round(cfg, fam, n_problems: int) -> tuple[str, str, dict]:
     """A round's scored (gold step labels, by the real score stage) and filtered datasets."""
-    config = cfg.model_dump(mode="json")
-    uri = lambda stage: store.round_uri(cfg.store_uri, cfg.loop_id(), 1, stage)  # noqa: E731
+    config = cfg
+    uri = lambda stage: Layout.of(cfg).round(1, stage)  # noqa: E731
     store.write_rows(candidates(fam, n_problems), uri("candidates"))
-    stages.score(config, "unused: gold labels need no model", uri("candidates"), uri("scored"), 1)
-    stats = stages.filter_traces(config, uri("scored"), uri("filtered"), 1)
+    score.run(config, uri("scored"), "unused: gold labels need no model", uri("candidates"), 1)
+    stats = filter_stage.run(config, uri("filtered"), uri("scored"), 1)
     return uri("scored"), uri("filtered"), stats
 
 
@@ -137,9 +141,9 @@ def test_round_report_renders_in_headless_chromium(smoke_cfg, smoke_family, tiny
                   soft=True, threads=1)
     prm_uri = store.join(cfg.store_uri, "prm")
     store.publish_folder(tmp_path / "prm", prm_uri, {"kind": "prm"})
-    out = store.round_uri(cfg.store_uri, cfg.loop_id(), 1, "report")
+    out = Layout.of(cfg).round(1, "report")
     per_difficulty = 4
-    metrics = trace_report(cfg.model_dump(mode="json"), scored, filtered, out, 1, prm_uri, per_difficulty)
+    metrics = trace_report(cfg, scored, filtered, out, 1, prm_uri, per_difficulty)
 
     by_level = {}
     for r in store.read_rows(scored):
@@ -179,4 +183,4 @@ def test_report_refuses_filtered_data_from_other_rows(smoke_cfg, smoke_family, t
     rows = store.read_rows(filtered)
     store.write_rows(rows[1:], filtered, {"filter": store.read_manifest(filtered)["filter"]})  # one kept trace missing
     with pytest.raises(ValueError, match="filtered.*not made from these rows"):
-        trace_report(cfg.model_dump(mode="json"), scored, filtered, str(tmp_path / "report"), 1)
+        trace_report(cfg, scored, filtered, str(tmp_path / "report"), 1)

@@ -1,0 +1,78 @@
+"""Problem families: where problems, gold solutions and step checks come from.
+
+A family turns a FamilyConfig into fixed problem splits and knows how to read a completion: cut it
+into steps, pull out the answer, and (for verifiable families) say which step first went wrong.
+Everything downstream (generation, scoring, filtering, eval) talks to this interface only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from components.config_sections import FamilyConfig
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str  # stable across runs and machines: derived from the prompt, not from a counter
+    prompt: str
+    answer: str
+    difficulty: int
+    meta: dict = field(hash=False)  # family-specific, JSON-serialisable; left out of the hash (dicts can't hash)
+
+
+class Family(Protocol):
+    """What every family provides. Constructed as `Family(cfg: FamilyConfig, seed: int)`."""
+
+    def problems(self, split: str) -> list[Problem]:
+        """'bootstrap' | 'train' | 'eval': deterministic given (cfg, seed), disjoint by prompt."""
+        ...
+
+    def gold_solution(self, p: Problem) -> str:
+        """The reference completion (what follows the prompt)."""
+        ...
+
+    def split_steps(self, completion: str) -> list[str]:
+        """The completion's steps, in order; the answer line is the last one."""
+        ...
+
+    def extract_answer(self, completion: str) -> str | None: ...
+
+    def is_correct(self, p: Problem, completion: str) -> bool: ...
+
+    def first_error(self, p: Problem, completion: str) -> int | None:
+        """Index in split_steps of the first wrong step, -1 if none is wrong; None where the family
+        has no exact step truth (file-backed families): downstream treats None as "no gold"."""
+        ...
+
+    def step_labels(self, p: Problem, completion: str) -> list[int | None]:
+        """1 per step before first_error, 0 from it on; None for a step the family cannot check
+        (gsm8k checks only steps with calculator annotations)."""
+        ...
+
+    def prefix_text(self, p: Problem, steps: list[str], i: int) -> str:
+        """Prompt plus steps[0..i]: where a Monte Carlo rollout for step i continues from."""
+        ...
+
+    def steps_text(self, steps: list[str]) -> str: ...
+
+
+FAMILIES: dict[str, type] = {}
+
+
+def register(name: str):
+    def deco(cls: type) -> type:
+        FAMILIES[name] = cls
+        return cls
+    return deco
+
+
+def get_family(cfg: FamilyConfig, seed: int = 0) -> Family:
+    if cfg.name not in FAMILIES:
+        raise ValueError(f"unknown problem family {cfg.name!r}; known: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[cfg.name](cfg, seed)
+
+
+# Imported last so the families can import Problem and register from this module.
+from components.data.families import arith  # noqa: E402,F401
+from components.data.families import custom, gsm8k, mathbox  # noqa: E402,F401

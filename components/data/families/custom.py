@@ -1,0 +1,293 @@
+"""File-backed problem families: problems read from jsonl or parquet at any fsspec URI.
+
+`custom` is the general one (field mapping and verifier from config); `gsm8k` and `math` are the
+same machinery with their own default fields, reference-answer rules and step checks. Rows that
+cannot be used are quarantined and counted per split (`fam.quarantine`), or raise in strict mode.
+
+    prompt      <question>\n
+    completion  one step per line, ending with an answer line (`#### N`, `Answer: x`, `\\boxed{x}`)
+
+These families have no exact step truth: first_error is None ("no gold") and step_labels are None
+unless the family has a cheap partial check (gsm8k's calculator annotations).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import threading
+from decimal import Decimal, InvalidOperation
+
+from components.infra import store
+from components.infra.layout import Layout
+from components.config import ConfigError
+from components.config_sections import FamilyConfig
+from components.data.families import Problem, register
+from components.data.ingest import BadInput, Quarantine, field, read_records, reject_long
+
+# ------------------------------------------------------------------------------ answers and numbers
+
+NUMBER = re.compile(r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\$?\.\d+")
+# Answer markers, strongest first: the first kind present wins, its last occurrence is the answer.
+MARKERS = [re.compile(p, re.I | re.M) for p in (
+    r"####\s*(.+)$", r"\bthe (?:final )?answer is\s*:?\s*(.+)$", r"^\s*answer\s*:\s*(.+)$")]
+# A line that ends the trace: a marker that opens it ("So the answer is 72."), or `####`, `\boxed`
+# anywhere. Not "the answer is" mid-sentence: GSM8K's own solutions use it in a working step.
+ANSWER_LINE = re.compile(r"####|\\boxed|\\fbox|^\W*(?:so,?\s+)?the (?:final )?answer is\b|^\W*answer\s*:", re.I)
+
+
+def normalize_number(text: str, whole: bool = False) -> str | None:
+    """The first number in `text` in canonical form, or None: `$1,080.00 dollars` -> `1080`,
+    `18.0` -> `18`, `-0.50` -> `-0.5`. Currency signs, thousands commas and trailing units go.
+    whole: `text` must be just the number (units after it allowed): `x=5` and `1/2` are None."""
+    m = NUMBER.search(text)
+    if not m or whole and (text[: m.start()].strip() or re.search(r"\d", text[m.end():])):
+        return None
+    try:
+        d = Decimal(m.group().replace("$", "").replace(",", "").replace(" ", ""))
+    except InvalidOperation:
+        return None
+    return str(int(d)) if d == d.to_integral_value() else format(d.normalize(), "f")
+
+
+def numbers_equal(a: str | float, b: str | float, tol: float = 1e-6) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=tol, abs_tol=tol)
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} (balanced braces), None if there is none or it is unclosed."""
+    from latex2sympy2_extended.math_normalization import extract_boxed_content
+
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return None
+    content = extract_boxed_content(text, mode="last")
+    return content.strip() if content != text and content.strip() else None
+
+
+def marked_answer(text: str) -> str | None:
+    """What follows the strongest answer marker present (its last occurrence), trailing '.' removed."""
+    for pattern in MARKERS:
+        found = pattern.findall(text)
+        if found:
+            return found[-1].strip().rstrip(".").strip() or None
+    return None
+
+
+# ------------------------------------------------------------------------------------- verifiers
+
+def _mv_timeout() -> int | None:
+    # math-verify times out with signal.alarm, which only the main thread may use: elsewhere (Prefect
+    # task threads) it runs without a timeout instead of raising.
+    return 5 if threading.current_thread() is threading.main_thread() else None
+
+
+def math_parse(text: str, boxed: bool = False) -> list:
+    from math_verify import parse
+
+    return parse(f"\\boxed{{{text}}}" if boxed else text, parsing_timeout=_mv_timeout())
+
+
+def math_equal(reference: str, completion: str) -> bool:
+    from math_verify import verify
+
+    gold, pred = math_parse(reference, boxed=True), math_parse(completion)
+    return bool(gold and pred) and verify(gold, pred, timeout_seconds=_mv_timeout())
+
+
+def check_reference(verifier: str, answer: str) -> tuple[str | None, str]:
+    """(canonical reference answer, '') or (None, why it is unusable with this verifier)."""
+    if verifier == "numeric":
+        n = normalize_number(answer, whole=True)
+        return (n, "") if n is not None else (None, f"not a number: {answer[:80]!r}")
+    if verifier == "math_verify":
+        return (answer, "") if math_parse(answer, boxed=True) else (None, f"math-verify cannot parse: {answer[:80]!r}")
+    return answer.strip(), ""
+
+
+# ---------------------------------------------------------------------------------- the family
+
+KNOWN_FIELDS = ("question", "answer", "solution", "id", "level")
+
+
+@register("custom")
+class FileFamily:
+    """Problems from files. Subclasses set FIELDS (our name -> default column), VERIFIER, and may
+    override raw_answer() (where a row's answer is) and step_labels()."""
+    FIELDS = {"question": "question", "answer": "answer"}
+    OPTIONAL = ("level",)  # read when present, never a reason to reject a row
+    VERIFIER = "numeric"
+
+    def __init__(self, cfg: FamilyConfig, seed: int = 0):
+        self.cfg, self.seed, self.data = cfg, seed, cfg.data
+        unknown = sorted(set(cfg.data.fields) - set(KNOWN_FIELDS))
+        if unknown:
+            raise ConfigError(f"family.data.fields: unknown name(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(KNOWN_FIELDS)}")
+        self.fields = {**self.FIELDS, **cfg.data.fields}
+        self.verifier = cfg.data.verifier or self.VERIFIER
+        self.quarantine: dict[str, Quarantine] = {}
+        self._splits: dict[str, list[Problem]] = {}
+
+    # ---- loading ---------------------------------------------------------------------------------
+
+    def problems(self, split: str) -> list[Problem]:
+        if split not in ("bootstrap", "train", "eval"):
+            raise ValueError(f"unknown split {split!r}; expected one of bootstrap, train, eval")
+        if split not in self._splits:
+            if split == "bootstrap":  # train problems whose reference solution G_0 learns from
+                out = [p for p in self.problems("train") if p.meta.get("solution")][: self.data.bootstrap_size]
+            else:
+                out = self._load(split)
+                if split == "eval":
+                    out = out[: self.data.eval_size]
+            self._splits[split] = out
+        return list(self._splits[split])
+
+    def _load(self, split: str) -> list[Problem]:
+        uri = self.data.train_uri if split == "train" else self.data.eval_uri
+        if not uri:
+            raise BadInput(f"family.data.{split}_uri: not set; family {self.cfg.name!r} reads its problems from a file")
+        q = self.quarantine[split] = Quarantine(uri, self.data.strict)
+        required = {k: c for k, c in self.fields.items() if k not in self.OPTIONAL}
+        out: list[Problem] = []
+        first_line: dict[str, int] = {}
+        for line, rec in read_records(uri, q, columns=list(required.values())):
+            values = {}
+            for name, col in required.items():
+                values[name] = field(rec, col, line, q)
+                if values[name] is None:
+                    break
+            else:
+                values.update({k: rec.get(c) for k, c in self.fields.items() if k in self.OPTIONAL})
+                p = self._problem(values, rec, line, q)
+                if p is None:
+                    continue
+                if p.id in first_line:  # the same id twice would mix two problems' samples and scores
+                    what = "id" if "id" in self.fields else "question"
+                    q.reject(line, self.fields[what], f"duplicated {what}: {p.id!r} also at line {first_line[p.id]}", rec)
+                    continue
+                first_line[p.id] = line
+                q.accepted += 1
+                out.append(p)
+        if self.data.max_prompt_tokens:
+            out = reject_long(out, None, self.data.max_prompt_tokens, q, self.fields["question"])
+        if not out:
+            raise BadInput(f"{uri}: no usable rows ({q.counts()['rows_quarantined']} quarantined: {q.reasons()})")
+        return out
+
+    def _problem(self, values: dict, rec: dict, line: int, q: Quarantine) -> Problem | None:
+        ref = self.reference(values, rec, line, q)
+        if ref is None:
+            return None
+        answer, solution = ref
+        question = values["question"].strip()
+        pid = str(values["id"]) if "id" in values else hashlib.sha1(question.encode()).hexdigest()[:12]
+        meta = {"question": question, "solution": solution, "line": line, "uri": q.uri,
+                **{k: v for k, v in values.items() if k not in ("question", "solution", "id", "answer")}}
+        return Problem(id=pid, prompt=question + "\n", answer=answer, difficulty=self.difficulty(values, solution),
+                       meta=json.loads(json.dumps(meta, default=str)))
+
+    def raw_answer(self, values: dict) -> tuple[str | None, str, str]:
+        """(the row's reference answer as written, the column it comes from, why it is None)."""
+        return values["answer"], self.fields["answer"], ""
+
+    def reference(self, values: dict, rec: dict, line: int, q: Quarantine) -> tuple[str, str | None] | None:
+        """(canonical answer, reference solution or None), or None after rejecting the row."""
+        raw, col, why = self.raw_answer(values)
+        answer, why = check_reference(self.verifier, raw) if raw is not None else (None, why)
+        if answer is None:
+            q.reject(line, col, why, rec)
+            return None
+        return answer, values.get("solution")
+
+    def difficulty(self, values: dict, solution: str | None) -> int:
+        return max(1, len(self.solution_steps(solution))) if solution else 1
+
+    # ---- reading completions ---------------------------------------------------------------------
+
+    def solution_steps(self, solution: str) -> list[str]:
+        """The reference solution's steps without its answer line."""
+        return [s for s in self.split_steps(solution) if not ANSWER_LINE.search(s)]
+
+    def gold_solution(self, p: Problem) -> str:
+        steps = self.split_steps(p.meta.get("solution") or "")
+        if not steps or not ANSWER_LINE.search(steps[-1]):
+            steps.append(self.answer_line(p.answer))
+        return self.steps_text(steps)
+
+    def answer_line(self, answer: str) -> str:
+        return f"The answer is $\\boxed{{{answer}}}$." if self.verifier == "math_verify" else f"Answer: {answer}"
+
+    def split_steps(self, completion: str) -> list[str]:
+        """Non-empty lines, right-stripped, up to and including the first answer line."""
+        steps = []
+        for line in completion.split("\n"):
+            line = line.rstrip()
+            if line.strip():
+                steps.append(line)
+                if ANSWER_LINE.search(line):
+                    break  # what the model writes after its answer is not part of the trace
+        return steps
+
+    def extract_answer(self, completion: str) -> str | None:
+        text = self.steps_text(self.split_steps(completion))
+        ans = last_boxed(text) or marked_answer(text)
+        if self.verifier != "numeric":
+            return ans
+        n = normalize_number(ans) if ans else None
+        if n is None and self.data.last_number_fallback:
+            nums = NUMBER.findall(text)
+            n = normalize_number(nums[-1]) if nums else None
+        return n
+
+    def is_correct(self, p: Problem, completion: str) -> bool:
+        if self.verifier == "math_verify":
+            return math_equal(p.answer, self.steps_text(self.split_steps(completion)))
+        ans = self.extract_answer(completion)
+        if ans is None:
+            return False
+        return numbers_equal(ans, p.answer) if self.verifier == "numeric" else ans.strip() == p.answer
+
+    def first_error(self, p: Problem, completion: str) -> None:
+        return None  # no exact step truth for problems from files
+
+    def step_labels(self, p: Problem, completion: str) -> list[int | None]:
+        return [None] * len(self.split_steps(completion))
+
+    def prefix_text(self, p: Problem, steps: list[str], i: int) -> str:
+        return p.prompt + self.steps_text(steps[: i + 1])
+
+    def steps_text(self, steps: list[str]) -> str:
+        return "".join(s + "\n" for s in steps)
+
+
+# ------------------------------------------------------------------------------------ publishing
+
+def _metric_key(text: str) -> str:
+    return re.sub(r"[^\w.\- :/]", "_", text)  # MLflow accepts only these in metric names
+
+
+def publish_problems(fam, layout: Layout) -> dict[str, int]:
+    """Publish each split's accepted problems where the store layout puts them, with the split's
+    rejected rows in quarantine.jsonl beside them; returns counts per split and reason.
+    Inputs may be read-only (shared data), so nothing is ever written next to an input file."""
+    counts: dict[str, int] = {}
+    for split in ("train", "eval", "bootstrap"):
+        problems = fam.problems(split)
+        uri = layout.data(fam.cfg.model_dump(mode="json"), split)
+        q = getattr(fam, "quarantine", {}).get(split)
+        split_counts = {"rows_published": len(problems)}
+        if q is not None:  # bootstrap's rejects are train's: counted once, under train
+            split_counts.update({**q.counts(), **{f"quarantined/{k}": v for k, v in q.reasons().items()}})
+            fs, path = store.fs_for(uri)
+            qpath = store.join(path, "quarantine.jsonl")
+            if fs.exists(qpath):
+                fs.rm(qpath)  # a stale quarantine from an earlier publish would count twice
+            q.write(store.join(uri, "quarantine.jsonl"))
+        rows = [{"problem_id": p.id, "prompt": p.prompt, "answer": p.answer, "difficulty": p.difficulty,
+                 "meta": json.dumps(p.meta)} for p in problems]
+        store.write_rows(rows, uri, {"kind": "problems", "split": split, "counts": split_counts})
+        counts.update({_metric_key(f"{split}/{k}"): v for k, v in split_counts.items()})
+    return counts
+

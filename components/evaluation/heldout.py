@@ -1,0 +1,69 @@
+"""Held-out evaluation of a round: the generator alone, and the generator ranked by the PRM.
+
+- pass@1: greedy, per difficulty.
+- maj@k: the most frequent answer among k samples (self-consistency).
+- best-of-k by PRM: the sample with the highest aggregate step score (min, prod, last), against
+  majority vote and against a random pick (the mean accuracy of the samples).
+- PRM first-error F1 against the gold step labels (ProcessBench definition).
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from components.labeling.filtering import AGGREGATES
+from components.labeling.quality import first_error_f1
+from components.labeling.step_labels import first_error_from_scores
+
+
+def majority(answers: list[str | None]) -> str | None:
+    """Most frequent non-empty answer; ties go to the one seen first (deterministic)."""
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return None
+    best = max(counts.values())
+    return next(a for a in answers if a is not None and counts[a] == best)
+
+
+def best_of_k(samples: list[dict], how: str) -> dict:
+    return max(samples, key=lambda s: AGGREGATES[how](s["prm_scores"]) if s["prm_scores"] else -1.0)
+
+
+def sampled_metrics(groups: list[list[dict]], with_prm: bool) -> dict[str, float]:
+    """Metrics over problems, each a list of k sample dicts with answer, correct, gold, prm_scores."""
+    n = len(groups)
+    if n == 0:
+        return {}
+    out = {
+        "maj_at_k": sum(majority([s["answer"] for s in g]) == g[0]["gold"] for g in groups) / n,
+        "random_at_k": sum(sum(s["correct"] for s in g) / len(g) for g in groups) / n,
+        "pass_at_k": sum(any(s["correct"] for s in g) for g in groups) / n,
+    }
+    if with_prm:
+        for how in ("min", "prod", "last"):
+            out[f"bestofk_prm_{how}"] = sum(best_of_k(g, how)["correct"] for g in groups) / n
+    return out
+
+
+def prm_first_error_f1(samples: list[dict], threshold: float = 0.5) -> dict[str, float]:
+    pred = [first_error_from_scores(x["prm_scores"], threshold) for x in samples]
+    return first_error_f1(pred, [x["gold_first_error"] for x in samples])
+
+
+def round_metrics(greedy: list[dict], samples: list[dict], with_prm: bool) -> dict[str, float]:
+    """pass@1 per difficulty and overall from the greedy rows; maj@k, best-of-k (and PRM F1) from the
+    sampled rows, grouped by problem, per difficulty and overall."""
+    levels = sorted({r["difficulty"] for r in greedy})
+    by_problem: dict[str, list[dict]] = {}
+    for s in samples:
+        by_problem.setdefault(s["problem_id"], []).append(s)
+    metrics: dict = {}
+    for n in levels:
+        at = [r for r in greedy if r["difficulty"] == n]
+        metrics[f"pass1_n{n}"] = sum(r["correct"] for r in at) / len(at)
+        groups = [g for g in by_problem.values() if g[0]["difficulty"] == n]
+        metrics.update({f"{k}_n{n}": v for k, v in sampled_metrics(groups, with_prm).items()})
+    metrics["pass1_all"] = sum(r["correct"] for r in greedy) / len(greedy)
+    metrics.update({f"{k}_all": v for k, v in sampled_metrics(list(by_problem.values()), with_prm).items()})
+    if with_prm:
+        metrics.update({f"prm_{k}": v for k, v in prm_first_error_f1(samples).items()})
+    return metrics

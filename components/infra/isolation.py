@@ -1,0 +1,89 @@
+"""Run a heavy stage (generation, scoring, training) in its own child process.
+
+Why: memory goes back to the OS when the child exits (vLLM does not release it in-process), and
+vLLM's changes to its host process (LD_PRELOAD, thread binding that turns torch.set_num_threads into
+a no-op) stay in the child instead of leaking into the flow or into a later training stage.
+
+This is the one place where a stage's arguments cross a process boundary: the config and keyword
+arguments go to the child as JSON, the child validates the config again and calls the stage module's
+`run(cfg, **kwargs)`, and its JSON-able result comes back. The child writes to a log file; on
+failure the parent raises with the log's tail.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+
+from components.config import RunConfig
+
+
+def _die_with_parent() -> None:
+    """Linux: the child is SIGKILLed when its parent dies. A flow-run process killed mid-stage must
+    not leave an orphan that publishes the stage later, behind the back of the rerun."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # not glibc Linux: the child may outlive a killed parent
+        pass
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+# vLLM sets these in its host process; a child must start from a clean slate.
+_LEAKY = ("LD_PRELOAD",)
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: children import components/ from it
+
+
+def run_isolated(stage: ModuleType, cfg: RunConfig, kwargs: dict, log_dir: str | Path = ".vstar/logs"):
+    """`stage.run(cfg, **kwargs)` in a child Python; returns its result."""
+    return call_isolated(f"{stage.__name__}:run", kwargs, stage.__name__.rsplit(".", 1)[-1], log_dir, cfg)
+
+
+def call_isolated(target: str, kwargs: dict, name: str, log_dir: str | Path = ".vstar/logs",
+                  cfg: RunConfig | None = None):
+    """`module:function(**kwargs)` (with `cfg` first when given) in a child Python; returns its result."""
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{os.getpid()}.log"
+    env = {k: v for k, v in os.environ.items() if k not in _LEAKY}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with tempfile.TemporaryDirectory() as tmp:
+        args, result = Path(tmp) / "args.json", Path(tmp) / "result.json"
+        args.write_text(json.dumps({"config": cfg and cfg.model_dump(mode="json"), "kwargs": kwargs}))
+        with open(log_path, "w") as log:
+            proc = subprocess.run([sys.executable, "-m", __name__, target, str(args), str(result)],
+                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                  preexec_fn=_die_with_parent)
+        if proc.returncode != 0 or not result.exists():
+            tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-40:])
+            raise StageFailed(f"stage {name} failed (exit {proc.returncode}); log: {log_path}\n{tail}")
+        return json.loads(result.read_text())
+
+
+def _main(target: str, args_path: str, result_path: str) -> None:
+    module, fn = target.split(":")
+    args = json.loads(Path(args_path).read_text())
+    first = [RunConfig.model_validate(args["config"])] if args["config"] is not None else []
+    out = getattr(importlib.import_module(module), fn)(*first, **args["kwargs"])
+    tmp = result_path + ".tmp"
+    Path(tmp).write_text(json.dumps(out))
+    os.replace(tmp, result_path)
+
+
+if __name__ == "__main__":
+    _main(*sys.argv[1:4])
+    sys.stdout.flush()
+    # vLLM's in-process engine can hang interpreter shutdown on its background threads.
+    os._exit(0)

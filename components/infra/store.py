@@ -1,0 +1,182 @@
+"""Object store through fsspec: a local path by default, s3://bucket/prefix through s3fs.
+
+Every artifact (dataset or model) is a folder with a `manifest.json` written last. Readers trust only
+published manifests, so a stage that dies half-way leaves nothing that looks complete: an old manifest is
+removed first, the files are written, and the manifest is put last (one PUT, atomic on S3; os.replace
+locally). S3 endpoint and keys come from the environment (AWS_ENDPOINT_URL, AWS_*), never
+from config.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+MANIFEST = "manifest.json"
+
+
+class NotPublished(FileNotFoundError):
+    """The artifact has no published manifest (never written, or its writer died)."""
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/")] + [p.strip("/") for p in parts if p])
+
+
+def fs_for(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    return url_to_fs(uri)
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def storage_options(uri: str) -> dict:
+    """What `datasets` needs to reach the same store (a fresh dict each call: datasets mutates it)."""
+    if uri.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
+        return {"client_kwargs": {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}}
+    return {}
+
+
+def _transient() -> tuple[type[BaseException], ...]:
+    """Errors that an endpoint going away for a moment raises: OSError, and botocore's connection
+    errors (not OSErrors) when the store is S3."""
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
+    except ImportError:
+        return (OSError,)
+    return (OSError, BotoConnectionError, HTTPClientError)
+
+
+def retry(fn, *args, attempts: int = 4, **kw):
+    """Transient store errors (endpoint restarting, throttling) are retried with backoff."""
+    for i in range(attempts):
+        try:
+            return fn(*args, **kw)
+        except (FileNotFoundError, PermissionError, ValueError):
+            raise
+        except _transient() as e:
+            if i == attempts - 1:
+                raise OSError(f"object store unreachable after {attempts} attempts with backoff "
+                              f"({fn.__name__} {args[0] if args else ''}): {e}") from e
+            time.sleep(0.5 * 2**i)
+
+
+def read_manifest(uri: str) -> dict:
+    fs, path = fs_for(uri)
+    mpath = join(path, MANIFEST)
+    try:
+        with fs.open(mpath, "r") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise NotPublished(f"{uri}: no published {MANIFEST}") from None
+
+
+def is_published(uri: str) -> bool:
+    try:
+        read_manifest(uri)
+        return True
+    except NotPublished:
+        return False
+
+
+def _put_manifest(fs, path: str, manifest: dict) -> None:
+    body = json.dumps(manifest, indent=1, sort_keys=True)
+    target = join(path, MANIFEST)
+    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+        tmp = f"{target}.{uuid.uuid4().hex}.tmp"
+        Path(tmp).write_text(body)
+        os.replace(tmp, target)
+    else:
+        retry(fs.pipe_file, target, body.encode())
+
+
+def publish_folder(local_dir: str | Path, uri: str, meta: dict[str, Any]) -> dict:
+    """Copy a finished local folder to `uri` and publish it; returns the manifest."""
+    local_dir = Path(local_dir)
+    # A folder fetched from the store carries its old manifest: the new one replaces it, last.
+    files = sorted(str(p.relative_to(local_dir)) for p in local_dir.rglob("*")
+                   if p.is_file() and p.relative_to(local_dir) != Path(MANIFEST))
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(name.encode())
+        with open(local_dir / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    fs, path = fs_for(uri)
+    if retry(fs.exists, join(path, MANIFEST)):
+        retry(fs.rm, join(path, MANIFEST))  # unpublish first: a reader never sees an old manifest over new files
+    retry(fs.makedirs, path, exist_ok=True)
+    for name in files:  # each object PUT is atomic on S3; the set of them counts only once the manifest is there
+        fs.makedirs(fs._parent(join(path, name)), exist_ok=True)
+        retry(fs.put_file, str(local_dir / name), join(path, name))
+    manifest = {"files": files, "sha256": digest.hexdigest(), "uri": uri,
+                "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta}
+    _put_manifest(fs, path, manifest)
+    return manifest
+
+
+def fetch_folder(uri: str, cache_root: str | Path = ".vstar/cache") -> Path:
+    """A local folder holding the published artifact at `uri` (the folder itself when local)."""
+    manifest = read_manifest(uri)
+    if is_local(uri):
+        return Path(fs_for(uri)[1])
+    dest = Path(cache_root) / manifest["sha256"][:16]
+    if (dest / MANIFEST).exists():
+        return dest
+    fs, path = fs_for(uri)
+    Path(cache_root).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache_root))
+    for name in manifest["files"]:
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        retry(fs.get, join(path, name), str(tmp / name))
+    (tmp / MANIFEST).write_text(json.dumps(manifest))
+    try:
+        os.replace(tmp, dest)
+    except OSError:  # another process fetched it first
+        pass
+    return dest
+
+
+# ---------------------------------------------------------------- datasets (parquet through `datasets`)
+
+def _datasets():
+    import datasets
+
+    datasets.disable_progress_bars()  # per-call bars for small tables only clutter stage logs
+    return datasets
+
+
+def write_rows(rows: list[dict], uri: str, meta: dict[str, Any] | None = None) -> dict:
+    """Publish rows as one parquet file plus a manifest with the row count."""
+    datasets = _datasets()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({})
+        ds.to_parquet(str(Path(tmp) / "data.parquet"))
+        return publish_folder(tmp, uri, {"rows": len(rows), "kind": "dataset", **(meta or {})})
+
+
+def read_dataset(uri: str):
+    """The published dataset at `uri` as a `datasets.Dataset`."""
+    datasets = _datasets()
+
+    manifest = read_manifest(uri)
+    if manifest.get("rows", 0) == 0:
+        return datasets.Dataset.from_dict({})
+    files = [join(uri, f) for f in manifest["files"] if f.endswith(".parquet")]
+    return datasets.load_dataset("parquet", data_files=files, split="train",
+                                 storage_options=storage_options(uri))
+
+
+def read_rows(uri: str) -> list[dict]:
+    return read_dataset(uri).to_list()
+

@@ -1,0 +1,125 @@
+"""MLflow tracking: a parent run per loop, a child run per round, through MlflowClient only.
+
+Runs are found again by tags (loop id, round), so a resumed loop keeps logging to the same runs
+instead of starting duplicates. No global "active run" state: tasks in threads log safely.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+from components.config import RunConfig, dump_yaml
+
+LOOP_TAG, ROUND_TAG, KIND_TAG = "vstar.loop_id", "vstar.round", "vstar.kind"
+
+
+def tracking_uri(cfg: RunConfig | None = None) -> str:
+    if cfg is not None and cfg.tracking_uri:
+        return cfg.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    db = Path(".vstar/mlflow.db").resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def client(cfg: RunConfig | None = None):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri(cfg))
+
+
+def experiment_id(c, name: str) -> str:
+    exp = c.get_experiment_by_name(name)
+    return exp.experiment_id if exp else c.create_experiment(name)
+
+
+def _find(c, exp_id: str, tags: dict[str, str]) -> str | None:
+    flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = c.search_runs([exp_id], filter_string=flt, max_results=1, order_by=["attributes.start_time ASC"])
+    return runs[0].info.run_id if runs else None
+
+
+def loop_run(cfg: RunConfig) -> str:
+    """The loop's parent run (created on first use, with the resolved config as params)."""
+    c = client(cfg)
+    exp = experiment_id(c, cfg.experiment)
+    loop_id = cfg.loop_id()
+    run_id = _find(c, exp, {LOOP_TAG: loop_id, KIND_TAG: "loop"})
+    if run_id:
+        return run_id
+    run = c.create_run(exp, run_name=loop_id, tags={LOOP_TAG: loop_id, KIND_TAG: "loop",
+                                                      "vstar.config_hash": cfg.config_hash()})
+    from mlflow.entities import Param
+
+    params = [Param(k, v[:6000]) for k, v in cfg.flat_params().items()]
+    for i in range(0, len(params), 100):
+        c.log_batch(run.info.run_id, params=params[i : i + 100])
+    c.log_text(run.info.run_id, dump_yaml(cfg), "config.yaml")
+    return run.info.run_id
+
+
+def round_run(cfg: RunConfig, parent_id: str, round_idx: int) -> str:
+    c = client(cfg)
+    exp = experiment_id(c, cfg.experiment)
+    loop_id = cfg.loop_id()
+    tags = {LOOP_TAG: loop_id, KIND_TAG: "round", ROUND_TAG: str(round_idx)}
+    run_id = _find(c, exp, tags)
+    if run_id:
+        return run_id
+    run = c.create_run(exp, run_name=f"{loop_id}/round-{round_idx}",
+                       tags={**tags, "mlflow.parentRunId": parent_id})
+    return run.info.run_id
+
+
+def log_metrics(cfg: RunConfig, run_id: str, metrics: dict, prefix: str = "", step: int = 0) -> None:
+    from mlflow.entities import Metric
+    import time
+
+    now = int(time.time() * 1000)
+    ms = [Metric(f"{prefix}{k}", float(v), now, step) for k, v in metrics.items()
+          if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+    # Curves ([(step, value), ...], e.g. loss_curve) become step-wise metrics: MLflow plots them.
+    ms += [Metric(f"{prefix}{k[:-len('_curve')]}", float(y), now, int(x)) for k, v in metrics.items()
+           if k.endswith("_curve") and isinstance(v, list) for x, y in v]
+    c = client(cfg)
+    for i in range(0, len(ms), 500):
+        c.log_batch(run_id, metrics=ms[i : i + 500])
+
+
+def log_dataset(cfg: RunConfig, run_id: str, uri: str, name: str, context: str) -> None:
+    """Record a published dataset as the run's input, with its store URI as the source."""
+    import mlflow
+    from mlflow.entities import InputTag
+
+    from components.infra.store import read_dataset
+
+    with warnings.catch_warnings():  # MLflow's notes on ambiguous local sources and int columns: noise here
+        warnings.simplefilter("ignore", UserWarning)
+        ds = mlflow.data.from_pandas(read_dataset(uri).to_pandas(), source=uri, name=name)
+    client(cfg).log_inputs(run_id, datasets=[_dataset_input(ds, context, InputTag)])
+
+
+def _dataset_input(ds, context: str, InputTag):
+    from mlflow.entities import DatasetInput
+
+    return DatasetInput(dataset=ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+
+
+def set_terminated(cfg: RunConfig, run_id: str, status: str = "FINISHED") -> None:
+    client(cfg).set_terminated(run_id, status)
+
+
+def loop_runs(c, experiment: str, loop_id: str):
+    """(parent run, child runs) of a loop, found by tags; raises with the loop id if there is none."""
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(f"no MLflow experiment {experiment!r} at {c.tracking_uri}")
+    parents = c.search_runs([exp.experiment_id], f"tags.`{LOOP_TAG}` = '{loop_id}' and tags.`{KIND_TAG}` = 'loop'")
+    if not parents:
+        raise ValueError(f"no loop {loop_id!r} in experiment {experiment!r} at {c.tracking_uri}")
+    parent = parents[0]
+    children = c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return parent, children

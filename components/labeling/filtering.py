@@ -1,0 +1,74 @@
+"""Aggregate step scores into a trace score, and keep the traces worth training on.
+
+A trace is kept when its final answer is right and (in `step` mode) its aggregate step score clears
+the threshold; `outcome` mode checks the answer alone (the STaR / V-STaR filter, and the ablation).
+"""
+from __future__ import annotations
+
+import math
+
+from components.config_sections import FilterConfig
+
+AGGREGATES = {
+    "min": lambda s: min(s),
+    "prod": lambda s: math.prod(s),
+    "last": lambda s: s[-1],
+    "mean": lambda s: sum(s) / len(s),
+}
+
+
+def aggregate(scores: list[float | None], how: str = "min") -> float:
+    """Over the labelled steps (None = a source said nothing about the step). A trace with no
+    labelled step scores 0: what nobody checked is not kept by a step filter."""
+    if how not in AGGREGATES:
+        raise ValueError(f"filter.aggregate: unknown aggregate {how!r}; known: {sorted(AGGREGATES)}")
+    known = [s for s in scores if s is not None]
+    return AGGREGATES[how](known) if known else 0.0
+
+
+def passes(row: dict, cfg: FilterConfig) -> bool:
+    if not row["correct"]:
+        return False
+    return cfg.mode == "outcome" or aggregate(row["step_scores"], cfg.aggregate) >= cfg.threshold
+
+
+def _keep(rows: list[dict], cfg: FilterConfig) -> list[dict]:
+    kept: list[dict] = []
+    seen: dict[str, set[str]] = {}
+    for row in rows:
+        if not passes(row, cfg):
+            continue
+        done = seen.setdefault(row["problem_id"], set())
+        if row["completion"] in done or len(done) >= cfg.max_per_problem:
+            continue
+        done.add(row["completion"])
+        kept.append({**row, "trace_score": aggregate(row["step_scores"], cfg.aggregate)})
+    return kept
+
+
+def _flawed(rows: list[dict]) -> int:
+    """Kept traces with a step the gold check calls wrong (0 where the family has no gold)."""
+    return sum(r.get("gold_first_error") is not None and r["gold_first_error"] >= 0 for r in rows)
+
+
+def select(rows: list[dict], cfg: FilterConfig) -> tuple[list[dict], dict]:
+    """Kept rows (at most `max_per_problem` distinct completions per problem) and counts.
+
+    The counts put this filter next to what outcome-only filtering keeps under the same dedup and
+    cap, and count kept traces holding a step the gold labels call wrong ("flawed but correct").
+    """
+    kept = _keep(rows, cfg)
+    outcome = kept if cfg.mode == "outcome" else _keep(rows, cfg.model_copy(update={"mode": "outcome"}))
+    stats = {
+        "traces": len(rows),
+        "correct": sum(bool(r["correct"]) for r in rows),
+        "kept": len(kept),
+        "kept_fraction": len(kept) / len(rows) if rows else 0.0,
+        "kept_flawed": _flawed(kept),
+        "kept_flawed_share": _flawed(kept) / len(kept) if kept else 0.0,
+        "outcome_only_kept": len(outcome),
+        "outcome_only_flawed": _flawed(outcome),
+        "outcome_only_flawed_share": _flawed(outcome) / len(outcome) if outcome else 0.0,
+        "problems_with_kept": len({r["problem_id"] for r in kept}),
+    }
+    return kept, stats

@@ -1,0 +1,52 @@
+"""Step-label quality, ProcessBench style (Zheng et al. 2024, arXiv 2412.06559).
+
+A labeller names the earliest wrong step of each trace, or -1 when it finds none. Accuracy is taken
+separately on traces that contain an error (the exact index must match) and on traces that do not
+(-1 must be predicted); F1 is their harmonic mean, so a labeller that calls everything correct scores 0.
+"""
+from __future__ import annotations
+
+import itertools
+
+
+def first_error_f1(predicted: list[int], gold: list[int | None]) -> dict[str, float]:
+    """Traces whose gold is unknown (None: a family without an exact step check) are left out."""
+    if len(predicted) != len(gold):
+        raise ValueError(f"{len(predicted)} predictions for {len(gold)} gold labels")
+    # A labeller's None (no verdict) is neither "no error" nor any step: wrong on both sides.
+    known = [(10**9 if p is None else p, g) for p, g in zip(predicted, gold) if g is not None]
+    err = [(p, g) for p, g in known if g >= 0]
+    ok = [(p, g) for p, g in known if g < 0]
+    acc_err = sum(p == g for p, g in err) / len(err) if err else float("nan")
+    acc_ok = sum(p < 0 for p, _ in ok) / len(ok) if ok else float("nan")
+    if err and ok:
+        f1 = 2 * acc_err * acc_ok / (acc_err + acc_ok) if acc_err + acc_ok else 0.0
+    else:  # one side empty: F1 is undefined, report the side that exists
+        f1 = acc_err if err else acc_ok
+    return {"f1": f1, "acc_erroneous": acc_err, "acc_correct": acc_ok,
+            "n_erroneous": float(len(err)), "n_correct": float(len(ok))}
+
+
+def quality(by_source: dict[str, list], gold_first_errors: list[int | None]) -> dict[str, float]:
+    """Per source: first-error F1 vs gold on traces where gold is known (and the source answered);
+    per pair of sources: how often they name the same first error, and agree step by step."""
+    out: dict[str, float] = {}
+    by_source = {k.replace("+", "_"): v for k, v in by_source.items()}  # MLflow metric names: no "+"
+    for name, labels in by_source.items():
+        pairs = [(s.first_error, g) for s, g in zip(labels, gold_first_errors) if g is not None]
+        answered = [(p, g) for p, g in pairs if p is not None]
+        out[f"{name}/unlabelled_traces"] = float(sum(s.first_error is None for s in labels))
+        if pairs:
+            # An unanswered trace counts against the source: "no verdict" is not "no error".
+            q = first_error_f1([p for p, _ in pairs], [g for _, g in pairs])
+            out.update({f"{name}/f1": q["f1"], f"{name}/acc_erroneous": q["acc_erroneous"],
+                        f"{name}/acc_correct": q["acc_correct"], f"{name}/answered": len(answered) / len(pairs)})
+    for a, b in itertools.combinations(sorted(by_source), 2):
+        both = [(x, y) for x, y in zip(by_source[a], by_source[b]) if x.first_error is not None and y.first_error is not None]
+        steps = [(u, v) for x, y in zip(by_source[a], by_source[b]) for u, v in zip(x.labels, y.labels)
+                 if u is not None and v is not None]
+        if both:
+            out[f"agree/{a}_vs_{b}/first_error"] = sum(x.first_error == y.first_error for x, y in both) / len(both)
+        if steps:
+            out[f"agree/{a}_vs_{b}/steps"] = sum(u == v for u, v in steps) / len(steps)
+    return out

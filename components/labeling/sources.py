@@ -1,0 +1,210 @@
+"""Step label sources behind one registry and one signature: `fn(batch, cfg, engines) -> (labels, stats)`,
+and everything a source *means* beside it: what it needs, what a row labelled by it records as its
+origin, what round 1 uses when it needs a PRM that does not exist yet, and combinations.
+
+    gold        the family's own step check (exact for `arith`; partial rules for gsm8k; none elsewhere)
+    mc          Monte Carlo rollouts from every step (Math-Shepherd)
+    mc_binary   binary search for the first step no rollout recovers from (OmegaPRM)
+    judge       an LLM judge names the first wrong step (ProcessBench protocol), local or remote
+    consensus   MC and the judge, a step label kept only where both agree (Zhang et al. 2025)
+    prm         the previous round's PRM
+    labels      a PRM trained on imported human labels (PRM_0; later rounds add the loop's own)
+    prm+mc      the PRM, and Monte Carlo where the PRM is unsure (`scoring.prm_unsure`)
+
+Engines (generator for rollouts, judge, PRM) start on first use, once per stage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from components.config import RunConfig
+from components.data.families import Family, Problem
+from components.labeling.step_labels import StepLabels, first_error_from_scores, first_error_of
+
+
+@dataclass
+class Batch:
+    family: Family
+    problems: list[Problem]
+    completions: list[str]
+    steps: list[list[str]] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.steps = self.steps or [self.family.split_steps(c) for c in self.completions]
+
+    def subset(self, idx: list[int]) -> "Batch":
+        return Batch(self.family, [self.problems[i] for i in idx], [self.completions[i] for i in idx],
+                     [self.steps[i] for i in idx])
+
+
+class Engines:
+    """What sources run on, created lazily: rollouts need the generator, `judge` a judge model,
+    `prm`/`labels` the PRM. Handed in by the score stage, which knows the URIs."""
+
+    def __init__(self, make_generator: Callable, make_judge: Callable, make_prm: Callable, seed: int):
+        self._make = {"generator": make_generator, "judge": make_judge, "prm": make_prm}
+        self._made: dict = {}
+        self.seed = seed
+
+    def get(self, name: str):
+        if name not in self._made:
+            self._made[name] = self._make[name]()
+        return self._made[name]
+
+
+LabelFn = Callable[[Batch, RunConfig, Engines], tuple[list[StepLabels], dict]]
+
+
+@dataclass(frozen=True)
+class Source:
+    fn: LabelFn
+    needs: frozenset[str]  # engines it runs on: generator, judge, prm
+    uses_prm: bool = False  # scores with a PRM: round 1 (none yet) falls back to `first_round_source`
+    imported: bool = False  # its PRM is trained on imported human labels first (PRM_0)
+
+    @property
+    def origin(self) -> str:
+        """What a row labelled by it records: a PRM's guesses say "prm" (a PRM never trains on them)."""
+        return "prm" if self.uses_prm else ""
+
+
+SOURCES: dict[str, Source] = {}
+
+
+def source(name: str, needs: tuple[str, ...] = (), uses_prm: bool = False, imported: bool = False):
+    def deco(fn: LabelFn) -> LabelFn:
+        SOURCES[name] = Source(fn, frozenset(needs), uses_prm, imported)
+        return fn
+    return deco
+
+
+# --------------------------------------------------------------------------------------- policy
+
+def check_name(name: str, standalone: bool = False) -> str:
+    """Config validation: a registered source; `standalone` ones run without a PRM (round 1, `also`)."""
+    if name not in SOURCES:
+        raise ValueError(f"unknown label source {name!r}; known: {', '.join(sorted(SOURCES))}")
+    if standalone and SOURCES[name].uses_prm:
+        ok = sorted(k for k, s in SOURCES.items() if not s.uses_prm)
+        raise ValueError(f"{name!r} needs a trained PRM; use one of {', '.join(ok)}")
+    return name
+
+
+def in_use(cfg: RunConfig) -> list[str]:
+    return [cfg.scoring.label_source, *cfg.scoring.also]
+
+
+def needs_judge(cfg: RunConfig) -> bool:
+    return any("judge" in SOURCES[s].needs for s in in_use(cfg))
+
+
+def prm0_from_imports(cfg: RunConfig) -> bool:
+    """Round 0 trains a PRM on the imported human labels alone (the `labels` source)."""
+    return SOURCES[cfg.scoring.label_source].imported
+
+
+def for_round(cfg: RunConfig, has_prm: bool) -> str:
+    """The source a round actually labels with: one that needs a PRM falls back while none exists."""
+    name = cfg.scoring.label_source
+    return cfg.scoring.first_round_source if SOURCES[name].uses_prm and not has_prm else name
+
+
+def label(name: str, batch: Batch, cfg: RunConfig, engines: Engines) -> tuple[list[StepLabels], dict]:
+    """Run a source; every StepLabels comes back with its origin set."""
+    labels, stats = SOURCES[name].fn(batch, cfg, engines)
+    for lab in labels:
+        lab.origin = lab.origin or SOURCES[name].origin or name
+    return labels, stats
+
+
+# -------------------------------------------------------------------------------------- sources
+
+@source("gold")
+def gold(batch: Batch, cfg: RunConfig, engines: Engines):
+    out = []
+    for p, c, steps in zip(batch.problems, batch.completions, batch.steps):
+        labels = batch.family.step_labels(p, c)
+        known = batch.family.first_error(p, c)
+        fe = known if known is not None else (first_error_of(labels) if any(y is not None for y in labels) else None)
+        out.append(StepLabels([None if y is None else float(y) for y in labels], labels, fe))
+    return out, {}
+
+
+def _mc(estimator):
+    def run(batch: Batch, cfg: RunConfig, engines: Engines):
+        results, stats = estimator(batch.family, engines.get("generator"), list(zip(batch.problems, batch.completions)),
+                                   cfg.scoring.mc, cfg.generation.max_tokens, engines.seed)
+        return [StepLabels(list(r.scores), list(r.hard), r.first_error) for r in results], stats
+    return run
+
+
+def _register_mc():
+    from components.labeling import montecarlo
+
+    source("mc", needs=("generator",))(_mc(montecarlo.estimate))
+    source("mc_binary", needs=("generator",))(_mc(montecarlo.estimate_binary))
+
+
+_register_mc()
+
+
+@source("judge", needs=("judge",))
+def judge(batch: Batch, cfg: RunConfig, engines: Engines):
+    from components.labeling.judge import judge_traces
+
+    results, stats = judge_traces(cfg.scoring.judge, engines.get("judge"),
+                                  [p.prompt for p in batch.problems], batch.steps)
+    return [StepLabels(list(r.scores), list(r.labels), r.first_error) for r in results], stats
+
+
+@source("consensus", needs=("generator", "judge"))
+def consensus(batch: Batch, cfg: RunConfig, engines: Engines):
+    """MC's hard labels and the judge's, step by step: where they agree the label stands, elsewhere
+    the step is left unlabelled (None) and the PRM does not train on it."""
+    mc, mc_stats = SOURCES["mc"].fn(batch, cfg, engines)
+    jd, jd_stats = SOURCES["judge"].fn(batch, cfg, engines)
+    out, agree, compared = [], 0, 0
+    for a, b in zip(mc, jd):
+        labels = []
+        for x, y in zip(a.labels, b.labels):
+            if x is not None and y is not None:
+                compared += 1
+                agree += x == y
+            labels.append(x if x is not None and x == y else None)
+        fe = a.first_error if a.first_error == b.first_error else None
+        out.append(StepLabels([None if y is None else float(y) for y in labels], labels, fe))
+    kept = sum(y is not None for s in out for y in s.labels)
+    total = sum(len(s.labels) for s in out)
+    return out, {**mc_stats, **jd_stats, "consensus_step_agreement": agree / compared if compared else 0.0,
+                 "consensus_steps_kept": kept, "consensus_steps_total": total,
+                 "consensus_traces_agree": sum(s.first_error is not None for s in out)}
+
+
+def _unsure(labels: list[StepLabels], cfg: RunConfig) -> list[int]:
+    lo, hi = cfg.scoring.prm_unsure
+    return [i for i, s in enumerate(labels) if s.scores and lo < min(s.scores) < hi]
+
+
+@source("prm", needs=("prm",), uses_prm=True)
+def prm(batch: Batch, cfg: RunConfig, engines: Engines):
+    scores = engines.get("prm").score([p.prompt for p in batch.problems], batch.steps)
+    out = [StepLabels(list(s), [int(x >= 0.5) for x in s], first_error_from_scores(s)) for s in scores]
+    return out, {"prm_unsure": len(_unsure(out, cfg))}
+
+
+# A PRM trained on imported human labels scores the traces.
+source("labels", needs=("prm",), uses_prm=True, imported=True)(prm)
+
+
+@source("prm+mc", needs=("prm", "generator"), uses_prm=True)
+def prm_mc(batch: Batch, cfg: RunConfig, engines: Engines):
+    """The PRM's scores, replaced by Monte Carlo's on traces where the PRM is unsure."""
+    out, _ = prm(batch, cfg, engines)
+    unsure = _unsure(out, cfg)
+    stats: dict = {}
+    if unsure:
+        mc, stats = label("mc", batch.subset(unsure), cfg, engines)
+        for i, lab in zip(unsure, mc):
+            out[i] = lab
+    return out, {**stats, "prm_unsure": len(unsure)}

@@ -1,0 +1,295 @@
+"""Process reward model (PRM): a Llama backbone with a 2-way head read at a tag token after every step.
+
+The input format is part of the model artifact: `prm_format.json` next to the weights says which token
+tags a step, how steps are laid out and which class means "good". Training writes it, every scorer
+reads it; a train/score mismatch silently costs F1 points (QwenLM/ProcessBench issue 12).
+
+    input   <prompt><step 1><step>\n<step 2><step>\n...      (the tag is a special token added here)
+    output  P(good) per step = softmax(logits at the i-th tag)[1]
+
+Labels are floats in [0, 1] (P(good)); None/NaN means "unlabeled" and is not trained on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+from components.models.causal_lm import fit
+
+STEP_TAG = "<step>"
+TEMPLATE = "{step}" + STEP_TAG + "\n"
+FORMAT_FILE = "prm_format.json"
+POSITIVE = 1  # class index of "step is good"
+LABEL_CONVENTION = "class 1 = good; soft labels = P(good)"
+WARMUP_RATIO = 0.05
+
+
+# ------------------------------------------------------------------------------------------- format
+
+def format_input(prompt: str, steps: list[str], fmt: dict | None = None) -> str:
+    """The PRM's input text; scorers pass the `fmt` loaded from the checkpoint, not the module default."""
+    template = (fmt or {}).get("template", TEMPLATE)
+    return prompt + "".join(template.format(step=s) for s in steps)
+
+
+def load_format(model_dir: str | Path) -> dict:
+    path = Path(model_dir) / FORMAT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; a PRM checkpoint must carry {FORMAT_FILE} "
+                                f"(written by components.models.prm.train_prm) so scorers use its step tag")
+    fmt = json.loads(path.read_text())
+    missing = {"step_tag", "step_tag_id", "template", "positive_class"} - fmt.keys()
+    if missing:
+        raise ValueError(f"{path}: missing keys {sorted(missing)}")
+    return fmt
+
+
+def _check_tag(tok, fmt: dict, where: str) -> None:
+    """The saved tag id must be what the saved tokenizer produces for the tag, or no step is read."""
+    tid = tok.convert_tokens_to_ids(fmt["step_tag"])
+    if tid != fmt["step_tag_id"]:
+        raise ValueError(f"{where}/{FORMAT_FILE}: step_tag {fmt['step_tag']!r} has id {tid} in the "
+                         f"tokenizer but step_tag_id {fmt['step_tag_id']} in the format file")
+
+
+def _encode(tok, fmt: dict, prompt: str, steps: list[str]) -> tuple[list[int], list[int]]:
+    """(token ids with BOS, positions of the step tags); one tag per step or the labels misalign."""
+    ids = tok(format_input(prompt, steps, fmt))["input_ids"]
+    pos = [i for i, t in enumerate(ids) if t == fmt["step_tag_id"]]
+    if len(pos) != len(steps):
+        raise ValueError(f"{len(steps)} steps gave {len(pos)} step tags (a step containing "
+                         f"{fmt['step_tag']!r}?): {format_input(prompt, steps, fmt)!r}")
+    return ids, pos
+
+
+def _pad(batch: list[list[int]], pad_id: int):
+    """Right padding: with causal attention, positions before the padding are unaffected by it."""
+    import torch
+
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, ids in enumerate(batch):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attn[i, : len(ids)] = 1
+    return input_ids, attn
+
+
+def _step_probs(model, tok, fmt: dict, prompts: list[str], steps: list[list[str]], batch_size: int = 32,
+                max_len: int | None = None) -> list[list[float]]:
+    import torch
+
+    enc = [_encode(tok, fmt, p, s) for p, s in zip(prompts, steps)]
+    if max_len is not None:
+        too_long = [i for i, (ids, _) in enumerate(enc) if len(ids) > max_len]
+        if too_long:  # same contract as vLLM, which refuses prompts longer than max_model_len
+            raise ValueError(f"trace {too_long[0]} has {len(enc[too_long[0]][0])} tokens > max_model_len {max_len}")
+    out: list[list[float]] = []
+    with torch.no_grad():
+        for start in range(0, len(enc), batch_size):
+            chunk = enc[start : start + batch_size]
+            input_ids, attn = _pad([ids for ids, _ in chunk], tok.pad_token_id)
+            probs = model(input_ids=input_ids, attention_mask=attn).logits.float().softmax(-1)
+            out += [probs[i, pos, fmt["positive_class"]].tolist() for i, (_, pos) in enumerate(chunk)]
+    return out
+
+
+# ----------------------------------------------------------------------------------------- training
+
+def _init_model(init_dir: Path):
+    """A PRM dir continues as is; a causal-LM dir gives its backbone, a new tag token and a fresh head."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForTokenClassification
+
+    tok = AutoTokenizer.from_pretrained(str(init_dir))
+    if (init_dir / FORMAT_FILE).is_file():
+        fmt = load_format(init_dir)
+        _check_tag(tok, fmt, str(init_dir))
+        model = LlamaForTokenClassification.from_pretrained(str(init_dir), dtype=torch.float32)
+        return model, tok, fmt
+    tok.add_special_tokens({"additional_special_tokens": [STEP_TAG]})
+    config = AutoConfig.from_pretrained(str(init_dir), num_labels=2, id2label={0: "bad", 1: "good"},
+                                        label2id={"bad": 0, "good": 1})
+    # No dropout before the head: the tiny models here underfit rather than overfit, and without it a
+    # tag's logits depend only on the tokens before it (in training too), whatever follows or pads.
+    config.classifier_dropout = 0.0
+    model = LlamaForTokenClassification.from_pretrained(str(init_dir), config=config, dtype=torch.float32)
+    model.resize_token_embeddings(len(tok))  # the tag's row is drawn around the old embeddings' mean
+    fmt = {"step_tag": STEP_TAG, "step_tag_id": tok.convert_tokens_to_ids(STEP_TAG), "template": TEMPLATE,
+           "label_convention": LABEL_CONVENTION, "positive_class": POSITIVE}
+    return model, tok, fmt
+
+
+def _clean_labels(ex: dict, soft: bool) -> list[float]:
+    """Floats in [0, 1], NaN = unlabeled. Never int(): a Monte Carlo 0.7 must stay 0.7."""
+    labels = ex["labels"]
+    if len(labels) != len(ex["steps"]):
+        raise ValueError(f"{len(labels)} labels for {len(ex['steps'])} steps: {ex['prompt']!r}")
+    out = [math.nan if y is None else float(y) for y in labels]
+    for y in out:
+        if math.isnan(y):
+            continue
+        if not 0.0 <= y <= 1.0:
+            raise ValueError(f"label {y} outside [0, 1] (labels are P(good)): {ex['prompt']!r}")
+        if not soft and y not in (0.0, 1.0):
+            raise ValueError(f"soft=False needs labels 0 or 1, got {y}: binarise upstream "
+                             f"(e.g. Math-Shepherd hard: y > 0) or train with soft=True")
+    return out
+
+
+def _heldout_prompts(prompts: list[str], fraction: float, seed: int) -> set[str]:
+    """A deterministic slice of the distinct prompts: all traces of one problem fall on one side."""
+    distinct = sorted(set(prompts), key=lambda p: hashlib.sha256(f"{seed}\x00{p}".encode()).hexdigest())
+    n = min(len(distinct) - 1, int(round(fraction * len(distinct)))) if fraction > 0 else 0
+    return set(distinct[: max(0, n)])
+
+
+def auroc(scores: list[float], positives: list[bool]) -> float:
+    """Mann-Whitney AUROC with average ranks for ties; NaN when one class is absent."""
+    n_pos = sum(positives)
+    n_neg = len(positives) - n_pos
+    if not n_pos or not n_neg:
+        return math.nan
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1  # 1-based average rank of the tie group
+        i = j + 1
+    rank_sum = sum(r for r, pos in zip(ranks, positives) if pos)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], epochs: float, lr: float,
+              batch_size: int, seed: int, soft: bool, heldout_fraction: float = 0.1,
+              log: Callable[[int, dict], None] | None = None, threads: int | None = None) -> dict:
+    """Train a PRM from a generator (causal LM) or a previous PRM dir; save model, tokenizer, format.
+
+    examples: {"prompt", "steps", "labels"} with one label per step (float P(good), None = unlabeled).
+    soft=True: cross-entropy against [1-y, y]; soft=False: labels must be 0/1 (plain cross-entropy).
+    """
+    import torch
+
+    # All cores we may run on by default; `threads=1` is much faster when other work shares the cores
+    # (measured here: tiny matmuls with 2 threads on 2 busy cores ran 5-10x slower than with 1).
+    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
+    torch.manual_seed(seed)
+    init_dir, out_dir = Path(init_dir), Path(out_dir)
+    model, tok, fmt = _init_model(init_dir)
+
+    labels = [_clean_labels(ex, soft) for ex in examples]
+    held = _heldout_prompts([ex["prompt"] for ex in examples], heldout_fraction, seed)
+    train_idx = [i for i, ex in enumerate(examples) if ex["prompt"] not in held]
+    held_idx = [i for i, ex in enumerate(examples) if ex["prompt"] in held]
+    # Per trace: ids, and the (tag position, label) pairs that are labeled; unlabeled tags are dropped here.
+    data = []
+    for i in train_idx:
+        ids, pos = _encode(tok, fmt, examples[i]["prompt"], examples[i]["steps"])
+        pairs = [(p, y) for p, y in zip(pos, labels[i]) if not math.isnan(y)]
+        if pairs:
+            data.append((ids, pairs))
+    if not data:
+        raise ValueError(f"no labeled steps to train on among {len(train_idx)} training traces "
+                         f"(labels None/NaN mean unlabeled)")
+
+    def batch_loss(idx: list[int]):
+        batch = [data[i] for i in idx]
+        input_ids, attn = _pad([ids for ids, _ in batch], tok.pad_token_id)
+        rows = torch.tensor([b for b, (_, pairs) in enumerate(batch) for _ in pairs])
+        cols = torch.tensor([p for _, pairs in batch for p, _ in pairs])
+        y = torch.tensor([y for _, pairs in batch for _, y in pairs], dtype=torch.float32)
+        logits = model(input_ids=input_ids, attention_mask=attn).logits[rows, cols]  # [labeled tags, 2]
+        # Probability targets: for soft y this is BCE on the logit difference; for y in {0, 1} it is
+        # exactly plain cross-entropy. One formula, and the float target is never rounded.
+        target = torch.stack([1 - y, y], dim=-1) if fmt["positive_class"] == 1 else torch.stack([y, 1 - y], dim=-1)
+        return torch.nn.functional.cross_entropy(logits, target)
+
+    stats = fit(model, len(data), batch_loss, epochs, lr, batch_size, seed, WARMUP_RATIO, log)
+
+    # Held-out quality, on labeled steps only; a soft label counts as positive when P(good) >= 0.5.
+    probs = _step_probs(model, tok, fmt, [examples[i]["prompt"] for i in held_idx],
+                        [examples[i]["steps"] for i in held_idx], batch_size)
+    flat = [(p, y) for i, ps in zip(held_idx, probs) for p, y in zip(ps, labels[i]) if not math.isnan(y)]
+    acc = sum((p >= 0.5) == (y >= 0.5) for p, y in flat) / len(flat) if flat else math.nan
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir))
+    tok.save_pretrained(str(out_dir))
+    (out_dir / FORMAT_FILE).write_text(json.dumps(fmt, indent=2) + "\n")
+    return {**stats, "heldout_auroc": auroc([p for p, _ in flat], [y >= 0.5 for _, y in flat]),
+            "heldout_step_accuracy": acc, "n_train": len(train_idx), "n_heldout": len(held_idx),
+            "n_train_steps": sum(len(pairs) for _, pairs in data)}
+
+
+# ------------------------------------------------------------------------------------------ scoring
+
+class TransformersPRM:
+    """Batched forward with right padding; softmax over the two classes at each tag.
+    kv_cache_bytes is accepted for the shared interface and unused (no cache in one forward pass)."""
+
+    def __init__(self, model_dir: str | Path, max_model_len: int = 256, kv_cache_bytes: int = 0,
+                 batch_size: int = 32):
+        import torch
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        self.fmt = load_format(model_dir)
+        self.tok = AutoTokenizer.from_pretrained(str(model_dir))
+        _check_tag(self.tok, self.fmt, str(model_dir))
+        self.model = AutoModelForTokenClassification.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        self.max_model_len, self.batch_size = max_model_len, batch_size
+
+    def score(self, prompts: list[str], steps: list[list[str]]) -> list[list[float]]:
+        return _step_probs(self.model, self.tok, self.fmt, prompts, steps, self.batch_size, self.max_model_len)
+
+
+class VLLMPRM:
+    """vLLM's STEP pooler: returns the head's output at every token equal to the format's tag id."""
+
+    def __init__(self, model_dir: str | Path, max_model_len: int = 256, kv_cache_bytes: int = 64 << 20):
+        from components.models.generation import configure_vllm_env
+
+        self.fmt = load_format(model_dir)  # before starting an engine: a bad checkpoint fails fast
+        configure_vllm_env()
+        from vllm import LLM
+        from vllm.config import PoolerConfig
+
+        self.llm = LLM(
+            model=str(model_dir), tokenizer=str(model_dir), runner="pooling",
+            # use_activation=False: raw logits, softmaxed below exactly as in TransformersPRM. vLLM 0.32's
+            # default would softmax too (PoolerClassify, 2 labels), but picks sigmoid or identity if the
+            # config ever carries a problem_type; explicit is the same on every checkpoint.
+            pooler_config=PoolerConfig(pooling_type="STEP", step_tag_id=self.fmt["step_tag_id"],
+                                       use_activation=False),
+            dtype="float32", enforce_eager=True, kv_cache_memory_bytes=kv_cache_bytes,
+            # Whole prompts: the token-wise pooler then sees every tag of a trace in one pass.
+            enable_chunked_prefill=False, max_num_batched_tokens=max(8192, max_model_len),
+            max_model_len=max_model_len)
+        _check_tag(self.llm.get_tokenizer(), self.fmt, str(model_dir))
+
+    def score(self, prompts: list[str], steps: list[list[str]]) -> list[list[float]]:
+        texts = [format_input(p, s, self.fmt) for p, s in zip(prompts, steps)]
+        outs = self.llm.encode(texts, pooling_task="token_classify", use_tqdm=False)
+        result = []
+        for out, s, text in zip(outs, steps, texts):
+            logits = out.outputs.data.float().reshape(-1, 2)  # one row per tag
+            if logits.shape[0] != len(s):
+                raise ValueError(f"{len(s)} steps gave {logits.shape[0]} step tags: {text!r}")
+            result.append(logits.softmax(-1)[:, self.fmt["positive_class"]].tolist())
+        return result
+
+
+SCORERS = {"transformers": TransformersPRM, "vllm": VLLMPRM}
+
+
+def load_scorer(name: str, model_dir: str | Path, max_model_len: int = 256, kv_cache_bytes: int = 64 << 20):
+    if name not in SCORERS:
+        raise ValueError(f"unknown PRM scorer {name!r}; known: {sorted(SCORERS)}")
+    return SCORERS[name](model_dir, max_model_len=max_model_len, kv_cache_bytes=kv_cache_bytes)

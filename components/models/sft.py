@@ -1,0 +1,137 @@
+"""Supervised fine-tuning of the generator on (prompt, completion) pairs with TRL's SFTTrainer.
+
+The V-STaR round's "train the generator on its own filtered solutions" step. Unlike the bootstrap
+loop (components.training), this starts from a trained checkpoint and may train a LoRA adapter, so it
+uses the standard trainer: PEFT, schedules and logging come for free.
+
+What TRL 1.16 does with a prompt-completion dataset (read from trl/trainer/sft_trainer.py, checked
+by tests/test_sft.py):
+- `completion_only_loss=None` (the default) turns on completion-only loss when the data has
+  "prompt" and "completion" columns; we pass True anyway so a TRL default change can't silently
+  train on the prompts.
+- it appends `tokenizer.eos_token` as *text* to each completion; our tokenizer maps "</s>" to the
+  EOS id, so every sequence ends in exactly one EOS (the model learns to stop).
+- it tokenizes with `tokenizer(text)` (add_special_tokens=True): our post-processor adds BOS once.
+- the completion starts where tokenize(prompt) and tokenize(prompt + completion) diverge, so the
+  mask is right as long as the prompt ends on a token boundary (ours end in "\n", a token).
+
+vLLM with an adapter from `sft(..., lora=...)`: start the engine on the *base* model with
+`enable_lora=True, max_lora_rank=<r>` (e.g. `VLLMBackend(base_dir, gen_cfg, max_len, enable_lora=True,
+max_lora_rank=8)`) and pass `vllm_lora_request(out_dir)` to `generate(..., lora_request=...)`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+ADAPTER_BASE = "adapter_base.json"
+
+
+def _lora_config(lora: dict):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.get("r", 8), lora_alpha=lora.get("alpha", 16), lora_dropout=lora.get("dropout", 0.0),
+                      target_modules=lora.get("target_modules") or ["q_proj", "k_proj", "v_proj", "o_proj"],
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def make_trainer(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[str, str]], epochs: float, lr: float,
+                 batch_size: int, seed: int, lora: dict | None = None, log: Callable[[int, dict], None] | None = None,
+                 warmup_ratio: float = 0.05):
+    """An SFTTrainer ready to `.train()`; its `train_dataset` is already tokenized (tests inspect it)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    # float32: the model is tiny and on CPU; bf16 would only cost accuracy (and TRL's bf16 default fails on CPU).
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    steps = max(1, math.ceil(len(pairs) * epochs / batch_size))
+    args = SFTConfig(
+        output_dir=str(out_dir), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=batch_size,
+        seed=seed, data_seed=seed, lr_scheduler_type="cosine", warmup_steps=warmup_ratio,  # < 1: a ratio in transformers 5
+        bf16=False, fp16=False, use_cpu=True, report_to=[], save_strategy="no", dataloader_num_workers=0,
+        # ~50 points per curve however long the run; a loss point costs nothing beyond the step itself.
+        logging_steps=max(1, steps // 50), logging_first_step=True, disable_tqdm=True,
+        completion_only_loss=True,
+        # Longer sequences than the model's positions can't be trained on; TRL truncates (keep_start).
+        max_length=model.config.max_position_embeddings,
+    )
+    callbacks = []
+    if log is not None:
+        class _Stream(TrainerCallback):
+            """Forwards each logged training loss (e.g. to MLflow) while training runs."""
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if logs and "loss" in logs:  # not the end-of-training summary, which has "train_loss"
+                    log(state.global_step, {"train_loss": float(logs["loss"]),
+                                            "lr": float(logs.get("learning_rate", 0.0))})
+
+        callbacks.append(_Stream())
+    data = Dataset.from_list([{"prompt": p, "completion": c} for p, c in pairs])
+    return SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
+                      peft_config=_lora_config(lora) if lora is not None else None, callbacks=callbacks)
+
+
+def adapter_base(folder: str | Path) -> str | None:
+    """The base model URI of a LoRA adapter folder saved by `sft`, None for a full checkpoint."""
+    marker = Path(folder) / ADAPTER_BASE
+    return json.loads(marker.read_text())["base_uri"] if marker.exists() else None
+
+
+def sft(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[str, str]], epochs: float, lr: float,
+        batch_size: int, seed: int, lora: dict | None = None, log: Callable[[int, dict], None] | None = None,
+        warmup_ratio: float = 0.05, base_uri: str | None = None) -> dict:
+    """Fine-tune the model in `base_dir` on `pairs` and save the result to `out_dir`.
+
+    Full fine-tuning saves model + tokenizer. With `lora` ({"r", "alpha", "dropout", "target_modules"}) only the
+    adapter is saved (not merged: vLLM serves it on top of the base) with the tokenizer and `adapter_base.json`
+    naming the base (`base_uri`: where a reader finds it again, e.g. its store URI; default `base_dir`).
+    Returns {'loss_first', 'loss_last', 'steps', 'seconds', 'log_history': [{'step', 'loss', 'lr'}, ...]}.
+    """
+    out_dir = Path(out_dir)
+    trainer = make_trainer(base_dir, out_dir, pairs, epochs, lr, batch_size, seed, lora, log, warmup_ratio)
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    # transformers' Trainer sets config.use_cache = args.use_cache (False) for training; without this the saved
+    # checkpoint would make transformers' generate run without its KV cache.
+    trainer.model.config.use_cache = True
+    # On a PeftModel, save_pretrained writes adapter_config.json + adapter_model.safetensors only.
+    trainer.model.save_pretrained(str(out_dir))
+    trainer.processing_class.save_pretrained(str(out_dir))
+    if lora is not None:
+        (out_dir / ADAPTER_BASE).write_text(json.dumps({"base_uri": base_uri or str(base_dir)}))
+    history = [{"step": h["step"], "loss": h["loss"], "lr": h.get("learning_rate")}
+               for h in trainer.state.log_history if "loss" in h]
+    return {"loss_first": history[0]["loss"] if history else None,
+            "loss_last": history[-1]["loss"] if history else None,
+            "steps": trainer.state.global_step, "seconds": seconds, "log_history": history}
+
+
+def vllm_lora_request(adapter_dir: str | Path, name: str | None = None, lora_id: int = 1):
+    """A LoRARequest for an adapter saved by `sft(..., lora=...)`. The engine must have been started on the base
+    model with `enable_lora=True, max_lora_rank >= r`. vLLM caches adapters by `lora_id`: give each adapter
+    served by one engine its own id."""
+    from vllm.lora.request import LoRARequest
+
+    adapter_dir = Path(adapter_dir)
+    return LoRARequest(name or adapter_dir.name, lora_id, str(adapter_dir.resolve()))
+
+
+def distinct_pairs(rows: list[dict]) -> list[tuple[str, str]]:
+    """(prompt, completion) of rows, first occurrence kept, order kept (newest round first)."""
+    return list(dict.fromkeys((r["prompt"], r["completion"]) for r in rows))
+
+
+def with_replay(pairs: list[tuple[str, str]], pool: list, share: float, rng, solve: Callable) -> tuple[list, int]:
+    """Kept pairs mixed with `share` x as many replayed reference solutions (`solve(problem) -> pair`)
+    from `pool`, shuffled: replay keeps the generator from forgetting what it learned before."""
+    replay = rng.sample(pool, min(int(len(pairs) * share), len(pool)))
+    data = pairs + [solve(p) for p in replay]
+    rng.shuffle(data)
+    return data, len(replay)

@@ -1,0 +1,25 @@
+"""The stages of the loop, one module each, read top to bottom like a recipe over components.
+
+Every stage module has a typed entry point `run(cfg: RunConfig, out_uri: str, ...) -> dict` (metrics)
+that publishes one artifact at `out_uri` (manifest last), and a `STAGE` declaring what it reads, what
+it publishes (names in components/infra/layout.py), whether it wants an accelerator and whether it
+runs isolated in a child process (components/infra/isolation.py). Prefect tasks import the module of
+the stage they run (tasks/common.py: run_stage); tests call `run` directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the Prefect task's name
+    reads: tuple[str, ...]  # store artifacts (layout names) it reads
+    publishes: str  # the artifact it publishes
+    accelerator: bool = False  # generation, scoring, training: one at a time per GPU ("gpu" tag)
+    isolated: bool = False  # heavy: runs in its own child process
+
+    @property
+    def tags(self) -> list[str]:
+        return ["gpu"] if self.accelerator else []
+

@@ -1,0 +1,19 @@
+"""Keep the correct traces whose aggregate step score clears the threshold (or, in `outcome` mode,
+every correct one), at most `max_per_problem` per problem."""
+from __future__ import annotations
+
+from components.config import RunConfig
+from components.infra import store
+from components.labeling.filtering import select
+from components.stages import Stage
+
+STAGE = Stage("filter", reads=("scored",), publishes="filtered")
+
+
+def run(cfg: RunConfig, out_uri: str, scored_uri: str, round_idx: int) -> dict:
+    kept, stats = select(store.read_rows(scored_uri), cfg.filter)
+    # The source that actually labelled the steps (round 1 of a PRM source falls back), not the configured one.
+    source = store.read_manifest(scored_uri).get("label_source", cfg.scoring.label_source)
+    store.write_rows(kept, out_uri, {"stage": "filter", "round": round_idx, "filter": cfg.filter.model_dump(),
+                                     "label_source": source, "source": scored_uri, "metrics": stats})
+    return stats

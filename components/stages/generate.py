@@ -1,0 +1,48 @@
+"""k samples per round problem (the curriculum's level), each with its outcome and its gold first error."""
+from __future__ import annotations
+
+import time
+
+from components.config import RunConfig
+from components.data.curriculum import round_problems
+from components.data.families import get_family
+from components.data.ingest import Quarantine, reject_long
+from components.infra import store
+from components.models import serving
+from components.models.generation import Sampling
+from components.stages import Stage
+
+STAGE = Stage("generate", reads=("model",), publishes="candidates", accelerator=True, isolated=True)
+
+
+def problem_row(p) -> dict:
+    return {"problem_id": p.id, "prompt": p.prompt, "answer": p.answer, "difficulty": p.difficulty}
+
+
+def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, target: int | None = None) -> dict:
+    fam = get_family(cfg.family, cfg.seed)
+    g = cfg.generation
+    # A problem whose prompt leaves no room for a solution in the model's context is quarantined.
+    q = Quarantine(f"{cfg.family.name}:train")
+    tok = serving.tokenizer(model_uri)
+    problems = reject_long(round_problems(cfg, fam, target, round_idx), lambda t: len(tok(t).input_ids),
+                           cfg.model.max_positions - g.max_tokens, q, field_name="prompt")
+    q.write(store.join(out_uri, "quarantine.jsonl"))
+    t0 = time.perf_counter()
+    generator = serving.Generator(cfg, model_uri)
+    t_load = time.perf_counter() - t0
+    outs = generator.generate([p.prompt for p in problems], Sampling(
+        n=g.k, temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens, seed=g.seed + 1000 * round_idx))
+    t_gen = time.perf_counter() - t0 - t_load
+    rows = [{**problem_row(p), "sample": j, "completion": s.text, "token_ids": s.token_ids,
+             "cumulative_logprob": s.cumulative_logprob, "finish_reason": s.finish_reason,
+             "correct": fam.is_correct(p, s.text), "gold_first_error": fam.first_error(p, s.text)}
+            for p, samples in zip(problems, outs) for j, s in enumerate(samples)]
+    n_tokens = sum(len(r["token_ids"]) for r in rows)
+    metrics = {"target_ops": target or 0, "problems": len(problems), "too_long_quarantined": len(q.rejected),
+               "traces": len(rows), "correct": sum(r["correct"] for r in rows),
+               "accuracy": sum(r["correct"] for r in rows) / max(1, len(rows)), "tokens": n_tokens,
+               "tokens_per_s": n_tokens / max(t_gen, 1e-9), "engine_load_s": t_load,
+               "seconds": time.perf_counter() - t0}
+    store.write_rows(rows, out_uri, {"stage": "generate", "round": round_idx, "model": model_uri, "metrics": metrics})
+    return metrics

@@ -1,0 +1,39 @@
+"""The loop's own small judge (no instruct model on CPU): the bootstrap generator fine-tuned on the
+family's gold traces with planted errors -> " <first wrong step>" or " none". Its first-error F1 on
+held-out planted traces goes into the manifest: whatever it is, it is measured."""
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+
+from components.config import RunConfig
+from components.data.families import get_family
+from components.infra import store
+from components.labeling import judge_training
+from components.labeling.judge import make_judge_client
+from components.stages import Stage
+
+STAGE = Stage("train-judge", reads=("bootstrap",), publishes="judge", accelerator=True, isolated=True)
+
+
+def run(cfg: RunConfig, out_uri: str, generator_uri: str) -> dict:
+    fam = get_family(cfg.family, cfg.seed)
+    j = cfg.scoring.judge
+    t0 = time.perf_counter()
+    rng = random.Random(f"{cfg.seed}/judge")
+    pool = fam.problems("bootstrap")
+    held_out = judge_training.planted_traces(fam, pool[:300], 300, rng)  # problems the judge never trains on
+    examples = judge_training.judge_examples(fam, pool[300:], j.train_examples, rng, j)
+    curve: list = []
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = judge_training.train_judge(str(store.fetch_folder(generator_uri)), tmp, examples, j.train, cfg.seed,
+                                           log=lambda step, m: curve.append((step, m["train_loss"])))
+        client = make_judge_client(j.model_copy(update={"backend": "local"}), model_dir=tmp,
+                                   gen_cfg=cfg.generation, max_positions=cfg.model.max_positions)
+        quality = judge_training.judge_accuracy(j, client, fam, [p for p, _ in held_out], [c for _, c in held_out])
+        metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))},
+                   **{f"heldout_{k}": v for k, v in quality.items()}, "examples": len(examples),
+                   "seconds": time.perf_counter() - t0, "loss_curve": curve}
+        store.publish_folder(tmp, out_uri, {"kind": "judge", "parent": generator_uri, "metrics": metrics})
+    return metrics

@@ -1,0 +1,47 @@
+"""PRM_n: trained on the scored steps of every round so far (V-STaR keeps all iterations' data), plus
+imported human labels when configured. Steps a PRM labelled are left out: a PRM does not learn from
+its own guesses."""
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+
+from components.config import RunConfig
+from components.data.decontam import against_eval
+from components.data.families import get_family
+from components.infra import store
+from components.loop import labels_uri
+from components.models import prm, serving
+from components.stages import Stage
+
+STAGE = Stage("train-prm", reads=("scored", "labels", "model", "prm"), publishes="prm", accelerator=True,
+              isolated=True)
+
+
+def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, scored_uris: list[str],
+        previous_prm_uri: str | None = None) -> dict:
+    t0 = time.perf_counter()
+    imported = labels_uri(cfg)
+    if imported and not cfg.scoring.labels.with_generated:
+        scored_uris = [u for u in scored_uris if u == imported]  # imported human labels only
+    rows = [r for u in scored_uris for r in store.read_rows(u) if r.get("label_source", "mc") != "prm" and r["steps"]]
+    rows, dropped = against_eval(rows, get_family(cfg.family, cfg.seed), cfg.decontam)
+    random.Random(f"{cfg.seed}/prm/{round_idx}").shuffle(rows)
+    soft = cfg.prm.soft
+    examples = [{"prompt": r["prompt"], "steps": r["steps"],
+                 "labels": [None if x is None else float(x) for x in (r["step_scores"] if soft else r["step_labels"])]}
+                for r in rows[: cfg.prm.max_examples]]
+    if not examples:
+        raise ValueError(f"round {round_idx}: no labelled steps to train the PRM on in {scored_uris}")
+    init_uri = previous_prm_uri if cfg.prm.init_from == "previous" and previous_prm_uri else serving.base_of(generator_uri)
+    curve: list = []
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = prm.train_prm(str(store.fetch_folder(init_uri)), tmp, examples, epochs=cfg.prm.epochs, lr=cfg.prm.lr,
+                              batch_size=cfg.prm.batch_size, seed=cfg.seed + round_idx, soft=soft,
+                              log=lambda step, m: curve.append((step, m["train_loss"])))
+        metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))}, **dropped,
+                   "examples": len(examples), "seconds": time.perf_counter() - t0, "loss_curve": curve}
+        store.publish_folder(tmp, out_uri, {"kind": "prm", "round": round_idx, "data": scored_uris,
+                                            "metrics": metrics})
+    return metrics
