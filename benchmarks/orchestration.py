@@ -25,7 +25,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from rich.console import Console  # noqa: E402
@@ -96,7 +95,7 @@ def run_ephemeral(config: str, overrides: list[str]) -> dict:
 def run_worker(config: str, overrides: list[str]) -> dict:
     import subprocess
 
-    import services
+    from components.infra import services
 
     with tempfile.TemporaryDirectory() as tmp:
         stack = services.ServiceStack(Path(tmp))

@@ -1,7 +1,7 @@
 """Session fixtures for the external services (S3, MLflow, Prefect server and worker).
 
 All fixtures are lazy: a service starts only when a test (or another fixture) asks for it, once
-per session, and is stopped at the end of the session (process groups; see tests/services.py).
+per session, and is stopped at the end of the session (process groups; see components/infra/services.py).
 Everything temporary lives under one directory from tmp_path_factory; logs are in its logs/.
 
     s3              -> services.S3: .endpoint, .bucket ("vstar-test"), .uri(prefix)

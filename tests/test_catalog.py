@@ -144,3 +144,15 @@ def test_dataset_reused_by_another_process_on_s3(s3, mlflow_server, smoke_cfg, s
     base = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
     new = load_file(str(store.fetch_folder(out, cache_root=tmp_path / "cache") / "model.safetensors"))
     assert base.keys() == new.keys() and any(not (base[k] == new[k]).all() for k in base)
+
+
+def test_filtered_data_records_the_source_that_labelled_it(smoke_cfg, smoke_family, tmp_path):
+    """A PRM source has no PRM in round 1: the round labels with `first_round_source`, and the scored
+    and filtered manifests (which the catalog entry copies) say so, not the configured source."""
+    cfg = smoke_cfg.model_copy(update={"store_uri": str(tmp_path / "store"), "scoring": smoke_cfg.scoring.model_copy(
+        update={"label_source": "prm", "first_round_source": "gold"})})
+    filtered, _ = publish_round(cfg, smoke_family, 4)
+    scored = filtered.rsplit("/", 1)[0] + "/scored"
+    assert store.read_manifest(scored)["label_source"] == "gold"
+    assert store.read_manifest(filtered)["label_source"] == "gold"
+    assert {r["label_source"] for r in store.read_rows(filtered)} == {"gold"}

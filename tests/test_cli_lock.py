@@ -17,8 +17,10 @@ from components.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 VSTAR = str(Path(sys.executable).parent / "vstar")
-# SFT long enough to be caught mid-way; the PRM off keeps the round short.
-OVERRIDES = ["sft.epochs=4", "prm.enabled=false"]
+# SFT long enough to be caught mid-way; the rest as short as a round gets (the test is about the lock
+# and resuming, not about what the round learns).
+OVERRIDES = ["sft.epochs=4", "prm.enabled=false", "scoring.label_source=gold", "family.eval.per_level=5",
+             "eval.sampled_per_level=2"]
 
 
 @pytest.fixture

@@ -36,11 +36,11 @@ def run(cfg: RunConfig, out_uri: str) -> dict:
         model = build_model(cfg.model, tok, cfg.seed)
         losses: list[tuple[int, float]] = []
 
-        def log(step: int, m: dict) -> None:
+        def progress(step: int, m: dict) -> None:
             losses.append((step, m["train_loss"]))
             log.info("step %d loss %.4f lr %.2e %.0fs", step, m["train_loss"], m["lr"], time.perf_counter() - t0)
 
-        stats = train_causal_lm(model, tok, pairs, cfg.bootstrap, cfg.seed, log=log)
+        stats = train_causal_lm(model, tok, pairs, cfg.bootstrap, cfg.seed, log=progress)
         model.save_pretrained(tmp)
         metrics = {"params": n_params(model), "examples": len(pairs), "train_seconds": stats["seconds"],
                    "loss_first": stats["loss_first"], "loss_last": stats["loss_last"],
