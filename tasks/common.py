@@ -31,7 +31,7 @@ def run_stage(cfg: RunConfig, stage: ModuleType, out_uri: str, run_id: str | Non
     metrics = (run_isolated(stage, cfg, {"out_uri": out_uri, **kwargs}) if isolated
                else stage.run(cfg, out_uri=out_uri, **kwargs))
     if run_id:
-        tracking.log_metrics(cfg, run_id, metrics, prefix=prefix or f"{name}/")
+        tracking.log_metrics(cfg, run_id, metrics, prefix=prefix or stage.STAGE.metrics_prefix)
     log.info("%s: %s", name, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
     return metrics
 

@@ -18,6 +18,11 @@ class Stage:
     publishes: str  # the artifact it publishes
     accelerator: bool = False  # generation, scoring, training: one at a time per GPU ("gpu" tag)
     isolated: bool = False  # heavy: runs in its own child process
+    metrics: str = ""  # prefix of its MLflow metrics (default: name); kept stable so rounds stay comparable
+
+    @property
+    def metrics_prefix(self) -> str:
+        return f"{self.metrics or self.name}/"
 
     @property
     def tags(self) -> list[str]:

@@ -7,7 +7,7 @@ from components.infra import store
 from components.labeling.filtering import select
 from components.stages import Stage
 
-STAGE = Stage("filter", reads=("scored",), publishes="filtered")
+STAGE = Stage("filter", reads=("scored",), publishes="filtered", metrics="filter_traces")
 
 
 def run(cfg: RunConfig, out_uri: str, scored_uri: str, round_idx: int) -> dict:

@@ -14,7 +14,8 @@ from components.labeling import judge_training
 from components.labeling.judge import make_judge_client
 from components.stages import Stage
 
-STAGE = Stage("train-judge", reads=("bootstrap",), publishes="judge", accelerator=True, isolated=True)
+STAGE = Stage("train-judge", reads=("bootstrap",), publishes="judge", accelerator=True,
+              isolated=True, metrics="train_judge")
 
 
 def run(cfg: RunConfig, out_uri: str, generator_uri: str) -> dict:

@@ -9,7 +9,7 @@ from components.data.importers import import_labels
 from components.infra import store
 from components.stages import Stage
 
-STAGE = Stage("import-labels", reads=(), publishes="labels")
+STAGE = Stage("import-labels", reads=(), publishes="labels", metrics="import_labels")
 
 
 def run(cfg: RunConfig, out_uri: str) -> dict:

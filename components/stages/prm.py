@@ -16,7 +16,7 @@ from components.models import prm, serving
 from components.stages import Stage
 
 STAGE = Stage("train-prm", reads=("scored", "labels", "model", "prm"), publishes="prm", accelerator=True,
-              isolated=True)
+              isolated=True, metrics="train_prm")
 
 
 def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, scored_uris: list[str],

@@ -5,7 +5,8 @@ from components.config import RunConfig
 from components.evaluation.trace_report import trace_report
 from components.stages import Stage
 
-STAGE = Stage("trace-report", reads=("scored", "filtered", "prm"), publishes="report", isolated=True)
+STAGE = Stage("trace-report", reads=("scored", "filtered", "prm"), publishes="report",
+              isolated=True, metrics="trace_report")
 
 
 def run(cfg: RunConfig, out_uri: str, scored_uri: str, filtered_uri: str, round_idx: int,

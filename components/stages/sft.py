@@ -16,7 +16,8 @@ from components.models.sft import distinct_pairs, sft, with_replay
 from components.stages import Stage
 
 log = get_logger(__name__)
-STAGE = Stage("sft", reads=("model", "filtered"), publishes="model", accelerator=True, isolated=True)
+STAGE = Stage("sft", reads=("model", "filtered"), publishes="model", accelerator=True,
+              isolated=True, metrics="train_generator")
 
 
 def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, kept_uris: list[str]) -> dict:
