@@ -17,9 +17,12 @@ def test_samples_have_text_ids_logprob_and_finish_reason(backend, smoke_family):
         for s in o:
             assert s.token_ids and s.finish_reason in ("stop", "length")
             assert s.cumulative_logprob is not None and s.cumulative_logprob <= 0
-    # the model learned the format: most samples end with an answer line
+    # The model learned the format: samples end with an answer line. Measured per sample at this
+    # temperature on the 60 eval prompts: 239/240 with either backend (rate ~0.996). The bar is half of
+    # the 12: a model on another CPU with a rate of only 0.9 misses it with P(Bin(12, 0.9) <= 5) = 5e-5
+    # (0.8: 4e-3), while a backend that mangles tokens or sampling answers next to none.
     answered = sum(smoke_family.extract_answer(s.text) is not None for o in outs for s in o)
-    assert answered >= 9
+    assert answered >= 6, answered
 
 
 def test_fixed_seed_reproduces_and_other_seed_differs(backend, smoke_family):
