@@ -286,7 +286,7 @@ def print_summary(result: dict, seconds: float) -> None:
         q = {k.split("/")[1]: v for k, v in r.get("score", {}).items()
              if k.startswith("quality/") and k.endswith("/f1") and "agree" not in k}
         if len(q) > 1:
-            console.print(f"  first-error F1 vs gold by label source: "
+            console.print("  first-error F1 vs gold by label source: "
                           + ", ".join(f"{k} {v:.2f}" for k, v in sorted(q.items())))
     data = rounds[0].get("data") or {}
     if data:  # problems from files: what was read, kept and quarantined (never dropped silently)
