@@ -22,7 +22,6 @@ VSTAR = str(Path(sys.executable).parent / "vstar")
 def publish_round(cfg, fam, n_problems: int, round_idx: int = 1) -> tuple[str, dict]:
     """A round's filtered data made by the real score (gold step labels) and filter stages; per problem
     the gold trace and one with a wrong answer, so the filter has something to reject."""
-    config = cfg
     uri = lambda stage: Layout.of(cfg).round(round_idx, stage)  # noqa: E731
     rows = []
     for p in fam.problems("train")[:n_problems]:
@@ -32,8 +31,8 @@ def publish_round(cfg, fam, n_problems: int, round_idx: int = 1) -> tuple[str, d
                          "sample": j, "completion": c, "correct": fam.is_correct(p, c),
                          "gold_first_error": fam.first_error(p, c)})
     store.write_rows(rows, uri("candidates"))
-    score.run(config, uri("scored"), "unused: gold labels need no model", uri("candidates"), round_idx)
-    stats = filter_stage.run(config, uri("filtered"), uri("scored"), round_idx)
+    score.run(cfg, uri("scored"), "unused: gold labels need no model", uri("candidates"), round_idx)
+    stats = filter_stage.run(cfg, uri("filtered"), uri("scored"), round_idx)
     return uri("filtered"), stats
 
 

@@ -87,11 +87,10 @@ def candidates(fam, n_problems: int) -> list[dict]:
 
 def scored_round(cfg, fam, n_problems: int) -> tuple[str, str, dict]:
     """A round's scored (gold step labels, by the real score stage) and filtered datasets."""
-    config = cfg
     uri = lambda stage: Layout.of(cfg).round(1, stage)  # noqa: E731
     store.write_rows(candidates(fam, n_problems), uri("candidates"))
-    score.run(config, uri("scored"), "unused: gold labels need no model", uri("candidates"), 1)
-    stats = filter_stage.run(config, uri("filtered"), uri("scored"), 1)
+    score.run(cfg, uri("scored"), "unused: gold labels need no model", uri("candidates"), 1)
+    stats = filter_stage.run(cfg, uri("filtered"), uri("scored"), 1)
     return uri("scored"), uri("filtered"), stats
 
 
