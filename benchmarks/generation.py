@@ -47,12 +47,13 @@ def measure(backend: str, model_dir: str, prompts: list[str], warmup_prompts: li
     """One backend on one model, in its own process (called through components.isolation)."""
     import torch
 
-    from components.config_sections import GenerationConfig
+    from components.config_sections import GenerationConfig, HardwareConfig
     from components.models.generation import Sampling, load_backend
+    from components.models.hardware import resolve
 
     gen_cfg = GenerationConfig(backend=backend, kv_cache_bytes=kv_cache_bytes)
     t0 = time.perf_counter()
-    engine = load_backend(backend, model_dir, gen_cfg, max_model_len)
+    engine = load_backend(backend, model_dir, gen_cfg, max_model_len, resolve(HardwareConfig()))
     load_s = time.perf_counter() - t0
 
     sampling = Sampling(n=k, temperature=temperature, max_tokens=max_tokens, seed=seed)

@@ -132,7 +132,9 @@ def main(argv=None) -> dict:
     fam = get_family(cfg.family, cfg.seed)
     model_dir = Path(args.model_dir).resolve() if args.model_dir else bootstrap_dir(cfg)
     t_start = time.perf_counter()
-    engine = load_backend("vllm", str(model_dir), cfg.generation, cfg.model.max_positions)
+    from components.models.hardware import resolve
+
+    engine = load_backend("vllm", str(model_dir), cfg.generation, cfg.model.max_positions, resolve(cfg.hardware))
     items = sample_traces(cfg, engine, fam, args.ops, args.problems, args.k, args.seed)
     gold = [fam.first_error(p, c) for p, c in items]
     print(f"[note] {len(items)} traces, {sum(g < 0 for g in gold)} gold-correct, "

@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from components.config_sections import (CurriculumConfig, DecontamConfig, EvalConfig, FamilyConfig, FilterConfig,
-                                        GenerationConfig, ModelConfig, PRMConfig, ScoringConfig, SFTConfig, Strict,
+                                        GenerationConfig, HardwareConfig, ModelConfig, PRMConfig, ScoringConfig, SFTConfig, Strict,
                                         TrainConfig)
 
 
@@ -24,7 +24,9 @@ class ConfigError(ValueError):
 
 # Fields that say where or how long a loop runs, not what it computes: excluded from its identity,
 # so `--set rounds=5` continues the same loop and an s3:// store holds the same loop as a local one.
-NOT_IDENTITY = ("rounds", "store_uri", "tracking_uri", "experiment")
+# `hardware` too: a loop started on a CPU may go on on a GPU (each stage's metrics say whether it
+# used one: used_gpu, peak_gpu_mb).
+NOT_IDENTITY = ("rounds", "store_uri", "tracking_uri", "experiment", "hardware")
 
 
 class RunConfig(Strict):
@@ -36,6 +38,7 @@ class RunConfig(Strict):
     store_uri: str = ".vstar/store"
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite under .vstar/
     experiment: str = "vstar"
+    hardware: HardwareConfig = HardwareConfig()
     family: FamilyConfig = FamilyConfig()
     model: ModelConfig = ModelConfig()
     bootstrap: TrainConfig = TrainConfig()
@@ -57,6 +60,13 @@ class RunConfig(Strict):
             raise ValueError(f"scoring.label_source is {src!r} but scoring.labels.uri is not set")
         if prm0_from_imports(self) and not self.prm.enabled:
             raise ValueError(f"scoring.label_source {src!r} scores with a PRM trained on them: prm.enabled must be true")
+        pr = self.family.prompt
+        if pr.style == "chat" and not self.model.init_uri:
+            raise ValueError("family.prompt.style chat renders with the chat template of a pretrained "
+                             "tokenizer: set model.init_uri (the tiny model trained here has none)")
+        if self.family.name == "arith" and (pr.step_separator != "\n" or pr.answer_line):
+            raise ValueError("family.prompt: the arith family's trace format is fixed (one step per line, "
+                             "'Answer: N'); step_separator and answer_line apply to file-backed families")
         return self
 
     def identity(self) -> dict:

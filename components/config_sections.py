@@ -43,6 +43,36 @@ class DataConfig(Strict):
     eval_size: int | None = Field(None, ge=1)  # first N eval problems (None: all)
 
 
+class PromptConfig(Strict):
+    """How a problem is put to the model, and how its answer is laid out. `style: chat` renders the
+    problem with the chat template of the model's tokenizer (model.init_uri), after an optional
+    system message; `plain` fills `template`. `shots` worked examples (reference solutions of the
+    first bootstrap problems, which then leave the train split) go before the problem: as text
+    blocks, or as earlier user/assistant turns. The step separator and the answer line are part of
+    the trace format: the PRM saves them and refuses to score traces laid out otherwise."""
+    style: Literal["plain", "chat"] = "plain"
+    template: str = "{problem}"  # {problem}: the family's problem text (ends in a newline)
+    system: str | None = None
+    shots: int = Field(0, ge=0, le=16)
+    shot_separator: str = "\n"  # between plain-style worked examples
+    step_separator: Literal["\n", "\n\n"] = "\n"
+    answer_line: str | None = None  # e.g. "#### {answer}"; None: the family's own
+    stop: list[str] = []  # extra stop strings for generation (e.g. "Question:" after k-shot prompts)
+    stop_after_answer: bool = True  # a completion ends with its answer line: what follows is cut off
+
+    @field_validator("template")
+    @classmethod
+    def _has_problem(cls, t: str) -> str:
+        if "{problem}" not in t:
+            raise ValueError("must contain {problem}")
+        return t
+
+    @property
+    def renders(self) -> bool:
+        """False when the model reads the family's problem text as it is (the tiny model's format)."""
+        return self.style != "plain" or self.template != "{problem}" or self.shots > 0
+
+
 class FamilyConfig(Strict):
     name: str = "arith"
     data: DataConfig = DataConfig()
@@ -52,6 +82,7 @@ class FamilyConfig(Strict):
     bootstrap: SplitConfig = SplitConfig(min_ops=1, max_ops=3, size=66000)
     train: SplitConfig = SplitConfig(min_ops=4, max_ops=4, size=600)
     eval: EvalSplitConfig = EvalSplitConfig(min_ops=1, max_ops=6, per_level=100)
+    prompt: PromptConfig = PromptConfig()
 
     @field_validator("name")
     @classmethod
@@ -81,6 +112,17 @@ class ModelConfig(Strict):
         if self.hidden_size % self.heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by heads ({self.heads})")
         return self
+
+
+class HardwareConfig(Strict):
+    """Where and in what precision every stage computes (components/models/hardware.py resolves it).
+    `auto`: CUDA with bfloat16 when torch sees a GPU, else CPU with float32. Training keeps float32
+    master weights and autocasts to `dtype`; vLLM and the transformers fallbacks load in `dtype`."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)  # vLLM's share of the GPU (stages run one at a time)
+    tensor_parallel_size: int = Field(1, ge=1)
+    gradient_checkpointing: bool = False  # training: recompute activations, for models that do not fit
 
 
 class TrainConfig(Strict):
@@ -220,6 +262,9 @@ class SFTConfig(TrainConfig):
     keep_history: bool = True  # earlier rounds' kept traces join this round's
     max_examples: int = Field(6000, ge=1)
     lora: LoraConfig | None = None
+    # Where G_n starts: G_{n-1} (previous; with LoRA, G_{n-1}'s adapter trains on) or G_0 (base:
+    # V-STaR retrains from the base model every round, on all data so far; with LoRA, a new adapter).
+    init: Literal["previous", "base"] = "previous"
 
 
 class PRMConfig(Strict):

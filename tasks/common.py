@@ -13,6 +13,7 @@ from components.config import RunConfig, stable_hash
 from components.infra import store, tracking
 from components.infra.isolation import run_isolated
 from components.infra.layout import Layout
+from components.models.hardware import peak_memory
 
 
 def run_stage(cfg: RunConfig, stage: ModuleType, out_uri: str, run_id: str | None, prefix: str | None = None,
@@ -28,8 +29,10 @@ def run_stage(cfg: RunConfig, stage: ModuleType, out_uri: str, run_id: str | Non
         pass
     isolated = stage.STAGE.isolated
     log.info("%s: running%s -> %s", name, " in a child process" if isolated else "", out_uri)
-    metrics = (run_isolated(stage, cfg, {"out_uri": out_uri, **kwargs}) if isolated
-               else stage.run(cfg, out_uri=out_uri, **kwargs))
+    if isolated:  # the child's metrics carry its own peak memory (components/infra/isolation.py)
+        metrics = run_isolated(stage, cfg, {"out_uri": out_uri, **kwargs})
+    else:  # a light stage in this process: the process's peak so far bounds it
+        metrics = {**stage.run(cfg, out_uri=out_uri, **kwargs), **peak_memory()}
     if run_id:
         tracking.log_metrics(cfg, run_id, metrics, prefix=prefix or stage.STAGE.metrics_prefix)
     log.info("%s: %s", name, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})

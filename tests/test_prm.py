@@ -140,7 +140,7 @@ def test_format_file_is_the_source_of_truth(planted_prm, tmp_path):
     model_dir, _ = planted_prm
     fmt = json.loads((model_dir / prm.FORMAT_FILE).read_text())
     tag_id = AutoTokenizer.from_pretrained(str(model_dir)).convert_tokens_to_ids("<step>")
-    assert fmt == {"step_tag": "<step>", "step_tag_id": tag_id, "template": "{step}<step>\n",
+    assert fmt == {"step_tag": "<step>", "step_tag_id": tag_id, "template": "{step}<step>\n", "step_separator": "\n",
                    "label_convention": "class 1 = good; soft labels = P(good)", "positive_class": 1}
     assert prm.load_format(model_dir) == fmt == prm.load_scorer("transformers", model_dir).fmt
     assert prm.format_input("1 +1\n", ["1+1=2", "Answer: 2"]) == "1 +1\n1+1=2<step>\nAnswer: 2<step>\n"

@@ -119,3 +119,15 @@ def test_lora_adapter_generates_through_vllm_like_peft(tiny_model_dir, smoke_cfg
             out = model.generate(input_ids=ids, max_new_tokens=48, do_sample=False, pad_token_id=tok.pad_token_id)
             ref.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
     assert lora_out == ref
+    # the transformers fallback serves the same adapter the same way
+    from components.models.generation import TransformersBackend
+
+    fallback = TransformersBackend(tiny_model_dir, smoke_cfg.generation, 128)
+    assert [o[0].text for o in fallback.generate(prompts, greedy, lora_request=vllm_lora_request(adapter))] == ref
+    assert [o[0].text for o in fallback.generate(prompts, greedy)] == base_out
+
+    # sft.init previous with LoRA: the next round's adapter trains on from this one, on the same base
+    more = sft(tiny_model_dir, tmp_path / "lora2", pairs, epochs=1, lr=5e-3, batch_size=16, seed=1,
+               lora=LORA, adapter_dir=adapter)
+    assert more["loss_first"] < res["loss_first"] * 0.8  # it starts where the first adapter ended
+    assert json.loads((tmp_path / "lora2" / ADAPTER_BASE).read_text()) == {"base_uri": str(tiny_model_dir)}

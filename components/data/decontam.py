@@ -36,7 +36,8 @@ def _text_and_id(item: Any) -> tuple[str, str | None]:
     if isinstance(item, str):
         return item, None
     if isinstance(item, dict):
-        text = item.get("prompt") or item.get("question") or item.get("text") or ""
+        # "question" first: a row's prompt may be rendered (template, chat, worked examples).
+        text = item.get("question") or item.get("prompt") or item.get("text") or ""
         return text, item.get("problem_id") or item.get("id")
     return (getattr(item, "meta", {}) or {}).get("question") or item.prompt, item.id
 
@@ -86,5 +87,5 @@ def counts(dropped: list[dict], kept: list) -> dict[str, int]:
 def against_eval(items: list, family, cfg: DecontamConfig) -> tuple[list, dict[str, int]]:
     """Training items whose problem overlaps one of the family's evaluation problems are dropped
     (and counted): what every training stage does before it trains."""
-    kept, dropped = decontaminate(items, [p.prompt for p in family.problems("eval")], cfg)
+    kept, dropped = decontaminate(items, family.problems("eval"), cfg)
     return kept, counts(dropped, kept)

@@ -77,6 +77,10 @@ def _main(target: str, args_path: str, result_path: str) -> None:
     args = json.loads(Path(args_path).read_text())
     first = [RunConfig.model_validate(args["config"])] if args["config"] is not None else []
     out = getattr(importlib.import_module(module), fn)(*first, **args["kwargs"])
+    if isinstance(out, dict):  # a stage's metrics: with this child's own peak memory
+        from components.models.hardware import peak_memory
+
+        out = {**out, **peak_memory()}
     tmp = result_path + ".tmp"
     Path(tmp).write_text(json.dumps(out))
     os.replace(tmp, result_path)

@@ -182,12 +182,13 @@ def register(name: str):
 class LocalJudge:
     """A judge checkpoint run in-process by a generation backend (vLLM by default)."""
 
-    def __init__(self, model_dir: str | Path, gen_cfg: GenerationConfig, max_positions: int):
+    def __init__(self, model_dir: str | Path, gen_cfg: GenerationConfig, max_positions: int, placement=None):
         from transformers import AutoTokenizer
 
         from components.models.generation import load_backend
+        from components.models.hardware import CPU
 
-        self.backend = load_backend(gen_cfg.backend, str(model_dir), gen_cfg, max_positions)
+        self.backend = load_backend(gen_cfg.backend, str(model_dir), gen_cfg, max_positions, placement or CPU)
         self.tok = AutoTokenizer.from_pretrained(str(model_dir))
         self.max_positions, self.seed = max_positions, gen_cfg.seed
         self.tokens = 0
@@ -280,7 +281,7 @@ class RemoteJudge:
 
 
 def make_judge_client(cfg: JudgeConfig, model_dir: str | Path | None = None, gen_cfg: GenerationConfig | None = None,
-                      max_positions: int | None = None):
+                      max_positions: int | None = None, placement=None):
     """The judge `cfg.backend` names: `local` needs the judge checkpoint's folder, a GenerationConfig
     (backend, kv cache, seed) and its context length; `remote` needs only cfg.remote."""
     if cfg.backend not in JUDGE_CLIENTS:
@@ -289,4 +290,4 @@ def make_judge_client(cfg: JudgeConfig, model_dir: str | Path | None = None, gen
         return RemoteJudge(cfg.remote)
     if model_dir is None or gen_cfg is None or max_positions is None:
         raise ValueError("a local judge needs model_dir, gen_cfg and max_positions")
-    return LocalJudge(model_dir, gen_cfg, max_positions)
+    return LocalJudge(model_dir, gen_cfg, max_positions, placement)

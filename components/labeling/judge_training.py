@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Callable
 
 from components.config_sections import JudgeConfig, TrainConfig
+from components.data.prompting import problem_text
 from components.labeling.judge import judge_prompt, judge_traces
+from components.models.hardware import CPU, Placement
 
 _LINE = re.compile(r"(-?\d+)([+\-*%^])(\d+)=(-?\d+)")
 
@@ -77,7 +79,7 @@ def judge_examples(family, problems: list, n: int, rng: random.Random, cfg: Judg
     pairs = []
     for p, completion in planted_traces(family, problems, n, rng, share):
         steps = family.split_steps(completion)
-        pairs.append((judge_prompt(cfg, p.prompt, steps), verdict_text(cfg, family.first_error(p, completion))))
+        pairs.append((judge_prompt(cfg, problem_text(p), steps), verdict_text(cfg, family.first_error(p, completion))))
     return pairs
 
 
@@ -90,7 +92,8 @@ def unknown_text(tokenizer, texts: list[str]) -> set[str]:
 
 
 def train_judge(base_model_dir: str | Path, out_dir: str | Path, examples: list[tuple[str, str]],
-                train_cfg: TrainConfig, seed: int, log: Callable[[int, dict], None] | None = None) -> dict:
+                train_cfg: TrainConfig, seed: int, log: Callable[[int, dict], None] | None = None,
+                placement: Placement = CPU) -> dict:
     """Fine-tune `base_model_dir` (the bootstrap generator: it knows the format) into a judge with TRL SFT.
     Fails if the examples use text the tokenizer does not know: every such character would read as <unk>."""
     from transformers import AutoConfig, AutoTokenizer
@@ -110,7 +113,8 @@ def train_judge(base_model_dir: str | Path, out_dir: str | Path, examples: list[
     from components.models.sft import sft  # TRL takes seconds to import: only once the examples are known good
 
     stats = sft(base_model_dir, out_dir, examples, epochs=train_cfg.epochs, lr=train_cfg.lr,
-                batch_size=train_cfg.batch_size, seed=seed, log=log, warmup_ratio=train_cfg.warmup_ratio)
+                batch_size=train_cfg.batch_size, seed=seed, log=log, warmup_ratio=train_cfg.warmup_ratio,
+                placement=placement)
     return {**stats, "examples": len(examples), "examples_no_error": sum(not c.strip().isdigit() for _, c in examples)}
 
 
@@ -120,7 +124,7 @@ def judge_accuracy(cfg: JudgeConfig, client, family, problems: list, completions
     from components.labeling.quality import first_error_f1
 
     steps = [family.split_steps(c) for c in completions]
-    results, stats = judge_traces(cfg, client, [p.prompt for p in problems], steps)
+    results, stats = judge_traces(cfg, client, [problem_text(p) for p in problems], steps)
     gold = [family.first_error(p, c) for p, c in zip(problems, completions)]
     # Gold may be len(steps) (a trace that stops early): no step the judge can name, so it counts as missed.
     pred = [10**9 if r.first_error is None else r.first_error for r in results]

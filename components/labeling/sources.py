@@ -151,10 +151,11 @@ _register_mc()
 
 @source("judge", needs=("judge",))
 def judge(batch: Batch, cfg: RunConfig, engines: Engines):
+    from components.data.prompting import problem_text
     from components.labeling.judge import judge_traces
 
     results, stats = judge_traces(cfg.scoring.judge, engines.get("judge"),
-                                  [p.prompt for p in batch.problems], batch.steps)
+                                  [problem_text(p) for p in batch.problems], batch.steps)
     return [StepLabels(list(r.scores), list(r.labels), r.first_error) for r in results], stats
 
 

@@ -11,6 +11,15 @@ import time
 from typing import Any, Callable
 
 from components.config_sections import TrainConfig
+from components.models.hardware import CPU, Placement
+
+
+def ensure_pad_token(tokenizer):
+    """Many pretrained tokenizers ship without a pad token: pad with EOS. Padded positions are masked
+    out of attention and loss everywhere here, so which id pads never changes a result."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def encode_examples(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int]]:
@@ -37,13 +46,20 @@ def collate(batch: list[tuple[list[int], int]], pad_id: int):
 
 def fit(model, n_items: int, batch_loss: Callable[[list[int]], Any], epochs: float, lr: float,
         batch_size: int, seed: int, warmup_ratio: float = 0.05, log: Callable[[int, dict], None] | None = None,
-        threads: int | None = None) -> dict:
-    """The one training loop (bootstrap LM, PRM): AdamW, linear warmup then cosine, shuffled epochs.
-    `batch_loss(indices)` returns the loss of those items. Returns {'loss_first', 'loss_last', 'steps', 'seconds'}."""
+        threads: int | None = None, placement: Placement = CPU) -> dict:
+    """The training loop of the bootstrap LM and the PRM: AdamW, linear warmup then cosine, shuffled
+    epochs, on `placement` (the model is moved there; `batch_loss(indices)` gets its batches onto
+    `placement.device` and runs under its autocast). Returns {'loss_first', 'loss_last', 'steps', 'seconds'}.
+
+    Hand-written rather than transformers' Trainer because it is faster on CPU, where the demo runs:
+    benchmarks/training_loop.py measures both on the same model and data."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
+    model.to(placement.device)
+    if placement.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     rng = random.Random(seed)
     torch.manual_seed(seed)
     steps = max(1, math.ceil(n_items * epochs / batch_size))
@@ -61,7 +77,8 @@ def fit(model, n_items: int, batch_loss: Callable[[list[int]], Any], epochs: flo
             rng.shuffle(more)
             order += more
         idx, order = order[:batch_size], order[batch_size:]
-        loss = batch_loss(idx)
+        with placement.autocast():
+            loss = batch_loss(idx)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -77,12 +94,16 @@ def fit(model, n_items: int, batch_loss: Callable[[list[int]], Any], epochs: flo
 
 
 def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], cfg: TrainConfig, seed: int,
-                    log: Callable[[int, dict], None] | None = None, threads: int | None = None) -> dict:
+                    log: Callable[[int, dict], None] | None = None, threads: int | None = None,
+                    placement: Placement = CPU) -> dict:
     """Train in place on (prompt, completion) pairs, loss on the completion only."""
+    ensure_pad_token(tokenizer)
     data = encode_examples(tokenizer, pairs)
 
     def batch_loss(idx: list[int]):
-        input_ids, attn, labels = collate([data[i] for i in idx], tokenizer.pad_token_id)
+        batch = collate([data[i] for i in idx], tokenizer.pad_token_id)
+        input_ids, attn, labels = (t.to(placement.device) for t in batch)
         return model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
 
-    return fit(model, len(data), batch_loss, cfg.epochs, cfg.lr, cfg.batch_size, seed, cfg.warmup_ratio, log, threads)
+    return fit(model, len(data), batch_loss, cfg.epochs, cfg.lr, cfg.batch_size, seed, cfg.warmup_ratio, log, threads,
+               placement)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from components.config_sections import GenerationConfig
+from components.models.hardware import CPU, Placement
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Sampling:
     top_p: float = 1.0
     max_tokens: int = 96
     seed: int = 0
+    stop: tuple[str, ...] = ()  # stop strings (not included in the text)
 
 
 class Backend(Protocol):
@@ -45,10 +47,12 @@ def register(name: str):
     return deco
 
 
-def load_backend(name: str, model_dir: str, cfg: GenerationConfig, max_model_len: int) -> Backend:
+def load_backend(name: str, model_dir: str, cfg: GenerationConfig, max_model_len: int,
+                 placement: Placement = CPU, **engine_kw) -> Backend:
+    """`engine_kw`: backend-specific engine options (vLLM: enable_lora, max_lora_rank)."""
     if name not in BACKENDS:
         raise ValueError(f"generation.backend: unknown backend {name!r}; known: {sorted(BACKENDS)}")
-    return BACKENDS[name](model_dir, cfg, max_model_len)
+    return BACKENDS[name](model_dir, cfg, max_model_len, placement=placement, **engine_kw)
 
 
 def prompt_seed(seed: int, prompt: str) -> int:
@@ -65,12 +69,13 @@ def configure_vllm_env() -> None:
 
 @register("vllm")
 class VLLMBackend:
-    def __init__(self, model_dir: str, cfg: GenerationConfig, max_model_len: int, **engine_kw):
+    def __init__(self, model_dir: str, cfg: GenerationConfig, max_model_len: int, placement: Placement = CPU,
+                 **engine_kw):
         configure_vllm_env()
         from vllm import LLM
 
-        self.llm = LLM(model=str(model_dir), tokenizer=str(model_dir), dtype="float32", enforce_eager=True,
-                       kv_cache_memory_bytes=cfg.kv_cache_bytes, enable_prefix_caching=cfg.prefix_caching,
+        self.llm = LLM(model=str(model_dir), tokenizer=str(model_dir), **placement.vllm_args(cfg.kv_cache_bytes),
+                       enable_prefix_caching=cfg.prefix_caching,
                        max_model_len=max_model_len, seed=cfg.seed,
                        # A chunked prompt makes vLLM 0.32 rewind the request's seeded generator, which
                        # CPU generators cannot do ("CPU Generator does not use offset"): keep prompts whole.
@@ -81,7 +86,7 @@ class VLLMBackend:
 
         params = [SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                                  max_tokens=sampling.max_tokens, seed=prompt_seed(sampling.seed, p),
-                                 logprobs=0) for p in prompts]
+                                 stop=list(sampling.stop) or None, logprobs=0) for p in prompts]
         outs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=lora_request)
         eos = self.llm.get_tokenizer().eos_token_id
         return [[Sample(o.text, [t for t in o.token_ids if t != eos], o.cumulative_logprob,
@@ -97,24 +102,43 @@ def _finish(reason: str | None) -> str:
 class TransformersBackend:
     """Fallback: batched `generate` with left padding; one seed per chunk of prompts."""
 
-    def __init__(self, model_dir: str, cfg: GenerationConfig, max_model_len: int, batch_size: int = 32):
-        import torch
+    def __init__(self, model_dir: str, cfg: GenerationConfig, max_model_len: int, placement: Placement = CPU,
+                 batch_size: int = 32, enable_lora: bool = False, max_lora_rank: int = 8):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.tok = AutoTokenizer.from_pretrained(str(model_dir))
+        from components.models.causal_lm import ensure_pad_token
+
+        self.tok = ensure_pad_token(AutoTokenizer.from_pretrained(str(model_dir)))
         self.tok.padding_side = "left"
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), **placement.load_args())
+        self.model.to(placement.device).eval()
+        self.device = placement.device
         self.batch_size = batch_size
         self.max_model_len = max_model_len
+        self.adapters: dict[str, str] = {}  # LoRA adapters loaded so far, by folder
 
-    def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Sample]]:
+    def _use_adapter(self, lora_request) -> None:
+        """Serve a LoRA adapter (peft) on the base model, as vLLM does with a LoRARequest; None: the base."""
+        if lora_request is None:
+            if self.adapters:
+                self.model.disable_adapters()
+            return
+        path = lora_request.lora_path
+        if path not in self.adapters:
+            self.adapters[path] = f"a{len(self.adapters)}"
+            self.model.load_adapter(path, adapter_name=self.adapters[path])
+        self.model.enable_adapters()
+        self.model.set_adapter(self.adapters[path])
+
+    def generate(self, prompts: list[str], sampling: Sampling, lora_request=None) -> list[list[Sample]]:
         import torch
 
+        self._use_adapter(lora_request)
         results: list[list[Sample]] = []
         eos = self.tok.eos_token_id
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
-            enc = self.tok(chunk, return_tensors="pt", padding=True)
+            enc = self.tok(chunk, return_tensors="pt", padding=True).to(self.device)
             torch.manual_seed(prompt_seed(sampling.seed, "\x00".join(chunk)))
             greedy = sampling.temperature == 0
             with torch.no_grad():
@@ -123,7 +147,8 @@ class TransformersBackend:
                     top_p=None if greedy else sampling.top_p, top_k=None if greedy else 0,
                     num_return_sequences=sampling.n,
                     max_new_tokens=min(sampling.max_tokens, self.max_model_len - enc["input_ids"].shape[1]),
-                    output_scores=True, return_dict_in_generate=True, pad_token_id=self.tok.pad_token_id)
+                    output_scores=True, return_dict_in_generate=True, pad_token_id=self.tok.pad_token_id,
+                    stop_strings=list(sampling.stop) or None, tokenizer=self.tok if sampling.stop else None)
             new = out.sequences[:, enc["input_ids"].shape[1]:]
             logp = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
             for i in range(len(chunk)):

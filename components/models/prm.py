@@ -1,10 +1,13 @@
-"""Process reward model (PRM): a Llama backbone with a 2-way head read at a tag token after every step.
+"""Process reward model (PRM): the generator's backbone (any architecture transformers has a token-
+classification head for: Llama, Qwen2, Mistral, Gemma, ...) with a 2-way head read at a tag token
+after every step.
 
 The input format is part of the model artifact: `prm_format.json` next to the weights says which token
 tags a step, how steps are laid out and which class means "good". Training writes it, every scorer
 reads it; a train/score mismatch silently costs F1 points (QwenLM/ProcessBench issue 12).
 
-    input   <prompt><step 1><step>\n<step 2><step>\n...      (the tag is a special token added here)
+    input   <prompt><step 1><step><sep><step 2><step><sep>...  (the tag is a special token added here;
+                                                               <sep> the family's step separator)
     output  P(good) per step = softmax(logits at the i-th tag)[1]
 
 Labels are floats in [0, 1] (P(good)); None/NaN means "unlabeled" and is not trained on.
@@ -18,8 +21,11 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from components.models.causal_lm import fit
+from components.infra.log import get_logger
+from components.models.causal_lm import ensure_pad_token, fit
+from components.models.hardware import CPU, Placement
 
+log = get_logger(__name__)
 STEP_TAG = "<step>"
 TEMPLATE = "{step}" + STEP_TAG + "\n"
 FORMAT_FILE = "prm_format.json"
@@ -80,7 +86,7 @@ def _pad(batch: list[list[int]], pad_id: int):
 
 
 def _step_probs(model, tok, fmt: dict, prompts: list[str], steps: list[list[str]], batch_size: int = 32,
-                max_len: int | None = None) -> list[list[float]]:
+                max_len: int | None = None, placement: Placement = CPU) -> list[list[float]]:
     import torch
 
     enc = [_encode(tok, fmt, p, s) for p, s in zip(prompts, steps)]
@@ -89,27 +95,29 @@ def _step_probs(model, tok, fmt: dict, prompts: list[str], steps: list[list[str]
         if too_long:  # same contract as vLLM, which refuses prompts longer than max_model_len
             raise ValueError(f"trace {too_long[0]} has {len(enc[too_long[0]][0])} tokens > max_model_len {max_len}")
     out: list[list[float]] = []
-    with torch.no_grad():
+    with torch.no_grad(), placement.autocast():
         for start in range(0, len(enc), batch_size):
             chunk = enc[start : start + batch_size]
-            input_ids, attn = _pad([ids for ids, _ in chunk], tok.pad_token_id)
-            probs = model(input_ids=input_ids, attention_mask=attn).logits.float().softmax(-1)
+            input_ids, attn = (t.to(placement.device) for t in _pad([ids for ids, _ in chunk], tok.pad_token_id))
+            probs = model(input_ids=input_ids, attention_mask=attn).logits.float().softmax(-1).cpu()
             out += [probs[i, pos, fmt["positive_class"]].tolist() for i, (_, pos) in enumerate(chunk)]
     return out
 
 
 # ----------------------------------------------------------------------------------------- training
 
-def _init_model(init_dir: Path):
-    """A PRM dir continues as is; a causal-LM dir gives its backbone, a new tag token and a fresh head."""
+def _init_model(init_dir: Path, step_separator: str = "\n", placement: Placement = CPU):
+    """A PRM dir continues as is; a causal-LM dir gives its backbone, a new tag token and a fresh head.
+    Weights stay float32 for training (the placement autocasts)."""
     import torch
-    from transformers import AutoConfig, AutoTokenizer, LlamaForTokenClassification
+    from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(init_dir))
+    tok = ensure_pad_token(AutoTokenizer.from_pretrained(str(init_dir)))
     if (init_dir / FORMAT_FILE).is_file():
         fmt = load_format(init_dir)
         _check_tag(tok, fmt, str(init_dir))
-        model = LlamaForTokenClassification.from_pretrained(str(init_dir), dtype=torch.float32)
+        check_separator(fmt, step_separator, str(init_dir))
+        model = AutoModelForTokenClassification.from_pretrained(str(init_dir), **placement.train_load_args())
         return model, tok, fmt
     tok.add_special_tokens({"additional_special_tokens": [STEP_TAG]})
     config = AutoConfig.from_pretrained(str(init_dir), num_labels=2, id2label={0: "bad", 1: "good"},
@@ -117,11 +125,27 @@ def _init_model(init_dir: Path):
     # No dropout before the head: the tiny models here underfit rather than overfit, and without it a
     # tag's logits depend only on the tokens before it (in training too), whatever follows or pads.
     config.classifier_dropout = 0.0
-    model = LlamaForTokenClassification.from_pretrained(str(init_dir), config=config, dtype=torch.float32)
+    config.pad_token_id = tok.pad_token_id
+    try:
+        model = AutoModelForTokenClassification.from_pretrained(str(init_dir), config=config,
+                                                                **placement.train_load_args())
+    except ValueError as e:  # transformers names the configuration class it has no head for
+        raise ValueError(f"{init_dir}: transformers has no token-classification model for model_type "
+                         f"{config.model_type!r}, so no PRM can be built on it: {e}") from None
     model.resize_token_embeddings(len(tok))  # the tag's row is drawn around the old embeddings' mean
-    fmt = {"step_tag": STEP_TAG, "step_tag_id": tok.convert_tokens_to_ids(STEP_TAG), "template": TEMPLATE,
+    fmt = {"step_tag": STEP_TAG, "step_tag_id": tok.convert_tokens_to_ids(STEP_TAG),
+           "template": "{step}" + STEP_TAG + step_separator, "step_separator": step_separator,
            "label_convention": LABEL_CONVENTION, "positive_class": POSITIVE}
     return model, tok, fmt
+
+
+def check_separator(fmt: dict, step_separator: str | None, where: str) -> None:
+    """Traces laid out with another step separator than the PRM trained on would be scored wrongly
+    and silently: refuse. (Checkpoints from before the separator was saved used a newline.)"""
+    saved = fmt.get("step_separator", "\n")
+    if step_separator is not None and step_separator != saved:
+        raise ValueError(f"{where}/{FORMAT_FILE}: this PRM was trained on steps separated by {saved!r}, "
+                         f"but family.prompt.step_separator is {step_separator!r}")
 
 
 def _clean_labels(ex: dict, soft: bool) -> list[float]:
@@ -170,7 +194,8 @@ def auroc(scores: list[float], positives: list[bool]) -> float:
 
 def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], epochs: float, lr: float,
               batch_size: int, seed: int, soft: bool, heldout_fraction: float = 0.1,
-              log: Callable[[int, dict], None] | None = None, threads: int | None = None) -> dict:
+              log: Callable[[int, dict], None] | None = None, threads: int | None = None,
+              placement: Placement = CPU, step_separator: str = "\n") -> dict:
     """Train a PRM from a generator (causal LM) or a previous PRM dir; save model, tokenizer, format.
 
     examples: {"prompt", "steps", "labels"} with one label per step (float P(good), None = unlabeled).
@@ -183,7 +208,7 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
     torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
     torch.manual_seed(seed)
     init_dir, out_dir = Path(init_dir), Path(out_dir)
-    model, tok, fmt = _init_model(init_dir)
+    model, tok, fmt = _init_model(init_dir, step_separator, placement)
 
     labels = [_clean_labels(ex, soft) for ex in examples]
     held = _heldout_prompts([ex["prompt"] for ex in examples], heldout_fraction, seed)
@@ -202,26 +227,27 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
 
     def batch_loss(idx: list[int]):
         batch = [data[i] for i in idx]
-        input_ids, attn = _pad([ids for ids, _ in batch], tok.pad_token_id)
-        rows = torch.tensor([b for b, (_, pairs) in enumerate(batch) for _ in pairs])
-        cols = torch.tensor([p for _, pairs in batch for p, _ in pairs])
-        y = torch.tensor([y for _, pairs in batch for _, y in pairs], dtype=torch.float32)
-        logits = model(input_ids=input_ids, attention_mask=attn).logits[rows, cols]  # [labeled tags, 2]
+        dev = placement.device
+        input_ids, attn = (t.to(dev) for t in _pad([ids for ids, _ in batch], tok.pad_token_id))
+        rows = torch.tensor([b for b, (_, pairs) in enumerate(batch) for _ in pairs], device=dev)
+        cols = torch.tensor([p for _, pairs in batch for p, _ in pairs], device=dev)
+        y = torch.tensor([float(y) for _, pairs in batch for _, y in pairs], device=dev)
+        logits = model(input_ids=input_ids, attention_mask=attn).logits[rows, cols].float()  # [labeled tags, 2]
         # Probability targets: for soft y this is BCE on the logit difference; for y in {0, 1} it is
         # exactly plain cross-entropy. One formula, and the float target is never rounded.
         target = torch.stack([1 - y, y], dim=-1) if fmt["positive_class"] == 1 else torch.stack([y, 1 - y], dim=-1)
         return torch.nn.functional.cross_entropy(logits, target)
 
-    stats = fit(model, len(data), batch_loss, epochs, lr, batch_size, seed, WARMUP_RATIO, log)
+    stats = fit(model, len(data), batch_loss, epochs, lr, batch_size, seed, WARMUP_RATIO, log, placement=placement)
 
     # Held-out quality, on labeled steps only; a soft label counts as positive when P(good) >= 0.5.
     probs = _step_probs(model, tok, fmt, [examples[i]["prompt"] for i in held_idx],
-                        [examples[i]["steps"] for i in held_idx], batch_size)
+                        [examples[i]["steps"] for i in held_idx], batch_size, placement=placement)
     flat = [(p, y) for i, ps in zip(held_idx, probs) for p, y in zip(ps, labels[i]) if not math.isnan(y)]
     acc = sum((p >= 0.5) == (y >= 0.5) for p, y in flat) / len(flat) if flat else math.nan
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir))
+    model.to("cpu").save_pretrained(str(out_dir))
     tok.save_pretrained(str(out_dir))
     (out_dir / FORMAT_FILE).write_text(json.dumps(fmt, indent=2) + "\n")
     return {**stats, "heldout_auroc": auroc([p for p, _ in flat], [y >= 0.5 for _, y in flat]),
@@ -236,24 +262,26 @@ class TransformersPRM:
     kv_cache_bytes is accepted for the shared interface and unused (no cache in one forward pass)."""
 
     def __init__(self, model_dir: str | Path, max_model_len: int = 256, kv_cache_bytes: int = 0,
-                 batch_size: int = 32):
-        import torch
+                 batch_size: int = 32, placement: Placement = CPU):
         from transformers import AutoModelForTokenClassification, AutoTokenizer
 
         self.fmt = load_format(model_dir)
-        self.tok = AutoTokenizer.from_pretrained(str(model_dir))
+        self.tok = ensure_pad_token(AutoTokenizer.from_pretrained(str(model_dir)))
         _check_tag(self.tok, self.fmt, str(model_dir))
-        self.model = AutoModelForTokenClassification.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-        self.max_model_len, self.batch_size = max_model_len, batch_size
+        self.model = AutoModelForTokenClassification.from_pretrained(str(model_dir), **placement.load_args())
+        self.model.to(placement.device).eval()
+        self.max_model_len, self.batch_size, self.placement = max_model_len, batch_size, placement
 
     def score(self, prompts: list[str], steps: list[list[str]]) -> list[list[float]]:
-        return _step_probs(self.model, self.tok, self.fmt, prompts, steps, self.batch_size, self.max_model_len)
+        return _step_probs(self.model, self.tok, self.fmt, prompts, steps, self.batch_size, self.max_model_len,
+                           self.placement)
 
 
 class VLLMPRM:
     """vLLM's STEP pooler: returns the head's output at every token equal to the format's tag id."""
 
-    def __init__(self, model_dir: str | Path, max_model_len: int = 256, kv_cache_bytes: int = 64 << 20):
+    def __init__(self, model_dir: str | Path, max_model_len: int = 256, kv_cache_bytes: int = 64 << 20,
+                 placement: Placement = CPU):
         from components.models.generation import configure_vllm_env
 
         self.fmt = load_format(model_dir)  # before starting an engine: a bad checkpoint fails fast
@@ -268,7 +296,7 @@ class VLLMPRM:
             # config ever carries a problem_type; explicit is the same on every checkpoint.
             pooler_config=PoolerConfig(pooling_type="STEP", step_tag_id=self.fmt["step_tag_id"],
                                        use_activation=False),
-            dtype="float32", enforce_eager=True, kv_cache_memory_bytes=kv_cache_bytes,
+            **placement.vllm_args(kv_cache_bytes),
             # Whole prompts: the token-wise pooler then sees every tag of a trace in one pass.
             enable_chunked_prefill=False, max_num_batched_tokens=max(8192, max_model_len),
             max_model_len=max_model_len)
@@ -289,7 +317,24 @@ class VLLMPRM:
 SCORERS = {"transformers": TransformersPRM, "vllm": VLLMPRM}
 
 
-def load_scorer(name: str, model_dir: str | Path, max_model_len: int = 256, kv_cache_bytes: int = 64 << 20):
+def vllm_can_pool(model_dir: str | Path) -> bool:
+    """vLLM serves `XForTokenClassification` by converting its own `XForCausalLM`: it can pool a PRM
+    exactly when it can generate with the architecture underneath (checked on Llama and Qwen2)."""
+    from vllm import ModelRegistry
+
+    archs = json.loads((Path(model_dir) / "config.json").read_text()).get("architectures") or []
+    known = set(ModelRegistry.get_supported_archs())
+    return bool(archs) and all(a in known or a.replace("ForTokenClassification", "ForCausalLM") in known for a in archs)
+
+
+def load_scorer(name: str, model_dir: str | Path, max_model_len: int = 256, kv_cache_bytes: int = 64 << 20,
+                placement: Placement = CPU, step_separator: str | None = None):
+    """`step_separator`: how the traces to score are laid out; refused if the PRM trained on another."""
     if name not in SCORERS:
         raise ValueError(f"unknown PRM scorer {name!r}; known: {sorted(SCORERS)}")
-    return SCORERS[name](model_dir, max_model_len=max_model_len, kv_cache_bytes=kv_cache_bytes)
+    check_separator(load_format(model_dir), step_separator, str(model_dir))
+    if name == "vllm" and not vllm_can_pool(model_dir):
+        log.warning("%s: vLLM 0.32 has no implementation of this architecture to pool a PRM with; "
+                    "scoring with transformers instead (prm.scorer: transformers)", model_dir)
+        name = "transformers"
+    return SCORERS[name](model_dir, max_model_len=max_model_len, kv_cache_bytes=kv_cache_bytes, placement=placement)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from components.config import RunConfig
 from components.infra import store
+from components.infra.log import get_logger
 from components.models.sft import adapter_base
 
+log = get_logger(__name__)
 PRM_EXTRA_POSITIONS = 64  # a PRM input is the trace plus one step tag per step
 
 
@@ -15,29 +17,66 @@ def base_of(model_uri: str) -> str:
     return adapter_base(store.fetch_folder(model_uri)) or model_uri
 
 
-class Generator:
-    """The round's generator, ready to sample."""
+def placement(cfg: RunConfig):
+    """Where this run's stages compute (hardware: in the config, resolved on this machine)."""
+    from components.models.hardware import resolve
 
-    def __init__(self, cfg: RunConfig, model_uri: str):
+    where = resolve(cfg.hardware)
+    log.info("hardware %s/%s resolved to %s, %s", cfg.hardware.device, cfg.hardware.dtype, where.device, where.dtype)
+    return where
+
+
+class Generator:
+    """The round's generator, ready to sample: a full checkpoint, or a LoRA adapter served on its
+    base model by the engine (vLLM's LoRARequest; peft in the transformers fallback), never merged.
+    Given the family, a completion ends with its answer line (family.prompt.stop_after_answer) and
+    at the prompt's stop strings, whichever backend generated it."""
+
+    def __init__(self, cfg: RunConfig, model_uri: str, family=None):
         from components.models.generation import load_backend
 
         folder = store.fetch_folder(model_uri)
         base_uri = adapter_base(folder)
-        self.lora = None
+        self.lora, self.family, self.prompt = None, family, cfg.family.prompt
+        where = placement(cfg)
         if base_uri:
             from components.models.sft import vllm_lora_request
 
             self.backend = load_backend(cfg.generation.backend, str(store.fetch_folder(base_uri)), cfg.generation,
-                                        cfg.model.max_positions, enable_lora=True,
+                                        cfg.model.max_positions, where, enable_lora=True,
                                         max_lora_rank=cfg.sft.lora.r if cfg.sft.lora else 8)
             self.lora = vllm_lora_request(str(folder))
         else:
-            self.backend = load_backend(cfg.generation.backend, str(folder), cfg.generation, cfg.model.max_positions)
+            self.backend = load_backend(cfg.generation.backend, str(folder), cfg.generation, cfg.model.max_positions,
+                                        where)
+        self.backend_dir, self._tok = folder, None
 
     def generate(self, prompts, sampling):
-        if self.lora is None:
-            return self.backend.generate(prompts, sampling)
-        return self.backend.generate(prompts, sampling, lora_request=self.lora)
+        from dataclasses import replace
+
+        if self.prompt.stop:
+            sampling = replace(sampling, stop=tuple(self.prompt.stop))
+        outs = (self.backend.generate(prompts, sampling) if self.lora is None
+                else self.backend.generate(prompts, sampling, lora_request=self.lora))
+        return [[self._finish(s, sampling.stop) for s in samples] for samples in outs]
+
+    def _finish(self, s, stop: tuple[str, ...]):
+        """The sample cut at its first stop string and after its answer line. A cut sample's token ids
+        are its kept text's, and its log-probability is unknown (None)."""
+        from dataclasses import replace
+
+        end = min([i for i in (s.text.find(x) for x in stop) if i >= 0], default=len(s.text))
+        if self.family is not None and self.prompt.stop_after_answer:
+            end = min(end, self.family.answer_end(s.text[:end]) or end)
+        if end == len(s.text):
+            return s
+        if self._tok is None:
+            from transformers import AutoTokenizer
+
+            self._tok = AutoTokenizer.from_pretrained(str(self.backend_dir))
+        text = s.text[:end]
+        return replace(s, text=text, token_ids=self._tok(text, add_special_tokens=False).input_ids,
+                       cumulative_logprob=None, finish_reason="stop")
 
 
 def tokenizer(model_uri: str):
@@ -46,10 +85,26 @@ def tokenizer(model_uri: str):
     return AutoTokenizer.from_pretrained(str(store.fetch_folder(base_of(model_uri))))
 
 
+def context_limit(model_dir) -> int | None:
+    """The longest input a checkpoint takes: its position embeddings, stretched by linear RoPE scaling."""
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    n = config.get("max_position_embeddings")
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    factor = rope.get("factor", 1.0) if rope.get("rope_type", rope.get("type")) == "linear" else 1.0
+    return int(n * factor) if n else None
+
+
 def prm_scorer(cfg: RunConfig, prm_uri: str):
     from components.models.prm import load_scorer
 
-    return load_scorer(cfg.prm.scorer, str(store.fetch_folder(prm_uri)), cfg.model.max_positions + PRM_EXTRA_POSITIONS)
+    folder = store.fetch_folder(prm_uri)
+    # A trace plus its step tags, up to what the checkpoint takes.
+    limit = min(cfg.model.max_positions + PRM_EXTRA_POSITIONS, context_limit(folder) or 1 << 30)
+    return load_scorer(cfg.prm.scorer, str(folder), limit,
+                       placement=placement(cfg), step_separator=cfg.family.prompt.step_separator)
 
 
 def judge_client(cfg: RunConfig, judge_uri: str | None):
@@ -61,4 +116,4 @@ def judge_client(cfg: RunConfig, judge_uri: str | None):
     if j.backend == "local" and not uri:
         raise ValueError("scoring.judge: a local judge needs judge.model_uri or a judge trained by the loop")
     return make_judge_client(j, model_dir=str(store.fetch_folder(uri)) if j.backend == "local" else None,
-                             gen_cfg=cfg.generation, max_positions=cfg.model.max_positions)
+                             gen_cfg=cfg.generation, max_positions=cfg.model.max_positions, placement=placement(cfg))

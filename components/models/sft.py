@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from components.models.hardware import CPU, Placement
+
 ADAPTER_BASE = "adapter_base.json"
 
 
@@ -40,21 +42,29 @@ def _lora_config(lora: dict):
 
 def make_trainer(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[str, str]], epochs: float, lr: float,
                  batch_size: int, seed: int, lora: dict | None = None, log: Callable[[int, dict], None] | None = None,
-                 warmup_ratio: float = 0.05):
-    """An SFTTrainer ready to `.train()`; its `train_dataset` is already tokenized (tests inspect it)."""
-    import torch
+                 warmup_ratio: float = 0.05, placement: Placement = CPU, adapter_dir: str | Path | None = None):
+    """An SFTTrainer ready to `.train()`; its `train_dataset` is already tokenized (tests inspect it).
+    `adapter_dir`: a LoRA adapter (on `base_dir`) whose training goes on, instead of a new one."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    tok = AutoTokenizer.from_pretrained(str(base_dir))
-    # float32: the model is tiny and on CPU; bf16 would only cost accuracy (and TRL's bf16 default fails on CPU).
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(base_dir))  # no pad token: TRL pads with EOS (and says so in the config)
+    # Trained weights stay float32 (the Trainer autocasts to the placement's dtype); a LoRA adapter's
+    # frozen base is loaded in that dtype, which halves its memory on a GPU.
+    full = lora is None and adapter_dir is None
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), **(placement.train_load_args() if full
+                                                                   else placement.load_args()))
+    peft_config = _lora_config(lora) if lora is not None and adapter_dir is None else None
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
     steps = max(1, math.ceil(len(pairs) * epochs / batch_size))
     args = SFTConfig(
         output_dir=str(out_dir), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=batch_size,
         seed=seed, data_seed=seed, lr_scheduler_type="cosine", warmup_steps=warmup_ratio,  # < 1: a ratio in transformers 5
-        bf16=False, fp16=False, use_cpu=True, report_to=[], save_strategy="no", dataloader_num_workers=0,
+        **placement.trainer_args(), report_to=[], save_strategy="no", dataloader_num_workers=0,
         # ~50 points per curve however long the run; a loss point costs nothing beyond the step itself.
         logging_steps=max(1, steps // 50), logging_first_step=True, disable_tqdm=True,
         completion_only_loss=True,
@@ -74,7 +84,7 @@ def make_trainer(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[st
         callbacks.append(_Stream())
     data = Dataset.from_list([{"prompt": p, "completion": c} for p, c in pairs])
     return SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
-                      peft_config=_lora_config(lora) if lora is not None else None, callbacks=callbacks)
+                      peft_config=peft_config, callbacks=callbacks)
 
 
 def adapter_base(folder: str | Path) -> str | None:
@@ -85,7 +95,8 @@ def adapter_base(folder: str | Path) -> str | None:
 
 def sft(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[str, str]], epochs: float, lr: float,
         batch_size: int, seed: int, lora: dict | None = None, log: Callable[[int, dict], None] | None = None,
-        warmup_ratio: float = 0.05, base_uri: str | None = None) -> dict:
+        warmup_ratio: float = 0.05, base_uri: str | None = None, placement: Placement = CPU,
+        adapter_dir: str | Path | None = None) -> dict:
     """Fine-tune the model in `base_dir` on `pairs` and save the result to `out_dir`.
 
     Full fine-tuning saves model + tokenizer. With `lora` ({"r", "alpha", "dropout", "target_modules"}) only the
@@ -94,7 +105,8 @@ def sft(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[str, str]],
     Returns {'loss_first', 'loss_last', 'steps', 'seconds', 'log_history': [{'step', 'loss', 'lr'}, ...]}.
     """
     out_dir = Path(out_dir)
-    trainer = make_trainer(base_dir, out_dir, pairs, epochs, lr, batch_size, seed, lora, log, warmup_ratio)
+    trainer = make_trainer(base_dir, out_dir, pairs, epochs, lr, batch_size, seed, lora, log, warmup_ratio, placement,
+                           adapter_dir)
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
@@ -104,7 +116,7 @@ def sft(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[str, str]],
     # On a PeftModel, save_pretrained writes adapter_config.json + adapter_model.safetensors only.
     trainer.model.save_pretrained(str(out_dir))
     trainer.processing_class.save_pretrained(str(out_dir))
-    if lora is not None:
+    if lora is not None or adapter_dir is not None:
         (out_dir / ADAPTER_BASE).write_text(json.dumps({"base_uri": base_uri or str(base_dir)}))
     history = [{"step": h["step"], "loss": h["loss"], "lr": h.get("learning_rate")}
                for h in trainer.state.log_history if "loss" in h]

@@ -54,3 +54,51 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int):
 
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------ a stand-in for a pretrained Hugging Face checkpoint
+
+# Qwen2's pre-tokenizer split (digits one by one), so the tokenizer transformers loads for a qwen2
+# checkpoint (Qwen2Tokenizer) cuts text exactly as the one trained here.
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def build_qwen2_checkpoint(out_dir: str | Path, corpus: list[str], hidden_size: int = 64, layers: int = 2,
+                           heads: int = 2, kv_heads: int = 1, intermediate_size: int = 128, vocab_size: int = 1024,
+                           max_positions: int = 512, seed: int = 0) -> Path:
+    """A Hugging Face folder shaped like a pretrained Qwen2 chat checkpoint, randomly initialised: a
+    byte-level BPE tokenizer trained on `corpus`, ChatML template, EOS `<|im_end|>`, no BOS and *no
+    pad token* (as many pretrained tokenizers ship). No hub is reachable here: tests and benchmarks
+    stand it in for Qwen2.5 and friends. head_dim = hidden_size / heads must be >= 32 for vLLM's CPU
+    attention."""
+    import json
+
+    import torch
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", clean_up_tokenization_spaces=False)
+    fast.chat_template = CHATML
+    fast.save_pretrained(str(out_dir))
+    # Qwen2Tokenizer would otherwise make <|endoftext|> the pad token: say "none" explicitly.
+    tc = out_dir / "tokenizer_config.json"
+    tc.write_text(json.dumps({**json.loads(tc.read_text()), "tokenizer_class": "Qwen2Tokenizer", "pad_token": None},
+                             indent=2))
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(fast), hidden_size=hidden_size, intermediate_size=intermediate_size,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=max_positions, tie_word_embeddings=True,
+                         eos_token_id=fast.eos_token_id, bos_token_id=None, pad_token_id=None)
+    Qwen2ForCausalLM(config).save_pretrained(str(out_dir))
+    return out_dir

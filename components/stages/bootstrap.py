@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 from components.config import RunConfig
-from components.data.families import get_family
+from components.data.prompting import family_of
 from components.infra import store
 from components.infra.log import get_logger
+from components.models.serving import placement
 from components.stages import Stage
 
 log = get_logger(__name__)
@@ -26,7 +27,7 @@ def run(cfg: RunConfig, out_uri: str) -> dict:
     from components.models.tiny import build_model, n_params, train_tokenizer
 
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))  # the default ignores the affinity mask
-    fam = get_family(cfg.family, cfg.seed)
+    fam = family_of(cfg)
     t0 = time.perf_counter()
     pairs = [(p.prompt, fam.gold_solution(p)) for p in fam.problems("bootstrap")]
     # The tokenizer sees every split's prompts: its vocabulary must cover harder problems too.
@@ -40,8 +41,8 @@ def run(cfg: RunConfig, out_uri: str) -> dict:
             losses.append((step, m["train_loss"]))
             log.info("step %d loss %.4f lr %.2e %.0fs", step, m["train_loss"], m["lr"], time.perf_counter() - t0)
 
-        stats = train_causal_lm(model, tok, pairs, cfg.bootstrap, cfg.seed, log=progress)
-        model.save_pretrained(tmp)
+        stats = train_causal_lm(model, tok, pairs, cfg.bootstrap, cfg.seed, log=progress, placement=placement(cfg))
+        model.to("cpu").save_pretrained(tmp)
         metrics = {"params": n_params(model), "examples": len(pairs), "train_seconds": stats["seconds"],
                    "loss_first": stats["loss_first"], "loss_last": stats["loss_last"],
                    "seconds": time.perf_counter() - t0}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from components.config import RunConfig
-from components.data.families import get_family
+from components.data.prompting import family_of
 from components.evaluation.heldout import round_metrics
 from components.infra import store
 from components.models import serving
@@ -17,10 +17,10 @@ STAGE = Stage("evaluate", reads=("model", "prm"), publishes="eval", accelerator=
 
 
 def run(cfg: RunConfig, out_uri: str, model_uri: str, tag: str, prm_uri: str | None = None) -> dict:
-    fam = get_family(cfg.family, cfg.seed)
+    fam = family_of(cfg)
     problems = fam.problems("eval")
     t0 = time.perf_counter()
-    gen = serving.Generator(cfg, model_uri)
+    gen = serving.Generator(cfg, model_uri, fam)
     outs = gen.generate([p.prompt for p in problems], Sampling(n=1, temperature=0.0, max_tokens=cfg.generation.max_tokens))
     greedy = [{**problem_row(p), "kind": "greedy", "sample": 0, "completion": o[0].text,
                "correct": fam.is_correct(p, o[0].text), "gold_first_error": fam.first_error(p, o[0].text)}

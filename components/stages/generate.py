@@ -5,7 +5,7 @@ import time
 
 from components.config import RunConfig
 from components.data.curriculum import round_problems
-from components.data.families import get_family
+from components.data.prompting import family_of
 from components.data.ingest import Quarantine, reject_long
 from components.infra import store
 from components.models import serving
@@ -16,11 +16,13 @@ STAGE = Stage("generate", reads=("model",), publishes="candidates", accelerator=
 
 
 def problem_row(p) -> dict:
-    return {"problem_id": p.id, "prompt": p.prompt, "answer": p.answer, "difficulty": p.difficulty}
+    # "question": the problem before prompt rendering, what decontamination compares.
+    return {"problem_id": p.id, "prompt": p.prompt, "question": p.meta.get("question", p.prompt), "answer": p.answer,
+            "difficulty": p.difficulty}
 
 
 def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, target: int | None = None) -> dict:
-    fam = get_family(cfg.family, cfg.seed)
+    fam = family_of(cfg)
     g = cfg.generation
     # A problem whose prompt leaves no room for a solution in the model's context is quarantined.
     q = Quarantine(f"{cfg.family.name}:train")
@@ -29,7 +31,7 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, target: in
                            cfg.model.max_positions - g.max_tokens, q, field_name="prompt")
     q.write(store.join(out_uri, "quarantine.jsonl"))
     t0 = time.perf_counter()
-    generator = serving.Generator(cfg, model_uri)
+    generator = serving.Generator(cfg, model_uri, fam)
     t_load = time.perf_counter() - t0
     outs = generator.generate([p.prompt for p in problems], Sampling(
         n=g.k, temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens, seed=g.seed + 1000 * round_idx))

@@ -8,10 +8,11 @@ import tempfile
 import time
 
 from components.config import RunConfig
-from components.data.families import get_family
+from components.data.prompting import family_of
 from components.infra import store
 from components.labeling import judge_training
 from components.labeling.judge import make_judge_client
+from components.models import serving
 from components.stages import Stage
 
 STAGE = Stage("train-judge", reads=("bootstrap",), publishes="judge", accelerator=True,
@@ -19,7 +20,7 @@ STAGE = Stage("train-judge", reads=("bootstrap",), publishes="judge", accelerato
 
 
 def run(cfg: RunConfig, out_uri: str, generator_uri: str) -> dict:
-    fam = get_family(cfg.family, cfg.seed)
+    fam = family_of(cfg)
     j = cfg.scoring.judge
     t0 = time.perf_counter()
     rng = random.Random(f"{cfg.seed}/judge")
@@ -29,9 +30,10 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str) -> dict:
     curve: list = []
     with tempfile.TemporaryDirectory() as tmp:
         stats = judge_training.train_judge(str(store.fetch_folder(generator_uri)), tmp, examples, j.train, cfg.seed,
-                                           log=lambda step, m: curve.append((step, m["train_loss"])))
-        client = make_judge_client(j.model_copy(update={"backend": "local"}), model_dir=tmp,
-                                   gen_cfg=cfg.generation, max_positions=cfg.model.max_positions)
+                                           log=lambda step, m: curve.append((step, m["train_loss"])),
+                                           placement=serving.placement(cfg))
+        client = make_judge_client(j.model_copy(update={"backend": "local"}), model_dir=tmp, gen_cfg=cfg.generation,
+                                   max_positions=cfg.model.max_positions, placement=serving.placement(cfg))
         quality = judge_training.judge_accuracy(j, client, fam, [p for p, _ in held_out], [c for _, c in held_out])
         metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))},
                    **{f"heldout_{k}": v for k, v in quality.items()}, "examples": len(examples),

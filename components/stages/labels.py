@@ -16,7 +16,7 @@ def run(cfg: RunConfig, out_uri: str) -> dict:
     lab = cfg.scoring.labels
     rows, q = import_labels(lab.uri, lab)
     fam = get_family(cfg.family, cfg.seed)
-    rows, dropped = decontaminate(rows, [p.prompt for p in fam.problems("eval")], cfg.decontam)
+    rows, dropped = decontaminate(rows, fam.problems("eval"), cfg.decontam)
     q.write(store.join(out_uri, "quarantine.jsonl"))  # before the manifest: published means complete
     metrics = {**q.counts(), "decontam_dropped": len(dropped), "traces": len(rows),
                "steps": sum(len(r["steps"]) for r in rows),

@@ -9,7 +9,7 @@ import time
 
 from components.config import RunConfig
 from components.data.decontam import against_eval
-from components.data.families import get_family
+from components.data.prompting import family_of
 from components.infra import store
 from components.loop import labels_uri
 from components.models import prm, serving
@@ -26,7 +26,7 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, scored
     if imported and not cfg.scoring.labels.with_generated:
         scored_uris = [u for u in scored_uris if u == imported]  # imported human labels only
     rows = [r for u in scored_uris for r in store.read_rows(u) if r.get("label_source", "mc") != "prm" and r["steps"]]
-    rows, dropped = against_eval(rows, get_family(cfg.family, cfg.seed), cfg.decontam)
+    rows, dropped = against_eval(rows, family_of(cfg), cfg.decontam)
     random.Random(f"{cfg.seed}/prm/{round_idx}").shuffle(rows)
     soft = cfg.prm.soft
     examples = [{"prompt": r["prompt"], "steps": r["steps"],
@@ -39,7 +39,8 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, scored
     with tempfile.TemporaryDirectory() as tmp:
         stats = prm.train_prm(str(store.fetch_folder(init_uri)), tmp, examples, epochs=cfg.prm.epochs, lr=cfg.prm.lr,
                               batch_size=cfg.prm.batch_size, seed=cfg.seed + round_idx, soft=soft,
-                              log=lambda step, m: curve.append((step, m["train_loss"])))
+                              log=lambda step, m: curve.append((step, m["train_loss"])),
+                              placement=serving.placement(cfg), step_separator=cfg.family.prompt.step_separator)
         metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))}, **dropped,
                    "examples": len(examples), "seconds": time.perf_counter() - t0, "loss_curve": curve}
         store.publish_folder(tmp, out_uri, {"kind": "prm", "round": round_idx, "data": scored_uris,

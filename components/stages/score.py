@@ -6,7 +6,7 @@ import random
 import time
 
 from components.config import RunConfig
-from components.data.families import get_family
+from components.data.prompting import family_of
 from components.infra import store
 from components.labeling import sources
 from components.labeling.quality import quality
@@ -18,24 +18,24 @@ STAGE = Stage("score", reads=("candidates", "model", "prm", "judge"), publishes=
               isolated=True)
 
 
-def engines(cfg: RunConfig, model_uri: str, prm_uri: str | None, judge_uri: str | None, seed: int) -> Engines:
+def engines(cfg: RunConfig, fam, model_uri: str, prm_uri: str | None, judge_uri: str | None, seed: int) -> Engines:
     def prm():
         if not prm_uri:
             raise ValueError("this label source needs a PRM and none is published yet")
         return serving.prm_scorer(cfg, prm_uri)
 
-    return Engines(lambda: serving.Generator(cfg, model_uri), lambda: serving.judge_client(cfg, judge_uri), prm, seed)
+    return Engines(lambda: serving.Generator(cfg, model_uri, fam), lambda: serving.judge_client(cfg, judge_uri), prm, seed)
 
 
 def run(cfg: RunConfig, out_uri: str, model_uri: str, candidates_uri: str, round_idx: int,
         prm_uri: str | None = None, judge_uri: str | None = None) -> dict:
-    fam = get_family(cfg.family, cfg.seed)
+    fam = family_of(cfg)
     rows = store.read_rows(candidates_uri)
     t0 = time.perf_counter()
     problems = {p.id: p for p in fam.problems("train")}
     batch = Batch(fam, [problems[r["problem_id"]] for r in rows], [r["completion"] for r in rows])
     source = sources.for_round(cfg, has_prm=bool(prm_uri))
-    eng = engines(cfg, model_uri, prm_uri, judge_uri, cfg.generation.seed + 1000 * round_idx + 7)
+    eng = engines(cfg, fam, model_uri, prm_uri, judge_uri, cfg.generation.seed + 1000 * round_idx + 7)
     primary, stats = sources.label(source, batch, cfg, eng)
     by_source = {source: primary}
     for extra in cfg.scoring.also:

@@ -1,5 +1,6 @@
 """G_n: SFT of the generator on the kept traces of this round (and earlier ones), plus replayed
-bootstrap gold. LoRA: each round trains a fresh adapter on the same base, served by vLLM unmerged."""
+bootstrap gold, starting from G_{n-1} or G_0 (sft.init). LoRA: an adapter on G_0, served by vLLM
+unmerged; under `init: previous` the round's adapter goes on from G_{n-1}'s."""
 from __future__ import annotations
 
 import random
@@ -8,8 +9,9 @@ import time
 
 from components.config import RunConfig
 from components.data.decontam import against_eval
-from components.data.families import get_family
+from components.data.prompting import family_of
 from components.infra import store
+from components.infra.layout import Layout
 from components.infra.log import get_logger
 from components.models import serving
 from components.models.sft import distinct_pairs, sft, with_replay
@@ -21,7 +23,7 @@ STAGE = Stage("sft", reads=("model", "filtered"), publishes="model", accelerator
 
 
 def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, kept_uris: list[str]) -> dict:
-    fam = get_family(cfg.family, cfg.seed)
+    fam = family_of(cfg)
     t0 = time.perf_counter()
     uris = kept_uris if cfg.sft.keep_history else kept_uris[-1:]
     rows, dropped = against_eval([r for u in uris for r in store.read_rows(u)], fam, cfg.decontam)
@@ -37,14 +39,19 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, kept_uris:
     pairs = pairs[: cfg.sft.max_examples]
     data, n_replay = with_replay(pairs, fam.problems("bootstrap"), cfg.sft.replay_gold,
                                  random.Random(f"{cfg.seed}/sft/{round_idx}"), lambda p: (p.prompt, fam.gold_solution(p)))
-    base_uri = serving.base_of(model_uri)
+    # G_n starts from G_{n-1} or from G_0 (sft.init); a LoRA G_{n-1}'s adapter trains on, on its base.
+    start_uri = Layout.of(cfg).bootstrap() if cfg.sft.init == "base" else model_uri
+    base_uri = serving.base_of(start_uri)
+    adapter = store.fetch_folder(start_uri) if cfg.sft.lora and start_uri != base_uri else None
     curve: list = []
     with tempfile.TemporaryDirectory() as tmp:
         lora = cfg.sft.lora.model_dump() if cfg.sft.lora else None
         stats = sft(str(store.fetch_folder(base_uri)), tmp, data, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
                     batch_size=cfg.sft.batch_size, seed=cfg.seed + round_idx, lora=lora, base_uri=base_uri,
-                    log=lambda step, m: curve.append((step, m["train_loss"])), warmup_ratio=cfg.sft.warmup_ratio)
+                    log=lambda step, m: curve.append((step, m["train_loss"])), warmup_ratio=cfg.sft.warmup_ratio,
+                    placement=serving.placement(cfg), adapter_dir=adapter)
         metrics = {"examples": len(data), "kept_examples": len(pairs), "replay_examples": n_replay, **dropped,
+                   "started_from": 0 if start_uri == Layout.of(cfg).bootstrap() else round_idx - 1,
                    "loss_first": stats["loss_first"], "loss_last": stats["loss_last"], "steps": stats["steps"],
                    "seconds": time.perf_counter() - t0, "loss_curve": curve}
         store.publish_folder(tmp, out_uri, {"kind": "lora" if lora else "model", "round": round_idx,

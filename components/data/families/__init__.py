@@ -56,6 +56,22 @@ class Family(Protocol):
 
     def steps_text(self, steps: list[str]) -> str: ...
 
+    def answer_end(self, completion: str) -> int | None:
+        """Where the first answer line ends (after its separator), None if there is none: generation
+        cuts what a model writes after its answer."""
+        ...
+
+
+def answer_end(completion: str, sep: str, is_answer) -> int | None:
+    """End of the first step (split on `sep`) that `is_answer`, its separator included when present."""
+    pos = 0
+    for block in completion.split(sep):
+        end = pos + len(block)
+        if block.strip() and is_answer(block.strip("\n").rstrip()):
+            return min(end + len(sep), len(completion))
+        pos = end + len(sep)
+    return None
+
 
 FAMILIES: dict[str, type] = {}
 

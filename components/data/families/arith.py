@@ -15,7 +15,7 @@ import random
 import re
 
 from components.config_sections import FamilyConfig
-from components.data.families import Problem, register
+from components.data.families import Problem, answer_end, register
 
 APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "%": operator.mod, "^": max}
 ANSWER = "Answer:"
@@ -171,3 +171,6 @@ class Arith:
 
     def steps_text(self, steps: list[str]) -> str:
         return "".join(s + "\n" for s in steps)
+
+    def answer_end(self, completion: str) -> int | None:
+        return answer_end(completion, "\n", lambda line: line.startswith(ANSWER))

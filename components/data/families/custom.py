@@ -23,7 +23,7 @@ from components.infra import store
 from components.infra.layout import Layout
 from components.config import ConfigError
 from components.config_sections import FamilyConfig
-from components.data.families import Problem, register
+from components.data.families import Problem, answer_end, register
 from components.data.ingest import BadInput, Quarantine, field, read_records, reject_long
 
 # ------------------------------------------------------------------------------ answers and numbers
@@ -72,6 +72,19 @@ def marked_answer(text: str) -> str | None:
         if found:
             return found[-1].strip().rstrip(".").strip() or None
     return None
+
+
+def split_answer_steps(text: str, sep: str) -> list[str]:
+    """Non-empty steps of `text` split on `sep`, right-stripped, up to and including the first
+    answer line: what a model writes after its answer is not part of the trace."""
+    steps = []
+    for block in text.split(sep):
+        block = block.strip("\n").rstrip()
+        if block.strip():
+            steps.append(block)
+            if ANSWER_LINE.search(block):
+                break
+    return steps
 
 
 # ------------------------------------------------------------------------------------- verifiers
@@ -208,27 +221,28 @@ class FileFamily:
 
     def solution_steps(self, solution: str) -> list[str]:
         """The reference solution's steps without its answer line."""
-        return [s for s in self.split_steps(solution) if not ANSWER_LINE.search(s)]
+        return [s for s in split_answer_steps(solution, "\n") if not ANSWER_LINE.search(s)]
 
     def gold_solution(self, p: Problem) -> str:
-        steps = self.split_steps(p.meta.get("solution") or "")
+        """The reference solution laid out as the model writes: its lines (how datasets write steps)
+        joined by the step separator, ending with an answer line."""
+        steps = split_answer_steps(p.meta.get("solution") or "", "\n")
         if not steps or not ANSWER_LINE.search(steps[-1]):
             steps.append(self.answer_line(p.answer))
         return self.steps_text(steps)
 
     def answer_line(self, answer: str) -> str:
+        if self.cfg.prompt.answer_line:
+            return self.cfg.prompt.answer_line.replace("{answer}", answer)
         return f"The answer is $\\boxed{{{answer}}}$." if self.verifier == "math_verify" else f"Answer: {answer}"
 
     def split_steps(self, completion: str) -> list[str]:
-        """Non-empty lines, right-stripped, up to and including the first answer line."""
-        steps = []
-        for line in completion.split("\n"):
-            line = line.rstrip()
-            if line.strip():
-                steps.append(line)
-                if ANSWER_LINE.search(line):
-                    break  # what the model writes after its answer is not part of the trace
-        return steps
+        """Non-empty steps (lines, or blocks with step_separator "\\n\\n"), right-stripped, up to and
+        including the first answer line."""
+        return split_answer_steps(completion, self.cfg.prompt.step_separator)
+
+    def answer_end(self, completion: str) -> int | None:
+        return answer_end(completion, self.cfg.prompt.step_separator, ANSWER_LINE.search)
 
     def extract_answer(self, completion: str) -> str | None:
         text = self.steps_text(self.split_steps(completion))
@@ -259,7 +273,7 @@ class FileFamily:
         return p.prompt + self.steps_text(steps[: i + 1])
 
     def steps_text(self, steps: list[str]) -> str:
-        return "".join(s + "\n" for s in steps)
+        return "".join(s + self.cfg.prompt.step_separator for s in steps)
 
 
 # ------------------------------------------------------------------------------------ publishing

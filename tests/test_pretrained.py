@@ -1,0 +1,198 @@
+"""A pretrained Hugging Face checkpoint as the generator, the way a user starts: `model.init_uri` names
+a folder, prompts go through its chat template, and the loop runs rounds on it with full and LoRA SFT.
+
+No hub is reachable, so the "pretrained" model is built here: a Qwen2-architecture model with a
+byte-level BPE tokenizer, a ChatML template and no pad token (components/models/tiny.py), taught the
+arith family's answer format on the round's training problems (rendered through the chat template)
+so that some of its samples are right and there is something to keep.
+"""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from components.config import load_config
+from components.config_sections import HardwareConfig
+from components.infra import store
+from components.models.hardware import Placement, resolve
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEM = "Solve step by step, one step per line, then give the answer."
+BASE = ["family.name=arith", "family.bootstrap.size=200", "family.bootstrap.min_ops=1", "family.bootstrap.max_ops=2",
+        "family.train.size=16", "family.train.min_ops=2", "family.train.max_ops=2",
+        "family.eval.per_level=3", "family.eval.min_ops=1", "family.eval.max_ops=2",
+        "family.prompt.style=chat", f"family.prompt.system={SYSTEM}", "model.max_positions=256",
+        "generation.backend=vllm", "generation.k=2", "generation.max_tokens=40", "generation.kv_cache_bytes=16777216",
+        "scoring.label_source=mc", "scoring.mc.rollouts=2", "curriculum.enabled=false", "curriculum.problems=16",
+        "sft.epochs=1", "sft.batch_size=8", "sft.lr=0.001", "sft.replay_gold=0.5",
+        "prm.epochs=1", "prm.batch_size=8", "prm.scorer=vllm", "eval.k=2", "eval.sampled_per_level=2"]
+
+
+# ---------------------------------------------------------------------------------- hardware policy
+
+def test_auto_placement_is_cuda_bf16_with_a_gpu_and_cpu_fp32_without():
+    gpu, cpu = resolve(HardwareConfig(), cuda=True), resolve(HardwareConfig(), cuda=False)
+    assert (gpu.device, gpu.dtype) == ("cuda", "bfloat16")
+    assert (cpu.device, cpu.dtype) == ("cpu", "float32")
+    # What each kind of stage is handed. Training (bootstrap, PRM: fit; SFT and judge: TRL):
+    assert gpu.trainer_args() == {"use_cpu": False, "bf16": True, "fp16": False, "gradient_checkpointing": False}
+    assert cpu.trainer_args()["use_cpu"] is True and not cpu.trainer_args()["bf16"]
+    # vLLM (generation, MC rollouts, judge, PRM scoring): bf16 weights, CUDA graphs, memory share vs fixed KV bytes
+    assert gpu.vllm_args(1 << 20) == {"dtype": "bfloat16", "enforce_eager": False, "gpu_memory_utilization": 0.85,
+                                      "tensor_parallel_size": 1}
+    assert cpu.vllm_args(1 << 20) == {"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 1 << 20}
+    # transformers fallbacks (generation, PRM scoring)
+    import torch
+
+    assert gpu.load_args() == {"dtype": torch.bfloat16} and cpu.load_args() == {"dtype": torch.float32}
+    assert resolve(HardwareConfig(dtype="float16"), cuda=True).trainer_args()["fp16"] is True
+    with pytest.raises(RuntimeError, match="hardware.device is cuda but torch sees no CUDA device"):
+        resolve(HardwareConfig(device="cuda"), cuda=False)
+
+
+def test_every_accelerated_stage_resolves_the_run_placement(monkeypatch):
+    """Stages ask components.models.serving.placement(cfg): with CUDA reported, every stage that
+    computes gets cuda+bf16, and nothing below components/ names a device or a dtype itself."""
+    import importlib
+    import pkgutil
+
+    import components.stages as stages
+    from components.models import hardware, serving
+
+    monkeypatch.setattr(hardware, "cuda_available", lambda: True)
+    cfg = load_config(None)
+    accelerated = [m for m in (importlib.import_module(f"components.stages.{i.name}")
+                               for i in pkgutil.iter_modules(stages.__path__)) if m.STAGE.accelerator]
+    assert {m.STAGE.name for m in accelerated} >= {"bootstrap", "generate", "score", "sft", "train-prm", "evaluate",
+                                                   "train-judge"}
+    for m in accelerated:
+        src = Path(m.__file__).read_text()
+        assert "serving.placement(cfg)" in src or "placement(cfg)" in src or "serving.Generator(" in src, m.__name__
+    assert serving.placement(cfg) == Placement("cuda", "bfloat16")
+    hard_coded = re.compile(r"use_cpu=True|\bdtype=torch\.float32|\bdtype=\"float32\"|enforce_eager=True|"
+                            r"LlamaForTokenClassification")
+    offenders = [f"{p.relative_to(ROOT)}:{i}" for p in (ROOT / "components").rglob("*.py") if p.name != "hardware.py"
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if hard_coded.search(line)]
+    assert offenders == []
+
+
+# ------------------------------------------------------------------------- the pretrained stand-in
+
+@pytest.fixture(scope="session")
+def pretrained_dir(tmp_path_factory):
+    """A Qwen2/BPE/ChatML/no-pad checkpoint that has learnt the format on the train problems."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from components.config_sections import TrainConfig
+    from components.data.families import get_family
+    from components.data.prompting import PromptedFamily
+    from components.models.causal_lm import train_causal_lm
+    from components.models.tiny import build_qwen2_checkpoint
+
+    cfg = load_config(None, [*BASE, "model.init_uri=this-folder"])
+    fam = get_family(cfg.family, cfg.seed)
+    golds = [p.prompt + fam.gold_solution(p) for s in ("bootstrap", "train", "eval") for p in fam.problems(s)]
+    gsm8k = ROOT.parent / "shared/data/gsm8k/train.jsonl"
+    corpus = golds + ([json.loads(line)["question"] for line in gsm8k.read_text().splitlines()[:500]]
+                      if gsm8k.exists() else [])
+    out = build_qwen2_checkpoint(tmp_path_factory.mktemp("qwen2") / "model", corpus, hidden_size=64, layers=2,
+                                 heads=2, kv_heads=1, intermediate_size=256, vocab_size=600, max_positions=256)
+    tok = AutoTokenizer.from_pretrained(str(out))
+    rendered = PromptedFamily(fam, cfg.family.prompt, tok)
+    pairs = [(p.prompt, rendered.gold_solution(p)) for p in rendered.problems("train")]
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    train_causal_lm(model, AutoTokenizer.from_pretrained(str(out)), pairs * 8,
+                    TrainConfig(epochs=20, lr=3e-3, batch_size=16), seed=0)
+    model.save_pretrained(str(out))
+    return out
+
+
+def test_stand_in_is_a_pretrained_style_checkpoint(pretrained_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(pretrained_dir))
+    assert json.loads((pretrained_dir / "config.json").read_text())["model_type"] == "qwen2"
+    assert tok.pad_token is None and tok.chat_template and type(tok).__name__ == "Qwen2Tokenizer"
+
+
+# ----------------------------------------------------------------------------- rounds on the flow
+
+def _loop(tmp_path: Path, pretrained_dir: Path, name: str, *extra: str):
+    from flows.self_improve import self_improve
+
+    cfg = load_config(None, [f"name={name}", f"store_uri={tmp_path}/store", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                             f"model.init_uri={pretrained_dir}", *BASE, *extra])
+    return cfg, self_improve(cfg)
+
+
+def test_full_sft_round_on_a_pretrained_qwen2(tmp_path, pretrained_dir, prefect_server):
+    from transformers import AutoConfig
+
+    from components.models.prm import TransformersPRM, VLLMPRM, load_format
+
+    cfg, out = _loop(tmp_path, pretrained_dir, "qwen-full", "rounds=1")
+    r0, r1 = out["rounds"]
+    # generation through the chat template, with the system prompt, on the published G_0
+    rows = store.read_rows(r1["filtered_uri"].replace("filtered", "candidates"))
+    assert rows and all(r["prompt"].startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n")
+                        and r["prompt"].endswith("<|im_start|>assistant\n") for r in rows)
+    assert all(r["question"] in r["prompt"] and "<|im_start|>" not in r["question"] for r in rows)
+    assert r1["generate"]["correct"] > 0, "the stand-in should solve some of the problems it was taught"
+    # SFT trained G_1 from G_0 on kept traces (full fine-tuning: a whole checkpoint, no adapter)
+    assert r1["sft"]["kept_examples"] > 0 and r1["sft"]["started_from"] == 0
+    g1 = store.fetch_folder(r1["model_uri"])
+    assert (g1 / "model.safetensors").exists() and not (g1 / "adapter_config.json").exists()
+    # the PRM is a Qwen2 token classifier whose format records the step separator
+    prm_dir = store.fetch_folder(r1["prm_uri"])
+    assert AutoConfig.from_pretrained(str(prm_dir)).architectures == ["Qwen2ForTokenClassification"]
+    assert load_format(prm_dir)["step_separator"] == "\n"
+    # the two scorers agree on the round's traces
+    scored = store.read_rows(r1["filtered_uri"].replace("filtered", "scored"))[:12]
+    args = ([r["prompt"] for r in scored], [r["steps"] or ["x"] for r in scored])
+    hf, vl = TransformersPRM(prm_dir, 256).score(*args), VLLMPRM(prm_dir, 256, 16 << 20).score(*args)
+    assert max(abs(a - b) for x, y in zip(hf, vl) for a, b in zip(x, y)) < 1e-4
+    assert "pass1_all" in r1["evaluate"]
+    # every stage reports its peak memory
+    for stage in ("generate", "score", "sft", "prm", "evaluate"):
+        assert r1[stage]["peak_rss_mb"] > 0 and r1[stage]["used_gpu"] == 0.0, stage
+
+
+def test_lora_round_serves_the_adapter_through_vllm(tmp_path, pretrained_dir, prefect_server):
+    """A LoRA round trains an adapter on G_0 and evaluates it served by vLLM on G_0, unmerged. This
+    crashed before: the round passed enable_lora to a backend loader that took no such argument."""
+    from components.models.sft import adapter_base
+
+    cfg, out = _loop(tmp_path, pretrained_dir, "qwen-lora", "rounds=1", "sft.lora={r: 8, alpha: 16}", "prm.enabled=false")
+    r0, r1 = out["rounds"]
+    folder = store.fetch_folder(r1["model_uri"])
+    assert (folder / "adapter_config.json").exists() and not (folder / "model.safetensors").exists()
+    assert adapter_base(folder) == r0["model_uri"]  # never merged: served on G_0
+    assert r1["sft"]["kept_examples"] > 0
+    # the adapter learnt something (LoRA's B matrices start at zero) and was served for evaluation
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
+        assert any(f.get_tensor(k).abs().sum() > 0 for k in f.keys() if "lora_B" in k)
+    assert "pass1_all" in r1["evaluate"] and r1["evaluate"]["seconds"] > 0
+
+
+def test_vllm_scorer_falls_back_to_transformers_where_vllm_lacks_the_architecture(pretrained_dir, tmp_path, caplog):
+    """A PRM on an architecture vLLM cannot pool is scored by transformers, and the log says so."""
+    import shutil
+
+    from components.models import prm
+
+    examples = [{"prompt": "1 +2\n", "steps": ["1+2=3", "Answer: 3"], "labels": [1.0, 1.0]},
+                {"prompt": "4 +4\n", "steps": ["4+4=9", "Answer: 9"], "labels": [0.0, 0.0]}] * 4
+    prm.train_prm(pretrained_dir, tmp_path / "prm", examples, epochs=1, lr=1e-3, batch_size=4, seed=0, soft=True,
+                  heldout_fraction=0.0)
+    assert prm.vllm_can_pool(tmp_path / "prm")
+    odd = tmp_path / "odd"
+    shutil.copytree(tmp_path / "prm", odd)
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "architectures": ["NoSuchForTokenClassification"]}))
+    assert not prm.vllm_can_pool(odd)
+    with caplog.at_level("WARNING"):
+        assert isinstance(prm.load_scorer("vllm", odd, 256), prm.TransformersPRM)
+    assert "scoring with transformers instead" in caplog.text
