@@ -103,7 +103,8 @@ def pretrained_dir(tmp_path_factory):
     pairs = [(p.prompt, rendered.gold_solution(p)) for p in rendered.problems("train")]
     model = AutoModelForCausalLM.from_pretrained(str(out))
     train_causal_lm(model, AutoTokenizer.from_pretrained(str(out)), pairs * 8,
-                    TrainConfig(epochs=20, lr=3e-3, batch_size=16), seed=0)
+                    TrainConfig(epochs=20, lr=3e-3, batch_size=16), seed=0,
+                    threads=1)  # a model this small trains as fast on one thread, and far faster when a core is busy
     model.save_pretrained(str(out))
     return out
 
