@@ -1,14 +1,13 @@
 """Causal-LM training with the loss on the completion only (the prompt is masked out).
 
-Used by the bootstrap, where a plain loop over short fixed-format examples is the fastest thing on
-two cores (no padding waste beyond the batch, no framework start-up).
+Used by the bootstrap (the PRM trains through the same `fit`); batches are padded to their longest
+example only.
 """
 from __future__ import annotations
 
 import math
-import random
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from components.config_sections import TrainConfig
 from components.models.hardware import CPU, Placement
@@ -44,53 +43,65 @@ def collate(batch: list[tuple[list[int], int]], pad_id: int):
     return input_ids, attn, labels
 
 
-def fit(model, n_items: int, batch_loss: Callable[[list[int]], Any], epochs: float, lr: float,
-        batch_size: int, seed: int, warmup_ratio: float = 0.05, log: Callable[[int, dict], None] | None = None,
-        threads: int | None = None, placement: Placement = CPU) -> dict:
-    """The training loop of the bootstrap LM and the PRM: AdamW, linear warmup then cosine, shuffled
-    epochs, on `placement` (the model is moved there; `batch_loss(indices)` gets its batches onto
-    `placement.device` and runs under its autocast). Returns {'loss_first', 'loss_last', 'steps', 'seconds'}.
+class _Items:
+    """A list as a torch Dataset (what Trainer's sampler and collator take)."""
 
-    Hand-written rather than transformers' Trainer because it is faster on CPU, where the demo runs:
-    benchmarks/training_loop.py measures both on the same model and data."""
+    def __init__(self, items: list):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
+def fit(model, items: list, collate: Callable[[list], dict], epochs: float, lr: float, batch_size: int, seed: int,
+        warmup_ratio: float = 0.05, log: Callable[[int, dict], None] | None = None, threads: int | None = None,
+        placement: Placement = CPU, compute_loss: Callable | None = None) -> dict:
+    """Train `model` in place with transformers' Trainer (the bootstrap LM, the PRM): AdamW (weight
+    decay 0.01 off biases and norms, betas 0.9/0.98), linear warmup then cosine, gradient clipping at
+    1.0, ceil(len(items) x epochs / batch_size) steps over reshuffled epochs, on `placement` (mixed
+    precision, gradient checkpointing; DDP/FSDP come with the Trainer). `collate(items) -> dict` makes
+    the model's inputs; `compute_loss(outputs, labels, num_items_in_batch)` replaces the model's own
+    loss (the PRM's soft targets at step tags). Returns {'loss_first', 'loss_last', 'steps', 'seconds'}.
+
+    The Trainer rather than a loop of our own: benchmarks/training_loop.py measured the two at the same
+    speed on CPU at the demo's size (fit/Trainer 0.96x median), and on a GPU the Trainer has the rest."""
+    import tempfile
+
     import torch
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     if threads:
         torch.set_num_threads(threads)
-    model.to(placement.device)
-    if placement.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    steps = max(1, math.ceil(n_items * epochs / batch_size))
-    warmup = int(steps * warmup_ratio)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))))
-    model.train()
-    order: list[int] = []
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    for step in range(steps):
-        if len(order) < batch_size:
-            more = list(range(n_items))
-            rng.shuffle(more)
-            order += more
-        idx, order = order[:batch_size], order[batch_size:]
-        with placement.autocast():
-            loss = batch_loss(idx)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if log and (step % 50 == 0 or step == steps - 1):
-            log(step, {"train_loss": sum(losses[-50:]) / len(losses[-50:]), "lr": sched.get_last_lr()[0]})
+    steps = max(1, math.ceil(len(items) * epochs / batch_size))
+    points: list[tuple[int, float, float]] = []
+
+    class _Losses(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:  # not the end-of-training summary ("train_loss")
+                points.append((state.global_step, float(logs["loss"]), float(logs.get("learning_rate", 0.0))))
+                if log:
+                    log(state.global_step, {"train_loss": points[-1][1], "lr": points[-1][2]})
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=lr,
+            weight_decay=0.01, adam_beta2=0.98, max_grad_norm=1.0, lr_scheduler_type="cosine",
+            warmup_steps=int(steps * warmup_ratio), seed=seed, data_seed=seed, report_to=[], save_strategy="no",
+            dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
+            logging_steps=max(1, steps // 100), logging_first_step=True, **placement.trainer_args())
+        trainer = Trainer(model=model, args=args, train_dataset=_Items(items), data_collator=collate,
+                          compute_loss_func=compute_loss, callbacks=[_Losses()])
+        trainer.remove_callback(PrinterCallback)  # losses go to `log`, not to stdout
+        t0 = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - t0
     model.eval()
-    k = max(1, min(20, len(losses)))
-    return {"loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k, "steps": steps,
-            "seconds": time.perf_counter() - t0}
+    k = max(1, min(20, len(points) // 5))
+    losses = [loss for _, loss, _ in points] or [math.nan]
+    return {"loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k, "steps": steps, "seconds": seconds}
 
 
 def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], cfg: TrainConfig, seed: int,
@@ -98,12 +109,10 @@ def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], cfg: TrainCo
                     placement: Placement = CPU) -> dict:
     """Train in place on (prompt, completion) pairs, loss on the completion only."""
     ensure_pad_token(tokenizer)
-    data = encode_examples(tokenizer, pairs)
 
-    def batch_loss(idx: list[int]):
-        batch = collate([data[i] for i in idx], tokenizer.pad_token_id)
-        input_ids, attn, labels = (t.to(placement.device) for t in batch)
-        return model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
+    def batch(items: list) -> dict:
+        input_ids, attn, labels = collate(items, tokenizer.pad_token_id)
+        return {"input_ids": input_ids, "attention_mask": attn, "labels": labels}
 
-    return fit(model, len(data), batch_loss, cfg.epochs, cfg.lr, cfg.batch_size, seed, cfg.warmup_ratio, log, threads,
-               placement)
+    return fit(model, encode_examples(tokenizer, pairs), batch, cfg.epochs, cfg.lr, cfg.batch_size, seed,
+               cfg.warmup_ratio, log, threads, placement)

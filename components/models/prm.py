@@ -109,7 +109,6 @@ def _step_probs(model, tok, fmt: dict, prompts: list[str], steps: list[list[str]
 def _init_model(init_dir: Path, step_separator: str = "\n", placement: Placement = CPU):
     """A PRM dir continues as is; a causal-LM dir gives its backbone, a new tag token and a fresh head.
     Weights stay float32 for training (the placement autocasts)."""
-    import torch
     from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
     tok = ensure_pad_token(AutoTokenizer.from_pretrained(str(init_dir)))
@@ -225,20 +224,25 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
         raise ValueError(f"no labeled steps to train on among {len(train_idx)} training traces "
                          f"(labels None/NaN mean unlabeled)")
 
-    def batch_loss(idx: list[int]):
-        batch = [data[i] for i in idx]
-        dev = placement.device
-        input_ids, attn = (t.to(dev) for t in _pad([ids for ids, _ in batch], tok.pad_token_id))
-        rows = torch.tensor([b for b, (_, pairs) in enumerate(batch) for _ in pairs], device=dev)
-        cols = torch.tensor([p for _, pairs in batch for p, _ in pairs], device=dev)
-        y = torch.tensor([float(y) for _, pairs in batch for _, y in pairs], device=dev)
-        logits = model(input_ids=input_ids, attention_mask=attn).logits[rows, cols].float()  # [labeled tags, 2]
+    def batch(items: list) -> dict:
+        """Right-padded ids; labels: the soft target P(good) at each labelled tag, -100 elsewhere."""
+        input_ids, attn = _pad([ids for ids, _ in items], tok.pad_token_id)
+        labels = torch.full(input_ids.shape, -100.0)
+        for b, (_, pairs) in enumerate(items):
+            for pos, y in pairs:
+                labels[b, pos] = y
+        return {"input_ids": input_ids, "attention_mask": attn, "labels": labels}
+
+    def tag_loss(outputs, labels, num_items_in_batch=None):
         # Probability targets: for soft y this is BCE on the logit difference; for y in {0, 1} it is
         # exactly plain cross-entropy. One formula, and the float target is never rounded.
+        at = labels >= 0
+        logits, y = outputs.logits[at].float(), labels[at].float()  # [labelled tags, 2], [labelled tags]
         target = torch.stack([1 - y, y], dim=-1) if fmt["positive_class"] == 1 else torch.stack([y, 1 - y], dim=-1)
         return torch.nn.functional.cross_entropy(logits, target)
 
-    stats = fit(model, len(data), batch_loss, epochs, lr, batch_size, seed, WARMUP_RATIO, log, placement=placement)
+    stats = fit(model, data, batch, epochs, lr, batch_size, seed, WARMUP_RATIO, log, placement=placement,
+                compute_loss=tag_loss)
 
     # Held-out quality, on labeled steps only; a soft label counts as positive when P(good) >= 0.5.
     probs = _step_probs(model, tok, fmt, [examples[i]["prompt"] for i in held_idx],
