@@ -58,7 +58,7 @@ def planted_prm(tiny_model_dir, smoke_family, tmp_path_factory):
     rng = random.Random(0)
     train = [planted_trace(smoke_family, p, rng) for p in smoke_family.problems("bootstrap")[:2400]]
     out = tmp_path_factory.mktemp("prm") / "planted"
-    stats = prm.train_prm(tiny_model_dir, out, train, epochs=2, lr=2e-3, batch_size=32, seed=0, soft=False,
+    stats = prm.train_prm(tiny_model_dir, out, train, epochs=3, lr=2e-3, batch_size=32, seed=0, soft=False,
                           threads=THREADS)
     return out, stats
 

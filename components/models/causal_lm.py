@@ -95,9 +95,12 @@ def fit(model, items: list, collate: Callable[[list], dict], epochs: float, lr: 
         trainer = Trainer(model=model, args=args, train_dataset=_Items(items), data_collator=collate,
                           compute_loss_func=compute_loss, callbacks=[_Losses()])
         trainer.remove_callback(PrinterCallback)  # losses go to `log`, not to stdout
+        use_cache = getattr(model.config, "use_cache", None)
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
+    if use_cache is not None:  # the Trainer turns the KV cache off for training; a saved model wants it back
+        model.config.use_cache = use_cache
     model.eval()
     k = max(1, min(20, len(points) // 5))
     losses = [loss for _, loss, _ in points] or [math.nan]
