@@ -92,10 +92,10 @@ def fit(model, items: list, collate: Callable[[list], dict], epochs: float, lr: 
             warmup_steps=int(steps * warmup_ratio), seed=seed, data_seed=seed, report_to=[], save_strategy="no",
             dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
             logging_steps=max(1, steps // 100), logging_first_step=True, **placement.trainer_args())
+        use_cache = getattr(model.config, "use_cache", None)  # before the Trainer: it turns the cache off
         trainer = Trainer(model=model, args=args, train_dataset=_Items(items), data_collator=collate,
                           compute_loss_func=compute_loss, callbacks=[_Losses()])
         trainer.remove_callback(PrinterCallback)  # losses go to `log`, not to stdout
-        use_cache = getattr(model.config, "use_cache", None)
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
