@@ -1,8 +1,8 @@
 """Supervised fine-tuning of the generator on (prompt, completion) pairs with TRL's SFTTrainer.
 
-The V-STaR round's "train the generator on its own filtered solutions" step. Unlike the bootstrap
-loop (components.training), this starts from a trained checkpoint and may train a LoRA adapter, so it
-uses the standard trainer: PEFT, schedules and logging come for free.
+The V-STaR round's "train the generator on its own filtered solutions" step, through TRL: it starts
+from a trained checkpoint and may train a LoRA adapter (PEFT, completion-only loss and logging come
+with SFTTrainer); the bootstrap and the PRM train through components.models.causal_lm.fit.
 
 What TRL 1.16 does with a prompt-completion dataset (read from trl/trainer/sft_trainer.py, checked
 by tests/test_sft.py):
