@@ -207,9 +207,10 @@ class LabelsConfig(Strict):
 class ScoringConfig(Strict):
     """Where step labels for filtering come from. `gold` is the exact step check of a verifiable
     family (the bar the others are measured by); `mc` Monte Carlo rollouts per step, `mc_binary`
-    binary search for the first error (OmegaPRM); `judge` an LLM judge; `consensus` keeps a step
-    label only where MC and the judge agree; `labels` scores with a PRM trained on imported human
-    labels (round 1: on those alone; later rounds: on those plus the loop's own labelled steps);
+    binary search for the first error (OmegaPRM); `judge` an LLM judge; `consensus` keeps a trace's
+    labels only where MC and the judge name the same first error (others are never kept); `labels`
+    scores with a PRM trained on imported human labels (round 1: on those alone; later rounds: on
+    those plus the loop's own labelled steps);
     `prm` uses the previous round's PRM (round 1, which has none, uses `first_round_source`);
     `prm+mc` runs MC only on traces the PRM is unsure about. `also` names extra sources scored on
     the same traces for the label-quality report (agreement, F1 vs gold) without filtering on them."""

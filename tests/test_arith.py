@@ -153,9 +153,9 @@ def planted(**edits):
     (planted(s1="abc"), 1),
     (planted(s4="="), 4),
     (planted(s2="51 - 4 = 47"), 2),                               # spaces are not the format
-    (GOLD[:5], 5),                                                # missing answer line
-    (GOLD[:2], 2),                                                # truncated
-    ([], 0),                                                      # empty completion
+    (GOLD[:5], None),                                             # missing answer line: no wrong step
+    (GOLD[:2], None),                                             # truncated (issue #12: was 2, past the last step)
+    ([], None),                                                   # empty completion
     (["Answer: 40"], 0),                                          # answer without the work
     (planted(s5="Answer: 41"), 5),                                # wrong answer line
     (planted(s5="Answer: 40abc"), 5),                             # garbage on the answer line

@@ -254,3 +254,18 @@ def test_custom_parquet_on_s3(s3, tmp_path):
     # Publishing writes beside the store's copy, never beside the input.
     counts = publish_problems(fam, Layout(s3.uri("store")))
     assert counts["train/rows_read"] == 3 and fs.ls(fs._parent(path)) == [path]
+
+
+def test_math_majority_vote_groups_equivalent_answers(math_fam):
+    """Issue #12: maj@k compared raw strings, so `\\dfrac34` and `\\frac{3}{4}` split the vote and a
+    right majority counted as wrong."""
+    from components.evaluation.heldout import sampled_metrics
+
+    p = math_fam.problems("train")[0]  # answer \frac{3}{4}
+    texts = ["$\\boxed{\\dfrac34}$", "$\\boxed{\\frac{3}{4}}$", "$\\boxed{0.75}$", "$\\boxed{\\frac{2}{3}}$",
+             "$\\boxed{\\frac{2}{3}}$"]
+    group = [{"answer": math_fam.extract_answer(t), "correct": math_fam.is_correct(p, t), "prm_scores": []}
+             for t in texts]
+    assert sum(s["correct"] for s in group) == 3
+    assert sampled_metrics([group], False, math_fam.same_answer)["maj_at_k"] == 1.0  # 3 equal answers vs 2
+    assert math_fam.same_answer("\\dfrac34", "0.75") and not math_fam.same_answer("\\frac{2}{3}", "0.75")

@@ -38,6 +38,34 @@ def test_duplicates_and_per_problem_cap():
     assert [r["completion"] for r in kept] == ["x", "y"]
 
 
+def test_per_problem_cap_keeps_the_best_scored_traces():
+    """Issue #12: the cap kept the first traces seen, not the ones the step scores rank highest."""
+    rows = [row("a", "first", True, [0.6]), row("a", "second", True, [0.7]), row("a", "best", True, [0.99]),
+            row("a", "runner-up", True, [0.9]), row("b", "only", True, [0.8])]
+    kept, _ = select(rows, FilterConfig(max_per_problem=2, threshold=0.5))
+    assert {r["completion"] for r in kept if r["problem_id"] == "a"} == {"best", "runner-up"}
+    # outcome-only filtering never looks at step scores: the first seen stay
+    kept, _ = select(rows, FilterConfig(mode="outcome", max_per_problem=2))
+    assert {r["completion"] for r in kept if r["problem_id"] == "a"} == {"first", "second"}
+
+
+def test_consensus_rejects_a_trace_whose_first_error_the_sources_dispute():
+    """Issue #12: where MC and the judge disagreed, the disputed steps were unlabelled and the min over
+    the rest passed the trace; Zhang et al. (2025) keep only what both agree on."""
+    from components.labeling.sources import agree
+    from components.labeling.step_labels import from_first_error
+
+    mc, judge = from_first_error(4, 2), from_first_error(4, -1)  # MC flags step 2, the judge sees no error
+    disputed = agree(mc, judge)
+    r = row("a", "t", True, disputed.scores, gold=2)
+    assert disputed.first_error is None and all(y is None for y in disputed.labels)  # no PRM trains on it
+    assert select([r], FilterConfig(mode="step"))[0] == []
+    both = agree(from_first_error(4, 2), from_first_error(4, 2))
+    assert both.first_error == 2 and both.labels == [1, 1, 0, 0]
+    assert agree(from_first_error(3, -1), from_first_error(3, -1)).labels == [1, 1, 1]
+    assert agree(from_first_error(3, -1), from_first_error(3, None)).first_error is None  # judge had no verdict
+
+
 def test_first_error_f1_processbench():
     gold = [-1, -1, 2, 0]
     assert first_error_f1(gold, gold)["f1"] == 1.0
@@ -45,3 +73,10 @@ def test_first_error_f1_processbench():
     assert all_ok["acc_correct"] == 1.0 and all_ok["f1"] == 0.0  # calling everything correct scores 0
     half = first_error_f1([-1, 1, 2, 1], gold)
     assert half["acc_erroneous"] == 0.5 and half["acc_correct"] == 0.5 and half["f1"] == 0.5
+
+
+def test_first_error_f1_is_undefined_with_one_side():
+    """Issue #12: with every trace correct, an always-"no error" labeller scored F1 1.0."""
+    q = first_error_f1([-1, -1, -1], [-1, -1, -1])
+    assert math.isnan(q["f1"]) and q["acc_correct"] == 1.0 and math.isnan(q["acc_erroneous"])
+    assert math.isnan(first_error_f1([0, 1], [0, 1])["f1"])

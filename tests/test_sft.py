@@ -131,3 +131,14 @@ def test_lora_adapter_generates_through_vllm_like_peft(tiny_model_dir, smoke_cfg
                lora=LORA, adapter_dir=adapter)
     assert more["loss_first"] < res["loss_first"] * 0.8  # it starts where the first adapter ended
     assert json.loads((tmp_path / "lora2" / ADAPTER_BASE).read_text()) == {"base_uri": str(tiny_model_dir)}
+
+
+def test_sft_cap_keeps_the_newest_rounds():
+    """Issue #12: `sft.max_examples` cut the newest rows (rounds were read oldest first), so a long
+    history stopped new rounds from contributing."""
+    from components.models.sft import training_pairs
+
+    rounds = [[{"prompt": f"p{r}-{i}", "completion": "c"} for i in range(3)] for r in (1, 2, 3)]
+    rounds[2].append(dict(rounds[0][0]))  # a trace kept again later counts once, as the newest
+    pairs = training_pairs(rounds, cap=5)
+    assert [p for p, _ in pairs] == ["p3-0", "p3-1", "p3-2", "p1-0", "p2-0"]

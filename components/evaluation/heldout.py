@@ -1,40 +1,50 @@
 """Held-out evaluation of a round: the generator alone, and the generator ranked by the PRM.
 
 - pass@1: greedy, per difficulty.
-- maj@k: the most frequent answer among k samples (self-consistency).
+- maj@k: the most frequent answer among k samples (self-consistency), answers grouped by the
+  family's own equivalence.
 - best-of-k by PRM: the sample with the highest aggregate step score (min, prod, last), against
   majority vote and against a random pick (the mean accuracy of the samples).
 - PRM first-error F1 against the gold step labels (ProcessBench definition).
 """
 from __future__ import annotations
 
-from collections import Counter
+import operator
+from typing import Callable
 
 from components.labeling.filtering import AGGREGATES
 from components.labeling.quality import first_error_f1
 from components.labeling.step_labels import first_error_from_scores
 
 
-def majority(answers: list[str | None]) -> str | None:
-    """Most frequent non-empty answer; ties go to the one seen first (deterministic)."""
-    counts = Counter(a for a in answers if a is not None)
-    if not counts:
-        return None
-    best = max(counts.values())
-    return next(a for a in answers if a is not None and counts[a] == best)
+def majority(samples: list[dict], same: Callable[[str, str], bool] = operator.eq) -> dict | None:
+    """The first-seen sample of the largest group of equivalent answers (`same`: the family's answer
+    equivalence, so `\\dfrac34` and `\\frac{3}{4}` are one vote); None when no sample has an answer."""
+    groups: list[list[dict]] = []
+    for s in samples:
+        if s["answer"] is None:
+            continue
+        home = next((g for g in groups if same(g[0]["answer"], s["answer"])), None)
+        if home is None:
+            groups.append([s])
+        else:
+            home.append(s)
+    return max(groups, key=len)[0] if groups else None  # max keeps the first of equal-size groups
 
 
 def best_of_k(samples: list[dict], how: str) -> dict:
     return max(samples, key=lambda s: AGGREGATES[how](s["prm_scores"]) if s["prm_scores"] else -1.0)
 
 
-def sampled_metrics(groups: list[list[dict]], with_prm: bool) -> dict[str, float]:
-    """Metrics over problems, each a list of k sample dicts with answer, correct, gold, prm_scores."""
+def sampled_metrics(groups: list[list[dict]], with_prm: bool,
+                    same: Callable[[str, str], bool] = operator.eq) -> dict[str, float]:
+    """Metrics over problems, each a list of k sample dicts with answer, correct, prm_scores. A vote
+    is right when the winning answer is: its sample's `correct` is the family's own check."""
     n = len(groups)
     if n == 0:
         return {}
     out = {
-        "maj_at_k": sum(majority([s["answer"] for s in g]) == g[0]["gold"] for g in groups) / n,
+        "maj_at_k": sum(bool((m := majority(g, same)) and m["correct"]) for g in groups) / n,
         "random_at_k": sum(sum(s["correct"] for s in g) / len(g) for g in groups) / n,
         "pass_at_k": sum(any(s["correct"] for s in g) for g in groups) / n,
     }
@@ -49,7 +59,8 @@ def prm_first_error_f1(samples: list[dict], threshold: float = 0.5) -> dict[str,
     return first_error_f1(pred, [x["gold_first_error"] for x in samples])
 
 
-def round_metrics(greedy: list[dict], samples: list[dict], with_prm: bool) -> dict[str, float]:
+def round_metrics(greedy: list[dict], samples: list[dict], with_prm: bool,
+                  same: Callable[[str, str], bool] = operator.eq) -> dict[str, float]:
     """pass@1 per difficulty and overall from the greedy rows; maj@k, best-of-k (and PRM F1) from the
     sampled rows, grouped by problem, per difficulty and overall."""
     levels = sorted({r["difficulty"] for r in greedy})
@@ -61,9 +72,9 @@ def round_metrics(greedy: list[dict], samples: list[dict], with_prm: bool) -> di
         at = [r for r in greedy if r["difficulty"] == n]
         metrics[f"pass1_n{n}"] = sum(r["correct"] for r in at) / len(at)
         groups = [g for g in by_problem.values() if g[0]["difficulty"] == n]
-        metrics.update({f"{k}_n{n}": v for k, v in sampled_metrics(groups, with_prm).items()})
+        metrics.update({f"{k}_n{n}": v for k, v in sampled_metrics(groups, with_prm, same).items()})
     metrics["pass1_all"] = sum(r["correct"] for r in greedy) / len(greedy)
-    metrics.update({f"{k}_all": v for k, v in sampled_metrics(list(by_problem.values()), with_prm).items()})
+    metrics.update({f"{k}_all": v for k, v in sampled_metrics(list(by_problem.values()), with_prm, same).items()})
     if with_prm:
         metrics.update({f"prm_{k}": v for k, v in prm_first_error_f1(samples).items()})
     return metrics

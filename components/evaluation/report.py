@@ -30,7 +30,7 @@ def markdown_table(rounds: list[dict]) -> str:
         cells = []
         for k, v in cols.items():
             x = v[i]
-            cells.append("-" if x is None else (f"{x:.0f}" if k == "kept" else f"{x:.2f}" if k in ("prm_f1", "minutes")
+            cells.append("-" if x is None or x != x else (f"{x:.0f}" if k == "kept" else f"{x:.2f}" if k in ("prm_f1", "minutes")
                                                  else f"{100 * x:.0f}%"))
         lines.append(f"| {r['round']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -96,7 +96,7 @@ def comparison_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[
                 pct = k not in ("prm_f1", "kept")
                 fmt = (lambda x: f"{100 * x:.0f}%") if pct else (lambda x: f"{x:.2f}" if k == "prm_f1" else f"{x:.0f}")
                 delta = "" if v is None or prev is None else f" ({'+' if v >= prev else ''}{(100 if pct else 1) * (v - prev):.{0 if pct or k == 'kept' else 2}f})"
-                cells.append("-" if v is None else fmt(v) + delta)
+                cells.append("-" if v is None or v != v else fmt(v) + delta)
             rows.append(cells)
     return ["loop", "round"] + keys, rows
 

@@ -33,16 +33,20 @@ def passes(row: dict, cfg: FilterConfig) -> bool:
 
 
 def _keep(rows: list[dict], cfg: FilterConfig) -> list[dict]:
+    """Passing rows, at most `max_per_problem` distinct completions per problem. In `step` mode the
+    best-scored come first within each problem (ties: the order seen), so the cap keeps the traces
+    the step scores like most, not whichever were sampled first; `outcome` mode never looks at them."""
+    scored = [{**row, "trace_score": aggregate(row["step_scores"], cfg.aggregate)} for row in rows if passes(row, cfg)]
+    if cfg.mode == "step":
+        scored.sort(key=lambda r: -r["trace_score"])  # stable
     kept: list[dict] = []
     seen: dict[str, set[str]] = {}
-    for row in rows:
-        if not passes(row, cfg):
-            continue
+    for row in scored:
         done = seen.setdefault(row["problem_id"], set())
         if row["completion"] in done or len(done) >= cfg.max_per_problem:
             continue
         done.add(row["completion"])
-        kept.append({**row, "trace_score": aggregate(row["step_scores"], cfg.aggregate)})
+        kept.append(row)
     return kept
 
 

@@ -3,6 +3,8 @@
 A labeller names the earliest wrong step of each trace, or -1 when it finds none. Accuracy is taken
 separately on traces that contain an error (the exact index must match) and on traces that do not
 (-1 must be predicted); F1 is their harmonic mean, so a labeller that calls everything correct scores 0.
+Where one side is empty (every trace correct, or every trace wrong) F1 is undefined and reported as
+NaN (MLflow then logs no value): the one side's accuracy would hand an always-"no error" labeller 1.0.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ def first_error_f1(predicted: list[int], gold: list[int | None]) -> dict[str, fl
     acc_ok = sum(p < 0 for p, _ in ok) / len(ok) if ok else float("nan")
     if err and ok:
         f1 = 2 * acc_err * acc_ok / (acc_err + acc_ok) if acc_err + acc_ok else 0.0
-    else:  # one side empty: F1 is undefined, report the side that exists
-        f1 = acc_err if err else acc_ok
+    else:  # one side empty: F1 is undefined; the side that exists is in its acc_*
+        f1 = float("nan")
     return {"f1": f1, "acc_erroneous": acc_err, "acc_correct": acc_ok,
             "n_erroneous": float(len(err)), "n_correct": float(len(ok))}
 

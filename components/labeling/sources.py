@@ -6,7 +6,8 @@ origin, what round 1 uses when it needs a PRM that does not exist yet, and combi
     mc          Monte Carlo rollouts from every step (Math-Shepherd)
     mc_binary   binary search for the first step no rollout recovers from (OmegaPRM)
     judge       an LLM judge names the first wrong step (ProcessBench protocol), local or remote
-    consensus   MC and the judge, a step label kept only where both agree (Zhang et al. 2025)
+    consensus   MC and the judge, a trace's labels kept only where both name the same first error
+                (Zhang et al. 2025); elsewhere it is unlabelled: never kept, never trained on
     prm         the previous round's PRM
     labels      a PRM trained on imported human labels (PRM_0; later rounds add the loop's own)
     prm+mc      the PRM, and Monte Carlo where the PRM is unsure (`scoring.prm_unsure`)
@@ -20,7 +21,7 @@ from typing import Callable
 
 from components.config import RunConfig
 from components.data.families import Family, Problem
-from components.labeling.step_labels import StepLabels, first_error_from_scores, first_error_of
+from components.labeling.step_labels import StepLabels, first_error_from_scores, first_error_of, from_first_error
 
 
 @dataclass
@@ -161,25 +162,27 @@ def judge(batch: Batch, cfg: RunConfig, engines: Engines):
 
 @source("consensus", needs=("generator", "judge"))
 def consensus(batch: Batch, cfg: RunConfig, engines: Engines):
-    """MC's hard labels and the judge's, step by step: where they agree the label stands, elsewhere
-    the step is left unlabelled (None) and the PRM does not train on it."""
+    """MC and the judge, kept only where they agree (Zhang et al. 2025, "The Lessons of Developing
+    PRMs"): see `agree`."""
     mc, mc_stats = SOURCES["mc"].fn(batch, cfg, engines)
     jd, jd_stats = SOURCES["judge"].fn(batch, cfg, engines)
-    out, agree, compared = [], 0, 0
-    for a, b in zip(mc, jd):
-        labels = []
-        for x, y in zip(a.labels, b.labels):
-            if x is not None and y is not None:
-                compared += 1
-                agree += x == y
-            labels.append(x if x is not None and x == y else None)
-        fe = a.first_error if a.first_error == b.first_error else None
-        out.append(StepLabels([None if y is None else float(y) for y in labels], labels, fe))
-    kept = sum(y is not None for s in out for y in s.labels)
-    total = sum(len(s.labels) for s in out)
-    return out, {**mc_stats, **jd_stats, "consensus_step_agreement": agree / compared if compared else 0.0,
-                 "consensus_steps_kept": kept, "consensus_steps_total": total,
+    out = [agree(a, b) for a, b in zip(mc, jd)]
+    compared = [(x, y) for a, b in zip(mc, jd) for x, y in zip(a.labels, b.labels) if x is not None and y is not None]
+    return out, {**mc_stats, **jd_stats,
+                 "consensus_step_agreement": sum(x == y for x, y in compared) / len(compared) if compared else 0.0,
+                 "consensus_steps_kept": sum(y is not None for s in out for y in s.labels),
+                 "consensus_steps_total": sum(len(s.labels) for s in out),
                  "consensus_traces_agree": sum(s.first_error is not None for s in out)}
+
+
+def agree(a: StepLabels, b: StepLabels) -> StepLabels:
+    """Two sources' verdict on one trace, kept only where they name the same first error: then the
+    labels that error implies. Where they disagree (or either has no verdict) the whole trace is left
+    unlabelled: a step filter rejects it (an unchecked trace scores 0) and no PRM trains on it. Keeping
+    the steps they happen to agree on instead would pass a trace that only one of them flags."""
+    if a.first_error is None or a.first_error != b.first_error:
+        return StepLabels([None] * len(a.labels), [None] * len(a.labels), None)
+    return from_first_error(len(a.labels), a.first_error)
 
 
 def _unsure(labels: list[StepLabels], cfg: RunConfig) -> list[int]:

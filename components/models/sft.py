@@ -135,9 +135,11 @@ def vllm_lora_request(adapter_dir: str | Path, name: str | None = None, lora_id:
     return LoRARequest(name or adapter_dir.name, lora_id, str(adapter_dir.resolve()))
 
 
-def distinct_pairs(rows: list[dict]) -> list[tuple[str, str]]:
-    """(prompt, completion) of rows, first occurrence kept, order kept (newest round first)."""
-    return list(dict.fromkeys((r["prompt"], r["completion"]) for r in rows))
+def training_pairs(rows_by_round: list[list[dict]], cap: int) -> list[tuple[str, str]]:
+    """Distinct (prompt, completion) pairs of the kept rows, newest round first, at most `cap`: once
+    the history outgrows the cap, the oldest rounds' traces are the ones left out."""
+    newest_first = [r for rows in reversed(rows_by_round) for r in rows]
+    return list(dict.fromkeys((r["prompt"], r["completion"]) for r in newest_first))[:cap]
 
 
 def with_replay(pairs: list[tuple[str, str]], pool: list, share: float, rng, solve: Callable) -> tuple[list, int]:

@@ -39,7 +39,7 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, tag: str, prm_uri: str | N
         for smp, sc in zip(samples, scorer.score([s["prompt"] for s in samples],
                                                  [fam.split_steps(s["completion"]) for s in samples])):
             smp["prm_scores"] = sc
-    metrics = {**round_metrics(greedy, samples, bool(prm_uri)), "seconds": time.perf_counter() - t0}
+    metrics = {**round_metrics(greedy, samples, bool(prm_uri), fam.same_answer), "seconds": time.perf_counter() - t0}
     for r in greedy:
         r.update(gold=r["answer"], answer=fam.extract_answer(r["completion"]), prm_scores=[])
     store.write_rows(greedy + samples, out_uri, {"stage": "evaluate", "tag": tag, "model": model_uri,

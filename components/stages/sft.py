@@ -4,6 +4,7 @@ unmerged; under `init: previous` the round's adapter goes on from G_{n-1}'s."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 import tempfile
 import time
 
@@ -14,7 +15,7 @@ from components.infra import store
 from components.infra.layout import Layout
 from components.infra.log import get_logger
 from components.models import serving
-from components.models.sft import distinct_pairs, sft, with_replay
+from components.models.sft import sft, training_pairs, with_replay
 from components.stages import Stage
 
 log = get_logger(__name__)
@@ -26,17 +27,20 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, kept_uris:
     fam = family_of(cfg)
     t0 = time.perf_counter()
     uris = kept_uris if cfg.sft.keep_history else kept_uris[-1:]
-    rows, dropped = against_eval([r for u in uris for r in store.read_rows(u)], fam, cfg.decontam)
-    pairs = distinct_pairs(rows)
+    by_round, dropped = [], Counter()
+    for u in uris:
+        rows, d = against_eval(store.read_rows(u), fam, cfg.decontam)
+        by_round.append(rows)
+        dropped.update(d)
+    pairs = training_pairs(by_round, cfg.sft.max_examples)
     if not pairs:  # nothing passed the filter (or decontamination): G_n = G_{n-1}, said loudly
         log.warning("round %d: no kept traces to train on in %s; the generator is unchanged", round_idx, kept_uris)
-        metrics = {"examples": 0, "kept_examples": 0, "unchanged": 1, **dropped, "seconds": time.perf_counter() - t0}
+        metrics = {"examples": 0, "kept_examples": 0, "unchanged": 1, **dict(dropped), "seconds": time.perf_counter() - t0}
         src = store.read_manifest(model_uri)
         store.publish_folder(store.fetch_folder(model_uri), out_uri, {
             "kind": src.get("kind", "model"), "round": round_idx, "parent": model_uri, "data": kept_uris,
             "unchanged": True, "metrics": metrics})
         return metrics
-    pairs = pairs[: cfg.sft.max_examples]
     data, n_replay = with_replay(pairs, fam.problems("bootstrap"), cfg.sft.replay_gold,
                                  random.Random(f"{cfg.seed}/sft/{round_idx}"), lambda p: (p.prompt, fam.gold_solution(p)))
     # G_n starts from G_{n-1} or from G_0 (sft.init); a LoRA G_{n-1}'s adapter trains on, on its base.
@@ -50,7 +54,7 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, kept_uris:
                     batch_size=cfg.sft.batch_size, seed=cfg.seed + round_idx, lora=lora, base_uri=base_uri,
                     log=lambda step, m: curve.append((step, m["train_loss"])), warmup_ratio=cfg.sft.warmup_ratio,
                     placement=serving.placement(cfg), adapter_dir=adapter)
-        metrics = {"examples": len(data), "kept_examples": len(pairs), "replay_examples": n_replay, **dropped,
+        metrics = {"examples": len(data), "kept_examples": len(pairs), "replay_examples": n_replay, **dict(dropped),
                    "started_from": 0 if start_uri == Layout.of(cfg).bootstrap() else round_idx - 1,
                    "loss_first": stats["loss_first"], "loss_last": stats["loss_last"], "steps": stats["steps"],
                    "seconds": time.perf_counter() - t0, "loss_curve": curve}

@@ -40,6 +40,10 @@ class Family(Protocol):
 
     def is_correct(self, p: Problem, completion: str) -> bool: ...
 
+    def same_answer(self, a: str, b: str) -> bool:
+        """Whether two extracted answers are the same answer (majority vote groups by it)."""
+        ...
+
     def first_error(self, p: Problem, completion: str) -> int | None:
         """Index in split_steps of the first wrong step, -1 if none is wrong; None where the family
         has no exact step truth (file-backed families): downstream treats None as "no gold"."""

@@ -143,14 +143,18 @@ class Arith:
     def is_correct(self, p: Problem, completion: str) -> bool:
         return self.extract_answer(completion) == p.answer
 
-    def first_error(self, p: Problem, completion: str) -> int:
+    def same_answer(self, a: str, b: str) -> bool:
+        return a == b  # extract_answer already normalises (`040` -> `40`)
+
+    def first_error(self, p: Problem, completion: str) -> int | None:
         """Gold step label: the index of the first wrong step, -1 if the whole trace is right.
 
         Step j < n_ops must equal the gold line exactly: earlier steps were right, so the value
         carried in must be the gold one. Step n_ops must be the answer line with the gold answer
         (normalised, so `Answer: 040` is right). A trace that is right as far as it goes but ends
-        early (no answer line, or too few lines) is wrong at the first missing step: the result is
-        len(steps), one past the last step, so step_labels marks every present step right.
+        early (cut off, or no answer line) has no wrong step and no answer: None, "no first error to
+        name". ProcessBench-style F1 leaves it out (an index past the last step is one no labeller can
+        predict, and -1 would call an unfinished trace right); step_labels marks its present steps right.
         """
         gold = gold_lines(p)
         steps = self.split_steps(completion)
@@ -160,11 +164,11 @@ class Arith:
             ok = (line == gold[j]) if j < len(gold) - 1 else (_parse_answer(line) == p.answer)
             if not ok:
                 return j
-        return -1 if len(steps) == len(gold) else len(steps)
+        return -1 if len(steps) == len(gold) else None
 
     def step_labels(self, p: Problem, completion: str) -> list[int]:
         n, err = len(self.split_steps(completion)), self.first_error(p, completion)
-        return [1] * n if err < 0 else [1] * err + [0] * (n - err)
+        return [1] * n if err is None or err < 0 else [1] * err + [0] * (n - err)
 
     def prefix_text(self, p: Problem, steps: list[str], i: int) -> str:
         return p.prompt + self.steps_text(steps[: i + 1])

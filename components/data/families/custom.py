@@ -263,6 +263,17 @@ class FileFamily:
             return False
         return numbers_equal(ans, p.answer) if self.verifier == "numeric" else ans.strip() == p.answer
 
+    def same_answer(self, a: str, b: str) -> bool:
+        """By the family's verifier, as is_correct compares with the reference."""
+        if self.verifier == "math_verify":
+            from math_verify import verify
+
+            pa, pb = math_parse(a, boxed=True), math_parse(b, boxed=True)
+            return a.strip() == b.strip() or bool(pa and pb) and verify(pa, pb, timeout_seconds=_mv_timeout())
+        if self.verifier == "numeric":
+            return numbers_equal(a, b)
+        return a.strip() == b.strip()
+
     def first_error(self, p: Problem, completion: str) -> None:
         return None  # no exact step truth for problems from files
 
