@@ -1,10 +1,20 @@
-"""Step-level vs outcome-only filtering: the same loop twice, one flag apart.
+"""Which filter makes the loop improve: the oracle, learned step signals, or the outcome alone, from
+one bootstrap.
 
-    python benchmarks/filter_ablation.py [--config configs/demo.yaml] [--set k=v ...]
+    python benchmarks/filter_ablation.py [--config configs/demo.yaml] [--arms gold confidence outcome ...] [--set k=v ...]
 
-Both loops share the bootstrap (same bootstrap hash) and differ only in `filter.mode`; loops that are
-already published are read back, not recomputed. Prints accuracy per round and the share of kept
-traces holding a gold-wrong step, and writes JSON to benchmarks/results/filter_ablation.json.
+Every arm is the config's loop with its step labels (or filter) replaced, sharing the bootstrap
+(same bootstrap hash); loops already published are read back, not recomputed. Arms:
+
+    gold        the arith family's exact step check: an oracle no real task has, the ceiling
+    confidence  the generator's own per-step token confidence (free: one prefill pass)
+    mc          Monte Carlo rollouts (Math-Shepherd)
+    labels      a PRM trained on a labelling budget (`scoring.labels.budget`, 1,000 traces)
+    outcome     outcome-only filtering (STaR): the answer check alone
+
+Prints held-out greedy pass@1 per round, what the filter kept and the share of kept traces holding a
+gold-wrong step, the label source's first-error F1 vs gold, the PRM's, and best-of-k by PRM vs
+majority vote; writes JSON to benchmarks/results/filter_ablation.json.
 """
 from __future__ import annotations
 
@@ -24,35 +34,55 @@ from rich.table import Table  # noqa: E402
 
 from components.config import load_config  # noqa: E402
 
+ARMS = {
+    "gold": ["scoring.label_source=gold", "filter.mode=step"],
+    "confidence": ["scoring.label_source=confidence", "filter.mode=step"],
+    "mc": ["scoring.label_source=mc", "filter.mode=step"],
+    "labels": ["scoring.label_source=labels", "scoring.labels.budget=1000", "filter.mode=step"],
+    "outcome": ["filter.mode=outcome"],
+}
+
+
+def pct(x) -> str:
+    return "-" if x is None or x != x else f"{100 * x:.0f}%"
+
+
+def num(x) -> str:
+    return "-" if x is None or x != x else f"{x:.2f}"
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--arms", nargs="+", default=["gold", "confidence", "outcome"], choices=sorted(ARMS))
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     ap.add_argument("--out", default="benchmarks/results/filter_ablation.json")
     args = ap.parse_args()
     from flows.self_improve import self_improve
 
     results = {}
-    for mode in ("step", "outcome"):
-        cfg = load_config(args.config, args.overrides + [f"filter.mode={mode}"])
+    for arm in args.arms:
+        cfg = load_config(args.config, args.overrides + ARMS[arm])
         t0 = time.perf_counter()
         out = self_improve(cfg)
-        results[mode] = {"loop_id": out["loop_id"], "wall_seconds": time.perf_counter() - t0,
-                         "rounds": [{"round": r["round"], "target": r.get("target"), "evaluate": r["evaluate"],
-                                     "filter": r.get("filter", {})} for r in out["rounds"]]}
-    levels = sorted(int(k[len("pass1_n"):]) for k in results["step"]["rounds"][0]["evaluate"] if k.startswith("pass1_n"))
-    t = Table(title="step-level vs outcome-only filtering (held-out greedy pass@1; flawed = kept traces with a gold-wrong step)")
-    for col in ["round", "filter", "ops"] + [f"n={n}" for n in levels] + ["kept", "kept flawed"]:
+        results[arm] = {"loop_id": out["loop_id"], "overrides": ARMS[arm], "wall_seconds": time.perf_counter() - t0,
+                        "rounds": [{"round": r["round"], "target": r.get("target"), "evaluate": r["evaluate"],
+                                    "filter": r.get("filter", {}), "score": r.get("score", {})} for r in out["rounds"]]}
+    first = results[args.arms[0]]["rounds"]
+    levels = sorted(int(k[len("pass1_n"):]) for k in first[0]["evaluate"] if k.startswith("pass1_n"))
+    t = Table(title="filters from one bootstrap (held-out greedy pass@1; kept flawed = kept traces with a gold-wrong step)")
+    for col in ["round", "arm", "ops"] + [f"n={n}" for n in levels] + ["kept", "kept flawed", "label F1",
+                                                                       "PRM F1", "best-of-k PRM", "maj@k"]:
         t.add_column(col, justify="right")
-    for i in range(len(results["step"]["rounds"])):
-        for mode in ("step", "outcome"):
-            r = results[mode]["rounds"][i]
-            f = r["filter"]
-            t.add_row(str(r["round"]), mode, str(r["target"] or "-"),
-                      *[f"{100 * r['evaluate'][f'pass1_n{n}']:.0f}%" for n in levels],
-                      str(f.get("kept", "-")), f"{100 * f['kept_flawed_share']:.0f}%" if f else "-")
-    Console(width=160).print(t)
+    for i in range(len(first)):
+        for arm in args.arms if i else args.arms[:1]:
+            r = results[arm]["rounds"][i]
+            f, e = r["filter"], r["evaluate"]
+            t.add_row(str(r["round"]), arm if i else "(bootstrap)", str(r["target"] or "-"),
+                      *[pct(e[f"pass1_n{n}"]) for n in levels], str(f.get("kept", "-")),
+                      pct(f.get("kept_flawed_share")), num(r["score"].get("label_f1")), num(e.get("prm_f1")),
+                      pct(e.get("bestofk_prm_min_all")), pct(e.get("maj_at_k_all")))
+    Console(width=180).print(t)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"config": args.config, "overrides": args.overrides,
                                           "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},

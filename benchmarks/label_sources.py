@@ -5,8 +5,9 @@
 Three one-round loops on the demo's bootstrap:
   consensus  filters on MC∧judge (the judge is the small one the loop trains), with mc, mc_binary,
              judge and gold scored beside it on the same traces for the label-quality report;
-  labels     filters with a PRM trained on imported human labels (a PRM800K file; by default
-             exported from an earlier demo round's gold-labelled traces: `vstar labels export`);
+  labels     filters with a PRM trained on imported human labels: a PRM800K file (--labels), by
+             default a labelling budget (`scoring.labels.budget`, 1,000 traces of G_0 on problems set
+             aside from every round and from evaluation, so PRM_0 never scores what it trained on);
   remote     filters on the judge served by `vllm serve` (OpenAI-compatible HTTP) on 127.0.0.1.
 Prints per source: first-error F1 vs gold, model calls, kept traces, and the share of kept traces
 holding a gold-wrong step; writes benchmarks/results/label_sources.json.
@@ -30,7 +31,6 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from components.infra import store  # noqa: E402
-from components.infra.layout import Layout
 from components.config import load_config  # noqa: E402
 from components.loop import judge_uri  # noqa: E402
 
@@ -54,7 +54,8 @@ def run(config: str, overrides: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/demo.yaml")
-    ap.add_argument("--labels", default=None, help="PRM800K jsonl of human labels (default: export one)")
+    ap.add_argument("--labels", default=None, help="PRM800K jsonl of human labels (default: a labelling budget)")
+    ap.add_argument("--budget", type=int, default=1000, help="labelled traces when --labels is not given")
     ap.add_argument("--set", action="append", default=["rounds=1", "curriculum.problems=200", "scoring.audit_mc=0"],
                     dest="overrides")
     ap.add_argument("--out", default="benchmarks/results/label_sources.json")
@@ -62,18 +63,8 @@ def main() -> None:
     results = {}
     results["consensus"] = run(args.config, args.overrides + [
         "scoring.label_source=consensus", "scoring.also=[mc, mc_binary, judge, gold]"])
-    labels = args.labels
-    if not labels:  # human-style labels: the consensus loop's traces with their gold labels, as PRM800K
-        from components.data.importers import write_prm800k
-
-        labels = str(Path(tempfile.mkdtemp()) / "labels.jsonl")
-        loop = results["consensus"]["loop_id"]
-        scored = Layout(load_config(args.config, args.overrides).store_uri, loop).round(1, "scored")
-        write_prm800k([{**r, "step_labels": [int(i < r["gold_first_error"] or r["gold_first_error"] < 0)
-                                             for i in range(len(r["steps"]))]}
-                       for r in store.read_rows(scored) if r["steps"]], labels)
-    results["labels"] = run(args.config, args.overrides + ["scoring.label_source=labels",
-                                                           f"scoring.labels.uri={labels}"])
+    labels = [f"scoring.labels.uri={args.labels}"] if args.labels else [f"scoring.labels.budget={args.budget}"]
+    results["labels"] = run(args.config, args.overrides + ["scoring.label_source=labels", *labels])
     from components.infra import services
 
     cfg = load_config(args.config, args.overrides + ["scoring.label_source=judge"])

@@ -56,8 +56,14 @@ class RunConfig(Strict):
         from components.labeling.sources import prm0_from_imports
 
         src = self.scoring.label_source
-        if prm0_from_imports(self) and not self.scoring.labels.uri:
-            raise ValueError(f"scoring.label_source is {src!r} but scoring.labels.uri is not set")
+        lab = self.scoring.labels
+        if prm0_from_imports(self) and not (lab.uri or lab.budget):
+            raise ValueError(f"scoring.label_source is {src!r} but neither scoring.labels.uri nor scoring.labels.budget is set")
+        if lab.uri and lab.budget:
+            raise ValueError("scoring.labels: set uri (a labels file) or budget (traces labelled here), not both")
+        if lab.budget and self.family.name != "arith":
+            raise ValueError(f"scoring.labels.budget labels traces with the family's exact step check, which only "
+                             f"the arith family has ({self.family.name!r}: import human labels with scoring.labels.uri)")
         if prm0_from_imports(self) and not self.prm.enabled:
             raise ValueError(f"scoring.label_source {src!r} scores with a PRM trained on them: prm.enabled must be true")
         pr = self.family.prompt

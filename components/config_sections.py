@@ -153,6 +153,12 @@ class MCConfig(Strict):
     early_stop_chunk: int = Field(0, ge=0, le=64)
 
 
+class ConfidenceConfig(Strict):
+    """The `confidence` source (components/labeling/confidence.py)."""
+    window: int = Field(1, ge=1)  # tokens per sliding window inside a step (1: the least likely token)
+    quantile: float = Field(0.3, gt=0, lt=1)  # of right-answer traces' confidence: the step threshold
+
+
 class RemoteJudgeConfig(Strict):
     """An OpenAI-compatible /v1/completions endpoint (`vllm serve`, hosted models; the judge is
     prompted as a base model, no chat template). The key is read from the environment variable
@@ -196,8 +202,12 @@ class JudgeConfig(Strict):
 
 
 class LabelsConfig(Strict):
-    """Existing human step labels (PRM800K or Math-Shepherd format) imported from any fsspec URI."""
+    """Existing human step labels (PRM800K or Math-Shepherd format) imported from any fsspec URI, or
+    a labelling budget: `budget` traces of G_0 on problems set aside for labelling (disjoint from every
+    round's and from evaluation), labelled once by the family's exact step check in place of human
+    annotators, written as PRM800K and imported through the same path (so scoring never sees gold)."""
     uri: str | None = None
+    budget: int = Field(0, ge=0)  # labelled traces (0: none; needs a family with an exact step check)
     format: Literal["prm800k", "math_shepherd"] = "prm800k"
     neutral: Literal["correct", "wrong", "skip"] = "correct"  # PRM800K rating 0 (TRL counted it wrong)
     strict: bool = False
@@ -207,7 +217,8 @@ class LabelsConfig(Strict):
 class ScoringConfig(Strict):
     """Where step labels for filtering come from. `gold` is the exact step check of a verifiable
     family (the bar the others are measured by); `mc` Monte Carlo rollouts per step, `mc_binary`
-    binary search for the first error (OmegaPRM); `judge` an LLM judge; `consensus` keeps a trace's
+    binary search for the first error (OmegaPRM); `confidence` the generator's own per-step token
+    confidence (DeepConf; free: one prefill pass); `judge` an LLM judge; `consensus` keeps a trace's
     labels only where MC and the judge name the same first error (others are never kept); `labels`
     scores with a PRM trained on imported human labels (round 1: on those alone; later rounds: on
     those plus the loop's own labelled steps);
@@ -218,6 +229,7 @@ class ScoringConfig(Strict):
     first_round_source: str = "mc"
     also: list[str] = []
     mc: MCConfig = MCConfig()
+    confidence: ConfidenceConfig = ConfidenceConfig()
     judge: JudgeConfig = JudgeConfig()
     labels: LabelsConfig = LabelsConfig()
     prm_unsure: tuple[float, float] = (0.2, 0.8)
@@ -276,6 +288,7 @@ class PRMConfig(Strict):
     batch_size: int = Field(64, ge=1)
     max_examples: int = Field(4000, ge=1)
     soft: bool = True  # train on MC fractions as floats (BCE) rather than hard labels
+    balance: bool = False  # weigh bad steps n_good / n_bad in the loss (they are rare)
     scorer: Literal["transformers", "vllm"] = "transformers"
 
 

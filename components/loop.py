@@ -54,8 +54,12 @@ def judge_uri(cfg: RunConfig) -> str | None:
 
 
 def labels_uri(cfg: RunConfig) -> str | None:
-    """Imported human step labels, published once per (source file, import settings)."""
+    """Imported human step labels, published once per (source file, import settings); a labelling
+    budget's once per (budget, G_0, sampling settings): its traces are G_0's."""
     lab = cfg.scoring.labels
+    if lab.budget:
+        return Layout.of(cfg).labels({**lab.model_dump(mode="json"), "bootstrap": cfg.bootstrap_hash(),
+                                      "generation": cfg.generation.model_dump(mode="json")})
     return Layout.of(cfg).labels(lab.model_dump(mode="json")) if lab.uri else None
 
 

@@ -3,7 +3,7 @@
     D   = problems from files, bad rows quarantined      file-backed families (gsm8k, math, custom)
     G_0 = bootstrap(easy problems, gold solutions)      trained from scratch (or model.init_uri); skipped if published
     J   = train_judge(G_0, planted errors)              when a judge labels steps and none is given
-    L   = import(human step labels); PRM_0 = train(L)   when existing labels are configured
+    L   = import(human step labels); PRM_0 = train(L)   when labels (a file, or a budget spent on G_0) are configured
     evaluate(G_0)                                       round 0 of the table
     for n = 1..rounds:  G_n, PRM_n = round(n)           see flows/round.py
 
@@ -49,7 +49,7 @@ def start(config: RunConfig) -> dict:
         judge_task(config, model_uri, run0)
     prm0 = None
     if labels_uri(config):
-        labels, _ = labels_task(config, run0)
+        labels, _ = labels_task(config, model_uri, run0)
         if prm0_from_imports(config):
             prm0, _ = prm_task(config, model_uri, [labels], None, 0, run0)
     _, eval0 = evaluate_task(config, model_uri, 0, run0, prm0)

@@ -14,7 +14,8 @@ def judge_task(cfg: RunConfig, generator_uri: str, run_id: str | None) -> tuple[
 
 
 @task(**stage_task(labels))
-def labels_task(cfg: RunConfig, run_id: str | None) -> tuple[str, dict]:
-    """Existing human step labels -> the trace schema, with a quarantine of rejected rows."""
+def labels_task(cfg: RunConfig, generator_uri: str, run_id: str | None) -> tuple[str, dict]:
+    """Human step labels (a file, or a budget spent on G_0's traces) -> the trace schema, with a
+    quarantine of rejected rows."""
     uri = labels_uri(cfg)
-    return uri, run_stage(cfg, labels, uri, run_id)
+    return uri, run_stage(cfg, labels, uri, run_id, model_uri=generator_uri)

@@ -46,3 +46,15 @@ def test_no_secret_fields_in_params(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
     params = RunConfig().flat_params()
     assert not any("hunter2" in v or "secret" in k.lower() for k, v in params.items())
+
+
+def test_label_budget_settings_are_checked():
+    """A labelling budget needs the exact step check (arith) and excludes a labels file."""
+    cfg = load_config("configs/demo.yaml", ["scoring.label_source=labels", "scoring.labels.budget=250"])
+    assert cfg.scoring.labels.budget == 250
+    with pytest.raises(ConfigError, match="uri.*budget.*not both"):
+        load_config("configs/demo.yaml", ["scoring.labels.budget=250", "scoring.labels.uri=/tmp/x.jsonl"])
+    with pytest.raises(ConfigError, match="exact step check"):
+        load_config("configs/gsm8k.yaml", ["scoring.labels.budget=250"])
+    with pytest.raises(ConfigError, match="neither scoring.labels.uri nor scoring.labels.budget"):
+        load_config("configs/demo.yaml", ["scoring.label_source=labels"])

@@ -111,8 +111,8 @@ def test_judge_and_consensus_partial_labels_train_a_prm(scored_gold, judge_uri, 
     assert prm["examples"] > 0
 
 
-def test_imported_human_labels_train_the_prm_that_scores(scored_gold, tiny_model_uri, tmp_path):
-    """`labels`: traces in PRM800K format (with a broken row) -> import with quarantine -> PRM_0 -> scores."""
+def test_imported_human_labels_are_quarantined_and_train_a_prm(scored_gold, tiny_model_uri, tmp_path):
+    """`labels` from a file: traces in PRM800K format (with a broken row) -> import with quarantine -> PRM_0."""
     from components.data.importers import write_prm800k
 
     cfg, base, _ = scored_gold
@@ -122,40 +122,73 @@ def test_imported_human_labels_train_the_prm_that_scores(scored_gold, tiny_model
     with open(src, "a") as f:
         f.write('{"label": {"steps": []}, "question": {"problem": "1 +1"}}\n{not json\n')
     cfg = with_scoring(cfg, label_source="labels", labels={"uri": src, "format": "prm800k"})
-    c = cfg
     from components.loop import labels_uri
 
-    m = labels_stage.run(c, labels_uri(cfg))
+    m = labels_stage.run(cfg, labels_uri(cfg))
     assert m["rows_quarantined"] == 2 and m["traces"] + m["decontam_dropped"] == len(gold_rows)
     assert len(store.read_rows(labels_uri(cfg))) == m["traces"]
     fs, path = store.fs_for(labels_uri(cfg))
     assert fs.cat(f"{path}/quarantine.jsonl").decode().count("\n") == 2  # beside the dataset, with reasons
-    prm_stage.run(c, f"{base}/prm0", tiny_model_uri, 0, [labels_uri(cfg)])
-    s = score.run(c, f"{base}/scored-labels", tiny_model_uri, f"{base}/candidates", 1, prm_uri=f"{base}/prm0")
+    assert prm_stage.run(cfg, f"{base}/prm0-file", tiny_model_uri, 0, [labels_uri(cfg)])["examples"] > 0
+
+
+def test_label_budget_is_spent_on_set_aside_problems_and_its_prm_scores_others(scored_gold, tiny_model_uri):
+    """A labelling budget: G_0's traces on problems no round or evaluation uses, labelled once and
+    imported as PRM800K; the PRM trained on them scores the round's (other) traces. Issue #12: the
+    `labels` figures used to score the very traces their PRM was trained on."""
+    from components.data.prompting import family_of
+    from components.loop import labels_uri
+
+    cfg, base, _ = scored_gold
+    cfg = with_scoring(cfg, label_source="labels", labels={"budget": 90}, also=["gold"])
+    uri = labels_uri(cfg)
+    m = labels_stage.run(cfg, uri, tiny_model_uri)
+    labelled = store.read_rows(uri)
+    assert m["budget_traces"] == 90 and m["traces"] == len(labelled) > 0
+    fs, path = store.fs_for(uri)
+    assert fs.cat(f"{path}/labelled.prm800k.jsonl").decode().count("\n") == 90  # what an annotator returned
+    fam = family_of(cfg)
+    elsewhere = {p.prompt for split in ("bootstrap", "train", "eval") for p in fam.problems(split)}
+    assert not {r["prompt"] for r in labelled} & elsewhere
+    assert {r["gold_first_error"] for r in labelled} == {None}  # scoring never sees the exact check
+    prm_stage.run(cfg, f"{base}/prm0", tiny_model_uri, 0, [uri])
+    s = score.run(cfg, f"{base}/scored-labels", tiny_model_uri, f"{base}/candidates", 1, prm_uri=f"{base}/prm0")
     rows = store.read_rows(f"{base}/scored-labels")
+    assert not {r["prompt"] for r in rows} & {r["prompt"] for r in labelled}
     assert {r["label_source"] for r in rows} == {"prm"}  # PRM guesses: never trained on again
-    assert 0.0 <= s["quality/labels/f1"] <= 1.0
+    assert 0.0 <= s["quality/labels/f1"] <= 1.0 and s["quality/gold/f1"] == 1.0
+
+
+def test_confidence_labels_steps_from_the_generators_own_logprobs(scored_gold, tiny_model_uri):
+    """`confidence`: one prefill pass, the step threshold at a quantile of the round's right answers."""
+    cfg, base, _ = scored_gold
+    cfg = with_scoring(cfg, label_source="confidence", confidence={"window": 1, "quantile": 0.25})
+    m = score.run(cfg, f"{base}/scored-conf", tiny_model_uri, f"{base}/candidates", 1)
+    rows = store.read_rows(f"{base}/scored-conf")
+    assert 0.0 < m["confidence_threshold"] < 1.0 and m["confidence_tokens"] > 0
+    right = [r for r in rows if r["correct"] and r["steps"]]
+    rejected = [r for r in right if min(s for s in r["step_scores"] if s is not None) < 0.5]
+    assert 0.15 <= len(rejected) / len(right) <= 0.35  # a quarter of the right answers, by construction
+    assert all(len(r["step_scores"]) == len(r["steps"]) for r in rows)
+    assert 0.0 <= m["quality/confidence/f1"] <= 1.0
 
 
 def test_every_source_runs_inside_the_round_flow(scored_gold, prefect_server, tmp_path):
-    """One round of the loop whose filter uses a PRM trained on imported human labels, while MC∧judge
-    consensus (with the judge the loop trains itself) and binary-search MC are scored beside it for
-    the label-quality report in MLflow."""
+    """One round of the loop whose filter uses a PRM trained on a labelling budget, while MC∧judge
+    consensus (with the judge the loop trains itself), binary-search MC and the generator's confidence
+    are scored beside it for the label-quality report in MLflow."""
     import mlflow
 
-    from components.data.importers import write_prm800k
     from flows.self_improve import self_improve
 
     cfg, base, _ = scored_gold
-    src = str(tmp_path / "human.jsonl")
-    write_prm800k([r for r in store.read_rows(f"{base}/scored-gold") if r["steps"]], src)
-    cfg = with_scoring(cfg, label_source="labels", labels={"uri": src}, also=["consensus", "mc_binary", "gold"],
-                       judge=TINY_JUDGE)
+    cfg = with_scoring(cfg, label_source="labels", labels={"budget": 80},
+                       also=["consensus", "mc_binary", "confidence", "gold"], judge=TINY_JUDGE)
     cfg = cfg.model_copy(update={"rounds": 1, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})
     out = self_improve(cfg)
     r1 = out["rounds"][1]
     metrics = mlflow.MlflowClient(cfg.tracking_uri).get_run(r1["run_id"]).data.metrics
-    for src_name in ("labels", "consensus", "mc_binary"):
+    for src_name in ("labels", "consensus", "mc_binary", "confidence"):
         assert 0.0 <= metrics[f"score/quality/{src_name}/f1"] <= 1.0
     assert 0.0 <= metrics["score/quality/agree/consensus_vs_labels/first_error"] <= 1.0
     assert metrics["score/consensus/judge_calls"] > 0 and metrics["score/mc_binary/mc_estimates"] > 0

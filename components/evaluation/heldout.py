@@ -77,4 +77,8 @@ def round_metrics(greedy: list[dict], samples: list[dict], with_prm: bool,
     metrics.update({f"{k}_all": v for k, v in sampled_metrics(list(by_problem.values()), with_prm, same).items()})
     if with_prm:
         metrics.update({f"prm_{k}": v for k, v in prm_first_error_f1(samples).items()})
+        for n in levels:  # per difficulty: is the PRM right where the generator is being pushed?
+            at = [s for s in samples if s["difficulty"] == n]
+            if at:
+                metrics[f"prm_f1_n{n}"] = prm_first_error_f1(at)["f1"]
     return metrics

@@ -5,6 +5,7 @@ origin, what round 1 uses when it needs a PRM that does not exist yet, and combi
     gold        the family's own step check (exact for `arith`; partial rules for gsm8k; none elsewhere)
     mc          Monte Carlo rollouts from every step (Math-Shepherd)
     mc_binary   binary search for the first step no rollout recovers from (OmegaPRM)
+    confidence  the generator's own lowest windowed token confidence inside each step (DeepConf)
     judge       an LLM judge names the first wrong step (ProcessBench protocol), local or remote
     consensus   MC and the judge, a trace's labels kept only where both name the same first error
                 (Zhang et al. 2025); elsewhere it is unlabelled: never kept, never trained on
@@ -148,6 +149,22 @@ def _register_mc():
 
 
 _register_mc()
+
+
+@source("confidence", needs=("generator",))
+def confidence(batch: Batch, cfg: RunConfig, engines: Engines):
+    """The generator's own per-step confidence (components/labeling/confidence.py): one prefill pass
+    per trace, nothing sampled."""
+    from components.labeling import confidence as conf
+
+    c = cfg.scoring.confidence
+    tokens = engines.get("generator").token_logprobs([p.prompt for p in batch.problems], batch.completions)
+    per_step = [conf.step_confidence(t, conf.step_spans(text, steps), c.window)
+                for t, text, steps in zip(tokens, batch.completions, batch.steps)]
+    correct = [batch.family.is_correct(p, text) for p, text in zip(batch.problems, batch.completions)]
+    tau = conf.threshold(per_step, correct, c.quantile)
+    return [conf.labels(x, tau) for x in per_step], {"confidence_threshold": tau,
+                                                       "confidence_tokens": sum(len(t) for t in tokens)}
 
 
 @source("judge", needs=("judge",))

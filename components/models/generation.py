@@ -36,6 +36,11 @@ class Sampling:
 class Backend(Protocol):
     def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Sample]]: ...
 
+    def token_logprobs(self, sequences: list[list[int]], lora_request=None) -> list[list[float | None]]:
+        """log P(token_i | tokens before it) for every token of each sequence (None for the first):
+        one prefill pass, the model's own (untempered) distribution."""
+        ...
+
 
 BACKENDS: dict[str, Callable[..., Backend]] = {}
 
@@ -80,6 +85,7 @@ class VLLMBackend:
                        # A chunked prompt makes vLLM 0.32 rewind the request's seeded generator, which
                        # CPU generators cannot do ("CPU Generator does not use offset"): keep prompts whole.
                        enable_chunked_prefill=False, max_num_batched_tokens=max(8192, max_model_len), **engine_kw)
+        self.max_model_len = max_model_len
 
     def generate(self, prompts: list[str], sampling: Sampling, lora_request=None) -> list[list[Sample]]:
         from vllm import SamplingParams
@@ -92,6 +98,23 @@ class VLLMBackend:
         return [[Sample(o.text, [t for t in o.token_ids if t != eos], o.cumulative_logprob,
                         _finish(o.finish_reason))
                  for o in out.outputs] for out in outs]
+
+
+    def token_logprobs(self, sequences: list[list[int]], lora_request=None) -> list[list[float | None]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        # prompt_logprobs=0: the logprob of each prompt token itself (no alternatives); one token is
+        # generated because a request must, and vLLM wants prompt + 1 within the context.
+        limit = self.max_model_len - 1
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids[:limit]) for ids in sequences], params,
+                                 use_tqdm=False, lora_request=lora_request)
+        result = []
+        for out, ids in zip(outs, sequences):
+            lps = [None] + [d[t].logprob for d, t in zip(out.prompt_logprobs[1:], ids[1:limit])]
+            result.append(lps + [None] * (len(ids) - len(lps)))  # past the context: unknown
+        return result
 
 
 def _finish(reason: str | None) -> str:
@@ -162,4 +185,24 @@ class TransformersBackend:
                                           "stop" if eos in row else "length"))
                 results.append(samples)
         return results
+
+    def token_logprobs(self, sequences: list[list[int]], lora_request=None) -> list[list[float | None]]:
+        import torch
+
+        self._use_adapter(lora_request)
+        result: list[list[float | None]] = []
+        for start in range(0, len(sequences), self.batch_size):
+            chunk = [ids[: self.max_model_len] for ids in sequences[start : start + self.batch_size]]
+            width = max(len(ids) for ids in chunk)
+            input_ids = torch.full((len(chunk), width), self.tok.pad_token_id, dtype=torch.long)
+            attn = torch.zeros_like(input_ids)
+            for i, ids in enumerate(chunk):  # right padding: causal attention leaves real tokens alone
+                input_ids[i, : len(ids)], attn[i, : len(ids)] = torch.tensor(ids), 1
+            with torch.no_grad():
+                logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attn.to(self.device)).logits
+            lp = logits[:, :-1].float().log_softmax(-1).gather(-1, input_ids[:, 1:, None].to(self.device))[..., 0].cpu()
+            for i, (ids, full) in enumerate(zip(chunk, sequences[start : start + self.batch_size])):
+                row = [None] + lp[i, : len(ids) - 1].tolist()
+                result.append(row + [None] * (len(full) - len(row)))
+        return result
 

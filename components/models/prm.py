@@ -194,11 +194,13 @@ def auroc(scores: list[float], positives: list[bool]) -> float:
 def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], epochs: float, lr: float,
               batch_size: int, seed: int, soft: bool, heldout_fraction: float = 0.1,
               log: Callable[[int, dict], None] | None = None, threads: int | None = None,
-              placement: Placement = CPU, step_separator: str = "\n") -> dict:
+              placement: Placement = CPU, step_separator: str = "\n", balance: bool = False) -> dict:
     """Train a PRM from a generator (causal LM) or a previous PRM dir; save model, tokenizer, format.
 
     examples: {"prompt", "steps", "labels"} with one label per step (float P(good), None = unlabeled).
     soft=True: cross-entropy against [1-y, y]; soft=False: labels must be 0/1 (plain cross-entropy).
+    balance: bad steps (y < 0.5) weigh n_good / n_bad in the loss, so the rare class counts as much as
+    the common one (in the loop's data a trace has at most one first error and many good steps).
     """
     import torch
 
@@ -233,13 +235,18 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
                 labels[b, pos] = y
         return {"input_ids": input_ids, "attention_mask": attn, "labels": labels}
 
+    n_bad = sum(y < 0.5 for _, pairs in data for _, y in pairs)
+    n_good = sum(len(pairs) for _, pairs in data) - n_bad
+    w_bad = n_good / n_bad if balance and n_bad else 1.0
+
     def tag_loss(outputs, labels, num_items_in_batch=None):
         # Probability targets: for soft y this is BCE on the logit difference; for y in {0, 1} it is
         # exactly plain cross-entropy. One formula, and the float target is never rounded.
         at = labels >= 0
         logits, y = outputs.logits[at].float(), labels[at].float()  # [labelled tags, 2], [labelled tags]
         target = torch.stack([1 - y, y], dim=-1) if fmt["positive_class"] == 1 else torch.stack([y, 1 - y], dim=-1)
-        return torch.nn.functional.cross_entropy(logits, target)
+        w = torch.where(y < 0.5, w_bad, 1.0)
+        return (torch.nn.functional.cross_entropy(logits, target, reduction="none") * w).sum() / w.sum()
 
     stats = fit(model, data, batch, epochs, lr, batch_size, seed, WARMUP_RATIO, log, placement=placement,
                 compute_loss=tag_loss)
@@ -256,7 +263,8 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
     (out_dir / FORMAT_FILE).write_text(json.dumps(fmt, indent=2) + "\n")
     return {**stats, "heldout_auroc": auroc([p for p, _ in flat], [y >= 0.5 for _, y in flat]),
             "heldout_step_accuracy": acc, "n_train": len(train_idx), "n_heldout": len(held_idx),
-            "n_train_steps": sum(len(pairs) for _, pairs in data)}
+            "n_train_steps": sum(len(pairs) for _, pairs in data), "bad_step_weight": w_bad,
+            "bad_step_share": n_bad / max(1, n_bad + n_good)}
 
 
 # ------------------------------------------------------------------------------------------ scoring

@@ -60,6 +60,27 @@ class Generator:
                 else self.backend.generate(prompts, sampling, lora_request=self.lora))
         return [[self._finish(s, sampling.stop) for s in samples] for samples in outs]
 
+    def token_logprobs(self, prompts: list[str], completions: list[str]) -> list[list[tuple[int, int, float]]]:
+        """Per completion: (start, end, log P) of each of its tokens, character offsets into the
+        completion, from one prefill pass of prompt + completion (tokenized as the engine would a text
+        prompt). A token straddling the prompt's end belongs to the prompt and is left out."""
+        tok = self._tokenizer()
+        enc = tok([p + c for p, c in zip(prompts, completions)], return_offsets_mapping=True)
+        lps = (self.backend.token_logprobs(enc["input_ids"]) if self.lora is None
+               else self.backend.token_logprobs(enc["input_ids"], lora_request=self.lora))
+        out = []
+        for p, offsets, lp in zip(prompts, enc["offset_mapping"], lps):
+            out.append([(a - len(p), b - len(p), x) for (a, b), x in zip(offsets, lp)
+                        if a >= len(p) and b > a and x is not None])
+        return out
+
+    def _tokenizer(self):
+        if self._tok is None:
+            from transformers import AutoTokenizer
+
+            self._tok = AutoTokenizer.from_pretrained(str(self.backend_dir))
+        return self._tok
+
     def _finish(self, s, stop: tuple[str, ...]):
         """The sample cut at its first stop string and after its answer line. A cut sample's token ids
         are its kept text's, and its log-probability is unknown (None)."""
@@ -70,12 +91,8 @@ class Generator:
             end = min(end, self.family.answer_end(s.text[:end]) or end)
         if end == len(s.text):
             return s
-        if self._tok is None:
-            from transformers import AutoTokenizer
-
-            self._tok = AutoTokenizer.from_pretrained(str(self.backend_dir))
         text = s.text[:end]
-        return replace(s, text=text, token_ids=self._tok(text, add_special_tokens=False).input_ids,
+        return replace(s, text=text, token_ids=self._tokenizer()(text, add_special_tokens=False).input_ids,
                        cumulative_logprob=None, finish_reason="stop")
 
 

@@ -119,6 +119,13 @@ class Arith:
             self._splits[split] = out
         return list(self._splits[split])  # a copy: callers may shuffle it without touching the cache
 
+    def set_aside(self, n: int) -> list[Problem]:
+        """`n` problems at the train split's lengths, none of them in any split: what a labelling
+        budget is spent on (deterministic given the config, seed and n)."""
+        taken = {p.prompt for s in SPLITS for p in self.problems(s)}
+        rng = random.Random(f"arith/{self.seed}/set-aside")
+        return self._collect(rng, list(range(self.cfg.train.min_ops, self.cfg.train.max_ops + 1)), n, taken, distinct=True)
+
     # ---- reading completions ---------------------------------------------------------------------
 
     def gold_solution(self, p: Problem) -> str:
