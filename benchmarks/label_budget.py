@@ -66,10 +66,14 @@ def main() -> None:
     from components.stages import labels as labels_stage
     from components.stages import prm as prm_stage
 
+    from components.data.prompting import family_of
+
     loop_cfg = load_config(args.loop_config, args.overrides)
-    at = Layout.of(loop_cfg)
-    pool = [r for n in range(1, loop_cfg.rounds + 1) if store.is_published(at.round(n, "candidates"))
-            for r in store.read_rows(at.round(n, "candidates")) if r["gold_first_error"] is not None and r["steps"]]
+    at, fam = Layout.of(loop_cfg), family_of(loop_cfg)
+    pool = [{**r, "steps": fam.split_steps(r["completion"])} for n in range(1, loop_cfg.rounds + 1)
+            if store.is_published(at.round(n, "candidates")) for r in store.read_rows(at.round(n, "candidates"))
+            if r["gold_first_error"] is not None]
+    pool = [r for r in pool if r["steps"]]
     if not pool:
         raise SystemExit(f"no published candidates in {at.round(1, 'candidates')}: run the loop first")
     g0 = at.bootstrap()
