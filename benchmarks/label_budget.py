@@ -2,6 +2,7 @@
 traces it never saw.
 
     python benchmarks/label_budget.py --loop-config configs/demo.yaml [--budgets 250 1000 4000] [--set k=v ...]
+                                      [--prm prm.balance=true ...]
 
 For each budget N: G_0 (the config's published bootstrap) samples k solutions to problems set aside for
 labelling (disjoint from every round's and from evaluation); the first N are labelled by the exact step
@@ -59,7 +60,8 @@ def main() -> None:
     ap.add_argument("--loop-config", default="configs/demo.yaml",
                     help="its bootstrap is G_0; its published rounds' candidates are the pool")
     ap.add_argument("--budgets", type=int, nargs="+", default=[250, 1000, 4000])
-    ap.add_argument("--set", action="append", default=[], dest="overrides")
+    ap.add_argument("--set", action="append", default=[], dest="overrides", help="the loop's config (pool, G_0)")
+    ap.add_argument("--prm", action="append", default=[], help="PRM_0 settings only, e.g. prm.balance=true")
     ap.add_argument("--out", default="benchmarks/results/label_budget.json")
     args = ap.parse_args()
     from components.loop import labels_uri
@@ -80,7 +82,8 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.budgets:
-            cfg = load_config(args.loop_config, args.overrides + ["scoring.label_source=labels", f"scoring.labels.budget={n}"])
+            cfg = load_config(args.loop_config, args.overrides + args.prm + ["scoring.label_source=labels",
+                                                                             f"scoring.labels.budget={n}"])
             t0 = time.perf_counter()
             uri = labels_uri(cfg)
             spent = (store.read_manifest(uri)["metrics"] if store.is_published(uri)
@@ -101,7 +104,7 @@ def main() -> None:
                   f"{r['seconds']:.0f}")
     Console(width=180).print(t)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"loop_config": args.loop_config, "overrides": args.overrides,
+    Path(args.out).write_text(json.dumps({"loop_config": args.loop_config, "overrides": args.overrides, "prm": args.prm,
                                           "pool": len(pool), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                                           "date": time.strftime("%Y-%m-%d %H:%M"), "results": results}, indent=1))
     print(f"results: {args.out}")
