@@ -30,6 +30,9 @@ def main() -> None:
     # Analytics off: with it on, the ephemeral API's SQLite reports "database is locked" under load.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # Prefect waits 20 s for its ephemeral API server; on two busy cores it took longer (a CI run
+    # failed "Timed out while attempting to connect to ephemeral Prefect API server").
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def _load(config: Optional[Path], overrides: list[str]):

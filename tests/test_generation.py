@@ -43,3 +43,25 @@ def test_vllm_and_transformers_agree_greedily(tiny_model_dir, smoke_cfg, smoke_f
         b = load_backend(name, str(tiny_model_dir), smoke_cfg.generation, smoke_cfg.model.max_positions)
         outs[name] = [o[0].text for o in b.generate(prompts, greedy)]
     assert outs["vllm"] == outs["transformers"]
+
+
+def test_token_logprobs_agree_across_backends_and_see_a_slip(tiny_model_dir, smoke_cfg, smoke_family):
+    """The prefill pass under the `confidence` source: per-token log P of a given text, the same from
+    vLLM and transformers, and lower on a wrong digit than on the right one."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    p = smoke_family.problems("eval")[0]
+    gold = smoke_family.gold_solution(p)
+    first = gold.split("\n")[0]  # e.g. "12+5=17": a slip in the result's last digit
+    slip = gold.replace(first, first[:-1] + str((int(first[-1]) + 3) % 10), 1)
+    seqs = [tok(p.prompt + text)["input_ids"] for text in (gold, slip)]
+    got = {}
+    for name in ("vllm", "transformers"):
+        b = load_backend(name, str(tiny_model_dir), smoke_cfg.generation, smoke_cfg.model.max_positions)
+        got[name] = b.token_logprobs(seqs)
+    for v, t, ids in zip(got["vllm"], got["transformers"], seqs):
+        assert len(v) == len(t) == len(ids) and v[0] is None and t[0] is None
+        assert max(abs(a - b) for a, b in zip(v[1:], t[1:])) < 1e-3
+    at = len(tok(p.prompt + first[:-1])["input_ids"])  # the result's last digit
+    assert got["vllm"][1][at] < got["vllm"][0][at] - 1.0  # the model does not believe the slip

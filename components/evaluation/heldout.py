@@ -81,4 +81,6 @@ def round_metrics(greedy: list[dict], samples: list[dict], with_prm: bool,
             at = [s for s in samples if s["difficulty"] == n]
             if at:
                 metrics[f"prm_f1_n{n}"] = prm_first_error_f1(at)["f1"]
-    return metrics
+    # An undefined metric (NaN: F1 with one side empty) is left out, as MLflow leaves it out; NaN
+    # would also make two identical results compare unequal.
+    return {k: v for k, v in metrics.items() if v == v}

@@ -51,4 +51,4 @@ def quality(by_source: dict[str, list], gold_first_errors: list[int | None]) -> 
             out[f"agree/{a}_vs_{b}/first_error"] = sum(x.first_error == y.first_error for x, y in both) / len(both)
         if steps:
             out[f"agree/{a}_vs_{b}/steps"] = sum(u == v for u, v in steps) / len(steps)
-    return out
+    return {k: v for k, v in out.items() if v == v}  # undefined (NaN) values are left out, as MLflow does

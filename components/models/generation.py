@@ -99,7 +99,6 @@ class VLLMBackend:
                         _finish(o.finish_reason))
                  for o in out.outputs] for out in outs]
 
-
     def token_logprobs(self, sequences: list[list[int]], lora_request=None) -> list[list[float | None]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
