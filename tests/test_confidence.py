@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from components.labeling.confidence import labels, quantile, step_confidence, step_spans, threshold
+from components.labeling.confidence import labels, step_confidence, step_spans, threshold
 
 
 def test_steps_are_found_in_the_completion_and_scored_by_their_least_likely_window():
@@ -23,7 +23,7 @@ def test_threshold_is_a_quantile_of_right_answers_and_scores_read_as_p_good():
     conf = [[0.9, 0.8], [0.95, 0.4], [0.7, None], [0.1, 0.2]]
     correct = [True, True, True, False]
     tau = threshold(conf, correct, 0.5)  # trace minima of right answers: 0.8, 0.4, 0.7 -> median 0.7
-    assert tau == pytest.approx(0.7) and quantile([1.0, 3.0], 0.25) == pytest.approx(1.5)
+    assert tau == pytest.approx(0.7) and threshold([[1.0], [3.0]], [True, True], 0.25) == pytest.approx(1.5)
     lab = labels([0.95, 0.35, None], tau)
     assert lab.labels == [1, 0, None] and lab.first_error == 1
     assert lab.scores[0] > 0.5 > lab.scores[1] and labels([tau], tau).scores == [pytest.approx(0.5)]

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+import numpy
+
 from components.labeling.step_labels import StepLabels
 
 
@@ -47,20 +49,12 @@ def step_confidence(tokens: list[tuple[int, int, float]], spans: list[tuple[int,
     return out
 
 
-def quantile(values: list[float], q: float) -> float:
-    """The q-quantile (linear interpolation, numpy's default) of a non-empty list."""
-    xs = sorted(values)
-    pos = q * (len(xs) - 1)
-    lo = math.floor(pos)
-    return xs[lo] + (xs[min(lo + 1, len(xs) - 1)] - xs[lo]) * (pos - lo)
-
-
 def threshold(confidences: list[list[float | None]], correct: list[bool], q: float) -> float:
     """The q-quantile of trace confidence (min over known steps) among right-answer traces (all
     traces when none is right)."""
     per_trace = [(min(k), ok) for c, ok in zip(confidences, correct) if (k := [x for x in c if x is not None])]
     pool = [t for t, ok in per_trace if ok] or [t for t, _ in per_trace]
-    return quantile(pool, q) if pool else 0.0
+    return float(numpy.quantile(pool, q)) if pool else 0.0
 
 
 def labels(conf: list[float | None], tau: float) -> StepLabels:
