@@ -177,6 +177,18 @@ def test_step_labels():
     assert f.step_labels(P, "") == []
 
 
+def test_gold_label_source_names_the_familys_first_error():
+    """The `gold` source once inferred -1 ("the trace is right") for a truncated trace from its all-right
+    step labels, where the family says None (no first error to name)."""
+    from components.labeling.sources import Batch, label
+
+    f = Arith(SMALL)
+    cases = [GOLD, planted(s2="51-4=46"), GOLD[:2], GOLD[:5]]
+    labs, _ = label("gold", Batch(f, [P] * len(cases), [text(c) for c in cases]), None, None)
+    assert [lab.first_error for lab in labs] == [-1, 2, None, None]
+    assert labs[2].labels == [1, 1]  # its present steps are still right (the PRM may train on them)
+
+
 def test_flawed_but_correct():
     f = Arith(SMALL)
     # slip before %10: 51-4=46, then carried on consistently, still 40 at the end thanks to ^40

@@ -14,6 +14,7 @@ window slides inside each step).
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 
 import numpy
 
@@ -38,9 +39,11 @@ def step_confidence(tokens: list[tuple[int, int, float]], spans: list[tuple[int,
                     window: int) -> list[float | None]:
     """Per step: exp of the lowest `window`-token mean log-probability among the tokens that start
     inside it (all of them when the step is shorter); None for a step with no token or no span."""
+    starts = [a for a, _, _ in tokens]  # in text order: a step's tokens are one slice, found by bisection
     out: list[float | None] = []
     for span in spans:
-        lps = [] if span is None else [lp for a, _, lp in tokens if span[0] <= a < span[1]]
+        inside = [] if span is None else tokens[bisect_left(starts, span[0]):bisect_left(starts, span[1])]
+        lps = [lp for _, _, lp in inside]
         if not lps:
             out.append(None)
             continue

@@ -24,6 +24,10 @@ class Problem:
 class Family(Protocol):
     """What every family provides. Constructed as `Family(cfg: FamilyConfig, seed: int)`."""
 
+    # True where first_error is the exact truth for every trace (arith): its None then means "no first
+    # error to name" (a trace cut short), not "cannot tell", and nothing may infer one from step labels.
+    exact_steps: bool
+
     def problems(self, split: str) -> list[Problem]:
         """'bootstrap' | 'train' | 'eval': deterministic given (cfg, seed), disjoint by prompt."""
         ...

@@ -55,6 +55,8 @@ def _parse_answer(line: str) -> str | None:
 
 @register("arith")
 class Arith:
+    exact_steps = True  # first_error below is the exact check
+
     def __init__(self, cfg: FamilyConfig, seed: int = 0):
         self.cfg, self.seed = cfg, seed
         self._splits: dict[str, list[Problem]] = {}

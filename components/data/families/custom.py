@@ -127,6 +127,7 @@ KNOWN_FIELDS = ("question", "answer", "solution", "id", "level")
 class FileFamily:
     """Problems from files. Subclasses set FIELDS (our name -> default column), VERIFIER, and may
     override raw_answer() (where a row's answer is) and step_labels()."""
+    exact_steps = False  # no step truth, or a partial one (gsm8k's calculator annotations)
     FIELDS = {"question": "question", "answer": "answer"}
     OPTIONAL = ("level",)  # read when present, never a reason to reject a row
     VERIFIER = "numeric"
