@@ -14,7 +14,7 @@ four measurements, each one after the other in this process, peak memory reset i
   prm-train  components.models.prm.train_prm on (question, answer lines, random soft labels); timed
              from the end of fit's first step to the end of its last (fit's own log calls; tokens
              counted by wrapping prm._pad, which builds every training batch).
-  prm-score  components.models.prm.TransformersPRM(<trained PRM>).score; one untimed warm-up call.
+  prm-score  components.models.prm_scoring.TransformersPRM(<trained PRM>).score; one untimed warm-up call.
   generate   components.models.generation.TransformersBackend(<base model>).generate with
              Sampling(n, temperature=0.8, max_tokens); one untimed warm-up call; generated ids counted.
 
@@ -379,14 +379,14 @@ def measure_prm_train(base_dir: Path, prm_dir: Path, rows: list[dict], spec: dic
 
 
 def measure_prm_score(prm_dir: Path, rows: list[dict], spec: dict, placement, max_len: int, seed: int) -> dict:
-    from components.models import prm
+    from components.models import prm, prm_scoring
 
     n, bs = spec["score"], spec["score_batch"]
     ex = prm_examples(need(rows, n + bs), seed + 1)
     warm, ex = ex[:bs], ex[bs:]
     reset_memory(placement)
     t0 = time.perf_counter()
-    scorer = prm.TransformersPRM(prm_dir, max_model_len=max_len, batch_size=bs, placement=placement)
+    scorer = prm_scoring.TransformersPRM(prm_dir, max_model_len=max_len, batch_size=bs, placement=placement)
     load_s = time.perf_counter() - t0
     lens = [len(scorer.tok(prm.format_input(e["prompt"], e["steps"], scorer.fmt))["input_ids"]) for e in ex]
     keep = [e for e, n_tok in zip(ex, lens) if n_tok <= max_len]

@@ -130,7 +130,8 @@ def _loop(tmp_path: Path, pretrained_dir: Path, name: str, *extra: str):
 def test_full_sft_round_on_a_pretrained_qwen2(tmp_path, pretrained_dir, prefect_server):
     from transformers import AutoConfig
 
-    from components.models.prm import TransformersPRM, VLLMPRM, load_format
+    from components.models.prm import load_format
+    from components.models.prm_scoring import TransformersPRM, VLLMPRM
 
     cfg, out = _loop(tmp_path, pretrained_dir, "qwen-full", "rounds=1")
     r0, r1 = out["rounds"]
@@ -182,18 +183,18 @@ def test_vllm_scorer_falls_back_to_transformers_where_vllm_lacks_the_architectur
     """A PRM on an architecture vLLM cannot pool is scored by transformers, and the log says so."""
     import shutil
 
-    from components.models import prm
+    from components.models import prm, prm_scoring
 
     examples = [{"prompt": "1 +2\n", "steps": ["1+2=3", "Answer: 3"], "labels": [1.0, 1.0]},
                 {"prompt": "4 +4\n", "steps": ["4+4=9", "Answer: 9"], "labels": [0.0, 0.0]}] * 4
     prm.train_prm(pretrained_dir, tmp_path / "prm", examples, epochs=1, lr=1e-3, batch_size=4, seed=0, soft=True,
                   heldout_fraction=0.0)
-    assert prm.vllm_can_pool(tmp_path / "prm")
+    assert prm_scoring.vllm_can_pool(tmp_path / "prm")
     odd = tmp_path / "odd"
     shutil.copytree(tmp_path / "prm", odd)
     config = json.loads((odd / "config.json").read_text())
     (odd / "config.json").write_text(json.dumps({**config, "architectures": ["NoSuchForTokenClassification"]}))
-    assert not prm.vllm_can_pool(odd)
+    assert not prm_scoring.vllm_can_pool(odd)
     with caplog.at_level("WARNING"):
-        assert isinstance(prm.load_scorer("vllm", odd, 256), prm.TransformersPRM)
+        assert isinstance(prm_scoring.load_scorer("vllm", odd, 256), prm_scoring.TransformersPRM)
     assert "scoring with transformers instead" in caplog.text

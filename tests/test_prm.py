@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from components.labeling.step_labels import first_error_from_scores
-from components.models import prm
+from components.models import prm, prm_scoring
 from components.data.families.arith import ANSWER, APPLY
 from components.labeling.quality import first_error_f1
 
@@ -70,7 +70,7 @@ def test_learns_planted_first_error(planted_prm, smoke_family):
     assert stats["heldout_step_accuracy"] >= 0.9 and stats["heldout_auroc"] >= 0.95, stats
 
     traces = held_out_traces(smoke_family, seed=1)
-    scores = prm.load_scorer("transformers", model_dir).score([t["prompt"] for t in traces],
+    scores = prm_scoring.load_scorer("transformers", model_dir).score([t["prompt"] for t in traces],
                                                               [t["steps"] for t in traces])
     assert [len(s) for s in scores] == [len(t["steps"]) for t in traces]
     hits = [(s >= 0.5) == bool(y) for t, row in zip(traces, scores) for s, y in zip(row, t["labels"])]
@@ -102,7 +102,7 @@ def test_soft_labels_stay_floats(tiny_model_dir, smoke_family, tmp_path):
     entropy = -(0.7 * math.log(0.7) + 0.3 * math.log(0.3))
     assert entropy - 1e-4 <= stats["loss_last"] < entropy + 0.02, stats
     probs = [gold_example(smoke_family, p, None) for p in smoke_family.problems("eval")]
-    scores = prm.load_scorer("transformers", tmp_path / "soft").score([e["prompt"] for e in probs],
+    scores = prm_scoring.load_scorer("transformers", tmp_path / "soft").score([e["prompt"] for e in probs],
                                                                       [e["steps"] for e in probs])
     flat = [s for row in scores for s in row]
     assert all(0.6 <= s <= 0.8 for s in flat), (min(flat), max(flat))
@@ -129,8 +129,8 @@ def test_unlabeled_steps_are_not_trained_on(tiny_model_dir, smoke_family, tmp_pa
     assert a["loss_first"] == pytest.approx(b["loss_first"], abs=1e-5)
     assert a["loss_last"] == pytest.approx(b["loss_last"], abs=1e-5)
     prompts, steps = [t["prompt"] for t in cut], [t["steps"] for t in cut]
-    sa = prm.load_scorer("transformers", tmp_path / "a").score(prompts, steps)
-    sb = prm.load_scorer("transformers", tmp_path / "b").score(prompts, steps)
+    sa = prm_scoring.load_scorer("transformers", tmp_path / "a").score(prompts, steps)
+    sb = prm_scoring.load_scorer("transformers", tmp_path / "b").score(prompts, steps)
     assert max(abs(x[0] - y[0]) for x, y in zip(sa, sb)) < 1e-5
 
 
@@ -142,7 +142,7 @@ def test_format_file_is_the_source_of_truth(planted_prm, tmp_path):
     tag_id = AutoTokenizer.from_pretrained(str(model_dir)).convert_tokens_to_ids("<step>")
     assert fmt == {"step_tag": "<step>", "step_tag_id": tag_id, "template": "{step}<step>\n", "step_separator": "\n",
                    "label_convention": "class 1 = good; soft labels = P(good)", "positive_class": 1}
-    assert prm.load_format(model_dir) == fmt == prm.load_scorer("transformers", model_dir).fmt
+    assert prm.load_format(model_dir) == fmt == prm_scoring.load_scorer("transformers", model_dir).fmt
     assert prm.format_input("1 +1\n", ["1+1=2", "Answer: 2"]) == "1 +1\n1+1=2<step>\nAnswer: 2<step>\n"
 
     missing = tmp_path / "no-format"
@@ -150,13 +150,13 @@ def test_format_file_is_the_source_of_truth(planted_prm, tmp_path):
     (missing / prm.FORMAT_FILE).unlink()
     for backend in ("transformers", "vllm"):  # vllm fails before it starts an engine
         with pytest.raises(FileNotFoundError, match="prm_format.json"):
-            prm.load_scorer(backend, missing)
+            prm_scoring.load_scorer(backend, missing)
 
     wrong = tmp_path / "wrong-id"
     shutil.copytree(model_dir, wrong)
     (wrong / prm.FORMAT_FILE).write_text(json.dumps(dict(fmt, step_tag_id=tag_id - 1)))
     with pytest.raises(ValueError, match="prm_format.json"):
-        prm.load_scorer("transformers", wrong)
+        prm_scoring.load_scorer("transformers", wrong)
 
     # A PRM dir as init: trained on as is, no second tag, same format.
     again = tmp_path / "again"
@@ -173,8 +173,8 @@ def test_vllm_matches_transformers(planted_prm, smoke_family):
     prompts = [t["prompt"] for t in traces] + ["40 -1\n", "12 +3 *2\n"]
     steps = [t["steps"] for t in traces] + [[], ["12+3=15"]]  # no step at all; a trace cut short
     assert len({len(s) for s in steps}) >= 4
-    hf = prm.load_scorer("transformers", model_dir).score(prompts, steps)
-    engine = prm.load_scorer("vllm", model_dir, max_model_len=256, kv_cache_bytes=32 << 20)
+    hf = prm_scoring.load_scorer("transformers", model_dir).score(prompts, steps)
+    engine = prm_scoring.load_scorer("vllm", model_dir, max_model_len=256, kv_cache_bytes=32 << 20)
     try:
         vl = engine.score(prompts, steps)
     finally:

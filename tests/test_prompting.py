@@ -81,7 +81,8 @@ def test_answer_end_cuts_what_follows_the_answer_line():
 
 
 def test_prm_refuses_traces_laid_out_with_another_separator(tmp_path):
-    from components.models.prm import FORMAT_FILE, check_separator, load_scorer
+    from components.models.prm import FORMAT_FILE, check_separator
+    from components.models.prm_scoring import load_scorer
 
     fmt = {"step_tag": "<step>", "step_tag_id": 5, "template": "{step}<step>\n\n", "step_separator": "\n\n",
            "positive_class": 1}

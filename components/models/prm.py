@@ -54,7 +54,7 @@ def load_format(model_dir: str | Path) -> dict:
     return fmt
 
 
-def _check_tag(tok, fmt: dict, where: str) -> None:
+def check_tag(tok, fmt: dict, where: str) -> None:
     """The saved tag id must be what the saved tokenizer produces for the tag, or no step is read."""
     tid = tok.convert_tokens_to_ids(fmt["step_tag"])
     if tid != fmt["step_tag_id"]:
@@ -85,7 +85,7 @@ def _pad(batch: list[list[int]], pad_id: int):
     return input_ids, attn
 
 
-def _step_probs(model, tok, fmt: dict, prompts: list[str], steps: list[list[str]], batch_size: int = 32,
+def step_probs(model, tok, fmt: dict, prompts: list[str], steps: list[list[str]], batch_size: int = 32,
                 max_len: int | None = None, placement: Placement = CPU) -> list[list[float]]:
     import torch
 
@@ -114,7 +114,7 @@ def _init_model(init_dir: Path, step_separator: str = "\n", placement: Placement
     tok = ensure_pad_token(AutoTokenizer.from_pretrained(str(init_dir)))
     if (init_dir / FORMAT_FILE).is_file():
         fmt = load_format(init_dir)
-        _check_tag(tok, fmt, str(init_dir))
+        check_tag(tok, fmt, str(init_dir))
         check_separator(fmt, step_separator, str(init_dir))
         model = AutoModelForTokenClassification.from_pretrained(str(init_dir), **placement.train_load_args())
         return model, tok, fmt
@@ -252,7 +252,7 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
                 compute_loss=tag_loss)
 
     # Held-out quality, on labeled steps only; a soft label counts as positive when P(good) >= 0.5.
-    probs = _step_probs(model, tok, fmt, [examples[i]["prompt"] for i in held_idx],
+    probs = step_probs(model, tok, fmt, [examples[i]["prompt"] for i in held_idx],
                         [examples[i]["steps"] for i in held_idx], batch_size, placement=placement)
     flat = [(p, y) for i, ps in zip(held_idx, probs) for p, y in zip(ps, labels[i]) if not math.isnan(y)]
     acc = sum((p >= 0.5) == (y >= 0.5) for p, y in flat) / len(flat) if flat else math.nan
@@ -265,88 +265,3 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
             "heldout_step_accuracy": acc, "n_train": len(train_idx), "n_heldout": len(held_idx),
             "n_train_steps": sum(len(pairs) for _, pairs in data), "bad_step_weight": w_bad,
             "bad_step_share": n_bad / max(1, n_bad + n_good)}
-
-
-# ------------------------------------------------------------------------------------------ scoring
-
-class TransformersPRM:
-    """Batched forward with right padding; softmax over the two classes at each tag.
-    kv_cache_bytes is accepted for the shared interface and unused (no cache in one forward pass)."""
-
-    def __init__(self, model_dir: str | Path, max_model_len: int = 256, kv_cache_bytes: int = 0,
-                 batch_size: int = 32, placement: Placement = CPU):
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
-
-        self.fmt = load_format(model_dir)
-        self.tok = ensure_pad_token(AutoTokenizer.from_pretrained(str(model_dir)))
-        _check_tag(self.tok, self.fmt, str(model_dir))
-        self.model = AutoModelForTokenClassification.from_pretrained(str(model_dir), **placement.load_args())
-        self.model.to(placement.device).eval()
-        self.max_model_len, self.batch_size, self.placement = max_model_len, batch_size, placement
-
-    def score(self, prompts: list[str], steps: list[list[str]]) -> list[list[float]]:
-        return _step_probs(self.model, self.tok, self.fmt, prompts, steps, self.batch_size, self.max_model_len,
-                           self.placement)
-
-
-class VLLMPRM:
-    """vLLM's STEP pooler: returns the head's output at every token equal to the format's tag id."""
-
-    def __init__(self, model_dir: str | Path, max_model_len: int = 256, kv_cache_bytes: int = 64 << 20,
-                 placement: Placement = CPU):
-        from components.models.generation import configure_vllm_env
-
-        self.fmt = load_format(model_dir)  # before starting an engine: a bad checkpoint fails fast
-        configure_vllm_env()
-        from vllm import LLM
-        from vllm.config import PoolerConfig
-
-        self.llm = LLM(
-            model=str(model_dir), tokenizer=str(model_dir), runner="pooling",
-            # use_activation=False: raw logits, softmaxed below exactly as in TransformersPRM. vLLM 0.32's
-            # default would softmax too (PoolerClassify, 2 labels), but picks sigmoid or identity if the
-            # config ever carries a problem_type; explicit is the same on every checkpoint.
-            pooler_config=PoolerConfig(pooling_type="STEP", step_tag_id=self.fmt["step_tag_id"],
-                                       use_activation=False),
-            **placement.vllm_args(kv_cache_bytes),
-            # Whole prompts: the token-wise pooler then sees every tag of a trace in one pass.
-            enable_chunked_prefill=False, max_num_batched_tokens=max(8192, max_model_len),
-            max_model_len=max_model_len)
-        _check_tag(self.llm.get_tokenizer(), self.fmt, str(model_dir))
-
-    def score(self, prompts: list[str], steps: list[list[str]]) -> list[list[float]]:
-        texts = [format_input(p, s, self.fmt) for p, s in zip(prompts, steps)]
-        outs = self.llm.encode(texts, pooling_task="token_classify", use_tqdm=False)
-        result = []
-        for out, s, text in zip(outs, steps, texts):
-            logits = out.outputs.data.float().reshape(-1, 2)  # one row per tag
-            if logits.shape[0] != len(s):
-                raise ValueError(f"{len(s)} steps gave {logits.shape[0]} step tags: {text!r}")
-            result.append(logits.softmax(-1)[:, self.fmt["positive_class"]].tolist())
-        return result
-
-
-SCORERS = {"transformers": TransformersPRM, "vllm": VLLMPRM}
-
-
-def vllm_can_pool(model_dir: str | Path) -> bool:
-    """vLLM serves `XForTokenClassification` by converting its own `XForCausalLM`: it can pool a PRM
-    exactly when it can generate with the architecture underneath (checked on Llama and Qwen2)."""
-    from vllm import ModelRegistry
-
-    archs = json.loads((Path(model_dir) / "config.json").read_text()).get("architectures") or []
-    known = set(ModelRegistry.get_supported_archs())
-    return bool(archs) and all(a in known or a.replace("ForTokenClassification", "ForCausalLM") in known for a in archs)
-
-
-def load_scorer(name: str, model_dir: str | Path, max_model_len: int = 256, kv_cache_bytes: int = 64 << 20,
-                placement: Placement = CPU, step_separator: str | None = None):
-    """`step_separator`: how the traces to score are laid out; refused if the PRM trained on another."""
-    if name not in SCORERS:
-        raise ValueError(f"unknown PRM scorer {name!r}; known: {sorted(SCORERS)}")
-    check_separator(load_format(model_dir), step_separator, str(model_dir))
-    if name == "vllm" and not vllm_can_pool(model_dir):
-        log.warning("%s: vLLM 0.32 has no implementation of this architecture to pool a PRM with; "
-                    "scoring with transformers instead (prm.scorer: transformers)", model_dir)
-        name = "transformers"
-    return SCORERS[name](model_dir, max_model_len=max_model_len, kv_cache_bytes=kv_cache_bytes, placement=placement)

@@ -115,7 +115,7 @@ def context_limit(model_dir) -> int | None:
 
 
 def prm_scorer(cfg: RunConfig, prm_uri: str):
-    from components.models.prm import load_scorer
+    from components.models.prm_scoring import load_scorer
 
     folder = store.fetch_folder(prm_uri)
     # A trace plus its step tags, up to what the checkpoint takes.
