@@ -92,16 +92,15 @@ def main() -> None:
                      else labels_stage.run(cfg, uri, g0))
             trained = prm_stage.run(cfg, f"{tmp}/prm-{n}", g0, 0, [uri])
             results[n] = {"budget": n, "labelled_flawed_share": spent["budget_flawed_share"],
-                          "labelled_right_share": spent.get("budget_right_share"),
                           "prm_examples": trained["examples"], "prm_heldout_auroc": trained.get("heldout_auroc"),
                           **measure(cfg, f"{tmp}/prm-{n}", pool), "seconds": time.perf_counter() - t0}
     levels = sorted({r["difficulty"] for r in pool})
     t = Table(title=f"PRM_0 from a label budget, scored on {len(pool)} traces of other problems (first-error F1 vs gold)")
-    for col in (["budget", "labelled right answers", "labelled flawed"] + [f"F1 {n} ops" for n in levels]
+    for col in (["budget", "labelled flawed"] + [f"F1 {n} ops" for n in levels]
                 + [f"clean {n} ops called clean" for n in levels] + ["F1 all", "kept", "kept flawed", "outcome-only flawed", "s"]):
         t.add_column(col, justify="right")
     for r in results.values():
-        t.add_row(str(r["budget"]), f"{100 * r['labelled_right_share']:.0f}%", f"{100 * r['labelled_flawed_share']:.0f}%",
+        t.add_row(str(r["budget"]), f"{100 * r['labelled_flawed_share']:.0f}%",
                   *[f"{r[f'f1_{n}']:.2f}" for n in levels], *[f"{r[f'acc_correct_{n}']:.2f}" for n in levels],
                   f"{r['f1_all']:.2f}", str(r["kept"]),
                   f"{100 * r['kept_flawed_share']:.0f}%", f"{100 * r['outcome_only_flawed_share']:.0f}%",

@@ -59,8 +59,7 @@ def labels_uri(cfg: RunConfig) -> str | None:
     lab = cfg.scoring.labels
     if lab.budget:
         return Layout.of(cfg).labels({**lab.model_dump(mode="json"), "bootstrap": cfg.bootstrap_hash(),
-                                      "generation": cfg.generation.model_dump(mode="json"),
-                                      "choice": "balanced"})  # stages/labels.py: which traces get labelled
+                                      "generation": cfg.generation.model_dump(mode="json")})
     return Layout.of(cfg).labels(lab.model_dump(mode="json")) if lab.uri else None
 
 

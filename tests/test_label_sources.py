@@ -132,22 +132,6 @@ def test_imported_human_labels_are_quarantined_and_train_a_prm(scored_gold, tiny
     assert prm_stage.run(cfg, f"{base}/prm0-file", tiny_model_uri, 0, [labels_uri(cfg)])["examples"] > 0
 
 
-def test_label_budget_labels_as_many_right_as_wrong_answers_per_length():
-    """Labelling the first traces G_0 drew gave mostly wrong long ones; the PRM trained on them called
-    86% of clean 5-op traces wrong (it learnt that a late step is a wrong one)."""
-    from components.stages.labels import balanced
-
-    drawn = [(5, False)] * 6 + [(5, True)] * 2 + [(3, True)] * 5 + [(3, False)] + [(4, False)] * 3
-    chosen = balanced(drawn, 6)
-    picked = [drawn[i] for i in chosen]
-    for level in (3, 5):
-        assert picked.count((level, True)) == picked.count((level, False)) > 0
-    assert chosen == sorted(chosen) and len(chosen) == 6
-    assert chosen[:2] == [0, 1] and 6 in chosen and 13 in chosen  # the first drawn of each kind
-    assert len(balanced(drawn, 12)) == 12  # past the pairs, the rest in drawing order fills the budget
-    assert balanced(drawn, 40) == list(range(len(drawn)))
-
-
 def test_label_budget_is_spent_on_set_aside_problems_and_its_prm_scores_others(scored_gold, tiny_model_uri):
     """A labelling budget: G_0's traces on problems no round or evaluation uses, labelled once and
     imported as PRM800K; the PRM trained on them scores the round's (other) traces. Issue #12: the

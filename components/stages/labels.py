@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 
 from components.config import RunConfig
 from components.data.decontam import decontaminate
@@ -22,49 +21,22 @@ STAGE = Stage("import-labels", reads=("model",), publishes="labels", accelerator
               metrics="import_labels")
 
 
-# G_0 samples this many times the budget, so that `balanced` finds right and wrong answers to pair
-# at most lengths (sampling is cheap next to the labelling the budget stands for).
-POOL = 6
-
-
 def label_budget(cfg: RunConfig, model_uri: str, uri: str) -> dict:
-    """Spend the budget: k samples from G_0 on problems set aside for labelling, `budget` of them
-    chosen by `balanced`, labelled by the family's step check, written to `uri` in PRM800K format."""
+    """Spend the budget: k samples from G_0 on each set-aside problem, the first `budget` traces
+    labelled by the family's step check, written to `uri` in PRM800K format."""
     fam, g, budget = family_of(cfg), cfg.generation, cfg.scoring.labels.budget
-    problems = fam.set_aside(math.ceil(POOL * budget / g.k))
+    problems = fam.set_aside(math.ceil(budget / g.k))
     outs = serving.Generator(cfg, model_uri, fam).generate(
         [p.prompt for p in problems], Sampling(n=g.k, temperature=g.temperature, top_p=g.top_p,
                                                max_tokens=g.max_tokens, seed=g.seed + 4242))
-    drawn = [(p, s.text) for p, samples in zip(problems, outs) for s in samples if fam.split_steps(s.text)]
-    chosen = balanced([(p.difficulty, fam.is_correct(p, text)) for p, text in drawn], budget)
-    rows = [{"prompt": p.prompt, "question": p.prompt, "gold": p.answer, "steps": fam.split_steps(text),
-             "step_labels": fam.step_labels(p, text), "correct": fam.is_correct(p, text),
-             "first_error": fam.first_error(p, text)} for p, text in (drawn[i] for i in chosen)]
+    rows = [{"prompt": p.prompt, "question": p.prompt, "gold": p.answer, "steps": fam.split_steps(s.text),
+             "step_labels": fam.step_labels(p, s.text), "correct": fam.is_correct(p, s.text),
+             "first_error": fam.first_error(p, s.text)}
+            for p, samples in zip(problems, outs) for s in samples][:budget]
+    rows = [r for r in rows if r["steps"]]  # an empty completion has no step to label
     write_prm800k(rows, uri)
-    return {"budget_traces": len(rows), "budget_problems": len({r["prompt"] for r in rows}),
-            "budget_drawn": len(drawn), "budget_right_share": sum(r["correct"] for r in rows) / max(1, len(rows)),
+    return {"budget_traces": len(rows), "budget_problems": len(problems),
             "budget_flawed_share": sum(r["first_error"] is not None and r["first_error"] >= 0 for r in rows) / max(1, len(rows))}
-
-
-def balanced(traces: list[tuple[int, bool]], budget: int) -> list[int]:
-    """Which traces to label, given each one's (difficulty, right answer): per difficulty as many
-    right- as wrong-answer traces, levels taking turns, in drawing order; when the pairs run out, the
-    rest in drawing order. Labelling the first traces drawn gave G_0's mostly wrong long traces
-    (74-90% flawed), from which a PRM learns that a late step is a wrong one (docs/benchmarks.md)."""
-    queues: dict[tuple[int, bool], deque[int]] = {}
-    for i, key in enumerate(traces):
-        queues.setdefault(key, deque()).append(i)
-    levels = sorted({d for d, _ in traces})
-    chosen: list[int] = []
-    while len(chosen) < budget:
-        pairs = [(queues[(d, True)].popleft(), queues[(d, False)].popleft()) for d in levels
-                 if queues.get((d, True)) and queues.get((d, False))]
-        if not pairs:
-            break
-        chosen += [i for pair in pairs for i in pair][: budget - len(chosen)]
-    taken = set(chosen)
-    chosen += [i for i in range(len(traces)) if i not in taken][: budget - len(chosen)]
-    return sorted(chosen)
 
 
 def run(cfg: RunConfig, out_uri: str, model_uri: str | None = None) -> dict:
