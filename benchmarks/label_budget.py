@@ -82,8 +82,10 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.budgets:
-            cfg = load_config(args.loop_config, args.overrides + args.prm + ["scoring.label_source=labels",
-                                                                             f"scoring.labels.budget={n}"])
+            # PRM_0 trains on the whole budget (the loop's prm.max_examples would cap 4,000 at 3,000)
+            cap = [f"prm.max_examples={max(n, loop_cfg.prm.max_examples)}"]
+            cfg = load_config(args.loop_config, args.overrides + cap + args.prm + ["scoring.label_source=labels",
+                                                                                   f"scoring.labels.budget={n}"])
             t0 = time.perf_counter()
             uri = labels_uri(cfg)
             spent = (store.read_manifest(uri)["metrics"] if store.is_published(uri)
@@ -94,12 +96,13 @@ def main() -> None:
                           **measure(cfg, f"{tmp}/prm-{n}", pool), "seconds": time.perf_counter() - t0}
     levels = sorted({r["difficulty"] for r in pool})
     t = Table(title=f"PRM_0 from a label budget, scored on {len(pool)} traces of other problems (first-error F1 vs gold)")
-    for col in ["budget", "labelled flawed"] + [f"F1 {n} ops" for n in levels] + ["F1 all", "kept", "kept flawed",
-                                                                                   "outcome-only flawed", "s"]:
+    for col in (["budget", "labelled flawed"] + [f"F1 {n} ops" for n in levels]
+                + [f"clean {n} ops called clean" for n in levels] + ["F1 all", "kept", "kept flawed", "outcome-only flawed", "s"]):
         t.add_column(col, justify="right")
     for r in results.values():
         t.add_row(str(r["budget"]), f"{100 * r['labelled_flawed_share']:.0f}%",
-                  *[f"{r[f'f1_{n}']:.2f}" for n in levels], f"{r['f1_all']:.2f}", str(r["kept"]),
+                  *[f"{r[f'f1_{n}']:.2f}" for n in levels], *[f"{r[f'acc_correct_{n}']:.2f}" for n in levels],
+                  f"{r['f1_all']:.2f}", str(r["kept"]),
                   f"{100 * r['kept_flawed_share']:.0f}%", f"{100 * r['outcome_only_flawed_share']:.0f}%",
                   f"{r['seconds']:.0f}")
     Console(width=180).print(t)
