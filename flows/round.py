@@ -31,19 +31,18 @@ from tasks.train import prm_task, sft_task
 @flow(name="vstar-round")
 def run_round(config: RunConfig, round_idx: int) -> dict:
     n = round_idx
-    run_id = tracking.round_run(config, tracking.loop_run(config), n)
-    inp = round_inputs(config, n)
-    candidates, gen = generate_task(config, inp.generator_uri, n, inp.target, run_id)
-    scored, scores = score_task(config, inp.generator_uri, candidates, n, run_id, inp.prm_uri, inp.judge_uri)
-    filtered, kept = filter_task(config, scored, n, run_id)
-    model, sft = sft_task(config, inp.generator_uri, inp.kept_uris + [filtered], n, run_id)
-    prm, prm_metrics = (prm_task(config, model, inp.scored_uris + [scored], inp.prm_uri, n, run_id)
-                        if config.prm.enabled else (None, {}))
-    _, evaluation = evaluate_task(config, model, n, run_id, prm)
-    result = {"round": n, "run_id": run_id, "target": inp.target, "model_uri": model, "prm_uri": prm,
-              "filtered_uri": filtered, "generate": gen, "score": scores, "filter": kept, "sft": sft,
-              "prm": prm_metrics, "evaluate": evaluation}
-    trace_report_task(config, scored, filtered, n, run_id, prm)
-    round_artifact_task(config, result)
-    tracking.set_terminated(config, run_id)
+    with tracking.running(config, tracking.round_run(config, tracking.loop_run(config), n)) as run_id:
+        inp = round_inputs(config, n)
+        candidates, gen = generate_task(config, inp.generator_uri, n, inp.target, run_id)
+        scored, scores = score_task(config, inp.generator_uri, candidates, n, run_id, inp.prm_uri, inp.judge_uri)
+        filtered, kept = filter_task(config, scored, n, run_id)
+        model, sft = sft_task(config, inp.generator_uri, inp.kept_uris + [filtered], n, run_id)
+        prm, prm_metrics = (prm_task(config, model, inp.scored_uris + [scored], inp.prm_uri, n, run_id)
+                            if config.prm.enabled else (None, {}))
+        _, evaluation = evaluate_task(config, model, n, run_id, prm)
+        result = {"round": n, "run_id": run_id, "target": inp.target, "model_uri": model, "prm_uri": prm,
+                  "filtered_uri": filtered, "generate": gen, "score": scores, "filter": kept, "sft": sft,
+                  "prm": prm_metrics, "evaluate": evaluation}
+        trace_report_task(config, scored, filtered, n, run_id, prm)
+        round_artifact_task(config, result)
     return result

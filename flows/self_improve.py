@@ -40,20 +40,19 @@ def start(config: RunConfig) -> dict:
     """Round 0: problems from files, the bootstrap, the loop's judge, imported labels and PRM_0 where
     configured, and the bootstrap's evaluation (each skipped once published)."""
     parent = tracking.loop_run(config)
-    run0 = tracking.round_run(config, parent, 0)
-    data = {}
-    if config.family.data.train_uri:  # problems from files: validated, published, quarantine counted
-        _, data = data_task(config, run0)
-    model_uri, boot = bootstrap_task(config, parent)
-    if judge_uri(config) and not config.scoring.judge.model_uri:
-        judge_task(config, model_uri, run0)
-    prm0 = None
-    if labels_uri(config):
-        labels, _ = labels_task(config, model_uri, run0)
-        if prm0_from_imports(config):
-            prm0, _ = prm_task(config, model_uri, [labels], None, 0, run0)
-    _, eval0 = evaluate_task(config, model_uri, 0, run0, prm0)
-    tracking.set_terminated(config, run0)
+    with tracking.running(config, tracking.round_run(config, parent, 0)) as run0:
+        data = {}
+        if config.family.data.train_uri:  # problems from files: validated, published, quarantine counted
+            _, data = data_task(config, run0)
+        model_uri, boot = bootstrap_task(config, parent)
+        if judge_uri(config) and not config.scoring.judge.model_uri:
+            judge_task(config, model_uri, run0)
+        prm0 = None
+        if labels_uri(config):
+            labels, _ = labels_task(config, model_uri, run0)
+            if prm0_from_imports(config):
+                prm0, _ = prm_task(config, model_uri, [labels], None, 0, run0)
+        _, eval0 = evaluate_task(config, model_uri, 0, run0, prm0)
     return {"round": 0, "run_id": run0, "model_uri": model_uri, "evaluate": eval0, "bootstrap": boot, "data": data}
 
 
@@ -68,11 +67,11 @@ def _summary(config: RunConfig, upto: int) -> list[dict]:
 
 @flow(name="vstar-self-improve")
 def self_improve(config: RunConfig = RunConfig(), wait_s: float = 5.0) -> dict:
-    with loop_lock(config.loop_id(), wait_s):
+    with loop_lock(config.loop_id(), wait_s), tracking.running(config, tracking.loop_run(config)) as parent:
         rounds = [stored(start, config)(config)]
         for n in range(1, config.rounds + 1):
             rounds.append(stored(run_round, config)(config, n))
-        report_task(config, tracking.loop_run(config), rounds)
+        report_task(config, parent, rounds)
     return {"loop_id": config.loop_id(), "parent_run_id": tracking.loop_run(config), "rounds": rounds}
 
 
@@ -90,14 +89,14 @@ def next_round(config_path: str = "configs/demo.yaml", overrides: list[str] | No
     given one (its published stages are reused). Stops at the config's `rounds`."""
     config = load_config(config_path, overrides or [])
     log = get_run_logger()
-    with loop_lock(config.loop_id(), wait_s):
+    with loop_lock(config.loop_id(), wait_s), tracking.running(config, tracking.loop_run(config)) as parent:
         stored(start, config)(config)
         n = round if round is not None else last_round(config) + 1
         if round is None and n > config.rounds:
             log.info("loop %s has run its %d rounds; raise `rounds` to go on", config.loop_id(), config.rounds)
             return {"loop_id": config.loop_id(), "round": None}
         result = stored(run_round, config)(config, n)
-        report_task(config, tracking.loop_run(config), _summary(config, last_round(config)))
+        report_task(config, parent, _summary(config, last_round(config)))
     return {"loop_id": config.loop_id(), **result}
 
 

@@ -41,12 +41,13 @@ def test_mlflow_parent_has_child_runs_with_eval_metrics(loop_result, s3_cfg):
     client = mlflow.MlflowClient(s3_cfg.tracking_uri)
     parent = client.get_run(loop_result["parent_run_id"])
     assert parent.data.params["generation/k"] == str(s3_cfg.generation.k)
+    assert parent.info.status == "FINISHED" and parent.info.end_time  # not "Running" forever in the UI
     assert "final/pass1_all" in parent.data.metrics
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "summary")} >= {"summary/rounds.png",
                                                                                       "summary/rounds.md"}
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     by_round = {c.data.tags["vstar.round"]: c for c in children}
-    assert set(by_round) == {"0", "1", "2"}
+    assert set(by_round) == {"0", "1", "2"} and {c.info.status for c in children} == {"FINISHED"}
     for n in ("1", "2"):
         m = by_round[n].data.metrics
         r = loop_result["rounds"][int(n)]

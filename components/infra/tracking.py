@@ -8,11 +8,15 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from components.config import RunConfig, dump_yaml
 
 LOOP_TAG, ROUND_TAG, KIND_TAG = "vstar.loop_id", "vstar.round", "vstar.kind"
+# The local default (no tracking URI given): a database and its artifacts under .vstar/, with the store,
+# not MLflow's ./mlruns in whatever folder `vstar` was started from.
+LOCAL_DB, LOCAL_ARTIFACTS = Path(".vstar/mlflow.db"), Path(".vstar/mlartifacts")
 
 
 def tracking_uri(cfg: RunConfig | None = None) -> str:
@@ -20,7 +24,7 @@ def tracking_uri(cfg: RunConfig | None = None) -> str:
         return cfg.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    db = Path(".vstar/mlflow.db").resolve()
+    db = LOCAL_DB.resolve()
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}"
 
@@ -33,7 +37,10 @@ def client(cfg: RunConfig | None = None):
 
 def experiment_id(c, name: str) -> str:
     exp = c.get_experiment_by_name(name)
-    return exp.experiment_id if exp else c.create_experiment(name)
+    if exp:
+        return exp.experiment_id
+    local = c.tracking_uri == f"sqlite:///{LOCAL_DB.resolve()}"
+    return c.create_experiment(name, artifact_location=LOCAL_ARTIFACTS.resolve().as_uri() if local else None)
 
 
 def _find(c, exp_id: str, tags: dict[str, str]) -> str | None:
@@ -110,6 +117,25 @@ def _dataset_input(ds, context: str, InputTag):
 
 def set_terminated(cfg: RunConfig, run_id: str, status: str = "FINISHED") -> None:
     client(cfg).set_terminated(run_id, status)
+
+
+@contextmanager
+def running(cfg: RunConfig, run_id: str):
+    """The run says RUNNING while the block works on it, then FINISHED, or FAILED / KILLED when the block
+    raises or is interrupted: a loop's parent and round runs tell the truth in the MLflow UI, and a loop
+    that goes on later reopens them (a process killed outright cannot say so: its run stays RUNNING
+    until the loop goes on)."""
+    c = client(cfg)
+    c.update_run(run_id, status="RUNNING")
+    try:
+        yield run_id
+    except Exception:
+        c.set_terminated(run_id, "FAILED")
+        raise
+    except BaseException:  # not an error but an interruption: Ctrl-C, a cancellation, a termination signal
+        c.set_terminated(run_id, "KILLED")
+        raise
+    c.set_terminated(run_id, "FINISHED")
 
 
 def loop_runs(c, experiment: str, loop_id: str):
