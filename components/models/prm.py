@@ -21,11 +21,9 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from components.infra.log import get_logger
 from components.models.causal_lm import ensure_pad_token, fit
 from components.models.hardware import CPU, Placement
 
-log = get_logger(__name__)
 STEP_TAG = "<step>"
 TEMPLATE = "{step}" + STEP_TAG + "\n"
 FORMAT_FILE = "prm_format.json"
@@ -86,7 +84,7 @@ def _pad(batch: list[list[int]], pad_id: int):
 
 
 def step_probs(model, tok, fmt: dict, prompts: list[str], steps: list[list[str]], batch_size: int = 32,
-                max_len: int | None = None, placement: Placement = CPU) -> list[list[float]]:
+               max_len: int | None = None, placement: Placement = CPU) -> list[list[float]]:
     import torch
 
     enc = [_encode(tok, fmt, p, s) for p, s in zip(prompts, steps)]
@@ -253,7 +251,7 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
 
     # Held-out quality, on labeled steps only; a soft label counts as positive when P(good) >= 0.5.
     probs = step_probs(model, tok, fmt, [examples[i]["prompt"] for i in held_idx],
-                        [examples[i]["steps"] for i in held_idx], batch_size, placement=placement)
+                       [examples[i]["steps"] for i in held_idx], batch_size, placement=placement)
     flat = [(p, y) for i, ps in zip(held_idx, probs) for p, y in zip(ps, labels[i]) if not math.isnan(y)]
     acc = sum((p >= 0.5) == (y >= 0.5) for p, y in flat) / len(flat) if flat else math.nan
 
