@@ -65,6 +65,7 @@ def run(config: Optional[Path] = typer.Argument(None, help="YAML config; embedde
     except LoopBusy as e:
         _fail(str(e))
     print_summary(result, time.perf_counter() - t0)
+    print_where_to_look(cfg, result)
 
 
 @app.command()
@@ -297,6 +298,23 @@ def print_summary(result: dict, seconds: float) -> None:
         for k, v in data.items():
             if "/quarantined/" in k:
                 console.print(f"  quarantined {k.split('/quarantined/')[0]}: {k.split('/quarantined/')[1]}: {v}")
+
+
+def print_where_to_look(cfg, result: dict) -> None:
+    """What a user opens next: the MLflow runs, the last round's trace report, the store, a comparison."""
+    from components.infra import tracking
+    from components.infra.layout import Layout
+
+    at, uri, last = Layout.of(cfg), tracking.tracking_uri(cfg), result["rounds"][-1]["round"]
+    runs = f"experiment {cfg.experiment}, loop run {result['parent_run_id']}"
+    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else uri  # the local default, or a server
+    where = [("MLflow", f"{ui}   ({runs})")]
+    if last > 0:
+        where.append(("trace report", f"{at.round(last, 'report')}/report.html"))
+    where += [("store", at.loop()), ("compare", f"vstar compare {result['loop_id']} OTHER_LOOP_ID ...")]
+    console.print("where to look:")
+    for label, text in where:
+        console.print(f"  {label:<13} {text}", markup=False)  # a path may hold [ ], which rich reads as markup
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from components.infra import store
+from components.infra import store, tracking
 from components.infra.layout import Layout
 from components.config import load_config
 
@@ -124,6 +124,15 @@ def test_killed_run_resumes_at_once_and_live_runs_exclude_each_other(user, smoke
     assert {s: store.read_manifest(uri[s])["published_at"] for s in ("candidates", "scored")} == before
     assert store.is_published(uri["model"])
     print(f"rerun after SIGKILL: {time.time() - t0:.0f} s to finish the round")
+
+    # It ends by saying where to look, and the killed run's MLflow runs (left RUNNING) are finished now.
+    db = tmp / ".vstar/mlflow.db"
+    assert f"mlflow ui --backend-store-uri sqlite:///{db}" in out and f"vstar compare {cfg.loop_id()}" in out
+    assert f"trace report  {Layout(store_uri, cfg.loop_id()).round(1, 'report')}/report.html" in out
+    import mlflow
+
+    parent, rounds = tracking.loop_runs(mlflow.MlflowClient(f"sqlite:///{db}"), cfg.experiment, cfg.loop_id())
+    assert {r.info.status for r in [parent, *rounds]} == {"FINISHED"}
 
 
 def test_unlock_refuses_a_live_holder_and_frees_it_when_forced(user):

@@ -61,11 +61,15 @@ class Layout:
         return join(self.root, "prefect-results")
 
     # ------------------------------------------------------------------ one loop's rounds
+    def loop(self) -> str:
+        """The prefix under which the loop's rounds are published."""
+        return join(self.root, "loops", self.loop_id)
+
     def round(self, n: int, artifact: str) -> str:
         """Round n's artifact; `eval-<hash>` names a re-evaluation beside `eval`."""
         if artifact not in ROUND_ARTIFACTS and not artifact.startswith("eval-"):
             raise ValueError(f"unknown round artifact {artifact!r}; known: {', '.join(ROUND_ARTIFACTS)}")
-        return join(self.root, "loops", self.loop_id, f"round-{n}", artifact)
+        return join(self.loop(), f"round-{n}", artifact)
 
     def generator(self, n: int) -> str:
         """G_n: the bootstrap for n = 0, else round n's model."""
