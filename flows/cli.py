@@ -226,7 +226,7 @@ def sft_command(
         "vstar.data_run_id": entry.get("run_id") or "", "vstar.base_model": model, "vstar.model_uri": out,
         "mlflow.note.content": f"Fine-tuned {model} on catalog dataset {entry['id']} ({entry['uri']}) -> {out}",
     }).info.run_id
-    try:
+    with tracking.running(cfg, run_id):  # FINISHED, or FAILED / KILLED with what went wrong
         tracking.log_dataset(cfg, run_id, entry["uri"], entry["id"], context="training")
         curve: list = []
         t0 = time.perf_counter()
@@ -246,10 +246,6 @@ def sft_command(
             "data_id": entry["id"], "data_uri": entry["uri"], "base_model": model, "model_uri": out,
             "examples": len(pairs), **hp}.items()])
         tracking.log_metrics(cfg, run_id, metrics)
-        tracking.set_terminated(cfg, run_id)
-    except BaseException:
-        tracking.set_terminated(cfg, run_id, "FAILED")
-        raise
     console.print(f"fine-tuned {model} on {entry['id']} ({len(pairs)} examples, {stats['steps']} steps, "
                   f"loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}) in {metrics['seconds']:.0f} s")
     console.print(f"model: {out}")

@@ -24,9 +24,12 @@ def tracking_uri(cfg: RunConfig | None = None) -> str:
         return cfg.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    db = LOCAL_DB.resolve()
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db}"
+    LOCAL_DB.resolve().parent.mkdir(parents=True, exist_ok=True)
+    return local_uri()
+
+
+def local_uri() -> str:
+    return f"sqlite:///{LOCAL_DB.resolve()}"
 
 
 def client(cfg: RunConfig | None = None):
@@ -39,7 +42,7 @@ def experiment_id(c, name: str) -> str:
     exp = c.get_experiment_by_name(name)
     if exp:
         return exp.experiment_id
-    local = c.tracking_uri == f"sqlite:///{LOCAL_DB.resolve()}"
+    local = c.tracking_uri == local_uri()
     return c.create_experiment(name, artifact_location=LOCAL_ARTIFACTS.resolve().as_uri() if local else None)
 
 
@@ -113,10 +116,6 @@ def _dataset_input(ds, context: str, InputTag):
     from mlflow.entities import DatasetInput
 
     return DatasetInput(dataset=ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
-
-
-def set_terminated(cfg: RunConfig, run_id: str, status: str = "FINISHED") -> None:
-    client(cfg).set_terminated(run_id, status)
 
 
 @contextmanager
