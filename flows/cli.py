@@ -80,6 +80,58 @@ def unlock(loop: str = typer.Argument(..., help="Loop id, e.g. demo-aac74faae2 (
         _fail(str(e))
 
 
+@app.command()
+def status(loop: Optional[str] = typer.Argument(None, help="Loop id; omitted: every loop in the store."),
+           config: Optional[Path] = typer.Option(None, "--config", help="YAML config naming the store, MLflow "
+                                                 "and experiment; embedded defaults if omitted."),
+           set: list[str] = typer.Option([], "--set", help=SET_HELP)):
+    """Where loops stand: per round, each stage published (when, key figures), running, failed or not
+    started; whether a live run holds the loop; the running flow runs; where the runs and data are."""
+    from components.infra import tracking
+    from components.infra.layout import Layout
+    from flows import status as st
+    from flows.lock import lock_state
+
+    cfg = _load(config, set)
+    loops = st.loop_ids(cfg.store_uri)
+    if loop is None:
+        t = Table(title=f"loops in {cfg.store_uri}")
+        for col in ("loop", "rounds evaluated", "last published", "stale stages", "lock"):
+            t.add_column(col)
+        for loop_id in loops:
+            at = Layout(cfg.store_uri, loop_id)
+            rows = [r for n in st.rounds(at) for r in st.round_rows(at, n, True, None, None) if r.when]
+            done = [r.round for r in rows if r.stage == "evaluate"]
+            t.add_row(loop_id, str(max(done)) if done else "-", max((r.when for r in rows), default="-"),
+                      str(sum(r.state.startswith("stale") for r in rows)), lock_state(loop_id)[1])
+        console.print(t if loops else f"no loops in {cfg.store_uri}")
+    else:
+        if loop not in loops:
+            _fail(f"no loop {loop!r} in {cfg.store_uri}; loops there: {', '.join(loops) or 'none'}")
+        at = Layout(cfg.store_uri, loop)
+        alive, lock_text = lock_state(loop)
+        runs = st.mlflow_runs(cfg, loop)
+        parent, by_round = runs if runs else (None, {})
+        prm_on = (parent.data.params.get("prm/enabled", str(cfg.prm.enabled)) == "True") if parent else cfg.prm.enabled
+        t = Table(title=f"loop {loop}")
+        for col in ("round", "stage", "state", "published (UTC)", "key figures"):
+            t.add_column(col)
+        for n in st.rounds(at):
+            run = by_round.get(n)
+            for r in st.round_rows(at, n, prm_on, run.info.status if run else None, alive):
+                t.add_row(str(r.round), r.stage, r.state, r.when, r.figures)
+        console.print(t)
+        console.print(f"lock: {lock_text}", markup=False)
+        where = f"{tracking.tracking_uri(cfg)}, experiment {cfg.experiment}"
+        if parent:
+            where += f", loop run {parent.info.run_id} {parent.info.status}"
+            where += "".join(f"; round {n} run {r.info.run_id} {r.info.status}" for n, r in sorted(by_round.items()))
+        console.print(f"MLflow: {where if parent else where + ': no runs of this loop'}", markup=False)
+        console.print(f"store: {at.loop()}", markup=False)
+    running = st.running_flow_runs()
+    console.print("running flow runs: " + ("; ".join(running) if running else "none"), markup=False)
+
+
 labels_app = typer.Typer(no_args_is_help=True, help="Step-labelled traces in the PRM800K / Math-Shepherd formats.")
 app.add_typer(labels_app, name="labels")
 
@@ -250,6 +302,87 @@ def sft_command(
                   f"loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}) in {metrics['seconds']:.0f} s")
     console.print(f"model: {out}")
     console.print(f"MLflow run {run_id} (experiment {experiment}): input {entry['uri']}")
+
+
+# ------------------------------------------------------------------------ the full local stack
+
+services_app = typer.Typer(no_args_is_help=True, help="The full local stack: S3 (moto), MLflow, Prefect server "
+                                                      "+ work pool `vstar` + worker, on 127.0.0.1.")
+app.add_typer(services_app, name="services")
+STACK_DIR_HELP = "Where the stack keeps state.json, env.sh, logs and its databases."
+STACK_DIR = Path(".vstar/services")  # = components.infra.services.STACK_DIR, imported only when used
+
+
+def _shown(path: Path) -> str:
+    rel = os.path.relpath(path)
+    return path.as_posix() if rel.startswith("..") else rel
+
+
+@services_app.command("up")
+def services_up(dir: Path = typer.Option(STACK_DIR, "--dir", help=STACK_DIR_HELP),
+                no_s3: bool = typer.Option(False, "--no-s3", help="No S3: MLflow keeps artifacts under DIR."),
+                prefect_port: Optional[int] = typer.Option(None, help="Default: a free port."),
+                mlflow_port: Optional[int] = typer.Option(None, help="Default: a free port."),
+                s3_port: Optional[int] = typer.Option(None, help="Default: a free port.")):
+    """Start the stack; it keeps running after this command. Writes DIR/env.sh to source."""
+    from components.infra import services
+    from components.infra.processes import ServiceStartError
+
+    try:
+        state = services.start_stack(dir, s3=not no_s3, s3_port=s3_port, mlflow_port=mlflow_port,
+                                     prefect_port=prefect_port, say=lambda m: console.print(m, markup=False))
+    except services.StackRunning as e:
+        _fail(str(e))
+    except ServiceStartError as e:
+        console.print(str(e), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+    at = "" if dir == STACK_DIR else f" --dir {_shown(dir)}"
+    t = Table(title=f"local stack (vstar services status{at} checks it, vstar services down{at} stops it)")
+    for col in ["service", "URL", "pid", "log"]:
+        t.add_column(col, overflow="fold")
+    for r in state["services"]:
+        t.add_row(r["name"], r["url"], str(r["pid"]), _shown(Path(r["log"])))
+    console.print(t)
+    console.print(f"source {_shown(Path(state['dir']) / services.ENV_FILE)}", markup=False)
+
+
+@services_app.command("status")
+def services_status(dir: Path = typer.Option(STACK_DIR, "--dir", help=STACK_DIR_HELP)):
+    """Each recorded service: alive (process group) and healthy (its health check). Exit 0 only when all are."""
+    from components.infra import services
+
+    rows = services.stack_status(dir)
+    if rows is None:
+        console.print(f"no stack recorded in {_shown(dir)}: start one with vstar services up", markup=False)
+        raise typer.Exit(1)
+    t = Table(title=f"local stack in {_shown(dir)}")
+    for col in ["service", "alive", "healthy", "URL", "pid", "log"]:
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(r["name"], "yes" if r["alive"] else "[red]no[/]", "yes" if r["healthy"] else "[red]no[/]",
+                  r.get("url") or "-", str(r["pid"]), _shown(Path(r["log"])))
+    console.print(t)
+    down = [r["name"] for r in rows if not r["healthy"]]
+    if down or len(rows) == 0:
+        console.print(f"not up: {', '.join(down) or 'nothing started'} (logs above; restart: vstar services down, "
+                      f"then vstar services up)", style="red", markup=False)
+        raise typer.Exit(1)
+
+
+@services_app.command("down")
+def services_down(dir: Path = typer.Option(STACK_DIR, "--dir", help=STACK_DIR_HELP)):
+    """Stop every recorded service (its whole process group) and forget the stack. Harmless when none runs."""
+    from components.infra import services
+
+    stopped = services.stop_stack(dir)
+    if stopped is None:
+        console.print(f"no stack recorded in {_shown(dir)}: nothing to stop", markup=False)
+        return
+    for s in stopped:
+        console.print(f"{'stopped' if s['was_running'] else 'already gone'}: {s['name']} (pid {s['pid']})",
+                      markup=False)
+    console.print(f"removed {_shown(dir / services.STATE_FILE)} and {services.ENV_FILE}; logs and databases "
+                  f"stay in {_shown(dir)}", markup=False)
 
 
 def _pct(x) -> str:

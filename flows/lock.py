@@ -229,3 +229,19 @@ def unlock(loop_id: str, force: bool = False) -> str:
             log.warning("forcing %s open although its holder may be alive (%s)", name, why)
         _reclaim(client, name, rec, why if alive is False else f"forced by hand ({why})")
         return f"loop {loop_id} unlocked ({why}; was {describe(rec)})"
+
+
+def lock_state(loop_id: str) -> tuple[bool | None, str]:
+    """(alive, what to say) of the loop's holder for `vstar status`: alive is None when nothing holds
+    the loop or whether its holder lives cannot be told from here."""
+    name = limit_name(loop_id)
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            return None, "never locked here"
+        if limit.active_slots == 0:
+            return None, "not locked"
+        rec = read_holder(client, name)
+        alive, why = holder_state(client, rec)
+        return alive, f"held by {describe(rec)}; {why}"

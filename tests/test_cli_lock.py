@@ -1,7 +1,9 @@
 """`vstar run` as a new user runs it: the embedded default (Prefect's ephemeral API, nothing else
 running), a loop SIGKILLed mid-stage and rerun, two live runs of one loop, `vstar unlock`, and the
 errors a user causes printed as one line."""
+import datetime as dt
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,6 +86,18 @@ def one_line_error(out: str, needle: str) -> str:
     return hits[0]
 
 
+def assert_live_progress(out: str, stage: str, unit: str) -> None:
+    """`stage: log PATH` (an existing file), then progress lines no more than 15 s apart (they come every
+    5 s; the slack is for a loaded machine) ending in a finished bar of `unit`."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if f"- {stage}: log " in line)
+    assert Path(lines[start].split(f"- {stage}: log ", 1)[1].strip()).is_file(), lines[start]
+    ticks = [line for line in lines[start:] if re.search(rf"- {stage} (\d+m )?\d+s?[ s]*: ", line)]
+    assert ticks and any(re.search(rf"(\d+)/\1 {unit} 100%", t) for t in ticks), (stage, out[-4000:])
+    clock = [dt.datetime.strptime(t.split(" | ")[0].strip(), "%H:%M:%S.%f") for t in ticks]
+    assert max((b - a).total_seconds() for a, b in zip(clock, clock[1:] or clock)) <= 15, ticks
+
+
 def test_killed_run_resumes_at_once_and_live_runs_exclude_each_other(user, smoke_cfg, tiny_model_dir):
     tmp, start, run = user
     store_uri = str(tmp / "store")
@@ -113,6 +127,24 @@ def test_killed_run_resumes_at_once_and_live_runs_exclude_each_other(user, smoke
     assert not store.is_published(uri["model"])
     before = {s: store.read_manifest(uri[s])["published_at"] for s in ("candidates", "scored")}
 
+    # While it ran, each stage showed where its log is, live progress at least every few seconds
+    # (before the child's first report too) and, once done, one line of key figures.
+    first_out = open(first.log.name).read()
+    assert_live_progress(first_out, "generate", "samples")
+    assert re.search(r"generate +\d[\d,]* traces +\d+\.\d% correct", first_out), first_out[-3000:]
+
+    # `vstar status` says what happened: round 1's first stages published with their figures, SFT
+    # interrupted (its MLflow run still says RUNNING, and no live process holds the loop).
+    settings = ["--config", str(ROOT / "configs/smoke.yaml"), *args[2:]]
+    rc, out = run("status", cfg.loop_id(), *settings, timeout=300)
+    assert rc == 0, out[-3000:]
+    rows = {tuple(c.strip() for c in line.split("│")[1:4]) for line in out.splitlines() if line.count("│") >= 6}
+    assert {("1", "generate", "published"), ("1", "score", "published"), ("1", "filter", "published"),
+            ("1", "sft", "interrupted")} <= rows, out[-3000:]
+    assert re.search(r"│ generate +│ published +│ [0-9T:-]+Z +│ [\d,]+ traces +[\d.]+% correct", out), out[-3000:]
+    assert f"process {first.pid} on this host is gone" in out, out[-3000:]
+    assert f"store: {Layout(store_uri, cfg.loop_id()).loop()}" in out, out[-3000:]
+
     # The same command again: the dead holder is recognised, the lock reclaimed, the round resumed.
     t0 = time.time()
     rc, out = run(*args)
@@ -123,6 +155,8 @@ def test_killed_run_resumes_at_once_and_live_runs_exclude_each_other(user, smoke
         assert any(f"Task run '{task}-" in line and "Cached" in line for line in out.splitlines()), (task, out[-4000:])
     assert {s: store.read_manifest(uri[s])["published_at"] for s in ("candidates", "scored")} == before
     assert store.is_published(uri["model"])
+    assert_live_progress(out, "sft", "steps")
+    assert re.search(r"sft +\d[\d,]* examples +\d+ steps +loss ", out), out[-4000:]
     print(f"rerun after SIGKILL: {time.time() - t0:.0f} s to finish the round")
 
     # It ends by saying where to look, and the killed run's MLflow runs (left RUNNING) are finished now.
@@ -133,6 +167,8 @@ def test_killed_run_resumes_at_once_and_live_runs_exclude_each_other(user, smoke
 
     parent, rounds = tracking.loop_runs(mlflow.MlflowClient(f"sqlite:///{db}"), cfg.experiment, cfg.loop_id())
     assert {r.info.status for r in [parent, *rounds]} == {"FINISHED"}
+    rc, out = run("status", *settings, timeout=300)  # every loop of the store: this one, evaluated, free
+    assert rc == 0 and re.search(rf"{cfg.loop_id()} +│ 1 +│ [0-9T:-]+Z +│ 0 +│ not locked", out), out[-3000:]
 
 
 def test_unlock_refuses_a_live_holder_and_frees_it_when_forced(user):

@@ -1,9 +1,15 @@
 """The loop through real services: Prefect server, MLflow server with S3 artifacts, an s3:// store,
 vLLM generation, SFT and PRM training on a real tiny model."""
+from collections import defaultdict
+from html.parser import HTMLParser
+
 import datasets
 import mlflow
 import pytest
 
+from browser import assert_not_blank, render_app  # tests/browser.py
+
+from components.evaluation.trace_report import REPORT
 from components.infra import store
 from components.infra.layout import Layout
 
@@ -59,6 +65,98 @@ def test_mlflow_parent_has_child_runs_with_eval_metrics(loop_result, s3_cfg):
         assert len(curve) == len(r["sft"]["loss_curve"]) >= 1  # the SFT loss curve, step by step
         inputs = by_round[n].inputs.dataset_inputs
         assert any(d.dataset.source and r["filtered_uri"] in d.dataset.source for d in inputs)
+
+
+def test_each_stage_shows_its_progress_in_the_prefect_ui(loop_result, s3_cfg, prefect_server):
+    """A progress artifact per isolated stage, keyed by what it publishes, at 100% once it finished."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    key = f"loops-{loop_result['loop_id']}-"
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=key)))
+    by_key = {a.key: a for a in arts}
+    for n in (1, 2):
+        for artifact, stage in (("candidates", "generate"), ("scored", "score"), ("model", "sft"), ("eval", "evaluate")):
+            a = by_key.get(f"{key}round-{n}-{artifact}")
+            assert a is not None and a.type == "progress", (n, artifact, sorted(by_key))
+            assert a.data == 100.0 and a.description.startswith(f"{stage}: ") and "100%" in a.description, a
+
+
+class MlflowPage(HTMLParser):
+    """What a rendered MLflow UI page shows, by the UI's data-testid attributes: the text, the links
+    ((href, text)) and the attributes of each such element, and the page's iframes."""
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    def __init__(self, dom: str):
+        super().__init__()
+        self.text: dict[str, str] = defaultdict(str)
+        self.links: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        self.attrs: dict[str, list[dict]] = defaultdict(list)
+        self.iframes: list[dict] = []
+        self._open: list[tuple[str, str | None]] = []  # (tag, data-testid) of the open elements
+        self._link: list[str] | None = None
+        self.feed(dom)
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: v or "" for k, v in attrs}
+        if tag == "iframe":
+            self.iframes.append(a)
+        if a.get("data-testid"):
+            self.attrs[a["data-testid"]].append(a)
+        if tag == "a":
+            self._link = [a.get("href", ""), ""]
+        if tag not in self.VOID:
+            self._open.append((tag, a.get("data-testid")))
+
+    def handle_endtag(self, tag):
+        if tag == "a" and self._link:
+            for tid in {t for _, t in self._open if t}:
+                self.links[tid].append((self._link[0], self._link[1].strip()))
+            self._link = None
+        for i in range(len(self._open) - 1, -1, -1):
+            if self._open[i][0] == tag:
+                del self._open[i:]
+                break
+
+    def handle_data(self, data):
+        for tid in {t for _, t in self._open if t}:
+            self.text[tid] += data
+        if self._link is not None:
+            self._link[1] += data
+
+
+def test_mlflow_ui_shows_the_loop_its_rounds_and_their_trace_reports(loop_result, s3_cfg, tmp_path):
+    """The MLflow UI in headless Chromium, as a person opens it: the loop's parent run lists a child run
+    per round, and each round's run lists (and previews) its trace report among its artifacts."""
+    client = mlflow.MlflowClient(s3_cfg.tracking_uri)
+    parent = client.get_run(loop_result["parent_run_id"])
+    # The rounds' runs as the loop knows them, not as MLflow nests them: un-nested runs must fail below.
+    rounds = {r["round"]: r["run_id"] for r in loop_result["rounds"]}
+    names = {run_id: client.get_run(run_id).info.run_name for run_id in rounds.values()}
+    assert names == {rounds[n]: f"{loop_result['loop_id']}/round-{n}" for n in range(s3_cfg.rounds + 1)}
+    runs = f"{s3_cfg.tracking_uri}/#/experiments/{parent.info.experiment_id}/runs"
+
+    png = tmp_path / "parent-run.png"
+    page = MlflowPage(render_app(tmp_path, f"{runs}/{parent.info.run_id}", png))
+    where = f"(page: {png.with_suffix('.html')}, {png})"
+    assert page.text["runs-header"].strip() == parent.info.run_name == loop_result["loop_id"], where
+    assert parent.info.run_id in page.text["key-value-Run ID"], where
+    assert "Finished" in page.text["key-value-Status"], where
+    children = {href.rsplit("/", 1)[-1]: name for href, name in page.links["key-value-Child runs"]}
+    assert children == names, f"child runs on the parent's page {where}: {children}, expected {names}"
+    assert_not_blank(png, (1400, 1000))
+
+    for n in range(1, s3_cfg.rounds + 1):  # rounds 1.. publish a trace report; round 0 evaluates the bootstrap
+        png = tmp_path / f"round-{n}-artifacts.png"
+        page = MlflowPage(render_app(tmp_path, f"{runs}/{rounds[n]}/artifacts/report/{REPORT}", png))
+        where = f"(page: {png.with_suffix('.html')}, {png})"
+        assert page.text["runs-header"].strip() == names[rounds[n]], where
+        tree = {a.get("artifact-name") for a in page.attrs["artifact-tree-node"]}
+        assert {"report", REPORT} <= tree, f"artifact tree {where}: {tree}"
+        # The selected file is shown: its path above the preview, the HTML itself in MLflow's iframe.
+        assert any("mlflow-html-iframe" in f.get("class", "") for f in page.iframes), where
+        assert_not_blank(png, (1400, 1000))
 
 
 def test_rerun_skips_published_stages(loop_result, s3_cfg):

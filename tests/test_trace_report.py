@@ -1,11 +1,11 @@
 """The per-round HTML trace report: why each trace was kept or rejected, and the page as headless
 Chromium (Debian's `chromium`, started here) renders it."""
-import shutil
-import subprocess
 from html.parser import HTMLParser
 
 import pytest
 from PIL import Image, ImageStat
+
+from browser import chromium  # tests/browser.py
 
 from components.models import prm
 from components.stages import filter as filter_stage
@@ -16,20 +16,6 @@ from components.config_sections import FilterConfig
 from components.data.families.arith import APPLY
 from components.labeling.filtering import select
 from components.evaluation.trace_report import REPORT, reasons, render, trace_report
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def chromium(tmp_path, *args) -> str:
-    exe = shutil.which("chromium")
-    assert exe, ("chromium not found: these tests need Debian's chromium package "
-                 "(`make test` installs it: apt-get install --no-install-recommends chromium)")
-    # The timeout only keeps a hung browser from hanging the suite; nothing asserts on time.
-    r = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}", *args],
-                       capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, f"chromium exited {r.returncode}: {r.stderr[-3000:]}"
-    return r.stdout
 
 
 class Traces(HTMLParser):

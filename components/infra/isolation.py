@@ -7,7 +7,8 @@ a no-op) stay in the child instead of leaking into the flow or into a later trai
 This is the one place where a stage's arguments cross a process boundary: the config and keyword
 arguments go to the child as JSON, the child validates the config again and calls the stage module's
 `run(cfg, **kwargs)`, and its JSON-able result comes back. The child writes to a log file; on
-failure the parent raises with the log's tail.
+failure the parent raises with the log's tail. While it runs, its progress reports
+(components/infra/progress.py) reach the parent's `on_progress`.
 """
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 from components.config import RunConfig
+from components.infra import code_version, progress
 
 
 def _die_with_parent() -> None:
@@ -45,15 +48,21 @@ _LEAKY = ("LD_PRELOAD",)
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: children import components/ from it
 
 
-def run_isolated(stage: ModuleType, cfg: RunConfig, kwargs: dict, log_dir: str | Path = ".vstar/logs"):
+def run_isolated(stage: ModuleType, cfg: RunConfig, kwargs: dict, log_dir: str | Path = ".vstar/logs",
+                 on_start: Callable[[Path], None] | None = None,
+                 on_progress: Callable[[progress.Event | None], None] | None = None):
     """`stage.run(cfg, **kwargs)` in a child Python; returns its result."""
-    return call_isolated(f"{stage.__name__}:run", kwargs, stage.__name__.rsplit(".", 1)[-1], log_dir, cfg)
+    return call_isolated(f"{stage.__name__}:run", kwargs, stage.__name__.rsplit(".", 1)[-1], log_dir, cfg,
+                         on_start, on_progress)
 
 
 def call_isolated(target: str, kwargs: dict, name: str, log_dir: str | Path = ".vstar/logs",
-                  cfg: RunConfig | None = None):
-    """`module:function(**kwargs)` (with `cfg` first when given) in a child Python; returns its result."""
-    log_dir = Path(log_dir)
+                  cfg: RunConfig | None = None, on_start: Callable[[Path], None] | None = None,
+                  on_progress: Callable[[progress.Event | None], None] | None = None):
+    """`module:function(**kwargs)` (with `cfg` first when given) in a child Python; returns its result.
+    `on_start(log_path)` is called once the child runs; `on_progress(event)` for each progress report
+    and with None 4 times a second."""
+    log_dir = Path(log_dir).absolute()  # printed: openable from any directory
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{os.getpid()}.log"
     env = {k: v for k, v in os.environ.items() if k not in _LEAKY}
@@ -62,21 +71,52 @@ def call_isolated(target: str, kwargs: dict, name: str, log_dir: str | Path = ".
     with tempfile.TemporaryDirectory() as tmp:
         args, result = Path(tmp) / "args.json", Path(tmp) / "result.json"
         args.write_text(json.dumps({"config": cfg and cfg.model_dump(mode="json"), "kwargs": kwargs}))
+        env[progress.ENV] = events = str(Path(tmp) / "progress.jsonl")
         with open(log_path, "w") as log:
-            proc = subprocess.run([sys.executable, "-m", __name__, target, str(args), str(result)],
-                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                  preexec_fn=_die_with_parent)
+            proc = subprocess.Popen([sys.executable, "-m", __name__, target, str(args), str(result)],
+                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                    preexec_fn=_die_with_parent)
+            if on_start:
+                on_start(log_path)
+            _wait(proc, events, on_progress)
         if proc.returncode != 0 or not result.exists():
             tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-40:])
             raise StageFailed(f"stage {name} failed (exit {proc.returncode}); log: {log_path}\n{tail}")
         return json.loads(result.read_text())
 
 
+def _wait(proc: subprocess.Popen, events: str, on_progress) -> None:
+    """Wait for the child, handing on its progress events as they come. If the wait itself ends
+    (cancellation, Ctrl-C), the child goes too: nothing may publish behind the caller's back."""
+    offset = 0
+    try:
+        while True:
+            try:
+                proc.wait(timeout=0.25)
+                done = True
+            except subprocess.TimeoutExpired:
+                done = False
+            if on_progress:
+                new, offset = progress.follow(events, offset)
+                try:
+                    for event in [*new, None]:  # None: a tick, so a display can move between reports
+                        on_progress(event)
+                except Exception:  # a display must never fail the stage it shows
+                    on_progress = None
+            if done:
+                return
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
 def _main(target: str, args_path: str, result_path: str) -> None:
     module, fn = target.split(":")
     args = json.loads(Path(args_path).read_text())
     first = [RunConfig.model_validate(args["config"])] if args["config"] is not None else []
-    out = getattr(importlib.import_module(module), fn)(*first, **args["kwargs"])
+    with code_version.stamped(module):  # what it publishes says which code made it
+        out = getattr(importlib.import_module(module), fn)(*first, **args["kwargs"])
     if isinstance(out, dict):  # a stage's metrics: with this child's own peak memory
         from components.models.hardware import peak_memory
 

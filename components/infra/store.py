@@ -20,6 +20,8 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
+from components.infra import code_version
+
 MANIFEST = "manifest.json"
 
 
@@ -120,6 +122,8 @@ def publish_folder(local_dir: str | Path, uri: str, meta: dict[str, Any]) -> dic
         retry(fs.put_file, str(local_dir / name), join(path, name))
     manifest = {"files": files, "sha256": digest.hexdigest(), "uri": uri,
                 "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta}
+    if code_version.CURRENT.get() and "code" not in manifest:  # which code made it (a stage publishing)
+        manifest["code"] = code_version.CURRENT.get()
     _put_manifest(fs, path, manifest)
     return manifest
 

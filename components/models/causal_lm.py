@@ -43,6 +43,34 @@ def collate(batch: list[tuple[list[int], int]], pad_id: int):
     return input_ids, attn, labels
 
 
+def progress_callback():
+    """A TrainerCallback that reports optimizer steps, examples/s and the last logged loss as live
+    progress (components/infra/progress.py): every step, the reporter throttles."""
+    from transformers import TrainerCallback
+
+    from components.infra import progress
+
+    class _Progress(TrainerCallback):
+        loss, t0 = None, 0.0
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.monotonic()
+            progress.report("steps", 0, state.max_steps)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.loss = float(logs["loss"])
+
+        def on_step_end(self, args, state, control, **kw):
+            per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+            figures = {"ex/s": state.global_step * per_step / max(1e-9, time.monotonic() - self.t0)}
+            if self.loss is not None:
+                figures["loss"] = self.loss
+            progress.report("steps", state.global_step, state.max_steps, **figures)
+
+    return _Progress()
+
+
 class _Items:
     """A list as a torch Dataset (what Trainer's sampler and collator take)."""
 
@@ -94,7 +122,7 @@ def fit(model, items: list, collate: Callable[[list], dict], epochs: float, lr: 
             logging_steps=max(1, steps // 100), logging_first_step=True, **placement.trainer_args())
         use_cache = getattr(model.config, "use_cache", None)  # before the Trainer: it turns the cache off
         trainer = Trainer(model=model, args=args, train_dataset=_Items(items), data_collator=collate,
-                          compute_loss_func=compute_loss, callbacks=[_Losses()])
+                          compute_loss_func=compute_loss, callbacks=[_Losses(), progress_callback()])
         trainer.remove_callback(PrinterCallback)  # losses go to `log`, not to stdout
         t0 = time.perf_counter()
         trainer.train()

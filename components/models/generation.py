@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from components.config_sections import GenerationConfig
+from components.infra import progress
 from components.models.hardware import CPU, Placement
 
 
@@ -93,7 +95,8 @@ class VLLMBackend:
         params = [SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                                  max_tokens=sampling.max_tokens, seed=prompt_seed(sampling.seed, p),
                                  stop=list(sampling.stop) or None, logprobs=0) for p in prompts]
-        outs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=lora_request)
+        outs = self.llm.generate(prompts, params, lora_request=lora_request,
+                                 use_tqdm=progress.active() and progress.tqdm_class("samples", len(prompts) * sampling.n))
         eos = self.llm.get_tokenizer().eos_token_id
         return [[Sample(o.text, [t for t in o.token_ids if t != eos], o.cumulative_logprob,
                         _finish(o.finish_reason))
@@ -108,7 +111,8 @@ class VLLMBackend:
         limit = self.max_model_len - 1
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids[:limit]) for ids in sequences], params,
-                                 use_tqdm=False, lora_request=lora_request)
+                                 use_tqdm=progress.active() and progress.tqdm_class("sequences", len(sequences)),
+                                 lora_request=lora_request)
         result = []
         for out, ids in zip(outs, sequences):
             lps = [None] + [d[t].logprob for d, t in zip(out.prompt_logprobs[1:], ids[1:limit])]
@@ -158,6 +162,8 @@ class TransformersBackend:
         self._use_adapter(lora_request)
         results: list[list[Sample]] = []
         eos = self.tok.eos_token_id
+        total, tokens, t0 = len(prompts) * sampling.n, 0, time.monotonic()
+        progress.report("samples", 0, total)
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
             enc = self.tok(chunk, return_tensors="pt", padding=True).to(self.device)
@@ -182,7 +188,10 @@ class TransformersBackend:
                     lp = float(logp[i * sampling.n + j, :n_tok].sum())
                     samples.append(Sample(self.tok.decode(ids, skip_special_tokens=True), ids, lp,
                                           "stop" if eos in row else "length"))
+                    tokens += n_tok
                 results.append(samples)
+            progress.report("samples", len(results) * sampling.n, total,
+                            **{"tok/s": tokens / max(1e-9, time.monotonic() - t0)})
         return results
 
     def token_logprobs(self, sequences: list[list[int]], lora_request=None) -> list[list[float | None]]:
@@ -190,6 +199,7 @@ class TransformersBackend:
 
         self._use_adapter(lora_request)
         result: list[list[float | None]] = []
+        progress.report("sequences", 0, len(sequences))
         for start in range(0, len(sequences), self.batch_size):
             chunk = [ids[: self.max_model_len] for ids in sequences[start : start + self.batch_size]]
             width = max(len(ids) for ids in chunk)
@@ -203,5 +213,6 @@ class TransformersBackend:
             for i, (ids, full) in enumerate(zip(chunk, sequences[start : start + self.batch_size])):
                 row = [None] + lp[i, : len(ids) - 1].tolist()
                 result.append(row + [None] * (len(full) - len(row)))
+            progress.report("sequences", len(result), len(sequences))
         return result
 

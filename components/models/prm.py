@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from components.infra import progress
 from components.models.causal_lm import ensure_pad_token, fit
 from components.models.hardware import CPU, Placement
 
@@ -93,12 +94,14 @@ def step_probs(model, tok, fmt: dict, prompts: list[str], steps: list[list[str]]
         if too_long:  # same contract as vLLM, which refuses prompts longer than max_model_len
             raise ValueError(f"trace {too_long[0]} has {len(enc[too_long[0]][0])} tokens > max_model_len {max_len}")
     out: list[list[float]] = []
+    progress.report("traces", 0, len(enc))
     with torch.no_grad(), placement.autocast():
         for start in range(0, len(enc), batch_size):
             chunk = enc[start : start + batch_size]
             input_ids, attn = (t.to(placement.device) for t in _pad([ids for ids, _ in chunk], tok.pad_token_id))
             probs = model(input_ids=input_ids, attention_mask=attn).logits.float().softmax(-1).cpu()
             out += [probs[i, pos, fmt["positive_class"]].tolist() for i, (_, pos) in enumerate(chunk)]
+            progress.report("traces", len(out), len(enc))
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from components.infra import progress
 from components.infra.log import get_logger
 from components.models.causal_lm import ensure_pad_token
 from components.models.hardware import CPU, Placement
@@ -60,7 +61,8 @@ class VLLMPRM:
 
     def score(self, prompts: list[str], steps: list[list[str]]) -> list[list[float]]:
         texts = [format_input(p, s, self.fmt) for p, s in zip(prompts, steps)]
-        outs = self.llm.encode(texts, pooling_task="token_classify", use_tqdm=False)
+        outs = self.llm.encode(texts, pooling_task="token_classify",
+                               use_tqdm=progress.active() and progress.tqdm_class("traces", len(texts)))
         result = []
         for out, s, text in zip(outs, steps, texts):
             logits = out.outputs.data.float().reshape(-1, 2)  # one row per tag

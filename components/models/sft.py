@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from components.models.causal_lm import progress_callback
 from components.models.hardware import CPU, Placement
 
 ADAPTER_BASE = "adapter_base.json"
@@ -71,7 +72,7 @@ def make_trainer(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[st
         # Longer sequences than the model's positions can't be trained on; TRL truncates (keep_start).
         max_length=model.config.max_position_embeddings,
     )
-    callbacks = []
+    callbacks = [progress_callback()]
     if log is not None:
         class _Stream(TrainerCallback):
             """Forwards each logged training loss (e.g. to MLflow) while training runs."""

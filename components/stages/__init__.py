@@ -19,6 +19,7 @@ class Stage:
     accelerator: bool = False  # generation, scoring, training: one at a time per GPU ("gpu" tag)
     isolated: bool = False  # heavy: runs in its own child process
     metrics: str = ""  # prefix of its MLflow metrics (default: name); kept stable so rounds stay comparable
+    summary: tuple[str, ...] = ()  # its one console line: format strings over its metrics (progress.summary)
 
     @property
     def metrics_prefix(self) -> str:

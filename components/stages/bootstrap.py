@@ -15,7 +15,8 @@ from components.models.serving import placement
 from components.stages import Stage
 
 log = get_logger(__name__)
-STAGE = Stage("bootstrap", reads=(), publishes="bootstrap", accelerator=True, isolated=True)
+STAGE = Stage("bootstrap", reads=(), publishes="bootstrap", accelerator=True, isolated=True,
+              summary=("{params:,} params", "{examples:,} examples", "{steps:,} steps", "loss {loss_first:.3f} -> {loss_last:.3f}"))
 
 
 def run(cfg: RunConfig, out_uri: str) -> dict:

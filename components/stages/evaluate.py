@@ -13,7 +13,9 @@ from components.models.generation import Sampling
 from components.stages import Stage
 from components.stages.generate import problem_row
 
-STAGE = Stage("evaluate", reads=("model", "prm"), publishes="eval", accelerator=True, isolated=True)
+STAGE = Stage("evaluate", reads=("model", "prm"), publishes="eval", accelerator=True, isolated=True,
+              summary=("pass@1 {pass1_all:.1%}", "maj@k {maj_at_k_all:.1%}", "best-of-k by PRM {bestofk_prm_min_all:.1%}",
+                       "PRM F1 {prm_f1:.2f}"))
 
 
 def run(cfg: RunConfig, out_uri: str, model_uri: str, tag: str, prm_uri: str | None = None) -> dict:

@@ -12,7 +12,8 @@ from components.models import serving
 from components.models.generation import Sampling
 from components.stages import Stage
 
-STAGE = Stage("generate", reads=("model",), publishes="candidates", accelerator=True, isolated=True)
+STAGE = Stage("generate", reads=("model",), publishes="candidates", accelerator=True, isolated=True,
+              summary=("{traces:,} traces", "{accuracy:.1%} correct", "{k_tokens_per_s:.1f}k tok/s"))
 
 
 def problem_row(p) -> dict:

@@ -16,7 +16,8 @@ from components.models import serving
 from components.stages import Stage
 
 STAGE = Stage("train-judge", reads=("bootstrap",), publishes="judge", accelerator=True,
-              isolated=True, metrics="train_judge")
+              isolated=True, metrics="train_judge",
+              summary=("{examples:,} examples", "{steps:,} steps", "loss {loss_first:.3f} -> {loss_last:.3f}"))
 
 
 def run(cfg: RunConfig, out_uri: str, generator_uri: str) -> dict:

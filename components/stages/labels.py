@@ -18,7 +18,8 @@ from components.models.generation import Sampling
 from components.stages import Stage
 
 STAGE = Stage("import-labels", reads=("model",), publishes="labels", accelerator=True, isolated=True,
-              metrics="import_labels")
+              metrics="import_labels", summary=("{rows_accepted:,} of {rows_read:,} rows", "{rows_quarantined:,} quarantined",
+                                                "{steps:,} steps"))
 
 
 def label_budget(cfg: RunConfig, model_uri: str, uri: str) -> dict:

@@ -6,7 +6,7 @@ from components.evaluation.trace_report import trace_report
 from components.stages import Stage
 
 STAGE = Stage("trace-report", reads=("scored", "filtered", "prm"), publishes="report",
-              isolated=True, metrics="trace_report")
+              isolated=True, metrics="trace_report", summary=("{report_traces:,} traces shown",))
 
 
 def run(cfg: RunConfig, out_uri: str, scored_uri: str, filtered_uri: str, round_idx: int,

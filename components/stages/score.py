@@ -15,7 +15,7 @@ from components.models import serving
 from components.stages import Stage
 
 STAGE = Stage("score", reads=("candidates", "model", "prm", "judge"), publishes="scored", accelerator=True,
-              isolated=True)
+              isolated=True, summary=("{traces:,} traces", "{steps:,} steps labelled", "label F1 {label_f1:.2f}"))
 
 
 def engines(cfg: RunConfig, fam, model_uri: str, prm_uri: str | None, judge_uri: str | None, seed: int) -> Engines:

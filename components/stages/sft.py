@@ -20,7 +20,7 @@ from components.stages import Stage
 
 log = get_logger(__name__)
 STAGE = Stage("sft", reads=("model", "filtered"), publishes="model", accelerator=True,
-              isolated=True, metrics="train_generator")
+              isolated=True, metrics="train_generator", summary=("{examples:,} examples", "{steps:,} steps", "loss {loss_first:.3f} -> {loss_last:.3f}"))
 
 
 def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, kept_uris: list[str]) -> dict:

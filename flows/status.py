@@ -1,0 +1,108 @@
+"""`vstar status`: where a loop stands, read from the three places that know: the store (what each
+round has published, when, with which figures), the loop's lock and the Prefect API (whether a run
+holds the loop now, which flow runs are running), and MLflow (how the loop's runs ended).
+
+A published stage made by other code than this checkout's shows as `stale` (its manifest records the
+code: components/infra/code_version.py). A stage of an unfinished round shows as `running` while a live holder keeps the loop, `failed` or
+`killed` when the round's MLflow run ended so, `interrupted` when the run still says RUNNING but no
+live process holds the loop (killed outright), else `not started`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from components.infra import code_version, progress, store, tracking
+from components.infra.layout import Layout
+from components.stages import evaluate, filter as filter_stage, generate, prm, report, score, sft
+
+ROUND_STAGES = (generate, score, filter_stage, sft, prm, evaluate, report)  # in the order a round runs them
+BY_ARTIFACT = {m.STAGE.publishes: m for m in ROUND_STAGES}
+
+
+@dataclass
+class Row:
+    round: int
+    stage: str
+    state: str  # published | stale (made by other code) | running | failed | killed | interrupted | not started
+    when: str  # published at (UTC), or the round run's start
+    figures: str  # the stage's summary line, without its name
+
+
+def loop_ids(store_uri: str) -> list[str]:
+    fs, path = store.fs_for(store.join(store_uri, "loops"))
+    try:
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    except FileNotFoundError:
+        return []
+
+
+def rounds(at: Layout) -> list[int]:
+    fs, path = store.fs_for(at.loop())
+    try:
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+    except FileNotFoundError:
+        return []
+    return sorted(int(m.group(1)) for m in map(re.compile(r"round-(\d+)$").match, names) if m)
+
+
+def _manifest(uri: str) -> dict | None:
+    try:
+        return store.read_manifest(uri)
+    except store.NotPublished:
+        return None
+
+
+def _published_row(n: int, module, manifest: dict) -> Row:
+    stage, metrics = module.STAGE, manifest.get("metrics", {})
+    line = progress.summary(stage.name, metrics, stage.summary, metrics.get("seconds", 0))
+    stale = code_version.is_stale(manifest, module.__name__)
+    state = {True: f"stale: code {manifest.get('code', {}).get('hash')}", False: "published",
+             None: "published (code not recorded)"}[stale]
+    return Row(n, stage.name, state, manifest.get("published_at", "?"), line[len(stage.name):].strip())
+
+
+def round_rows(at: Layout, n: int, prm_enabled: bool, run_status: str | None, holder_alive: bool | None) -> list[Row]:
+    """Round n's stages: each published one, then the first one missing (if the round is unfinished)."""
+    rows: list[Row] = []
+    artifacts = ["eval"] if n == 0 else [a for a in BY_ARTIFACT if prm_enabled or a != "prm"]
+    for artifact in artifacts:
+        module = BY_ARTIFACT[artifact]
+        manifest = _manifest(at.round(n, artifact))
+        if manifest is not None:
+            rows.append(_published_row(n, module, manifest))
+            continue
+        if holder_alive:
+            state = "running"
+        elif run_status in ("FAILED", "KILLED"):
+            state = run_status.lower()
+        elif run_status == "RUNNING":
+            state = "interrupted"
+        else:
+            state = "not started"
+        rows.append(Row(n, module.STAGE.name, state, "", ""))
+        break  # later stages wait for this one
+    return rows
+
+
+def mlflow_runs(cfg, loop_id: str):
+    """(parent run, {round: run}) of the loop, or None when MLflow has no such loop."""
+    try:
+        parent, children = tracking.loop_runs(tracking.client(cfg), cfg.experiment, loop_id)
+    except ValueError:
+        return None
+    by_round = {int(r.data.tags.get(tracking.ROUND_TAG, -1)): r for r in children}
+    return parent, by_round
+
+
+def running_flow_runs() -> list[str]:
+    """The flow runs the Prefect API says are running now: 'name (flow, since ...)'."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))))
+        flows = {f.id: f.name for f in client.read_flows()} if runs else {}
+    return [f"{r.name} ({flows.get(r.flow_id, '?')}, since {r.start_time:%Y-%m-%d %H:%M:%S} UTC)" for r in runs]

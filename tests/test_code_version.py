@@ -1,0 +1,60 @@
+"""Which code made a published artifact, and `vstar status` telling a stale stage (issue #15, #14)."""
+from __future__ import annotations
+
+import pytest
+
+from components.infra import code_version, store
+from components.infra.layout import Layout
+from flows import status
+
+
+@pytest.fixture
+def fake_checkout(tmp_path, monkeypatch):
+    """A checkout of three modules: stage imports lib (lazily, inside a function); other is unrelated."""
+    pkg = tmp_path / "components"
+    (pkg / "stages").mkdir(parents=True)
+    for f in ("__init__.py", "stages/__init__.py"):
+        (pkg / f).write_text("")
+    (pkg / "stages/a.py").write_text("def run():\n    from components import lib\n    return lib.f()\n")
+    (pkg / "lib.py").write_text("def f():\n    return 1\n")
+    (pkg / "other.py").write_text("X = 1\n")
+    monkeypatch.setattr(code_version, "ROOT", tmp_path)
+    for fn in (code_version.closure, code_version.code_version):
+        fn.cache_clear()
+    yield pkg
+    for fn in (code_version.closure, code_version.code_version):
+        fn.cache_clear()
+
+
+def hash_of(module: str) -> str:
+    for fn in (code_version.closure, code_version.code_version):
+        fn.cache_clear()
+    return code_version.code_version(module)["hash"]
+
+
+def test_a_stage_hash_follows_the_code_it_imports_and_nothing_else(fake_checkout):
+    before = hash_of("components.stages.a")
+    assert [p.name for p in code_version.closure("components.stages.a")] == ["__init__.py", "lib.py", "a.py"]
+    (fake_checkout / "other.py").write_text("X = 2\n")
+    assert hash_of("components.stages.a") == before
+    (fake_checkout / "lib.py").write_text("def f():\n    return 2  # the bug fix\n")
+    assert hash_of("components.stages.a") != before
+
+
+def test_manifests_record_their_code_and_status_calls_other_code_stale(tmp_path):
+    at = Layout(str(tmp_path / "store"), "smoke-0000000000")
+    module = status.BY_ARTIFACT["candidates"].__name__  # components.stages.generate
+    with code_version.stamped(module):
+        manifest = store.write_rows([{"x": 1}], at.round(1, "candidates"), {"metrics": {"traces": 1}})
+    store.write_rows([{"x": 1}], at.round(1, "scored"), {"metrics": {"traces": 1}})  # no code recorded
+    assert manifest["code"] == {"module": module, **code_version.code_version(module)}
+    assert code_version.is_stale(manifest, module) is False
+    assert code_version.is_stale({**manifest, "code": {**manifest["code"], "hash": "0" * 12}}, module) is True
+
+    rows = status.round_rows(at, 1, prm_enabled=False, run_status="FAILED", holder_alive=False)
+    assert [(r.stage, r.state) for r in rows] == [("generate", "published"), ("score", "published (code not recorded)"),
+                                                  ("filter", "failed")]
+    store.write_rows([{"x": 1}], at.round(1, "candidates"),  # as an older checkout published it
+                     {"metrics": {"traces": 1}, "code": {**manifest["code"], "hash": "0" * 12}})
+    assert status.round_rows(at, 1, False, None, True)[0].state == "stale: code 000000000000"
+    assert status.round_rows(at, 1, False, None, True)[-1].state == "running"
