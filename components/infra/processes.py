@@ -156,6 +156,10 @@ class Service:
         """Let the process outlive this interpreter: out of the atexit registry, our log handle closed
         (the child keeps its own). stop() does nothing afterwards; stop_group() stops it from anywhere."""
         self._detached = True
+        self._forget()
+
+    def _forget(self) -> None:
+        """Close our log handle and leave the atexit registry."""
         if self._log_fh is not None:
             self._log_fh.close()
             self._log_fh = None
@@ -191,12 +195,7 @@ class Service:
                 self._signal_group(signal.SIGKILL)
         finally:
             self.stop_s = time.monotonic() - t0
-            if self._log_fh is not None:
-                self._log_fh.close()
-                self._log_fh = None
-            with _RUNNING_LOCK:
-                if self in _RUNNING:
-                    _RUNNING.remove(self)
+            self._forget()
 
 
 def stop_all() -> None:
