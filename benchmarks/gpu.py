@@ -550,6 +550,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, help="torch threads for the PRM training (train_prm's threads)")
     ap.add_argument("--work-dir", help="where model folders go (kept); default a temporary folder (removed)")
     ap.add_argument("--fail-fast", action="store_true", help="stop at the first failing measurement")
+    ap.add_argument("--group-by-length", action="store_true",
+                    help="training batches of similar lengths (hardware.group_by_length): less padding")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="JSON results; default benchmarks/results/gpu-<host>.json")
     args = ap.parse_args(argv)
@@ -570,7 +572,7 @@ def main(argv=None) -> dict:
     from components.config_sections import HardwareConfig
     from components.models.hardware import resolve
 
-    placement = resolve(HardwareConfig())
+    placement = resolve(HardwareConfig(group_by_length=args.group_by_length))
     dev = device_info()
     size = args.size or ("all" if placement.cuda else "tiny")
     names = list(GPU_SIZES) if size == "all" else [size]
@@ -601,7 +603,7 @@ def main(argv=None) -> dict:
                            "peak_flops": peak, "peak_note": peak_note, "target_mfu": TARGET_MFU,
                            "data": data_name, "data_name": Path(data_name).parent.name if data_name != "synthetic"
                            else "synthetic", "rows": len(rows), "measure": args.measure, "seed": args.seed,
-                           "threads_prm": args.threads},
+                           "threads_prm": args.threads, "group_by_length": args.group_by_length},
               "total_s": time.perf_counter() - t_start, "results": results}
     out = Path(args.out or f"benchmarks/results/gpu-{socket.gethostname()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -123,6 +123,9 @@ class HardwareConfig(Strict):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)  # vLLM's share of the GPU (stages run one at a time)
     tensor_parallel_size: int = Field(1, ge=1)
     gradient_checkpointing: bool = False  # training: recompute activations, for models that do not fit
+    # training: batches of similar lengths (transformers' LengthGroupedSampler idea), so less of each
+    # batch is padding; off by default: it changes batch composition, hence results (docs/benchmarks.md)
+    group_by_length: bool = False
 
 
 class TrainConfig(Strict):

@@ -51,6 +51,27 @@ def test_auto_placement_is_cuda_bf16_with_a_gpu_and_cpu_fp32_without():
         resolve(HardwareConfig(device="cuda"), cuda=False)
 
 
+def test_length_grouped_batches_pad_less_and_lose_nothing():
+    """hardware.group_by_length: the same items, reordered into batches of similar lengths."""
+    import random
+
+    from components.models.causal_lm import length_grouped
+
+    rng = random.Random(0)
+    items = [([1] * rng.randint(5, 300), i) for i in range(1000)]
+
+    def pad_share(seq: list, batch: int = 16) -> float:
+        chunks = [seq[k : k + batch] for k in range(0, len(seq), batch)]
+        padded = sum(len(c) * max(len(ids) for ids, _ in c) for c in chunks)
+        return 1 - sum(len(ids) for ids, _ in seq) / padded
+
+    grouped = length_grouped(items, 16, seed=0)
+    assert sorted(i for _, i in grouped) == list(range(1000))  # a permutation: nothing dropped or repeated
+    assert pad_share(grouped) < 0.1 < 0.4 < pad_share(items)
+    assert grouped == length_grouped(items, 16, seed=0) != length_grouped(items, 16, seed=1)  # seeded
+    assert resolve(HardwareConfig(group_by_length=True), cuda=False).group_by_length
+
+
 def test_every_accelerated_stage_resolves_the_run_placement(monkeypatch):
     """Stages ask components.models.serving.placement(cfg): with CUDA reported, every stage that
     computes gets cuda+bf16, and nothing below components/ names a device or a dtype itself."""

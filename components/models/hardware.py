@@ -22,6 +22,7 @@ class Placement:
     gpu_memory_utilization: float = 0.85
     tensor_parallel_size: int = 1
     gradient_checkpointing: bool = False
+    group_by_length: bool = False
 
     @property
     def cuda(self) -> bool:
@@ -95,7 +96,8 @@ def resolve(hw: HardwareConfig, cuda: bool | None = None) -> Placement:
     if device == "cpu" and dtype == "float16":
         raise RuntimeError("hardware.dtype float16 on the CPU: torch has no fast float16 kernels there; "
                            "use float32 (or bfloat16)")
-    return Placement(device, dtype, hw.gpu_memory_utilization, hw.tensor_parallel_size, hw.gradient_checkpointing)
+    return Placement(device, dtype, hw.gpu_memory_utilization, hw.tensor_parallel_size, hw.gradient_checkpointing,
+                     hw.group_by_length)
 
 
 def _bf16_supported() -> bool:

@@ -69,6 +69,7 @@ def make_trainer(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[st
         # ~50 points per curve however long the run; a loss point costs nothing beyond the step itself.
         logging_steps=max(1, steps // 50), logging_first_step=True, disable_tqdm=True,
         completion_only_loss=True,
+        train_sampling_strategy="group_by_length" if placement.group_by_length else "random",
         # Longer sequences than the model's positions can't be trained on; TRL truncates (keep_start).
         max_length=model.config.max_position_embeddings,
     )
