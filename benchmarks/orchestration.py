@@ -135,6 +135,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=["rounds=1"], dest="overrides")
     ap.add_argument("--out", default="benchmarks/results/orchestration.json")
     args = ap.parse_args()
+    # The flows refuse stores outside $VSTAR_ALLOWED_STORES (flows/params.py): these runs use temporary ones.
+    os.environ.setdefault("VSTAR_ALLOWED_STORES", tempfile.gettempdir())
     rows = [run_ephemeral(args.config, args.overrides), run_worker(args.config, args.overrides)]
     t = Table(title="orchestration overhead of one round (flow wall time vs the stages' own compute)")
     for col in ("mode", "flow s", "Prefect tasks s", "stages s", "overhead vs stages", "overhead vs tasks",

@@ -1,7 +1,8 @@
 """One typed run config (pydantic v2), loaded from YAML, overridable with `--set a.b=v`.
 
 The resolved config is the run's identity: its hash names the loop, its flattened form goes to
-MLflow params. Secrets never live here: S3 keys come from the environment (AWS_*), read by s3fs.
+MLflow params. Secrets belong in the environment (AWS_* read by s3fs, the judge's key variable); a URI
+that carries some anyway (user-info, a signed query) is redacted wherever the config is shown.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 from components.config_sections import (CurriculumConfig, DecontamConfig, EvalConfig, FamilyConfig, FilterConfig,
                                         GenerationConfig, HardwareConfig, ModelConfig, PRMConfig, ScoringConfig, SFTConfig, Strict,
                                         TrainConfig)
+from components.infra.redact import redact, redact_tree
 
 
 class ConfigError(ValueError):
@@ -91,7 +93,8 @@ class RunConfig(Strict):
                             "bootstrap": self.bootstrap.model_dump(mode="json")})
 
     def flat_params(self) -> dict[str, str]:
-        return flatten(self.model_dump(mode="json"))
+        """What MLflow shows as params: credentials in URIs masked (components/infra/redact.py)."""
+        return flatten(redact_tree(self.model_dump(mode="json")))
 
 
 def stable_hash(obj: Any) -> str:
@@ -111,7 +114,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
 
 def apply_override(data: dict, assignment: str) -> None:
     if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. generation.k=8")
+        raise ConfigError(f"--set {redact(assignment)!r}: expected KEY=VALUE, e.g. generation.k=8")
     key, raw = assignment.split("=", 1)
     parts = key.strip().split(".")
     node = data
@@ -122,7 +125,7 @@ def apply_override(data: dict, assignment: str) -> None:
     try:
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {key}: the value is not valid YAML ({str(e).splitlines()[0]}): {raw!r}") from None
+        raise ConfigError(f"--set {key}: the value is not valid YAML ({str(e).splitlines()[0]}): {redact(raw)!r}") from None
 
 
 def _describe(err: ValidationError, source: str) -> str:
@@ -152,8 +155,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
     for o in overrides:
         apply_override(data, o)
-    if overrides:
-        source += " (with --set " + ", ".join(overrides) + ")"
+    if overrides:  # error text is printed and logged: no credentials from an override's URI
+        source += " (with --set " + ", ".join(redact(o) for o in overrides) + ")"
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
@@ -161,4 +164,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def dump_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The config as shown (`vstar config`, MLflow's config.yaml): credentials in URIs masked."""
+    return yaml.safe_dump(redact_tree(cfg.model_dump(mode="json")), sort_keys=False)

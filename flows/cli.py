@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from components.config import ConfigError, dump_yaml, load_config
+from components.infra.redact import redact
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # Wide enough for the round table even when stdout is a pipe or a CI log.
@@ -20,7 +21,7 @@ SET_HELP = "Override a config field, e.g. --set generation.k=8 (repeatable)."
 
 def _fail(message: str):
     """A user-caused error: what is wrong and what to do, in red, exit 2 (no traceback)."""
-    console.print(message, style="red", markup=False, soft_wrap=True)
+    console.print(redact(message), style="red", markup=False, soft_wrap=True)  # it may quote a URI
     raise typer.Exit(2)
 
 
@@ -95,16 +96,16 @@ def status(loop: Optional[str] = typer.Argument(None, help="Loop id; omitted: ev
     cfg = _load(config, set)
     loops = st.loop_ids(cfg.store_uri)
     if loop is None:
-        t = Table(title=f"loops in {cfg.store_uri}")
+        t = Table(title=f"loops in {redact(cfg.store_uri)}")
         for col in ("loop", "rounds evaluated", "last published", "stale stages", "lock"):
             t.add_column(col)
         for loop_id in loops:
             at = Layout(cfg.store_uri, loop_id)
-            rows = [r for n in st.rounds(at) for r in st.round_rows(at, n, True, None, None) if r.when]
+            rows = [r for n in st.rounds(at) for r in st.round_rows(at, n, None, None, None) if r.when]
             done = [r.round for r in rows if r.stage == "evaluate"]
             t.add_row(loop_id, str(max(done)) if done else "-", max((r.when for r in rows), default="-"),
                       str(sum(r.state.startswith("stale") for r in rows)), lock_state(loop_id)[1])
-        console.print(t if loops else f"no loops in {cfg.store_uri}")
+        console.print(t if loops else f"no loops in {redact(cfg.store_uri)}")
     else:
         if loop not in loops:
             _fail(f"no loop {loop!r} in {cfg.store_uri}; loops there: {', '.join(loops) or 'none'}")
@@ -122,12 +123,12 @@ def status(loop: Optional[str] = typer.Argument(None, help="Loop id; omitted: ev
                 t.add_row(str(r.round), r.stage, r.state, r.when, r.figures)
         console.print(t)
         console.print(f"lock: {lock_text}", markup=False)
-        where = f"{tracking.tracking_uri(cfg)}, experiment {cfg.experiment}"
+        where = f"{redact(tracking.tracking_uri(cfg))}, experiment {cfg.experiment}"
         if parent:
             where += f", loop run {parent.info.run_id} {parent.info.status}"
             where += "".join(f"; round {n} run {r.info.run_id} {r.info.status}" for n, r in sorted(by_round.items()))
         console.print(f"MLflow: {where if parent else where + ': no runs of this loop'}", markup=False)
-        console.print(f"store: {at.loop()}", markup=False)
+        console.print(f"store: {redact(at.loop())}", markup=False)
     running = st.running_flow_runs()
     console.print("running flow runs: " + ("; ".join(running) if running else "none"), markup=False)
 
@@ -151,7 +152,7 @@ def labels_export(scored_uri: str = typer.Argument(..., help="A published scored
     except store.NotPublished as e:
         _fail(f"{e}: give a published scored dataset, e.g. <store>/loops/<loop id>/round-1/scored")
     EXPORTERS[format](rows, out)
-    console.print(f"wrote {len(rows)} traces from {scored_uri} to {out} ({format})")
+    console.print(f"wrote {len(rows)} traces from {redact(scored_uri)} to {redact(out)} ({format})")
 
 
 @app.command()
@@ -216,13 +217,13 @@ def datasets_list(store_uri: Optional[str] = typer.Option(None, "--store", help=
 
     store_uri = store_uri or catalog.default_store()
     entries = catalog.list_entries(store_uri)
-    t = Table(title=f"catalogued datasets in {store_uri} ({len(entries)})")
+    t = Table(title=f"catalogued datasets in {redact(store_uri)} ({len(entries)})")
     for col in ["id", "loop", "round", "rows", "filter", "labels", "published", "uri"]:
         t.add_column(col, overflow="fold")
     for e in entries:
         t.add_row(e["id"], e.get("loop_id", "-"), str(e.get("round", "-")), str(e["rows"]),
                   _filter_text(e.get("filter") or {}), str(e.get("label_source", "-")),
-                  str(e.get("published_at", "-")), e["uri"])
+                  str(e.get("published_at", "-")), redact(e["uri"]))
     console.print(t)
 
 
@@ -233,9 +234,10 @@ def datasets_show(id: str = typer.Argument(..., help="Catalog id, or a unique pr
     import json
 
     store_uri, e = _entry(store_uri, id)
-    console.print_json(json.dumps(e))
-    console.print(f"python: components.infra.catalog.load_filtered({e['id']!r}, store_uri={store_uri!r})", markup=False)
-    console.print(f"datasets: datasets.load_dataset('parquet', data_files={e['data_files']!r}, split='train')",
+    console.print_json(redact(json.dumps(e)))
+    console.print(f"python: components.infra.catalog.load_filtered({e['id']!r}, store_uri={redact(store_uri)!r})",
+                  markup=False)
+    console.print(f"datasets: datasets.load_dataset('parquet', data_files={redact(e['data_files'])!r}, split='train')",
                   markup=False)
 
 
@@ -275,8 +277,8 @@ def sft_command(
     c = tracking.client(cfg)
     run_id = c.create_run(tracking.experiment_id(c, experiment), run_name=f"sft/{entry['id']}", tags={
         tracking.KIND_TAG: "sft", "vstar.data_id": entry["id"], "vstar.data_loop_id": entry.get("loop_id", ""),
-        "vstar.data_run_id": entry.get("run_id") or "", "vstar.base_model": model, "vstar.model_uri": out,
-        "mlflow.note.content": f"Fine-tuned {model} on catalog dataset {entry['id']} ({entry['uri']}) -> {out}",
+        "vstar.data_run_id": entry.get("run_id") or "", "vstar.base_model": redact(model), "vstar.model_uri": redact(out),
+        "mlflow.note.content": redact(f"Fine-tuned {model} on catalog dataset {entry['id']} ({entry['uri']}) -> {out}"),
     }).info.run_id
     with tracking.running(cfg, run_id):  # FINISHED, or FAILED / KILLED with what went wrong
         tracking.log_dataset(cfg, run_id, entry["uri"], entry["id"], context="training")
@@ -294,14 +296,14 @@ def sft_command(
                                             "mlflow_run_id": run_id, "metrics": metrics})
         from mlflow.entities import Param
 
-        c.log_batch(run_id, params=[Param(k, str(v)) for k, v in {
+        c.log_batch(run_id, params=[Param(k, redact(str(v))) for k, v in {
             "data_id": entry["id"], "data_uri": entry["uri"], "base_model": model, "model_uri": out,
             "examples": len(pairs), **hp}.items()])
         tracking.log_metrics(cfg, run_id, metrics)
-    console.print(f"fine-tuned {model} on {entry['id']} ({len(pairs)} examples, {stats['steps']} steps, "
+    console.print(f"fine-tuned {redact(model)} on {entry['id']} ({len(pairs)} examples, {stats['steps']} steps, "
                   f"loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}) in {metrics['seconds']:.0f} s")
-    console.print(f"model: {out}")
-    console.print(f"MLflow run {run_id} (experiment {experiment}): input {entry['uri']}")
+    console.print(f"model: {redact(out)}")
+    console.print(f"MLflow run {run_id} (experiment {experiment}): input {redact(entry['uri'])}")
 
 
 # ------------------------------------------------------------------------ the full local stack
@@ -393,7 +395,7 @@ def print_summary(result: dict, seconds: float) -> None:
     rounds = result["rounds"]
     boot = rounds[0]["bootstrap"]
     console.print(f"bootstrap model: {boot.get('params', 0):,} params, {boot.get('examples', 0):,} examples, "
-                  f"trained in {boot.get('train_seconds', 0):.0f} s  {rounds[0]['model_uri']}")
+                  f"trained in {boot.get('train_seconds', 0):.0f} s  {redact(rounds[0]['model_uri'])}")
     levels = sorted(int(k[len("pass1_n"):]) for k in rounds[0]["evaluate"] if k.startswith("pass1_n"))
     t = Table(title="rounds (held-out greedy pass@1 by number of ops; round 0 = bootstrap)")
     cols = ["round", "ops", "generated", "correct", "kept", "kept flawed", "outcome-only flawed", "label F1"]
@@ -415,7 +417,7 @@ def print_summary(result: dict, seconds: float) -> None:
                   f"loop {result['loop_id']}, MLflow parent run {result['parent_run_id']}, "
                   f"wall {seconds / 60:.1f} min")
     for r in rounds[1:]:
-        console.print(f"round {r['round']}: MLflow run {r['run_id']}  filtered data {r['filtered_uri']}")
+        console.print(f"round {r['round']}: MLflow run {r['run_id']}  filtered data {redact(r['filtered_uri'])}")
         q = {k.split("/")[1]: v for k, v in r.get("score", {}).items()
              if k.startswith("quality/") and k.endswith("/f1") and "agree" not in k}
         if len(q) > 1:
@@ -443,7 +445,7 @@ def print_where_to_look(cfg, result: dict) -> None:
     where += [("store", at.loop()), ("compare", f"vstar compare {result['loop_id']} OTHER_LOOP_ID ...")]
     console.print("where to look:")
     for label, text in where:
-        console.print(f"  {label:<13} {text}", markup=False)  # a path may hold [ ], which rich reads as markup
+        console.print(f"  {label:<13} {redact(text)}", markup=False)  # a path may hold [ ], which rich reads as markup
 
 
 if __name__ == "__main__":

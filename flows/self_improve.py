@@ -12,7 +12,7 @@ whole loop, one more round (cron or manual) and a re-evaluation can be triggered
 """
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import Flow, flow, get_run_logger
 
 from components.infra import store, tracking
 from components.config import RunConfig, load_config, stable_hash
@@ -20,19 +20,24 @@ from components.infra.layout import Layout
 from components.labeling.sources import prm0_from_imports
 from components.loop import judge_uri, labels_uri, last_round
 from flows.lock import loop_lock
+from flows.params import check_typed, deployment_config
 from flows.round import run_round
 from tasks.bootstrap import bootstrap_task
 from tasks.evaluate import evaluate_task
 from tasks.labels import judge_task, labels_task
 from tasks.train import prm_task
+from components.infra.prefect_results import SafeJSON
 from tasks.common import result_storage
 from tasks.data import data_task
 from tasks.report import report_task
 
 
 def stored(f, config: RunConfig):
-    """The flow (or task) with its stage results persisted in the run's object store."""
-    return f.with_options(result_storage=result_storage(config))
+    """The flow (or task) with its stage results persisted in the run's object store, as JSON. A flow's
+    own result is not persisted: nothing reads it back (a rerun calls the subflow again), and Prefect
+    would write it as a bare blob, one more per run, that no record vouches for."""
+    keep = {"persist_result": False} if isinstance(f, Flow) else {}
+    return f.with_options(result_storage=result_storage(config), result_serializer=SafeJSON(), **keep)
 
 
 @flow(name="vstar-start")
@@ -65,8 +70,18 @@ def _summary(config: RunConfig, upto: int) -> list[dict]:
     return out
 
 
+def _deployed() -> bool:
+    """Whether this flow run is a deployment's own (not a subflow, not a local call)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return bool(ctx and ctx.flow_run and ctx.flow_run.deployment_id)
+
+
 @flow(name="vstar-self-improve")
 def self_improve(config: RunConfig = RunConfig(), wait_s: float = 5.0) -> dict:
+    if _deployed():  # the typed deployment: the whole config came through the Prefect API
+        check_typed(config)
     with loop_lock(config.loop_id(), wait_s), tracking.running(config, tracking.loop_run(config)) as parent:
         rounds = [stored(start, config)(config)]
         for n in range(1, config.rounds + 1):
@@ -78,8 +93,9 @@ def self_improve(config: RunConfig = RunConfig(), wait_s: float = 5.0) -> dict:
 @flow(name="vstar-from-file")
 def self_improve_from_file(config_path: str = "configs/demo.yaml", overrides: list[str] | None = None,
                            wait_s: float = 5.0) -> dict:
-    """The loop from a YAML config in the checkout plus `a.b=v` overrides: what deployments run."""
-    return self_improve(load_config(config_path, overrides or []), wait_s)
+    """The loop from a YAML config in the checkout plus `a.b=v` overrides: what deployments run.
+    Parameters are checked first (flows/params.py): config in configs/, known fields, an allowed store."""
+    return self_improve(deployment_config(config_path, overrides)[1], wait_s)
 
 
 @flow(name="vstar-next-round")
@@ -87,7 +103,7 @@ def next_round(config_path: str = "configs/demo.yaml", overrides: list[str] | No
                round: int | None = None, wait_s: float = 5.0) -> dict:
     """Advance a loop by one round: the one after its last published round, or `round` to (re)run a
     given one (its published stages are reused). Stops at the config's `rounds`."""
-    config = load_config(config_path, overrides or [])
+    config = deployment_config(config_path, overrides)[1]
     log = get_run_logger()
     with loop_lock(config.loop_id(), wait_s), tracking.running(config, tracking.loop_run(config)) as parent:
         stored(start, config)(config)
@@ -105,7 +121,7 @@ def reevaluate(config_path: str = "configs/demo.yaml", overrides: list[str] | No
                eval_overrides: list[str] | None = None) -> dict:
     """Evaluate a published round again, e.g. with more samples (`eval_overrides=["eval.k=16"]`). The
     loop is named by config_path + overrides; eval settings change only this evaluation."""
-    config = load_config(config_path, overrides or [])
+    path, config = deployment_config(config_path, overrides, eval_overrides)
     loop = config.loop_id()
     at = Layout.of(config)
     model = at.generator(round)
@@ -113,7 +129,7 @@ def reevaluate(config_path: str = "configs/demo.yaml", overrides: list[str] | No
         raise store.NotPublished(f"loop {loop} has no published model for round {round} ({model})")
     prm = at.round(round, "prm") if round > 0 else None
     prm = prm if prm and store.is_published(prm) else None
-    ev = load_config(config_path, (overrides or []) + (eval_overrides or []))
+    ev = load_config(path, (overrides or []) + (eval_overrides or []))
     tag = f"eval-{stable_hash(ev.eval.model_dump(mode='json'))[:8]}" if eval_overrides else "eval"
     run_id = tracking.round_run(config, tracking.loop_run(config), round)
     uri, metrics = stored(evaluate_task, ev)(ev, model, round, run_id, prm, stage=tag, loop_id=loop)

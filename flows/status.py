@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from components.infra import code_version, progress, store, tracking
-from components.infra.layout import Layout
+from components.infra.layout import Layout, is_safe_id
 from components.stages import evaluate, filter as filter_stage, generate, prm, report, score, sft
 
 ROUND_STAGES = (generate, score, filter_stage, sft, prm, evaluate, report)  # in the order a round runs them
@@ -32,7 +32,8 @@ class Row:
 def loop_ids(store_uri: str) -> list[str]:
     fs, path = store.fs_for(store.join(store_uri, "loops"))
     try:
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+        names = (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+        return sorted(n for n in names if is_safe_id(n))  # anything else is no loop's (Layout refuses it)
     except FileNotFoundError:
         return []
 
@@ -62,15 +63,19 @@ def _published_row(n: int, module, manifest: dict) -> Row:
     return Row(n, stage.name, state, manifest.get("published_at", "?"), line[len(stage.name):].strip())
 
 
-def round_rows(at: Layout, n: int, prm_enabled: bool, run_status: str | None, holder_alive: bool | None) -> list[Row]:
-    """Round n's stages: each published one, then the first one missing (if the round is unfinished)."""
+def round_rows(at: Layout, n: int, prm_enabled: bool | None, run_status: str | None,
+               holder_alive: bool | None) -> list[Row]:
+    """Round n's stages: each published one, then the first one missing (if the round is unfinished).
+    prm_enabled None: not known (the loop's config is not at hand), a missing PRM is passed over."""
     rows: list[Row] = []
-    artifacts = ["eval"] if n == 0 else [a for a in BY_ARTIFACT if prm_enabled or a != "prm"]
+    artifacts = ["eval"] if n == 0 else [a for a in BY_ARTIFACT if prm_enabled is not False or a != "prm"]
     for artifact in artifacts:
         module = BY_ARTIFACT[artifact]
         manifest = _manifest(at.round(n, artifact))
         if manifest is not None:
             rows.append(_published_row(n, module, manifest))
+            continue
+        if artifact == "prm" and prm_enabled is None:
             continue
         if holder_alive:
             state = "running"

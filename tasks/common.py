@@ -15,6 +15,8 @@ from components.config import RunConfig, stable_hash
 from components.infra import code_version, progress, store, tracking
 from components.infra.isolation import run_isolated
 from components.infra.layout import Layout
+from components.infra.redact import redact
+from components.infra.prefect_results import SafeJSON, SafeLocalResults, SafeRemoteResults
 from components.models.hardware import peak_memory
 
 
@@ -27,7 +29,7 @@ def run_stage(cfg: RunConfig, stage: ModuleType, out_uri: str, run_id: str | Non
         manifest = store.read_manifest(out_uri)
         metrics = manifest.get("metrics", {})
         log.info("%s  (published at %s: skipped)", progress.summary(name, metrics, fields, metrics.get("seconds", 0)),
-                 out_uri)
+                 redact(out_uri))
         if code_version.is_stale(manifest, stage.__name__):  # reused, but never silently
             log.warning("%s: published by other code (%s; this checkout: %s): reused; `vstar status` lists "
                         "every stale stage", name, manifest["code"]["hash"], code_version.code_version(stage.__name__)["hash"])
@@ -36,7 +38,7 @@ def run_stage(cfg: RunConfig, stage: ModuleType, out_uri: str, run_id: str | Non
         pass
     t0 = time.monotonic()
     if stage.STAGE.isolated:  # the child's metrics carry its own peak memory (components/infra/isolation.py)
-        log.info("%s: running in a child process -> %s", name, out_uri)
+        log.info("%s: running in a child process -> %s", name, redact(out_uri))
         show = progress.watcher(name, log.info)
         try:
             metrics = run_isolated(stage, cfg, {"out_uri": out_uri, **kwargs},
@@ -45,7 +47,7 @@ def run_stage(cfg: RunConfig, stage: ModuleType, out_uri: str, run_id: str | Non
         finally:
             show.close()
     else:  # a light stage in this process: the process's peak so far bounds it
-        log.info("%s: running -> %s", name, out_uri)
+        log.info("%s: running -> %s", name, redact(out_uri))  # a store URI may carry credentials
         with code_version.stamped(stage.__name__):
             metrics = {**stage.run(cfg, out_uri=out_uri, **kwargs), **peak_memory()}
     if run_id:
@@ -63,7 +65,7 @@ def _both(*watchers):
 
 def _artifact_key(cfg: RunConfig, out_uri: str) -> str:
     """What the stage publishes, as a Prefect artifact key: `loops-demo-f03bfe2bb7-round-1-candidates`."""
-    rel = out_uri[len(cfg.store_uri):] if out_uri.startswith(cfg.store_uri) else out_uri
+    rel = out_uri[len(cfg.store_uri):] if out_uri.startswith(cfg.store_uri) else redact(out_uri)
     return re.sub(r"[^a-z0-9]+", "-", rel.lower()).strip("-")
 
 
@@ -95,18 +97,17 @@ def stage_task(stage: ModuleType) -> dict:
     """@task options for a stage: its name, its tags ("gpu" when it wants an accelerator), and caching:
     stage tasks persist their results and cache on (inputs, task source), so a rerun of a crashed flow
     returns finished stages' results without calling them. The store's manifests remain the ground
-    truth (a cache miss still skips a published stage); results live in the object store beside them."""
+    truth (a cache miss still skips a published stage); results live in the object store beside them,
+    as JSON only (components/infra/prefect_results.py): a shared bucket must never feed a worker a pickle."""
     return {"name": stage.STAGE.name, "tags": stage.STAGE.tags, "cache_policy": INPUTS + TASK_SOURCE,
-            "persist_result": True}
+            "persist_result": True, "result_serializer": SafeJSON()}
 
 
 def result_storage(cfg: RunConfig):
     """Prefect result storage under the run's store: a local folder, or any fsspec URI (s3://).
     Prefect wants it saved as a block (a worker's flow run must find it again): one per store."""
-    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
-
     uri = Layout.of(cfg).prefect_results()
-    block = (LocalFileSystem(basepath=str(Path(store.fs_for(uri)[1]).resolve())) if store.is_local(uri)
-             else RemoteFileSystem(basepath=uri, settings=store.storage_options(uri)))
+    block = (SafeLocalResults(basepath=str(Path(store.fs_for(uri)[1]).resolve())) if store.is_local(uri)
+             else SafeRemoteResults(basepath=uri, settings=store.storage_options(uri)))
     block.save(f"vstar-results-{stable_hash(uri)[:12]}", overwrite=True)
     return block

@@ -9,6 +9,7 @@ from components.evaluation import report
 from components.evaluation.trace_report import REPORT
 from components.infra import store, tracking
 from components.infra.layout import Layout
+from components.infra.redact import redact
 from components.stages import report as trace_report
 from tasks.common import run_stage, stage_task
 
@@ -28,7 +29,7 @@ def report_task(cfg: RunConfig, parent_run_id: str, rounds: list[dict]) -> str:
 
 
 def _mlflow_link(cfg: RunConfig, run_id: str) -> str:
-    uri = tracking.tracking_uri(cfg)
+    uri = redact(tracking.tracking_uri(cfg))  # shown in the Prefect UI: no credentials
     if not uri.startswith("http"):
         return f"run `{run_id}` in `{uri}`"
     exp = tracking.client(cfg).get_run(run_id).info.experiment_id
@@ -43,7 +44,7 @@ def round_artifact_task(cfg: RunConfig, result: dict) -> str:
     n = result["round"]
     rows = [(stage, k, v) for stage in ("generate", "score", "filter", "sft", "prm", "evaluate")
             for k, v in (result.get(stage) or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    uris = {k: v for k, v in result.items() if k.endswith("_uri") and v}
+    uris = {k: redact(v) for k, v in result.items() if k.endswith("_uri") and v}
     md = "\n".join([f"# {cfg.loop_id()} round {n}", "", _mlflow_link(cfg, result["run_id"]), "",
                     *[f"- {k}: `{v}`" for k, v in uris.items()], "", "| stage | metric | value |", "|---|---|---|",
                     *[f"| {s} | {k} | {v:.4g} |" for s, k, v in rows]])

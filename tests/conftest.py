@@ -27,6 +27,9 @@ os.environ.setdefault("VSTAR_HOME", str(Path(__file__).resolve().parent.parent))
 
 from components.infra import services  # noqa: E402
 
+# Deployment parameters may name only allowed stores (flows/params.py): here, the tests' S3 bucket.
+os.environ.setdefault("VSTAR_ALLOWED_STORES", f"s3://{services.BUCKET}/")
+
 _STARTUP_TIMES: dict[str, float] = {}
 _STOP_TIMES: dict[str, float] = {}
 _SERVICE_LOGS: list[Path] = []

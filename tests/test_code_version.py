@@ -58,3 +58,8 @@ def test_manifests_record_their_code_and_status_calls_other_code_stale(tmp_path)
                      {"metrics": {"traces": 1}, "code": {**manifest["code"], "hash": "0" * 12}})
     assert status.round_rows(at, 1, False, None, True)[0].state == "stale: code 000000000000"
     assert status.round_rows(at, 1, False, None, True)[-1].state == "running"
+    # the loop list does not know whether the loop trains a PRM: a missing one is passed over
+    for artifact in ("filtered", "model", "eval"):
+        store.write_rows([], at.round(1, artifact), {"metrics": {}})
+    assert [r.stage for r in status.round_rows(at, 1, None, None, None)][-2:] == ["evaluate", "trace-report"]
+    assert [r.stage for r in status.round_rows(at, 1, True, None, None)][-1] == "train-prm"

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from components.infra import store
+from components.infra.redact import redact
 from components.config import RunConfig
 from components.config_sections import FilterConfig
 from components.labeling.filtering import aggregate, passes, select
@@ -195,7 +196,8 @@ def trace_report(cfg: RunConfig, scored_uri: str, filtered_uri: str, out_uri: st
     why = reasons(rows, fcfg)
     recomputed = {(r["problem_id"], r["completion"]) for r, w in zip(rows, why) if w.startswith("kept")}
     if recomputed != published:
-        raise ValueError(f"{filtered_uri}: {len(published)} kept traces, but its filter settings on {scored_uri} "
+        raise ValueError(f"{redact(filtered_uri)}: {len(published)} kept traces, but its filter settings on "
+                         f"{redact(scored_uri)} "
                          f"keep {len(recomputed)} ({len(recomputed ^ published)} differ): not made from these rows")
     for r, w in zip(rows, why):
         r.update(kept=w.startswith("kept"), reason=w)

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from components.infra import store
-from components.infra.layout import Layout
+from components.infra.layout import Layout, is_safe_id
 
 
 class UnknownDataset(LookupError):
@@ -68,6 +68,8 @@ def _read_entry(fs, path: str, uri: str) -> dict:
     missing = [k for k in ("id", "uri", "sha256", "rows") if k not in entry]
     if missing:
         raise ValueError(f"{uri}: catalog entry lacks field(s) {', '.join(missing)}")
+    if entry["id"] != Path(path).name[: -len(".json")]:  # the id names paths (`vstar sft` output): only its own
+        raise store.UnsafePath(f"{uri}: catalog entry says id {entry['id']!r:.120}, not its file's name")
     return entry
 
 
@@ -76,7 +78,8 @@ def ids(store_uri: str) -> list[str]:
     fs.invalidate_cache(path)  # s3fs caches listings per process: entries registered elsewhere since
     if not fs.exists(path):
         return []
-    return sorted(Path(p).name[: -len(".json")] for p in fs.glob(store.join(path, "*.json")))
+    names = (Path(p).name[: -len(".json")] for p in fs.glob(store.join(path, "*.json")))
+    return sorted(n for n in names if is_safe_id(n))  # anything else was not written by `register`
 
 
 def list_entries(store_uri: str) -> list[dict]:

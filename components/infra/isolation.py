@@ -25,6 +25,7 @@ from typing import Callable
 
 from components.config import RunConfig
 from components.infra import code_version, progress
+from components.infra.redact import redact
 
 
 def _die_with_parent() -> None:
@@ -81,7 +82,8 @@ def call_isolated(target: str, kwargs: dict, name: str, log_dir: str | Path = ".
             _wait(proc, events, on_progress)
         if proc.returncode != 0 or not result.exists():
             tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-40:])
-            raise StageFailed(f"stage {name} failed (exit {proc.returncode}); log: {log_path}\n{tail}")
+            # The tail holds the child's traceback, which may quote a URI with credentials.
+            raise StageFailed(f"stage {name} failed (exit {proc.returncode}); log: {log_path}\n{redact(tail)}")
         return json.loads(result.read_text())
 
 
@@ -127,7 +129,15 @@ def _main(target: str, args_path: str, result_path: str) -> None:
 
 
 if __name__ == "__main__":
-    _main(*sys.argv[1:4])
+    try:
+        _main(*sys.argv[1:4])
+    except Exception:  # the traceback goes to the stage's log file: a URI in it may carry credentials
+        import traceback
+
+        sys.stdout.flush()
+        sys.stderr.write(redact(traceback.format_exc()))
+        sys.stderr.flush()
+        os._exit(1)
     sys.stdout.flush()
     # vLLM's in-process engine can hang interpreter shutdown on its background threads.
     os._exit(0)

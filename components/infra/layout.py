@@ -12,13 +12,31 @@ stage that writes a path and the one that reads it ask it. Nothing else builds a
 """
 from __future__ import annotations
 
+import operator
+import re
 from dataclasses import dataclass
 
 from components.config import RunConfig, stable_hash
-from components.infra.store import join
+from components.infra.store import UnsafePath, join
 
 # What a round publishes, in the order its stages run.
 ROUND_ARTIFACTS = ("candidates", "scored", "filtered", "model", "prm", "eval", "report")
+
+# Loop ids (`demo-f03bfe2bb7`), catalog ids (`demo-f03bfe2bb7-r1-1a2b3c4d`) and hashes become one path
+# component each; they also come from users and from store listings and entries, so they are checked.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+
+
+def is_safe_id(value: object) -> bool:
+    return isinstance(value, str) and bool(_ID.fullmatch(value))
+
+
+def safe_id(value: object, what: str) -> str:
+    """`value` if it is one safe path component: letters, digits, '_', '.', '-', starting with a letter or digit."""
+    if not is_safe_id(value):
+        raise UnsafePath(f"unsafe {what} {value!r:.120}: expected letters, digits, '_', '.', '-' "
+                         f"starting with a letter or digit, e.g. demo-f03bfe2bb7")
+    return value
 
 
 @dataclass(frozen=True)
@@ -26,6 +44,12 @@ class Layout:
     root: str  # the store URI
     loop_id: str = ""
     bootstrap_hash: str = ""
+
+    def __post_init__(self):
+        if self.loop_id:
+            safe_id(self.loop_id, "loop id")
+        if self.bootstrap_hash:
+            safe_id(self.bootstrap_hash, "bootstrap hash")
 
     @classmethod
     def of(cls, cfg: RunConfig) -> "Layout":
@@ -51,11 +75,11 @@ class Layout:
         return join(self.root, "catalog")
 
     def catalog_entry(self, dataset_id: str) -> str:
-        return join(self.root, "catalog", f"{dataset_id}.json")
+        return join(self.root, "catalog", f"{safe_id(dataset_id, 'catalog id')}.json")
 
     def sft(self, dataset_id: str, settings: dict) -> str:
         """A model `vstar sft` trained on a catalogued dataset with these settings."""
-        return join(self.root, "sft", dataset_id, stable_hash(settings)[:10])
+        return join(self.root, "sft", safe_id(dataset_id, "catalog id"), stable_hash(settings)[:10])
 
     def prefect_results(self) -> str:
         return join(self.root, "prefect-results")
@@ -67,9 +91,9 @@ class Layout:
 
     def round(self, n: int, artifact: str) -> str:
         """Round n's artifact; `eval-<hash>` names a re-evaluation beside `eval`."""
-        if artifact not in ROUND_ARTIFACTS and not artifact.startswith("eval-"):
+        if artifact not in ROUND_ARTIFACTS and not (artifact.startswith("eval-") and is_safe_id(artifact)):
             raise ValueError(f"unknown round artifact {artifact!r}; known: {', '.join(ROUND_ARTIFACTS)}")
-        return join(self.loop(), f"round-{n}", artifact)
+        return join(self.loop(), f"round-{operator.index(n)}", artifact)
 
     def generator(self, n: int) -> str:
         """G_n: the bootstrap for n = 0, else round n's model."""

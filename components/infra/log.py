@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from components.infra.redact import RedactFilter
+
 ROOT = "vstar"
 _FORMAT = "%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"
 
@@ -17,6 +19,7 @@ def get_logger(name: str) -> logging.Logger:
     if not root.handlers:  # once per process; Prefect configures its own loggers, not this one
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
+        handler.addFilter(RedactFilter())  # a URI in a message may carry credentials
         root.addHandler(handler)
         root.setLevel(logging.INFO)
         root.propagate = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -27,6 +28,50 @@ MANIFEST = "manifest.json"
 
 class NotPublished(FileNotFoundError):
     """The artifact has no published manifest (never written, or its writer died)."""
+
+
+class UnsafePath(ValueError):
+    """A name from the store (or from a user) that would make a path outside where it belongs."""
+
+
+class UnsafeManifest(UnsafePath):
+    """A manifest whose file names (or sha256) would reach outside its artifact's folder."""
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_name(name: object, where: str) -> str:
+    """`name` if it is a relative POSIX path that stays inside its folder, else UnsafeManifest naming it:
+    manifests come from the store, which a shared bucket lets others write."""
+    parts = name.split("/") if isinstance(name, str) else []
+    if (not parts or "\\" in name or "\0" in name or _DRIVE.match(name)
+            or any(p in ("", ".", "..") for p in parts)):
+        raise UnsafeManifest(f"{where}: unsafe file name {name!r} (a manifest may list only relative paths "
+                             f"inside the artifact: no '..', '.', empty parts, leading '/', backslash or drive)")
+    return name
+
+
+def _check_manifest(manifest: object, uri: str) -> dict:
+    where = join(uri, MANIFEST)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", []), list):
+        raise UnsafeManifest(f"{where}: not a manifest (an object with a list of files)")
+    for name in manifest.get("files", []):
+        check_name(name, where)
+    if "sha256" in manifest and not (isinstance(manifest["sha256"], str) and _SHA256.fullmatch(manifest["sha256"])):
+        raise UnsafeManifest(f"{where}: sha256 {manifest['sha256']!r:.80} is not 64 hex digits")
+    if is_local(uri):  # a symlink in a local artifact must not hand a reader a file from elsewhere
+        _check_inside(Path(fs_for(uri)[1]), manifest.get("files", []), where)
+    return manifest
+
+
+def _check_inside(folder: Path, names, where: str) -> None:
+    root = folder.resolve()
+    for name in names:
+        target = (folder / name).resolve()
+        if not target.is_relative_to(root):
+            raise UnsafeManifest(f"{where}: {name!r} is a symlink to {target}, outside {root}")
 
 
 def join(base: str, *parts: str) -> str:
@@ -77,9 +122,10 @@ def read_manifest(uri: str) -> dict:
     mpath = join(path, MANIFEST)
     try:
         with fs.open(mpath, "r") as f:
-            return json.load(f)
+            manifest = json.load(f)
     except FileNotFoundError:
         raise NotPublished(f"{uri}: no published {MANIFEST}") from None
+    return _check_manifest(manifest, uri)
 
 
 def is_published(uri: str) -> bool:
@@ -105,8 +151,9 @@ def publish_folder(local_dir: str | Path, uri: str, meta: dict[str, Any]) -> dic
     """Copy a finished local folder to `uri` and publish it; returns the manifest."""
     local_dir = Path(local_dir)
     # A folder fetched from the store carries its old manifest: the new one replaces it, last.
-    files = sorted(str(p.relative_to(local_dir)) for p in local_dir.rglob("*")
+    files = sorted(p.relative_to(local_dir).as_posix() for p in local_dir.rglob("*")
                    if p.is_file() and p.relative_to(local_dir) != Path(MANIFEST))
+    _check_inside(local_dir, files, f"publishing {local_dir} to {uri}")  # never publish a file from elsewhere
     digest = hashlib.sha256()
     for name in files:
         digest.update(name.encode())
@@ -131,15 +178,17 @@ def publish_folder(local_dir: str | Path, uri: str, meta: dict[str, Any]) -> dic
 def fetch_folder(uri: str, cache_root: str | Path = ".vstar/cache") -> Path:
     """A local folder holding the published artifact at `uri` (the folder itself when local)."""
     manifest = read_manifest(uri)
-    if is_local(uri):
-        return Path(fs_for(uri)[1])
+    if is_local(uri):  # readers (from_pretrained) may open any file here, listed or not
+        folder = Path(fs_for(uri)[1])
+        _check_inside(folder, [p.relative_to(folder).as_posix() for p in folder.rglob("*")], join(uri, MANIFEST))
+        return folder
     dest = Path(cache_root) / manifest["sha256"][:16]
     if (dest / MANIFEST).exists():
         return dest
     fs, path = fs_for(uri)
     Path(cache_root).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache_root))
-    for name in manifest["files"]:
+    for name in manifest["files"]:  # names and sha256 checked by read_manifest: all land under tmp
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         retry(fs.get, join(path, name), str(tmp / name))
     (tmp / MANIFEST).write_text(json.dumps(manifest))

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from components.config import RunConfig, dump_yaml
+from components.infra.redact import redact
 
 LOOP_TAG, ROUND_TAG, KIND_TAG = "vstar.loop_id", "vstar.round", "vstar.kind"
 # The local default (no tracking URI given): a database and its artifacts under .vstar/, with the store,
@@ -53,7 +54,8 @@ def _find(c, exp_id: str, tags: dict[str, str]) -> str | None:
 
 
 def loop_run(cfg: RunConfig) -> str:
-    """The loop's parent run (created on first use, with the resolved config as params)."""
+    """The loop's parent run (created on first use, with the resolved config as params; both
+    flat_params and dump_yaml mask credentials in URIs)."""
     c = client(cfg)
     exp = experiment_id(c, cfg.experiment)
     loop_id = cfg.loop_id()
@@ -108,7 +110,7 @@ def log_dataset(cfg: RunConfig, run_id: str, uri: str, name: str, context: str) 
 
     with warnings.catch_warnings():  # MLflow's notes on ambiguous local sources and int columns: noise here
         warnings.simplefilter("ignore", UserWarning)
-        ds = mlflow.data.from_pandas(read_dataset(uri).to_pandas(), source=uri, name=name)
+        ds = mlflow.data.from_pandas(read_dataset(uri).to_pandas(), source=redact(uri), name=name)
     client(cfg).log_inputs(run_id, datasets=[_dataset_input(ds, context, InputTag)])
 
 
@@ -141,10 +143,10 @@ def loop_runs(c, experiment: str, loop_id: str):
     """(parent run, child runs) of a loop, found by tags; raises with the loop id if there is none."""
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
-        raise ValueError(f"no MLflow experiment {experiment!r} at {c.tracking_uri}")
+        raise ValueError(f"no MLflow experiment {experiment!r} at {redact(c.tracking_uri)}")
     parents = c.search_runs([exp.experiment_id], f"tags.`{LOOP_TAG}` = '{loop_id}' and tags.`{KIND_TAG}` = 'loop'")
     if not parents:
-        raise ValueError(f"no loop {loop_id!r} in experiment {experiment!r} at {c.tracking_uri}")
+        raise ValueError(f"no loop {loop_id!r} in experiment {experiment!r} at {redact(c.tracking_uri)}")
     parent = parents[0]
     children = c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     return parent, children

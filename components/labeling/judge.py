@@ -23,6 +23,7 @@ from typing import Callable
 
 from components.config_sections import GenerationConfig, JudgeConfig, RemoteJudgeConfig
 from components.infra.log import get_logger
+from components.infra.redact import protect_loggers, redact
 from components.labeling.step_labels import from_first_error
 
 log = get_logger(__name__)
@@ -225,11 +226,23 @@ class RemoteJudge:
         import openai
 
         self.cfg = cfg
+        key = os.environ.get(cfg.api_key_env)
+        # Messages and logs name the endpoint without credentials, and never hold the key (a server
+        # may echo it in an error body); httpx logs each request's URL, user-info password included.
+        self.where = redact(cfg.base_url, [key])
+        self._secrets = [key]
+        protect_loggers(("httpx", "httpx2", "openai"), [key])
         # Our own retry loop (below) owns backoff and the final error: the client's is turned off.
-        self.client = openai.OpenAI(base_url=cfg.base_url, api_key=os.environ.get(cfg.api_key_env) or "EMPTY",
+        self.client = openai.OpenAI(base_url=cfg.base_url, api_key=key or "EMPTY",
                                     timeout=cfg.timeout_s, max_retries=0)
         self.tokens = 0
         self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"RemoteJudge({self.where}, model={self.cfg.model!r})"
+
+    def _safe(self, e: BaseException) -> str:
+        return redact(str(e), self._secrets)
 
     def _one(self, prompt: str, max_tokens: int, temperature: float, failed: threading.Event) -> str | None:
         import openai
@@ -237,7 +250,7 @@ class RemoteJudge:
         attempts = self.cfg.retries + 1
         for attempt in range(attempts):
             if failed.is_set():  # another prompt already gave up: stop instead of retrying on
-                raise _Aborted(f"judge endpoint {self.cfg.base_url}: aborted after another request failed")
+                raise _Aborted(f"judge endpoint {self.where}: aborted after another request failed")
             try:
                 r = self.client.completions.create(model=self.cfg.model, prompt=prompt, max_tokens=max_tokens,
                                                    temperature=temperature)
@@ -245,18 +258,21 @@ class RemoteJudge:
                 if "context length" in str(e).lower():
                     return None
                 failed.set()
-                raise JudgeError(f"judge endpoint {self.cfg.base_url} (model {self.cfg.model!r}) refused the "
-                                 f"request: {e}") from e
+                # from None: the cause's own text (printed in tracebacks) is not redacted; ours says it
+                raise JudgeError(f"judge endpoint {self.where} (model {self.cfg.model!r}) refused the "
+                                 f"request: {self._safe(e)}") from None
             except Exception as e:  # noqa: BLE001 - sorted into retryable or not just below
                 if not _retryable(e):
                     failed.set()
-                    raise JudgeError(f"judge endpoint {self.cfg.base_url} (model {self.cfg.model!r}): {e}") from e
+                    raise JudgeError(f"judge endpoint {self.where} (model {self.cfg.model!r}): "
+                                     f"{type(e).__name__}: {self._safe(e)}") from None
                 if attempt + 1 == attempts:
                     failed.set()
                     raise JudgeError(
-                        f"judge endpoint {self.cfg.base_url} (model {self.cfg.model!r}) gave no answer after "
-                        f"{attempts} attempts (timeout {self.cfg.timeout_s:g} s each): {type(e).__name__}: {e}") from e
-                log.warning("judge endpoint %s: %s (attempt %d of %d)", self.cfg.base_url, e, attempt + 1, attempts)
+                        f"judge endpoint {self.where} (model {self.cfg.model!r}) gave no answer after "
+                        f"{attempts} attempts (timeout {self.cfg.timeout_s:g} s each): {type(e).__name__}: "
+                        f"{self._safe(e)}") from None
+                log.warning("judge endpoint %s: %s (attempt %d of %d)", self.where, self._safe(e), attempt + 1, attempts)
                 time.sleep(self.cfg.backoff_s * 2**attempt)
                 continue
             if r.usage is not None:
