@@ -312,7 +312,7 @@ services_app = typer.Typer(no_args_is_help=True, help="The full local stack: S3 
                                                       "+ work pool `vstar` + worker, on 127.0.0.1.")
 app.add_typer(services_app, name="services")
 STACK_DIR_HELP = "Where the stack keeps state.json, env.sh, logs and its databases."
-STACK_DIR = Path(".vstar/services")  # = components.infra.services.STACK_DIR, imported only when used
+STACK_DIR = Path(".vstar/services")  # = components.infra.local_stack.STACK_DIR, imported only when used
 
 
 def _shown(path: Path) -> str:
@@ -327,13 +327,13 @@ def services_up(dir: Path = typer.Option(STACK_DIR, "--dir", help=STACK_DIR_HELP
                 mlflow_port: Optional[int] = typer.Option(None, help="Default: a free port."),
                 s3_port: Optional[int] = typer.Option(None, help="Default: a free port.")):
     """Start the stack; it keeps running after this command. Writes DIR/env.sh to source."""
-    from components.infra import services
+    from components.infra import local_stack
     from components.infra.processes import ServiceStartError
 
     try:
-        state = services.start_stack(dir, s3=not no_s3, s3_port=s3_port, mlflow_port=mlflow_port,
+        state = local_stack.start_stack(dir, s3=not no_s3, s3_port=s3_port, mlflow_port=mlflow_port,
                                      prefect_port=prefect_port, say=lambda m: console.print(m, markup=False))
-    except services.StackRunning as e:
+    except local_stack.StackRunning as e:
         _fail(str(e))
     except ServiceStartError as e:
         console.print(str(e), style="red", markup=False, soft_wrap=True)
@@ -345,15 +345,15 @@ def services_up(dir: Path = typer.Option(STACK_DIR, "--dir", help=STACK_DIR_HELP
     for r in state["services"]:
         t.add_row(r["name"], r["url"], str(r["pid"]), _shown(Path(r["log"])))
     console.print(t)
-    console.print(f"source {_shown(Path(state['dir']) / services.ENV_FILE)}", markup=False)
+    console.print(f"source {_shown(Path(state['dir']) / local_stack.ENV_FILE)}", markup=False)
 
 
 @services_app.command("status")
 def services_status(dir: Path = typer.Option(STACK_DIR, "--dir", help=STACK_DIR_HELP)):
     """Each recorded service: alive (process group) and healthy (its health check). Exit 0 only when all are."""
-    from components.infra import services
+    from components.infra import local_stack
 
-    rows = services.stack_status(dir)
+    rows = local_stack.stack_status(dir)
     if rows is None:
         console.print(f"no stack recorded in {_shown(dir)}: start one with vstar services up", markup=False)
         raise typer.Exit(1)
@@ -374,16 +374,16 @@ def services_status(dir: Path = typer.Option(STACK_DIR, "--dir", help=STACK_DIR_
 @services_app.command("down")
 def services_down(dir: Path = typer.Option(STACK_DIR, "--dir", help=STACK_DIR_HELP)):
     """Stop every recorded service (its whole process group) and forget the stack. Harmless when none runs."""
-    from components.infra import services
+    from components.infra import local_stack
 
-    stopped = services.stop_stack(dir)
+    stopped = local_stack.stop_stack(dir)
     if stopped is None:
         console.print(f"no stack recorded in {_shown(dir)}: nothing to stop", markup=False)
         return
     for s in stopped:
         console.print(f"{'stopped' if s['was_running'] else 'already gone'}: {s['name']} (pid {s['pid']})",
                       markup=False)
-    console.print(f"removed {_shown(dir / services.STATE_FILE)} and {services.ENV_FILE}; logs and databases "
+    console.print(f"removed {_shown(dir / local_stack.STATE_FILE)} and {local_stack.ENV_FILE}; logs and databases "
                   f"stay in {_shown(dir)}", markup=False)
 
 

@@ -26,7 +26,7 @@ from tasks.bootstrap import bootstrap_task
 from tasks.evaluate import evaluate_task
 from tasks.labels import judge_task, labels_task
 from tasks.train import prm_task
-from components.infra.prefect_results import SafeJSON
+from tasks.results import SafeJSON
 from tasks.common import result_storage
 from tasks.data import data_task
 from tasks.report import report_task

@@ -16,7 +16,7 @@ from components.infra import code_version, progress, store, tracking
 from components.infra.isolation import run_isolated
 from components.infra.layout import Layout
 from components.infra.redact import redact
-from components.infra.prefect_results import SafeJSON, SafeLocalResults, SafeRemoteResults
+from tasks.results import SafeJSON, SafeLocalResults, SafeRemoteResults
 from components.models.hardware import peak_memory
 
 
@@ -98,7 +98,7 @@ def stage_task(stage: ModuleType) -> dict:
     stage tasks persist their results and cache on (inputs, task source), so a rerun of a crashed flow
     returns finished stages' results without calling them. The store's manifests remain the ground
     truth (a cache miss still skips a published stage); results live in the object store beside them,
-    as JSON only (components/infra/prefect_results.py): a shared bucket must never feed a worker a pickle."""
+    as JSON only (tasks/results.py): a shared bucket must never feed a worker a pickle."""
     return {"name": stage.STAGE.name, "tags": stage.STAGE.tags, "cache_policy": INPUTS + TASK_SOURCE,
             "persist_result": True, "result_serializer": SafeJSON()}
 

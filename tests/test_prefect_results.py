@@ -13,7 +13,7 @@ import pytest
 from components.config import load_config
 from components.infra import store
 from components.infra.layout import Layout
-from components.infra.prefect_results import SERIALIZER, UnsafeResult, checked_record
+from tasks.results import SERIALIZER, UnsafeResult, checked_record
 
 ROOT = Path(__file__).resolve().parent.parent
 # A round as short as it gets on the session's tiny model (the test is about results, not learning).
@@ -65,7 +65,7 @@ def test_the_check_refuses_every_record_but_a_plain_json_one():
     from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
     from prefect.serializers import JSONSerializer, PickleSerializer
 
-    from components.infra.prefect_results import SafeJSON
+    from tasks.results import SafeJSON
 
     ok = ResultRecord(metadata=ResultRecordMetadata(serializer=SafeJSON()), result=("s3://b/x", {"f": 0.5})).serialize()
     assert ResultRecord.deserialize(checked_record(ok, "k")).result == ["s3://b/x", {"f": 0.5}]

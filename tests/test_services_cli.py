@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from components.infra import services
+from components.infra import local_stack
 from components.infra.processes import group_alive, http_json, http_status, start_time
 
 VSTAR = str(Path(sys.executable).parent / "vstar")
@@ -89,7 +89,7 @@ def test_services_up_status_down(tmp_path):
         assert env["MLFLOW_TRACKING_URI"] == recs["mlflow"]["url"]
         assert env["AWS_ENDPOINT_URL"] == env["MLFLOW_S3_ENDPOINT_URL"] == recs["s3"]["url"]
         assert env["AWS_ACCESS_KEY_ID"] == "testing" and env["AWS_DEFAULT_REGION"]
-        assert env["VSTAR_HOME"] == str(services.REPO_ROOT)
+        assert env["VSTAR_HOME"] == str(local_stack.REPO_ROOT)
         p = subprocess.run(["bash", "-c", 'source "$1" && exec "$2" -c "$3" "$4"', "_", str(env_sh), sys.executable,
                            CHECK, state["bucket"]], env=_env(), capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stderr[-3000:]
@@ -129,7 +129,7 @@ def test_services_up_status_down(tmp_path):
         print(f"up {up_s:.1f} s, down {down_s:.1f} s")
     finally:
         if not recorded and (d / "state.json").exists():  # `up` failed or timed out part-way
-            recorded = services.read_state(d)["services"]
+            recorded = local_stack.read_state(d)["services"]
         subprocess.run([VSTAR, "services", "down", "--dir", str(d)], env=_env(), capture_output=True, timeout=120)
         for r in recorded:
             if group_alive(r["pgid"], r.get("started")):
@@ -159,16 +159,16 @@ def test_stop_stack_stops_recorded_groups_and_spares_reused_pids(tmp_path):
              "stop_signals": [[int(signal.SIGTERM), 5.0]]}]}
         (tmp_path / "state.json").write_text(json.dumps(state))
         (tmp_path / "env.sh").write_text("")
-        rows = {r["name"]: r for r in services.stack_status(tmp_path)}
+        rows = {r["name"]: r for r in local_stack.stack_status(tmp_path)}
         assert rows["s3"]["alive"] and not rows["s3"]["healthy"]  # no health URL recorded
         assert not rows["mlflow"]["alive"]
 
-        stopped = services.stop_stack(tmp_path)
+        stopped = local_stack.stop_stack(tmp_path)
         assert stopped == [{"name": "mlflow", "pid": other, "was_running": False},
                            {"name": "s3", "pid": pid, "was_running": True}]
         assert not group_alive(pid) and group_alive(other)
         assert not (tmp_path / "state.json").exists() and not (tmp_path / "env.sh").exists()
-        assert services.stop_stack(tmp_path) is None and services.stack_status(tmp_path) is None
+        assert local_stack.stop_stack(tmp_path) is None and local_stack.stack_status(tmp_path) is None
     finally:
         for p in (pid, other):
             try:
@@ -178,7 +178,7 @@ def test_stop_stack_stops_recorded_groups_and_spares_reused_pids(tmp_path):
 
 
 def test_env_sh_without_s3_exports_no_aws_keys():
-    text = services.env_sh({"dir": "/x", "started_at": "now", "bucket": None, "env": {
+    text = local_stack.env_sh({"dir": "/x", "started_at": "now", "bucket": None, "env": {
         "PREFECT_API_URL": "http://127.0.0.1:1/api", "MLFLOW_TRACKING_URI": "http://127.0.0.1:2",
         "VSTAR_HOME": "/a b"}})
     assert "export PREFECT_API_URL=http://127.0.0.1:1/api" in text and "export VSTAR_HOME='/a b'" in text
