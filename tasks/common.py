@@ -16,8 +16,8 @@ from components.infra import code_version, progress, store, tracking
 from components.infra.isolation import run_isolated
 from components.infra.layout import Layout
 from components.infra.redact import redact
-from tasks.results import SafeJSON, SafeLocalResults, SafeRemoteResults
 from components.models.hardware import peak_memory
+from tasks.results import SafeJSON, SafeLocalResults, SafeRemoteResults
 
 
 def run_stage(cfg: RunConfig, stage: ModuleType, out_uri: str, run_id: str | None, prefix: str | None = None,
