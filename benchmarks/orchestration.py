@@ -82,8 +82,8 @@ def run_ephemeral(config: str, overrides: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         over = overrides + [f"store_uri={tmp}/store"]
         _seed_store(load_config(config, over), f"{tmp}/store")
-        from flows.self_improve import start, stored  # round 0 outside the measured round
-        stored(start, load_config(config, over))(load_config(config, over))
+        from flows.self_improve import start  # round 0 outside the measured round
+        start(load_config(config, over))
         state = next_round(config, over, return_state=True)
         result = state.result()
         with get_client(sync_client=True) as c:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from components.config_sections import (CurriculumConfig, DecontamConfig, EvalConfig, FamilyConfig, FilterConfig,
                                         GenerationConfig, HardwareConfig, ModelConfig, PRMConfig, ScoringConfig, SFTConfig, Strict,
@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 # so `--set rounds=5` continues the same loop and an s3:// store holds the same loop as a local one.
 # `hardware` too: a loop started on a CPU may go on on a GPU (each stage's metrics say whether it
 # used one: used_gpu, peak_gpu_mb).
-NOT_IDENTITY = ("rounds", "store_uri", "tracking_uri", "experiment", "hardware")
+# `recompute` says which published stages to make again this time, not what the loop is.
+NOT_IDENTITY = ("rounds", "store_uri", "tracking_uri", "experiment", "hardware", "recompute")
 
 
 class RunConfig(Strict):
@@ -52,6 +53,19 @@ class RunConfig(Strict):
     prm: PRMConfig = PRMConfig()
     eval: EvalConfig = EvalConfig()
     decontam: DecontamConfig = DecontamConfig()
+    # Published stages to make again rather than reuse (and what was made from them): stage names
+    # (components/stages: NAMES), or `stale` for every stage published by other code than this checkout's.
+    recompute: list[str] = []
+
+    @field_validator("recompute")
+    @classmethod
+    def _stage_names(cls, names: list[str]) -> list[str]:
+        from components.stages import NAMES
+
+        unknown = [n for n in names if n not in (*NAMES, "stale")]
+        if unknown:
+            raise ValueError(f"unknown stage {', '.join(map(repr, unknown))}; known: {', '.join(NAMES)}, stale")
+        return names
 
     @model_validator(mode="after")
     def _consistent(self):

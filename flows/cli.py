@@ -53,9 +53,15 @@ def config(config: Optional[Path] = typer.Argument(None), set: list[str] = typer
 
 @app.command()
 def run(config: Optional[Path] = typer.Argument(None, help="YAML config; embedded defaults if omitted."),
-        set: list[str] = typer.Option([], "--set", help=SET_HELP)):
+        set: list[str] = typer.Option([], "--set", help=SET_HELP),
+        recompute: list[str] = typer.Option([], "--recompute", metavar="STAGE",
+                                            help="Make this published stage again (and what was made from it) "
+                                                 "instead of reusing it; `stale`: every stage made by other code. "
+                                                 "Repeatable.")):
     """Bootstrap (or reuse) a generator and run the configured rounds."""
-    cfg = _load(config, set)
+    cfg = _load(config, [*set, *([f"recompute=[{', '.join(recompute)}]"] if recompute else [])])
+    from components.infra import store
+    from components.infra.isolation import StageFailed
     from flows.lock import LoopBusy, loop_lock
     from flows.self_improve import self_improve
 
@@ -65,6 +71,11 @@ def run(config: Optional[Path] = typer.Argument(None, help="YAML config; embedde
             result = self_improve(cfg)
     except LoopBusy as e:
         _fail(str(e))
+    except (store.CorruptArtifact, store.UnsafePath) as e:  # the store, not the code: say which file
+        _fail(f"{e}\nRepublish it (`--recompute STAGE` of the stage that made it) or restore it from a copy.")
+    except StageFailed as e:  # its log's tail says why (Prefect has shown the trace above)
+        console.print(redact(str(e)), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
     print_summary(result, time.perf_counter() - t0)
     print_where_to_look(cfg, result)
 

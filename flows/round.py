@@ -28,7 +28,7 @@ from tasks.score import score_task
 from tasks.train import prm_task, sft_task
 
 
-@flow(name="vstar-round")
+@flow(name="vstar-round", persist_result=False)  # the manifests record what is done
 def run_round(config: RunConfig, round_idx: int) -> dict:
     n = round_idx
     with tracking.running(config, tracking.round_run(config, tracking.loop_run(config), n)) as run_id:

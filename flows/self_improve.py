@@ -12,7 +12,7 @@ whole loop, one more round (cron or manual) and a re-evaluation can be triggered
 """
 from __future__ import annotations
 
-from prefect import Flow, flow, get_run_logger
+from prefect import flow, get_run_logger
 
 from components.infra import store, tracking
 from components.config import RunConfig, load_config, stable_hash
@@ -26,21 +26,11 @@ from tasks.bootstrap import bootstrap_task
 from tasks.evaluate import evaluate_task
 from tasks.labels import judge_task, labels_task
 from tasks.train import prm_task
-from tasks.results import SafeJSON
-from tasks.common import result_storage
 from tasks.data import data_task
 from tasks.report import report_task
 
 
-def stored(f, config: RunConfig):
-    """The flow (or task) with its stage results persisted in the run's object store, as JSON. A flow's
-    own result is not persisted: nothing reads it back (a rerun calls the subflow again), and Prefect
-    would write it as a bare blob, one more per run, that no record vouches for."""
-    keep = {"persist_result": False} if isinstance(f, Flow) else {}
-    return f.with_options(result_storage=result_storage(config), result_serializer=SafeJSON(), **keep)
-
-
-@flow(name="vstar-start")
+@flow(name="vstar-start", persist_result=False)
 def start(config: RunConfig) -> dict:
     """Round 0: problems from files, the bootstrap, the loop's judge, imported labels and PRM_0 where
     configured, and the bootstrap's evaluation (each skipped once published)."""
@@ -83,9 +73,9 @@ def self_improve(config: RunConfig = RunConfig(), wait_s: float = 5.0) -> dict:
     if _deployed():  # the typed deployment: the whole config came through the Prefect API
         check_typed(config)
     with loop_lock(config.loop_id(), wait_s), tracking.running(config, tracking.loop_run(config)) as parent:
-        rounds = [stored(start, config)(config)]
+        rounds = [start(config)]
         for n in range(1, config.rounds + 1):
-            rounds.append(stored(run_round, config)(config, n))
+            rounds.append(run_round(config, n))
         report_task(config, parent, rounds)
     return {"loop_id": config.loop_id(), "parent_run_id": tracking.loop_run(config), "rounds": rounds}
 
@@ -106,12 +96,12 @@ def next_round(config_path: str = "configs/demo.yaml", overrides: list[str] | No
     config = deployment_config(config_path, overrides)[1]
     log = get_run_logger()
     with loop_lock(config.loop_id(), wait_s), tracking.running(config, tracking.loop_run(config)) as parent:
-        stored(start, config)(config)
+        start(config)
         n = round if round is not None else last_round(config) + 1
         if round is None and n > config.rounds:
             log.info("loop %s has run its %d rounds; raise `rounds` to go on", config.loop_id(), config.rounds)
             return {"loop_id": config.loop_id(), "round": None}
-        result = stored(run_round, config)(config, n)
+        result = run_round(config, n)
         report_task(config, parent, _summary(config, last_round(config)))
     return {"loop_id": config.loop_id(), **result}
 
@@ -132,5 +122,5 @@ def reevaluate(config_path: str = "configs/demo.yaml", overrides: list[str] | No
     ev = load_config(path, (overrides or []) + (eval_overrides or []))
     tag = f"eval-{stable_hash(ev.eval.model_dump(mode='json'))[:8]}" if eval_overrides else "eval"
     run_id = tracking.round_run(config, tracking.loop_run(config), round)
-    uri, metrics = stored(evaluate_task, ev)(ev, model, round, run_id, prm, stage=tag, loop_id=loop)
+    uri, metrics = evaluate_task(ev, model, round, run_id, prm, stage=tag, loop_id=loop)
     return {"loop_id": loop, "round": round, "eval_uri": uri, "evaluate": metrics}

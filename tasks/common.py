@@ -1,23 +1,25 @@
-"""What every stage task does: skip if its output is published, else run the stage (in a child
-process when the stage declares it heavy), log its metrics to the round's MLflow run, and hand back
-the output URI."""
+"""What every stage task does: skip if its output is published (and still valid), else run the stage
+(in a child process when the stage declares it heavy), log its metrics to the round's MLflow run, and
+hand back the output URI.
+
+A published output is reused unless the config asks to recompute its stage (`recompute: [score]`,
+`vstar run --recompute score`; `stale` names every stage made by other code), or one of its inputs
+has changed since it was made (each manifest records its inputs' digests): recomputing `score`
+therefore recomputes what was made from the old scores too, and nothing else."""
 from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 from types import ModuleType
 
 from prefect import get_run_logger
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import NO_CACHE
 
-from components.config import RunConfig, stable_hash
+from components.config import RunConfig
 from components.infra import code_version, progress, store, tracking
 from components.infra.isolation import run_isolated
-from components.infra.layout import Layout
 from components.infra.redact import redact
 from components.models.hardware import peak_memory
-from tasks.results import SafeJSON, SafeLocalResults, SafeRemoteResults
 
 
 def run_stage(cfg: RunConfig, stage: ModuleType, out_uri: str, run_id: str | None, prefix: str | None = None,
@@ -25,35 +27,67 @@ def run_stage(cfg: RunConfig, stage: ModuleType, out_uri: str, run_id: str | Non
     """Metrics of the published stage output at `out_uri`, computing it first if needed.
     Light stages run in this process: a child would cost more to start than to run."""
     log, name, fields = get_run_logger(), stage.STAGE.name, stage.STAGE.summary
-    try:
-        manifest = store.read_manifest(out_uri)
-        metrics = manifest.get("metrics", {})
-        log.info("%s  (published at %s: skipped)", progress.summary(name, metrics, fields, metrics.get("seconds", 0)),
-                 redact(out_uri))
-        if code_version.is_stale(manifest, stage.__name__):  # reused, but never silently
-            log.warning("%s: published by other code (%s; this checkout: %s): reused; `vstar status` lists "
-                        "every stale stage", name, manifest["code"]["hash"], code_version.code_version(stage.__name__)["hash"])
-        return metrics
-    except store.NotPublished:
-        pass
+    inputs = code_version.input_digests(kwargs)
+    reused = _reuse(cfg, stage, out_uri, inputs, run_id, log)
+    if reused is not None:
+        return reused
     t0 = time.monotonic()
     if stage.STAGE.isolated:  # the child's metrics carry its own peak memory (components/infra/isolation.py)
         log.info("%s: running in a child process -> %s", name, redact(out_uri))
         show = progress.watcher(name, log.info)
         try:
-            metrics = run_isolated(stage, cfg, {"out_uri": out_uri, **kwargs},
+            metrics = run_isolated(stage, cfg, {"out_uri": out_uri, **kwargs}, inputs=inputs,
                                    on_start=lambda path: log.info("%s: log %s", name, path),
                                    on_progress=_both(show, PrefectProgress(name, _artifact_key(cfg, out_uri))))
         finally:
             show.close()
     else:  # a light stage in this process: the process's peak so far bounds it
         log.info("%s: running -> %s", name, redact(out_uri))  # a store URI may carry credentials
-        with code_version.stamped(stage.__name__):
+        with code_version.stamped(stage.__name__, inputs):
             metrics = {**stage.run(cfg, out_uri=out_uri, **kwargs), **peak_memory()}
     if run_id:
         tracking.log_metrics(cfg, run_id, metrics, prefix=prefix or stage.STAGE.metrics_prefix)
     log.info(progress.summary(name, metrics, fields, time.monotonic() - t0))
     return metrics
+
+
+def _reuse(cfg: RunConfig, stage: ModuleType, out_uri: str, inputs: dict, run_id: str | None, log) -> dict | None:
+    """The published output's metrics if it may be reused, else None (and the log says why not)."""
+    name = stage.STAGE.name
+    try:
+        manifest = store.read_manifest(out_uri)
+    except store.NotPublished:
+        return None
+    stale = code_version.is_stale(manifest, stage.__name__)
+    made, here = (manifest.get("code") or {}).get("hash"), code_version.code_version(stage.__name__)["hash"]
+    changed = _changed_inputs(manifest.get("inputs"), inputs)
+    why = ("asked to (recompute)" if name in cfg.recompute
+           else f"made by other code ({made}; this checkout: {here}) and recompute names `stale`"
+           if stale and "stale" in cfg.recompute
+           else f"its inputs changed since ({', '.join(map(redact, changed))})" if changed else None)
+    if why:
+        log.info("%s: published at %s, but %s: recomputing", name, redact(out_uri), why)
+        return None
+    metrics = manifest.get("metrics", {})
+    log.info("%s  (published at %s: skipped)", progress.summary(name, metrics, stage.STAGE.summary,
+                                                                metrics.get("seconds", 0)), redact(out_uri))
+    if stale:  # reused, but never silently: the log, `vstar status` and a tag on the round's MLflow run say so
+        log.warning("%s: published by other code (%s; this checkout: %s): reused; `vstar status` lists every "
+                    "stale stage, `--recompute %s` (or `stale`) makes it again", name, made, here, name)
+        if run_id:
+            tracking.set_tag(cfg, run_id, f"vstar.stale.{name}", f"{made} (this checkout: {here})")
+    return metrics
+
+
+def _changed_inputs(recorded: dict | None, inputs: dict) -> list[str]:
+    """The inputs whose content differs from what the output was made from (none when it does not say).
+    Compared by digest, not by URI: a loop copied to another store (same loop id) is still current."""
+    if recorded is None:
+        return []
+    made_from = sorted(map(str, recorded.values()))
+    if made_from == sorted(map(str, inputs.values())):
+        return []
+    return sorted(u for u, d in inputs.items() if str(d) not in made_from) or sorted(inputs) or ["(its inputs)"]
 
 
 def _both(*watchers):
@@ -94,20 +128,8 @@ class PrefectProgress:
 
 
 def stage_task(stage: ModuleType) -> dict:
-    """@task options for a stage: its name, its tags ("gpu" when it wants an accelerator), and caching:
-    stage tasks persist their results and cache on (inputs, task source), so a rerun of a crashed flow
-    returns finished stages' results without calling them. The store's manifests remain the ground
-    truth (a cache miss still skips a published stage); results live in the object store beside them,
-    as JSON only (tasks/results.py): a shared bucket must never feed a worker a pickle."""
-    return {"name": stage.STAGE.name, "tags": stage.STAGE.tags, "cache_policy": INPUTS + TASK_SOURCE,
-            "persist_result": True, "result_serializer": SafeJSON()}
-
-
-def result_storage(cfg: RunConfig):
-    """Prefect result storage under the run's store: a local folder, or any fsspec URI (s3://).
-    Prefect wants it saved as a block (a worker's flow run must find it again): one per store."""
-    uri = Layout.of(cfg).prefect_results()
-    block = (SafeLocalResults(basepath=str(Path(store.fs_for(uri)[1]).resolve())) if store.is_local(uri)
-             else SafeRemoteResults(basepath=uri, settings=store.storage_options(uri)))
-    block.save(f"vstar-results-{stable_hash(uri)[:12]}", overwrite=True)
-    return block
+    """@task options for a stage: its name, its tags ("gpu" when it wants an accelerator), and no Prefect
+    cache or persisted result: the store's manifests are the one record of what is done (a rerun finds a
+    published stage there and skips it), so no second cache can hand back old metrics after a stage is
+    recomputed, and nothing Prefect would unpickle is ever written to (or read from) a shared bucket."""
+    return {"name": stage.STAGE.name, "tags": stage.STAGE.tags, "cache_policy": NO_CACHE, "persist_result": False}

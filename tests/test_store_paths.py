@@ -1,6 +1,7 @@
 """Names that come from the store (a manifest's file names and sha256, catalog entries, listings) or
 from users (loop ids) never make a path outside where they belong (#14, a shared bucket): a crafted
 manifest is refused, naming itself and the file, before anything is written."""
+import hashlib
 import json
 import uuid
 
@@ -20,7 +21,8 @@ def memory_artifact(files: dict[str, bytes], listed: list[str], **extra) -> str:
     fs, path = store.fs_for(uri)
     for name, body in files.items():
         fs.pipe_file(store.join(path, name), body)
-    manifest = {"files": listed, "sha256": "ab" * 32, "uri": uri, **extra}
+    digest = hashlib.sha256(b"".join(n.encode() + files.get(n, b"") for n in listed if isinstance(n, str)))
+    manifest = {"files": listed, "sha256": digest.hexdigest(), "uri": uri, **extra}  # what publish_folder records
     fs.pipe_file(store.join(path, store.MANIFEST), json.dumps(manifest).encode())
     return uri
 

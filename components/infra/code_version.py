@@ -3,8 +3,9 @@
 A stage's code is its module plus every `components` module it imports, directly or through others
 (read from the source, lazy imports inside functions included): a fix to Monte Carlo scoring changes
 the hash of `score` and of nothing that does not import it. Every manifest a stage publishes carries
-`code` (store.stamped), so a rerun or `vstar status` can tell an artifact made by other code (stale)
-from one this checkout would make.
+`code`, and the digests of the `inputs` it was made from (`stamped`), so a rerun or `vstar status` can
+tell an artifact made by other code (stale) from one this checkout would make, and one made from
+inputs that have been made again since (out of date) from a current one.
 """
 from __future__ import annotations
 
@@ -68,18 +69,37 @@ def code_version(module: str) -> dict:
     return {"package": version, "hash": digest.hexdigest()[:12]}
 
 
-# The code of the stage publishing in this thread or process: put into every manifest written meanwhile.
+# What the stage publishing in this thread or process records in every manifest it writes meanwhile:
+# {"code": its code version, "inputs": its inputs' digests}.
 CURRENT: ContextVar[dict | None] = ContextVar("vstar_code", default=None)
 
 
 @contextmanager
-def stamped(module: str):
-    """Manifests published inside the block record `module`'s code version."""
-    token = CURRENT.set({"module": module, **code_version(module)})
+def stamped(module: str, inputs: dict[str, str | None] | None = None):
+    """Manifests published inside the block record `module`'s code version and `inputs` (input_digests)."""
+    token = CURRENT.set({"code": {"module": module, **code_version(module)},
+                         **({"inputs": inputs} if inputs is not None else {})})
     try:
         yield
     finally:
         CURRENT.reset(token)
+
+
+def input_digests(kwargs: dict) -> dict[str, str | None]:
+    """{uri: sha256 of its published manifest, or None} for a stage's inputs: its `*_uri` and `*_uris`
+    arguments (not `out_uri`). Recorded in what the stage publishes, so a rerun can tell that an input
+    was made again since (a recomputed stage) and that this output is out of date."""
+    from components.infra import store  # store stamps manifests with this module: import late
+
+    uris = [u for k, v in sorted(kwargs.items()) if k != "out_uri" and k.endswith(("_uri", "_uris"))
+            for u in (v if isinstance(v, (list, tuple)) else [v]) if isinstance(u, str) and u]
+    out = {}
+    for uri in uris:
+        try:
+            out[uri] = store.read_manifest(uri).get("sha256")
+        except store.NotPublished:  # e.g. a pretrained checkpoint folder: not the store's to track
+            out[uri] = None
+    return out
 
 
 def is_stale(manifest: dict, module: str) -> bool | None:

@@ -51,15 +51,18 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout: children import comp
 
 def run_isolated(stage: ModuleType, cfg: RunConfig, kwargs: dict, log_dir: str | Path = ".vstar/logs",
                  on_start: Callable[[Path], None] | None = None,
-                 on_progress: Callable[[progress.Event | None], None] | None = None):
-    """`stage.run(cfg, **kwargs)` in a child Python; returns its result."""
+                 on_progress: Callable[[progress.Event | None], None] | None = None,
+                 inputs: dict[str, str | None] | None = None):
+    """`stage.run(cfg, **kwargs)` in a child Python; returns its result. What it publishes records
+    `inputs` (code_version.input_digests) beside its code version."""
     return call_isolated(f"{stage.__name__}:run", kwargs, stage.__name__.rsplit(".", 1)[-1], log_dir, cfg,
-                         on_start, on_progress)
+                         on_start, on_progress, inputs)
 
 
 def call_isolated(target: str, kwargs: dict, name: str, log_dir: str | Path = ".vstar/logs",
                   cfg: RunConfig | None = None, on_start: Callable[[Path], None] | None = None,
-                  on_progress: Callable[[progress.Event | None], None] | None = None):
+                  on_progress: Callable[[progress.Event | None], None] | None = None,
+                  inputs: dict[str, str | None] | None = None):
     """`module:function(**kwargs)` (with `cfg` first when given) in a child Python; returns its result.
     `on_start(log_path)` is called once the child runs; `on_progress(event)` for each progress report
     and with None 4 times a second."""
@@ -71,7 +74,7 @@ def call_isolated(target: str, kwargs: dict, name: str, log_dir: str | Path = ".
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with tempfile.TemporaryDirectory() as tmp:
         args, result = Path(tmp) / "args.json", Path(tmp) / "result.json"
-        args.write_text(json.dumps({"config": cfg and cfg.model_dump(mode="json"), "kwargs": kwargs}))
+        args.write_text(json.dumps({"config": cfg and cfg.model_dump(mode="json"), "kwargs": kwargs, "inputs": inputs}))
         env[progress.ENV] = events = str(Path(tmp) / "progress.jsonl")
         with open(log_path, "w") as log:
             proc = subprocess.Popen([sys.executable, "-m", __name__, target, str(args), str(result)],
@@ -117,7 +120,7 @@ def _main(target: str, args_path: str, result_path: str) -> None:
     module, fn = target.split(":")
     args = json.loads(Path(args_path).read_text())
     first = [RunConfig.model_validate(args["config"])] if args["config"] is not None else []
-    with code_version.stamped(module):  # what it publishes says which code made it
+    with code_version.stamped(module, args.get("inputs")):  # what it publishes says which code made it, from what
         out = getattr(importlib.import_module(module), fn)(*first, **args["kwargs"])
     if isinstance(out, dict):  # a stage's metrics: with this child's own peak memory
         from components.models.hardware import peak_memory

@@ -8,7 +8,6 @@ stage that writes a path and the one that reads it ask it. Nothing else builds a
     <store>/loops/<loop id>/round-<n>/<artifact>         candidates, scored, filtered, model, prm, eval, report
     <store>/catalog/<dataset id>.json                    catalogued filtered datasets
     <store>/sft/<dataset id>/<key>                       `vstar sft` models
-    <store>/prefect-results                              Prefect's persisted task results
 """
 from __future__ import annotations
 
@@ -80,9 +79,6 @@ class Layout:
     def sft(self, dataset_id: str, settings: dict) -> str:
         """A model `vstar sft` trained on a catalogued dataset with these settings."""
         return join(self.root, "sft", safe_id(dataset_id, "catalog id"), stable_hash(settings)[:10])
-
-    def prefect_results(self) -> str:
-        return join(self.root, "prefect-results")
 
     # ------------------------------------------------------------------ one loop's rounds
     def loop(self) -> str:

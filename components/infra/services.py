@@ -166,6 +166,9 @@ class ServiceStack:
         if port is None:
             return free_port()
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # As servers bind: connections of a stopped server still in TIME_WAIT do not block a restart
+            # on its port; a listener does (Linux refuses the bind even with SO_REUSEADDR).
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError as e:

@@ -8,10 +8,12 @@ from config.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 import uuid
@@ -35,11 +37,19 @@ class UnsafePath(ValueError):
 
 
 class UnsafeManifest(UnsafePath):
-    """A manifest whose file names (or sha256) would reach outside its artifact's folder."""
+    """A manifest whose file names (or sha256) would reach outside its artifact's folder, or whose digests
+    are not one sha256 per listed file."""
+
+
+class CorruptArtifact(ValueError):
+    """Published bytes that are not what was published: a manifest that is not JSON, or a file whose sha256
+    differs from the one its manifest recorded (damaged on disk or in transit, or changed since)."""
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_LOCAL = fsspec.filesystem("file")
 
 
 def check_name(name: object, where: str) -> str:
@@ -61,9 +71,20 @@ def _check_manifest(manifest: object, uri: str) -> dict:
         check_name(name, where)
     if "sha256" in manifest and not (isinstance(manifest["sha256"], str) and _SHA256.fullmatch(manifest["sha256"])):
         raise UnsafeManifest(f"{where}: sha256 {manifest['sha256']!r:.80} is not 64 hex digits")
+    if "digests" in manifest:  # absent from manifests published before per-file digests: still readable
+        _check_digests(manifest["digests"], manifest.get("files", []), where)
     if is_local(uri):  # a symlink in a local artifact must not hand a reader a file from elsewhere
         _check_inside(Path(fs_for(uri)[1]), manifest.get("files", []), where)
     return manifest
+
+
+def _check_digests(digests: object, files: list, where: str) -> None:
+    if not isinstance(digests, dict) or set(digests) != set(files):
+        got = sorted(map(str, digests)) if isinstance(digests, dict) else type(digests).__name__
+        raise UnsafeManifest(f"{where}: digests {got!r:.200} do not map exactly the listed files to their sha256")
+    for name, digest in digests.items():
+        if not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+            raise UnsafeManifest(f"{where}: digest of {name!r} {digest!r:.80} is not 64 hex digits")
 
 
 def _check_inside(folder: Path, names, where: str) -> None:
@@ -111,6 +132,9 @@ def retry(fn, *args, attempts: int = 4, **kw):
         except (FileNotFoundError, PermissionError, ValueError):
             raise
         except _transient() as e:
+            if isinstance(e, OSError) and e.errno in _NO_SPACE:  # a full disk does not clear up in 4 s of backoff
+                target = next((a for a in reversed(args) if isinstance(a, str)), "")
+                raise OSError(e.errno, f"no space left on the store's disk ({fn.__name__} {target}): {e}") from e
             if i == attempts - 1:
                 raise OSError(f"object store unreachable after {attempts} attempts with backoff "
                               f"({fn.__name__} {args[0] if args else ''}): {e}") from e
@@ -121,10 +145,15 @@ def read_manifest(uri: str) -> dict:
     fs, path = fs_for(uri)
     mpath = join(path, MANIFEST)
     try:
-        with fs.open(mpath, "r") as f:
-            manifest = json.load(f)
+        with fs.open(mpath, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise NotPublished(f"{uri}: no published {MANIFEST}") from None
+    try:
+        manifest = json.loads(raw)
+    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not text at all
+        raise CorruptArtifact(f"{join(uri, MANIFEST)}: corrupt manifest, not valid JSON ({len(raw)} bytes: {e}); "
+                              f"the artifact cannot be read until it is published again") from e
     return _check_manifest(manifest, uri)
 
 
@@ -141,8 +170,12 @@ def _put_manifest(fs, path: str, manifest: dict) -> None:
     target = join(path, MANIFEST)
     if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
         tmp = f"{target}.{uuid.uuid4().hex}.tmp"
-        Path(tmp).write_text(body)
-        os.replace(tmp, target)
+        try:
+            Path(tmp).write_text(body)
+            os.replace(tmp, target)
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)  # a full disk would leave a partial one behind
+            raise
     else:
         retry(fs.pipe_file, target, body.encode())
 
@@ -154,48 +187,109 @@ def publish_folder(local_dir: str | Path, uri: str, meta: dict[str, Any]) -> dic
     files = sorted(p.relative_to(local_dir).as_posix() for p in local_dir.rglob("*")
                    if p.is_file() and p.relative_to(local_dir) != Path(MANIFEST))
     _check_inside(local_dir, files, f"publishing {local_dir} to {uri}")  # never publish a file from elsewhere
-    digest = hashlib.sha256()
-    for name in files:
-        digest.update(name.encode())
-        with open(local_dir / name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+    sha256, digests = _digests(_LOCAL, str(local_dir), files)
     fs, path = fs_for(uri)
     if retry(fs.exists, join(path, MANIFEST)):
         retry(fs.rm, join(path, MANIFEST))  # unpublish first: a reader never sees an old manifest over new files
-    retry(fs.makedirs, path, exist_ok=True)
-    for name in files:  # each object PUT is atomic on S3; the set of them counts only once the manifest is there
-        fs.makedirs(fs._parent(join(path, name)), exist_ok=True)
-        retry(fs.put_file, str(local_dir / name), join(path, name))
-    manifest = {"files": files, "sha256": digest.hexdigest(), "uri": uri,
-                "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta}
-    if code_version.CURRENT.get() and "code" not in manifest:  # which code made it (a stage publishing)
-        manifest["code"] = code_version.CURRENT.get()
-    _put_manifest(fs, path, manifest)
+    try:
+        retry(fs.makedirs, path, exist_ok=True)
+        for name in files:  # each object PUT is atomic on S3; the set of them counts only once the manifest is there
+            fs.makedirs(fs._parent(join(path, name)), exist_ok=True)
+            retry(fs.put_file, str(local_dir / name), join(path, name))
+        manifest = {"files": files, "sha256": sha256, "digests": digests, "uri": uri,
+                    "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta}
+        for key, value in (code_version.CURRENT.get() or {}).items():  # a stage publishing: its code, inputs
+            manifest.setdefault(key, value)
+        _put_manifest(fs, path, manifest)
+    except OSError as e:
+        if e.errno not in _NO_SPACE:
+            raise
+        _remove_quietly(fs, [join(path, name) for name in files])  # give the space back: unpublished either way
+        raise OSError(e.errno, f"{uri}: disk full (no space left on the store's device) while publishing "
+                               f"{len(files)} file(s) from {local_dir}; nothing was published") from e
     return manifest
 
 
+def _remove_quietly(fs, paths: list[str]) -> None:
+    """Best effort: the caller is already failing with the error that matters."""
+    for p in paths:
+        try:
+            fs.rm(p)
+        except _transient():
+            pass
+
+
+def _digests(fs, folder: str, names: list[str]) -> tuple[str, dict[str, str]]:
+    """The artifact's sha256 (over names and bytes, in order) and each file's, reading each file once."""
+    overall, each = hashlib.sha256(), {}
+    for name in names:
+        overall.update(name.encode())
+        one = hashlib.sha256()
+        with fs.open(join(folder, name), "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                overall.update(chunk)
+                one.update(chunk)
+        each[name] = one.hexdigest()
+    return overall.hexdigest(), each
+
+
+def _verify(fs, folder: str, manifest: dict, uri: str, names: list[str]) -> bool:
+    """CorruptArtifact naming the first of `names` (under `folder`, published at `uri`) whose sha256 differs from
+    the manifest's; False when the manifest records nothing to compare them with."""
+    want = manifest.get("digests")
+    if want is None and (names != manifest["files"] or "sha256" not in manifest):
+        return False  # an older manifest's one sha256 covers all its files together, not a subset
+    overall, each = _digests(fs, folder, names)
+    if want is None:
+        if overall != manifest["sha256"]:  # which file changed is unknown: name them (a few)
+            shown = ", ".join(join(uri, n) for n in names[:4]) + (", ..." if len(names) > 4 else "")
+            raise CorruptArtifact(f"{uri}: corrupt artifact, sha256 of its files ({shown}) is {overall} but its "
+                                  f"manifest recorded {manifest['sha256']} (damaged or changed since it was published)")
+        return True
+    for name in names:
+        if each[name] != want[name]:
+            raise CorruptArtifact(f"{join(uri, name)}: corrupt file, sha256 {each[name]} but its manifest "
+                                  f"recorded {want[name]} (damaged or changed since it was published)")
+    return True
+
+
+_VERIFIED: set[tuple] = set()  # local artifacts (uri, published_at, sha256) whose files matched in this process
+
+
 def fetch_folder(uri: str, cache_root: str | Path = ".vstar/cache") -> Path:
-    """A local folder holding the published artifact at `uri` (the folder itself when local)."""
+    """A local folder holding the published artifact at `uri` (the folder itself when local), its listed files
+    checked against their manifest's sha256 (CorruptArtifact naming the file)."""
     manifest = read_manifest(uri)
     if is_local(uri):  # readers (from_pretrained) may open any file here, listed or not
         folder = Path(fs_for(uri)[1])
         _check_inside(folder, [p.relative_to(folder).as_posix() for p in folder.rglob("*")], join(uri, MANIFEST))
+        # Read in place, so checked in place. Hashing (~1 GB/s) costs about what loading the weights does, but a
+        # stage fetches the same model several times (tokenizer, serving): once per process per published version.
+        # A file damaged after that check is not seen by this process; a republish is checked anew.
+        key = (uri, manifest.get("published_at"), manifest.get("sha256"))
+        if key not in _VERIFIED:
+            _verify(_LOCAL, str(folder), manifest, uri, manifest["files"])
+            _VERIFIED.add(key)
         return folder
     dest = Path(cache_root) / manifest["sha256"][:16]
-    if (dest / MANIFEST).exists():
+    if (dest / MANIFEST).exists():  # trusted: only a download whose files matched their digests is moved here
         return dest
     fs, path = fs_for(uri)
     Path(cache_root).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache_root))
-    for name in manifest["files"]:  # names and sha256 checked by read_manifest: all land under tmp
-        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        retry(fs.get, join(path, name), str(tmp / name))
-    (tmp / MANIFEST).write_text(json.dumps(manifest))
+    try:
+        for name in manifest["files"]:  # names and sha256 checked by read_manifest: all land under tmp
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            retry(fs.get, join(path, name), str(tmp / name))
+        _verify(_LOCAL, str(tmp), manifest, uri, manifest["files"])  # before the move: the cache holds checked files
+        (tmp / MANIFEST).write_text(json.dumps(manifest))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed or corrupt download leaves nothing in the cache
+        raise
     try:
         os.replace(tmp, dest)
     except OSError:  # another process fetched it first
-        pass
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -221,13 +315,25 @@ def write_rows(rows: list[dict], uri: str, meta: dict[str, Any] | None = None) -
 def read_dataset(uri: str):
     """The published dataset at `uri` as a `datasets.Dataset`."""
     datasets = _datasets()
+    import pyarrow  # loaded by datasets already
 
     manifest = read_manifest(uri)
     if manifest.get("rows", 0) == 0:
         return datasets.Dataset.from_dict({})
-    files = [join(uri, f) for f in manifest["files"] if f.endswith(".parquet")]
-    return datasets.load_dataset("parquet", data_files=files, split="train",
-                                 storage_options=storage_options(uri))
+    names = [f for f in manifest["files"] if f.endswith(".parquet")]
+    files = [join(uri, f) for f in names]
+    # Small files: checking them first names a bit flip or a truncation, where pyarrow names no file (or
+    # reads a flipped value without noticing).
+    fs, path = fs_for(uri)
+    checked = _verify(fs, path, manifest, uri, names)
+    try:
+        return datasets.load_dataset("parquet", data_files=files, split="train",
+                                     storage_options=storage_options(uri))
+    except (pyarrow.ArrowException, datasets.exceptions.DatasetGenerationError) as e:
+        if checked:  # the bytes are those published: not a corrupt file
+            raise
+        raise CorruptArtifact(f"{', '.join(files)}: cannot be read as parquet ({e.__cause__ or e}); corrupt or "
+                              f"truncated since it was published? (its manifest records no digest to check)") from e
 
 
 def read_rows(uri: str) -> list[dict]:

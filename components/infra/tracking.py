@@ -101,6 +101,10 @@ def log_metrics(cfg: RunConfig, run_id: str, metrics: dict, prefix: str = "", st
         c.log_batch(run_id, metrics=ms[i : i + 500])
 
 
+def set_tag(cfg: RunConfig, run_id: str, key: str, value: str) -> None:
+    client(cfg).set_tag(run_id, key, redact(value))
+
+
 def log_dataset(cfg: RunConfig, run_id: str, uri: str, name: str, context: str) -> None:
     """Record a published dataset as the run's input, with its store URI as the source."""
     import mlflow

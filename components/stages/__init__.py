@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Every stage's name (its STAGE.name), in the order a loop first runs them: what `recompute` may name.
+NAMES = ("prepare-data", "bootstrap", "train-judge", "import-labels", "generate", "score", "filter", "sft",
+         "train-prm", "evaluate", "trace-report")
+
 
 @dataclass(frozen=True)
 class Stage:

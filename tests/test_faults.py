@@ -1,0 +1,239 @@
+"""The fault matrix (#14; docs/reliability.md), against the real services: `vstar run` processes,
+MLflow servers, a Prefect server, the session's tiny model.
+
+- The MLflow server stopped mid-round (from inside `generate` until after the stage has ended and
+  the round has tried to log its metrics, then started again on the same port and database): the
+  round finishes and its metrics arrive (the client retries with backoff). This run is `vstar run` as
+  a new user starts it (the embedded default: a temporary Prefect server) and, uninterrupted
+  otherwise, the reference for:
+- the flow-run process SIGKILLed during each of generate, score, sft, train-prm and evaluate in turn
+  (on a Prefect server), each time rerun with the same command: the rerun reclaims the dead run's lock
+  at once and recomputes only the stage that was running (every stage published before it is skipped,
+  its publication time unchanged), nothing half-published is ever visible (a watcher polls the store
+  throughout), `vstar status` tells what happened, and the final artifacts equal the reference's.
+  A second live run of the loop is refused in one line.
+- Then, on that store: `--recompute` of a stage, a corrupt parquet file and a corrupt manifest (errors
+  naming the file, nothing published).
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import psutil
+import pytest
+
+from components.config import load_config
+from components.infra import services, store, tracking
+from components.infra.layout import Layout
+from tests.procs import PublishedWatcher, assert_live_progress, one_line_error, stage_child, stray_files, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+VSTAR = str(Path(sys.executable).parent / "vstar")
+CONFIG = str(ROOT / "configs/smoke.yaml")
+# A round with every stage (PRM on, Monte Carlo labels), as short as it gets on the tiny model.
+OVERRIDES = ["family.eval.per_level=5", "eval.sampled_per_level=2", "curriculum.problems=24"]
+ARTIFACTS = ("candidates", "scored", "filtered", "model", "prm", "eval")  # round 1, in the order made
+STAGE_OF = {"candidates": "generate", "scored": "score", "filtered": "filter", "model": "sft", "prm": "train-prm",
+            "eval": "evaluate"}
+KILLED = (("generate", "candidates"), ("score", "scored"), ("sft", "model"), ("prm", "prm"), ("evaluate", "eval"))
+
+
+class Runs:
+    """`vstar` processes in `tmp`, on the session's Prefect server (or, `embedded`, on a temporary one
+    of their own as on a new user's machine), with their logs kept."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.procs, self.env = tmp, [], {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.embedded = {**{k: v for k, v in self.env.items() if not k.startswith(("PREFECT_", "MLFLOW_"))},
+                         "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+    def start(self, store_uri: str, tracking_uri: str, *extra: str, command: str = "run",
+              embedded: bool = False) -> subprocess.Popen:
+        log = open(self.tmp / f"vstar-{len(self.procs)}.log", "w+")
+        sets = [f"store_uri={store_uri}", f"tracking_uri={tracking_uri}", *OVERRIDES]
+        sets = [x for s in sets for x in ("--set", s)]  # `vstar run CONFIG ...`, `vstar status [LOOP] --config CONFIG ...`
+        args = ["run", CONFIG, *sets, *extra] if command == "run" else [command, *extra, "--config", CONFIG, *sets]
+        p = subprocess.Popen([VSTAR, *args], cwd=self.tmp, env=self.embedded if embedded else self.env,
+                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        p.log = log
+        self.procs.append(p)
+        return p
+
+    @staticmethod
+    def output(p: subprocess.Popen) -> str:
+        p.log.flush()
+        return Path(p.log.name).read_text(errors="replace")
+
+    def finish(self, p: subprocess.Popen, timeout: float = 900) -> tuple[int, str]:
+        p.wait(timeout=timeout)
+        return p.returncode, self.output(p)
+
+    def close(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, prefect_server, mlflow_server, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("faults")
+    cfg = load_config(CONFIG, [f"store_uri={tmp}/x", *OVERRIDES])
+    stores = {name: str(tmp / name) for name in ("reference", "killed")}
+    for s in stores.values():
+        store.publish_folder(tiny_model_dir, Layout(s, bootstrap_hash=cfg.bootstrap_hash()).bootstrap(), {"kind": "model"})
+    runs = Runs(tmp)
+    yield tmp, cfg, stores, runs
+    runs.close()
+
+
+def round_uri(store_uri: str, cfg, artifact: str, n: int = 1) -> str:
+    return Layout(store_uri, cfg.loop_id()).round(n, artifact)
+
+
+def published(store_uri: str, cfg) -> dict[str, dict]:
+    return {a: store.read_manifest(round_uri(store_uri, cfg, a)) for a in ARTIFACTS
+            if store.is_published(round_uri(store_uri, cfg, a))}
+
+
+def skipped(out: str, store_uri: str, cfg, artifact: str) -> bool:
+    """Whether the run's log says round 1's `artifact` was found published and skipped."""
+    at = re.escape(round_uri(store_uri, cfg, artifact))
+    return re.search(rf" - {STAGE_OF[artifact]} .*\(published at {at}: skipped\)", out) is not None
+
+
+def test_mlflow_server_stopped_mid_round(setup):
+    tmp, cfg, stores, runs = setup
+    stack = services.ServiceStack(tmp / "mlflow-outage")  # its own server: stopping it touches no other test
+    try:
+        port = services.free_port()
+        server = stack.mlflow(None, port=port)
+        p = runs.start(stores["reference"], server.uri, embedded=True)
+        child = wait_for(lambda: stage_child(p, "generate") or p.poll() is not None, 600, "round 1's generate")
+        assert p.poll() is None, runs.output(p)[-3000:]
+        stack.stop(server.service)  # the server goes away mid-stage...
+        t0 = time.time()
+        psutil.wait_procs([child], timeout=600)
+        time.sleep(2)  # ...and stays away while the round logs generate's metrics (right after the child ends)
+        server = stack.mlflow(None, port=port)  # the same port and database: the server is back
+        outage = time.time() - t0
+        rc, out = runs.finish(p)
+        assert rc == 0, out[-4000:]
+    finally:
+        stack.close()
+    print(f"MLflow server down {outage:.0f} s mid-round; the round finished")
+    # While it ran, each stage showed where its log is, live progress at least every few seconds
+    # (before the child's first report too) and, once done, one line of key figures; it ended by
+    # saying where to look.
+    assert_live_progress(out, "generate", "samples")
+    assert re.search(r"generate +\d[\d,]* traces +\d+\.\d% correct", out), out[-3000:]
+    assert re.search(r"sft +\d[\d,]* examples +\d+ steps +loss ", out), out[-3000:]
+    assert f"vstar compare {cfg.loop_id()}" in out
+    assert f"trace report  {round_uri(stores['reference'], cfg, 'report')}/report.html" in out
+    # Every stage's metrics arrived, generate's included (logged while the server was down).
+    with services.ServiceStack(tmp / "mlflow-outage") as again:  # read back from the same database
+        server = again.mlflow(None, port=port)
+        c = mlflow.MlflowClient(server.uri)
+        exp = c.get_experiment_by_name(cfg.experiment)
+        runs_ = c.search_runs([exp.experiment_id], f"tags.`vstar.loop_id` = '{cfg.loop_id()}' and tags.`vstar.round` = '1'")
+        assert len(runs_) == 1 and runs_[0].info.status == "FINISHED"
+        prefixes = {k.split("/")[0] for k in runs_[0].data.metrics}
+        assert {"generate", "score", "filter_traces", "train_generator", "train_prm", "evaluate"} <= prefixes, sorted(prefixes)
+    assert set(published(stores["reference"], cfg)) == set(ARTIFACTS)
+
+
+def test_sigkill_during_each_stage_then_rerun(setup, mlflow_server):
+    tmp, cfg, stores, runs = setup
+    uri = stores["killed"]
+    with PublishedWatcher(uri) as watcher:
+        killed = []
+        for module, artifact in KILLED:
+            before = published(uri, cfg)
+            p = runs.start(uri, mlflow_server)
+            child = wait_for(lambda: stage_child(p, module) or p.poll() is not None, 600, f"{module} to start")
+            assert p.poll() is None, (module, runs.output(p)[-3000:])
+            if killed:  # the dead run's lock was reclaimed at once, saying whose it was
+                out = runs.output(p)
+                assert "lock reclaimed" in out and f"process {killed[-1]} on this host is gone" in out, out[-3000:]
+            else:  # a second live run of the loop is refused, in one line that says what to do
+                rc, out = runs.finish(runs.start(uri, mlflow_server), timeout=300)
+                assert rc == 2
+                line = one_line_error(out, "is already running")
+                assert cfg.loop_id() in line and f"pid {p.pid}" in line and "vstar unlock" in line
+            # Let the stage work a little (its first progress report, or a few seconds), then kill -9
+            # the flow-run process: a crash, not a cancellation. Its stage child dies with it.
+            events = child.environ().get("VSTAR_PROGRESS", "")
+            wait_for(lambda: not child.is_running() or (os.path.exists(events) and os.path.getsize(events) > 0),
+                     60, f"{module} to report progress")
+            assert child.is_running(), f"{module} finished before it could be killed"
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            gone, alive = psutil.wait_procs([child], timeout=30)
+            assert not alive, f"{module}'s child outlived the killed flow run"
+            out = runs.output(p)
+            after = published(uri, cfg)
+            assert artifact not in after, f"{artifact} published by a killed {module}"
+            # What was published before this run was reused as it was: skipped, not made again.
+            assert {a: m["published_at"] for a, m in before.items()} == \
+                   {a: after[a]["published_at"] for a in before}, module
+            assert all(skipped(out, uri, cfg, a) for a in before), (module, out[-4000:])
+            killed.append(p.pid)
+            if module == "prm":  # it ran SFT to the end first: live progress, then its figures
+                assert_live_progress(out, "sft", "steps")
+            if module == "sft":  # `vstar status` says what happened, from the store, MLflow and the lock
+                rc, status = runs.finish(runs.start(uri, mlflow_server, cfg.loop_id(), command="status"), timeout=300)
+                assert rc == 0, status[-3000:]
+                rows = {tuple(c.strip() for c in line.split("│")[1:4]) for line in status.splitlines()
+                        if line.count("│") >= 6}
+                assert {("1", "generate", "published"), ("1", "score", "published"), ("1", "filter", "published"),
+                        ("1", "sft", "interrupted")} <= rows, status[-3000:]
+                assert f"process {p.pid} on this host is gone" in status, status[-3000:]
+                assert f"store: {Layout(uri, cfg.loop_id()).loop()}" in status, status[-3000:]
+
+        rc, out = runs.finish(runs.start(uri, mlflow_server))
+        assert rc == 0, out[-4000:]
+    assert watcher.checks > 20 and not watcher.violations, watcher.violations
+    assert all(skipped(out, uri, cfg, a) for a in ARTIFACTS if a != "eval"), out[-4000:]
+    assert not skipped(out, uri, cfg, "eval")  # what died last is what ran again
+    # The killed runs' MLflow runs (left RUNNING) are finished now, and the loop is free.
+    parent, rounds = tracking.loop_runs(mlflow.MlflowClient(mlflow_server), cfg.experiment, cfg.loop_id())
+    assert {r.info.status for r in [parent, *rounds]} == {"FINISHED"}
+    rc, status = runs.finish(runs.start(uri, mlflow_server, command="status"), timeout=300)
+    assert rc == 0 and re.search(rf"{cfg.loop_id()} +│ 1 +│ [0-9T:-]+Z +│ 0 +│ not locked", status), status[-3000:]
+
+    # The final artifacts equal those of the uninterrupted (reference) run.
+    ref, got = published(stores["reference"], cfg), published(uri, cfg)
+    assert set(ref) == set(got) == set(ARTIFACTS)
+    assert {a: got[a]["sha256"] for a in ARTIFACTS} == {a: ref[a]["sha256"] for a in ARTIFACTS}
+    assert got["eval"]["metrics"]["pass1_all"] == ref["eval"]["metrics"]["pass1_all"]
+    # Nothing else is left in either store: no half-written files, no workflow-engine results.
+    assert stray_files(uri) == [] and stray_files(stores["reference"]) == []
+
+    # `--recompute filter`: made again, identical, so what was made from it stays current.
+    rc, out = runs.finish(runs.start(uri, mlflow_server, "--recompute", "filter"))
+    assert rc == 0, out[-4000:]
+    assert "filter: published at" in out and "asked to (recompute): recomputing" in out, out[-4000:]
+    assert published(uri, cfg)["filtered"]["sha256"] == got["filtered"]["sha256"]
+    assert all(skipped(out, uri, cfg, a) for a in ARTIFACTS if a != "filtered"), out[-4000:]
+
+    # A parquet file corrupted in the store: the stage that reads it fails naming the file, and
+    # publishes nothing over what was there.
+    parquet = Path(round_uri(uri, cfg, "filtered")) / "data.parquet"
+    body = bytearray(parquet.read_bytes())
+    body[len(body) // 2] ^= 0xFF
+    parquet.write_bytes(bytes(body))
+    rc, out = runs.finish(runs.start(uri, mlflow_server, "--recompute", "sft"))
+    assert rc != 0 and str(parquet) in out, out[-4000:]
+    assert published(uri, cfg)["model"]["sha256"] == got["model"]["sha256"]
+
+    # A corrupt manifest: the run stops naming it.
+    manifest = Path(round_uri(uri, cfg, "scored")) / "manifest.json"
+    manifest.write_text(manifest.read_text()[:40])
+    rc, out = runs.finish(runs.start(uri, mlflow_server))
+    assert rc != 0 and str(manifest) in out, out[-4000:]
