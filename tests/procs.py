@@ -20,9 +20,9 @@ def stage_child(proc: subprocess.Popen | int, stage: str) -> psutil.Process | No
         kids = psutil.Process(proc if isinstance(proc, int) else proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return None
-    for k in kids:
+    for k in kids:  # a new Python names the stage in its command line; a warm-started one in its name
         try:
-            if f"components.stages.{stage}:run" in " ".join(k.cmdline()):
+            if f"components.stages.{stage}:run" in " ".join(k.cmdline()) or k.name() == f"vstar-{stage}"[:15]:
                 return k
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             pass

@@ -77,9 +77,11 @@ def call_isolated(target: str, kwargs: dict, name: str, log_dir: str | Path = ".
         args.write_text(json.dumps({"config": cfg and cfg.model_dump(mode="json"), "kwargs": kwargs, "inputs": inputs}))
         env[progress.ENV] = events = str(Path(tmp) / "progress.jsonl")
         with open(log_path, "w") as log:
-            proc = subprocess.Popen([sys.executable, "-m", __name__, target, str(args), str(result)],
-                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    preexec_fn=_die_with_parent)
+            argv = [sys.executable, "-m", __name__, target, str(args), str(result)]
+            proc = _warm_start(argv, log_path, env, name)
+            if proc is None:  # a new Python: it imports torch (and vLLM) itself
+                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=env, preexec_fn=_die_with_parent)
             if on_start:
                 on_start(log_path)
             _wait(proc, events, on_progress)
@@ -88,6 +90,19 @@ def call_isolated(target: str, kwargs: dict, name: str, log_dir: str | Path = ".
             # The tail holds the child's traceback, which may quote a URI with credentials.
             raise StageFailed(f"stage {name} failed (exit {proc.returncode}); log: {log_path}\n{redact(tail)}")
         return json.loads(result.read_text())
+
+
+def _warm_start(argv: list[str], log_path: Path, env: dict[str, str], name: str):
+    """The child forked by this process's warm-start helper (components/infra/warm.py), or None."""
+    from components.infra import warm
+
+    helper = warm.helper({k: v for k, v in env.items() if k != progress.ENV})
+    if helper is None:
+        return None
+    try:
+        return helper.start(argv, str(log_path), env, os.getcwd(), name)
+    except (RuntimeError, OSError):  # the helper died: the plain way
+        return None
 
 
 def _wait(proc: subprocess.Popen, events: str, on_progress) -> None:
@@ -131,9 +146,11 @@ def _main(target: str, args_path: str, result_path: str) -> None:
     os.replace(tmp, result_path)
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> None:
+    """The child's entry (`python -m components.infra.isolation TARGET ARGS RESULT`, or forked by the
+    warm-start helper): runs the target and ends the process."""
     try:
-        _main(*sys.argv[1:4])
+        _main(*argv[:3])
     except Exception:  # the traceback goes to the stage's log file: a URI in it may carry credentials
         import traceback
 
@@ -144,3 +161,7 @@ if __name__ == "__main__":
     sys.stdout.flush()
     # vLLM's in-process engine can hang interpreter shutdown on its background threads.
     os._exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:4])

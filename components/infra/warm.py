@@ -1,0 +1,223 @@
+"""Warm starts for stage children: one helper Python per flow process imports the heavy libraries once
+(torch, transformers, vLLM: 5-15 s on a CPU, which every stage child would otherwise pay) and forks a
+fresh process for each stage.
+
+Each stage still runs in its own process (components/infra/isolation.py says why): it gets its own
+log, environment and working directory, its memory goes back to the OS when it exits, and whatever
+vLLM changes in it stays there. Forking after torch is imported, but before it has run anything or
+touched CUDA, is what PyTorch's DataLoader workers do. Where an NVIDIA device is present the plain
+way is kept (a new Python per stage): a library that touches CUDA at import would break every forked
+child, and beside minutes-long GPU stages the seconds saved do not matter. A helper that fails to
+start or dies is replaced by the plain way too; `VSTAR_WARM_START=0` asks for it.
+
+Protocol (JSON lines): the helper prints {"ready": true} once it has imported; each request
+{"id", "argv", "log", "env", "cwd", "name"} is answered {"id", "pid"}; each child's end {"pid", "exit"}.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+PRELOAD = ("torch", "transformers", "vllm", "vllm.entrypoints.llm")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Helper:
+    """The parent's side: start children through the helper, learn when they end."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env, self.lock, self.ended = env, threading.Lock(), threading.Condition()
+        self.exits: dict[int, int] = {}
+        self.started: dict[int, int] = {}
+        self.next_id = self.children = 0
+        ready = threading.Event()
+        # PR_SET_PDEATHSIG fires when the *thread* that started the helper ends: a thread that lives as
+        # long as this process starts it, so the helper (and its children) die with the process only.
+        threading.Thread(target=self._keep, args=(ready,), daemon=True, name="vstar-warm-start").start()
+        ready.wait()
+        if self.error:
+            raise RuntimeError(self.error)
+
+    def _keep(self, ready: threading.Event) -> None:
+        from components.infra.isolation import _die_with_parent
+
+        self.error = None
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=self.env,
+                                         cwd=ROOT, preexec_fn=_die_with_parent)
+            first = self.proc.stdout.readline()
+            if not first or not json.loads(first).get("ready"):
+                raise RuntimeError(f"warm-start helper did not start (exit {self.proc.poll()})")
+        except Exception as e:
+            self.error = str(e)
+            ready.set()
+            return
+        ready.set()
+        for line in self.proc.stdout:  # until the helper ends
+            msg = json.loads(line)
+            with self.ended:
+                if "exit" in msg:
+                    self.exits[msg["pid"]] = msg["exit"]
+                else:
+                    self.started[msg["id"]] = msg["pid"]
+                self.ended.notify_all()
+        with self.ended:
+            self.dead = True
+            self.ended.notify_all()
+        threading.Event().wait()  # keep this thread (the helper's parent, for PDEATHSIG) alive
+
+    dead = False
+
+    def alive(self) -> bool:
+        return not self.dead and self.proc.poll() is None
+
+    def running(self) -> int:
+        """Children started and not yet waited for."""
+        return self.children
+
+    def stop(self) -> None:
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+
+    def start(self, argv: list[str], log: str, env: dict[str, str], cwd: str, name: str) -> "Child":
+        with self.lock:
+            self.next_id += 1
+            rid = self.next_id
+            self.proc.stdin.write((json.dumps({"id": rid, "argv": argv, "log": log, "env": env, "cwd": cwd,
+                                               "name": name}) + "\n").encode())
+            self.proc.stdin.flush()
+        with self.ended:
+            if not self.ended.wait_for(lambda: rid in self.started or self.dead, timeout=60):
+                raise RuntimeError("warm-start helper did not answer")
+            if rid not in self.started:
+                raise RuntimeError("warm-start helper died")
+            self.children += 1
+            return Child(self, self.started.pop(rid))
+
+
+class Child:
+    """A forked stage child, with what isolation needs of a Popen: pid, wait(timeout), kill(), returncode."""
+
+    def __init__(self, helper: Helper, pid: int):
+        self.helper, self.pid, self.returncode = helper, pid, None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is not None:
+            return self.returncode
+        h = self.helper
+        with h.ended:
+            if not h.ended.wait_for(lambda: self.pid in h.exits or h.dead, timeout):
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+            self.returncode = h.exits.pop(self.pid, -9)  # a dead helper took its children with it
+            h.children -= 1
+        return self.returncode
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, 9)
+        except ProcessLookupError:
+            pass
+
+
+_HELPERS: dict[str, Helper] = {}
+_GUARD = threading.Lock()
+
+
+def helper(env: dict[str, str]) -> Helper | None:
+    """This process's helper for `env` (one per environment: the libraries it imported read it), or None
+    when warm starts are off or the helper cannot start. A helper for another environment with no child
+    running is stopped: each holds the imported libraries' memory (~1 GB)."""
+    if (os.environ.get("VSTAR_WARM_START", "1") == "0" or not sys.platform.startswith("linux")
+            or os.path.exists("/dev/nvidiactl")):
+        return None
+    key = json.dumps(sorted(env.items()))
+    with _GUARD:
+        h = _HELPERS.get(key)
+        if h is not None and h.alive():
+            return h
+        for other, old in list(_HELPERS.items()):
+            if not old.alive() or not old.running():
+                old.stop()
+                del _HELPERS[other]
+        try:
+            _HELPERS[key] = h = Helper(env)
+        except RuntimeError:
+            return None
+        return h
+
+
+# ------------------------------------------------------------------------------ the helper's side
+
+def _serve() -> None:
+    for name in PRELOAD:  # an optimisation only: whatever does not import is imported by the child
+        try:
+            __import__(name)
+        except Exception:
+            pass
+    out = sys.stdout.buffer
+
+    def say(msg: dict) -> None:
+        out.write((json.dumps(msg) + "\n").encode())
+        out.flush()  # before any fork: a child must not inherit unwritten lines
+
+    say({"ready": True})
+    stdin = sys.stdin.buffer
+    while True:
+        while True:  # reap ended children
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            say({"pid": pid, "exit": os.waitstatus_to_exitcode(status)})
+        if not select.select([stdin], [], [], 0.2)[0]:
+            continue
+        line = stdin.readline()
+        if not line:  # the parent is gone
+            os._exit(0)
+        req = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _child(req)
+        say({"id": req["id"], "pid": pid})
+
+
+def _child(req: dict) -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: dies with the helper, which dies with the flow process
+        libc.prctl(15, f"vstar-{req['name']}"[:15].encode())  # PR_SET_NAME: what `ps -o comm` shows
+        log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        sys.stdout.reconfigure(line_buffering=True)
+        sys.stderr.reconfigure(line_buffering=True)
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+        sys.argv = req["argv"]
+        from components.infra import isolation
+
+        isolation.main(req["argv"][-3:])  # TARGET ARGS RESULT; exits the process
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    os._exit(1)
+
+
+if __name__ == "__main__":
+    _serve()

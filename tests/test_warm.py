@@ -1,0 +1,62 @@
+"""Warm starts (components/infra/warm.py): a stage child forked by the helper that imported the heavy
+libraries is still a process of its own, with its own environment, working directory and log; it
+runs the code on disk now, not what the helper saw; a failure reads as before; and the plain way
+(`VSTAR_WARM_START=0`) still works."""
+import os
+import textwrap
+
+import psutil
+import pytest
+
+from components.infra import warm
+from components.infra.isolation import StageFailed, call_isolated
+
+PROBE = '''
+import os, sys
+
+def who(tag):
+    print("probe says", tag, flush=True)
+    return {"pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(), "tag": tag, "version": VERSION,
+            "env": os.environ.get("VSTAR_TEST_PROBE"), "progress": bool(os.environ.get("VSTAR_PROGRESS")),
+            "torch_preloaded": "torch" in sys.modules}
+
+def fail():
+    raise ValueError("the probe failed on purpose")
+'''
+
+
+@pytest.fixture
+def probe(tmp_path, monkeypatch):
+    (tmp_path / "mods").mkdir()
+    path = tmp_path / "mods" / "warm_probe.py"
+    path.write_text("VERSION = 1\n" + textwrap.dedent(PROBE))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "mods"))
+    monkeypatch.setenv("VSTAR_TEST_PROBE", "from-the-parent")
+    monkeypatch.chdir(tmp_path)
+    return path
+
+
+def test_a_warm_child_is_its_own_process_and_runs_the_code_on_disk(probe, tmp_path):
+    first = call_isolated("warm_probe:who", {"tag": "a"}, "probe", log_dir=tmp_path / "logs")
+    helper = psutil.Process(first["ppid"])
+    assert helper.ppid() == os.getpid() and "components.infra.warm" in " ".join(helper.cmdline())
+    assert first["torch_preloaded"]  # what the warm start is for
+    assert first["pid"] != os.getpid() and not psutil.pid_exists(first["pid"])  # a process, and gone
+    assert first["cwd"] == str(tmp_path) and first["env"] == "from-the-parent" and first["progress"]
+    logs = sorted((tmp_path / "logs").iterdir())
+    assert "probe says a" in logs[-1].read_text()
+
+    # Edited between two stages: the next child runs the new code, through the same helper.
+    probe.write_text("VERSION = 2\n" + textwrap.dedent(PROBE))
+    second = call_isolated("warm_probe:who", {"tag": "b"}, "probe", log_dir=tmp_path / "logs")
+    assert second["version"] == 2 and second["ppid"] == first["ppid"] and second["pid"] != first["pid"]
+
+    with pytest.raises(StageFailed, match="(?s)stage probe failed.*ValueError: the probe failed on purpose"):
+        call_isolated("warm_probe:fail", {}, "probe", log_dir=tmp_path / "logs")
+
+
+def test_the_plain_way_when_warm_starts_are_off(probe, tmp_path, monkeypatch):
+    monkeypatch.setenv("VSTAR_WARM_START", "0")
+    assert warm.helper(dict(os.environ)) is None
+    out = call_isolated("warm_probe:who", {"tag": "c"}, "probe", log_dir=tmp_path / "logs")
+    assert out["ppid"] == os.getpid() and not out["torch_preloaded"] and out["env"] == "from-the-parent"
