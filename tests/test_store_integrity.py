@@ -29,9 +29,10 @@ def folder_with(tmp_path, files: dict[str, bytes]) -> Path:
 FILES = {"config.json": b'{"x": 1}', "sub/weights.bin": bytes(range(256)) * 64}
 
 
-def memory_uri() -> str:
-    """A remote-looking store (fsspec's in-memory filesystem): fetch_folder downloads from it."""
-    return f"memory://bucket-{uuid.uuid4().hex[:8]}/loops/x/round-1/model"
+@pytest.fixture
+def remote(s3):
+    """A fresh artifact URI on the real S3 server (moto): fetch_folder downloads from it."""
+    return lambda: s3.uri(f"integrity-{uuid.uuid4().hex[:8]}/loops/x/round-1/model")
 
 
 def rewrite_manifest(uri: str, change) -> None:
@@ -61,9 +62,9 @@ def files_under(root: Path) -> list[str]:
 
 @pytest.mark.parametrize("body", [b'{"files": ["config.json"], "sha2', b"\xff\xfe\x00\x9c garbage \x00\x01", b""],
                          ids=["truncated", "binary", "empty"])
-@pytest.mark.parametrize("where", ["local", "memory"])
-def test_a_corrupt_manifest_names_itself(tmp_path, body, where):
-    uri = str(tmp_path / "store/loops/x/round-1/model") if where == "local" else memory_uri()
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_corrupt_manifest_names_itself(tmp_path, body, where, remote):
+    uri = str(tmp_path / "store/loops/x/round-1/model") if where == "local" else remote()
     store.publish_folder(folder_with(tmp_path, FILES), uri, {"kind": "model"})
     fs, path = store.fs_for(uri)
     fs.pipe_file(store.join(path, store.MANIFEST), body)
@@ -115,8 +116,8 @@ def test_a_manifest_without_digests_is_still_read(tmp_path):
 # ---------------------------------------------------------------- 3. fetched files are checked
 
 @pytest.mark.parametrize("how", ["flip", "truncate"])
-def test_a_damaged_remote_file_is_refused_and_nothing_cached(tmp_path, how):
-    uri, cache = memory_uri(), tmp_path / "cache"
+def test_a_damaged_remote_file_is_refused_and_nothing_cached(tmp_path, how, remote):
+    uri, cache = remote(), tmp_path / "cache"
     manifest = store.publish_folder(folder_with(tmp_path, FILES), uri, {"kind": "model"})
     damage(uri, "sub/weights.bin", how)
     with pytest.raises(store.CorruptArtifact) as e:
@@ -129,9 +130,9 @@ def test_a_damaged_remote_file_is_refused_and_nothing_cached(tmp_path, how):
     assert files_under(cache) == [], "a corrupt download was left in the cache"
 
 
-def test_a_damaged_remote_file_under_an_older_manifest_is_refused(tmp_path):
+def test_a_damaged_remote_file_under_an_older_manifest_is_refused(tmp_path, remote):
     """Published before per-file digests: the overall sha256 still catches it (naming the artifact)."""
-    uri, cache = memory_uri(), tmp_path / "cache"
+    uri, cache = remote(), tmp_path / "cache"
     manifest = store.publish_folder(folder_with(tmp_path, FILES), uri, {"kind": "model"})
     rewrite_manifest(uri, lambda m: m.pop("digests"))
     damage(uri, "config.json", "flip")
@@ -141,8 +142,8 @@ def test_a_damaged_remote_file_under_an_older_manifest_is_refused(tmp_path):
     assert files_under(cache) == []
 
 
-def test_an_intact_remote_artifact_is_fetched_once(tmp_path, monkeypatch):
-    uri, cache = memory_uri(), tmp_path / "cache"
+def test_an_intact_remote_artifact_is_fetched_once(tmp_path, monkeypatch, remote):
+    uri, cache = remote(), tmp_path / "cache"
     store.publish_folder(folder_with(tmp_path, FILES), uri, {"kind": "model"})
     dest = store.fetch_folder(uri, cache_root=cache)
     assert (dest / "sub/weights.bin").read_bytes() == FILES["sub/weights.bin"]
@@ -170,9 +171,9 @@ def test_a_damaged_local_file_is_refused_once_per_published_version(tmp_path, mo
 # ---------------------------------------------------------------- 4. a corrupt parquet names itself
 
 @pytest.mark.parametrize("how", ["flip", "truncate"])
-@pytest.mark.parametrize("where", ["local", "memory"])
-def test_a_damaged_parquet_names_itself(tmp_path, how, where):
-    uri = str(tmp_path / "store/filtered") if where == "local" else memory_uri()
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_damaged_parquet_names_itself(tmp_path, how, where, remote):
+    uri = str(tmp_path / "store/filtered") if where == "local" else remote()
     store.write_rows([{"q": f"{i} + {i}", "ok": i % 2 == 0} for i in range(200)], uri)
     damage(uri, "data.parquet", how)
     with pytest.raises(store.CorruptArtifact, match="corrupt file") as e:

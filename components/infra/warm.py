@@ -195,9 +195,10 @@ def _child(req: dict) -> None:
     try:
         import ctypes
 
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: dies with the helper, which dies with the flow process
-        libc.prctl(15, f"vstar-{req['name']}"[:15].encode())  # PR_SET_NAME: what `ps -o comm` shows
+        from components.infra.isolation import _die_with_parent
+
+        _die_with_parent()  # with the helper, which dies with the flow process
+        ctypes.CDLL("libc.so.6").prctl(15, f"vstar-{req['name']}"[:15].encode())  # PR_SET_NAME: `ps -o comm`
         log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(log, 1)
         os.dup2(log, 2)
