@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from components.infra import store, tracking
+from components.infra import isolation, store, tracking
 from components.config import RunConfig, load_config, stable_hash
 from components.infra.layout import Layout
 from components.labeling.sources import prm0_from_imports
@@ -70,6 +70,7 @@ def _deployed() -> bool:
 
 @flow(name="vstar-self-improve")
 def self_improve(config: RunConfig = RunConfig(), wait_s: float = 5.0) -> dict:
+    isolation.warm_up()  # stage children's imports, meanwhile
     if _deployed():  # the typed deployment: the whole config came through the Prefect API
         check_typed(config)
     with loop_lock(config.loop_id(), wait_s), tracking.running(config, tracking.loop_run(config)) as parent:
@@ -94,6 +95,7 @@ def next_round(config_path: str = "configs/demo.yaml", overrides: list[str] | No
     """Advance a loop by one round: the one after its last published round, or `round` to (re)run a
     given one (its published stages are reused). Stops at the config's `rounds`."""
     config = deployment_config(config_path, overrides)[1]
+    isolation.warm_up()
     log = get_run_logger()
     with loop_lock(config.loop_id(), wait_s), tracking.running(config, tracking.loop_run(config)) as parent:
         start(config)
@@ -112,6 +114,7 @@ def reevaluate(config_path: str = "configs/demo.yaml", overrides: list[str] | No
     """Evaluate a published round again, e.g. with more samples (`eval_overrides=["eval.k=16"]`). The
     loop is named by config_path + overrides; eval settings change only this evaluation."""
     path, config = deployment_config(config_path, overrides, eval_overrides)
+    isolation.warm_up()
     loop = config.loop_id()
     at = Layout.of(config)
     model = at.generator(round)

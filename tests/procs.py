@@ -20,13 +20,15 @@ def stage_child(proc: subprocess.Popen | int, stage: str) -> psutil.Process | No
         kids = psutil.Process(proc if isinstance(proc, int) else proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return None
+    found = []
     for k in kids:  # a new Python names the stage in its command line; a warm-started one in its name
         try:
             if f"components.stages.{stage}:run" in " ".join(k.cmdline()) or k.name() == f"vstar-{stage}"[:15]:
-                return k
+                found.append((k, k.ppid()))
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             pass
-    return None
+    pids = {k.pid for k, _ in found}  # the stage's own process, not a process it forked (named alike)
+    return next((k for k, parent in found if parent not in pids), None)
 
 
 def wait_for(cond, timeout: float, what: str, every: float = 0.2):
@@ -37,6 +39,22 @@ def wait_for(cond, timeout: float, what: str, every: float = 0.2):
             return found
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def freeze(proc: psutil.Process) -> str:
+    """SIGSTOP `proc` and return its state once the signal has landed (it is delivered asynchronously):
+    "stopped", or what it was instead ("zombie", "gone": it ended first)."""
+    proc.suspend()
+    state = "gone"
+    for _ in range(50):
+        try:
+            state = proc.status()
+        except psutil.NoSuchProcess:
+            return "gone"
+        if state in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE):
+            break
+        time.sleep(0.1)
+    return state
 
 
 class PublishedWatcher(threading.Thread):

@@ -32,7 +32,8 @@ import pytest
 from components.config import load_config
 from components.infra import services, store, tracking
 from components.infra.layout import Layout
-from tests.procs import PublishedWatcher, assert_live_progress, one_line_error, stage_child, stray_files, wait_for
+from tests.procs import (PublishedWatcher, assert_live_progress, freeze, one_line_error, stage_child, stray_files,
+                         wait_for)
 
 ROOT = Path(__file__).resolve().parent.parent
 VSTAR = str(Path(sys.executable).parent / "vstar")
@@ -125,6 +126,13 @@ def test_mlflow_server_stopped_mid_round(setup):
         outage = time.time() - t0
         rc, out = runs.finish(p)
         assert rc == 0, out[-4000:]
+        # Every stage's metrics arrived, generate's included (logged while the server was down).
+        c = mlflow.MlflowClient(server.uri)
+        exp = c.get_experiment_by_name(cfg.experiment)
+        runs_ = c.search_runs([exp.experiment_id], f"tags.`vstar.loop_id` = '{cfg.loop_id()}' and tags.`vstar.round` = '1'")
+        assert len(runs_) == 1 and runs_[0].info.status == "FINISHED"
+        prefixes = {k.split("/")[0] for k in runs_[0].data.metrics}
+        assert {"generate", "score", "filter_traces", "train_generator", "train_prm", "evaluate"} <= prefixes, sorted(prefixes)
     finally:
         stack.close()
     print(f"MLflow server down {outage:.0f} s mid-round; the round finished")
@@ -136,15 +144,6 @@ def test_mlflow_server_stopped_mid_round(setup):
     assert re.search(r"sft +\d[\d,]* examples +\d+ steps +loss ", out), out[-3000:]
     assert f"vstar compare {cfg.loop_id()}" in out
     assert f"trace report  {round_uri(stores['reference'], cfg, 'report')}/report.html" in out
-    # Every stage's metrics arrived, generate's included (logged while the server was down).
-    with services.ServiceStack(tmp / "mlflow-outage") as again:  # read back from the same database
-        server = again.mlflow(None, port=port)
-        c = mlflow.MlflowClient(server.uri)
-        exp = c.get_experiment_by_name(cfg.experiment)
-        runs_ = c.search_runs([exp.experiment_id], f"tags.`vstar.loop_id` = '{cfg.loop_id()}' and tags.`vstar.round` = '1'")
-        assert len(runs_) == 1 and runs_[0].info.status == "FINISHED"
-        prefixes = {k.split("/")[0] for k in runs_[0].data.metrics}
-        assert {"generate", "score", "filter_traces", "train_generator", "train_prm", "evaluate"} <= prefixes, sorted(prefixes)
     assert set(published(stores["reference"], cfg)) == set(ARTIFACTS)
 
 
@@ -161,8 +160,7 @@ def test_sigkill_during_each_stage_then_rerun(setup, mlflow_server):
             # Let the stage work a second, then freeze it (SIGSTOP) where it is: a warm-started stage on
             # this tiny round can end within seconds, and the kill must land inside it.
             time.sleep(1.0)
-            child.suspend()
-            assert child.status() == psutil.STATUS_STOPPED, f"{module} finished before it could be killed"
+            assert freeze(child) == psutil.STATUS_STOPPED, f"{module} finished before it could be killed"
             if killed:  # the dead run's lock was reclaimed at once, saying whose it was
                 out = runs.output(p)
                 assert "lock reclaimed" in out and f"process {killed[-1]} on this host is gone" in out, out[-3000:]

@@ -10,6 +10,7 @@ import pytest
 
 from components.infra import warm
 from components.infra.isolation import StageFailed, call_isolated
+from tests.procs import wait_for
 
 PROBE = '''
 import os, sys
@@ -53,6 +54,34 @@ def test_a_warm_child_is_its_own_process_and_runs_the_code_on_disk(probe, tmp_pa
 
     with pytest.raises(StageFailed, match="(?s)stage probe failed.*ValueError: the probe failed on purpose"):
         call_isolated("warm_probe:fail", {}, "probe", log_dir=tmp_path / "logs")
+
+
+def test_the_flow_starts_the_helper_early_and_keeps_it(probe, tmp_path, monkeypatch):
+    """`warm_up()` (the first thing a loop's flow does) starts the helper in the background, so its
+    imports overlap the flow's own start; a variable a library sets in the flow process as it imports
+    (scikit-learn: KMP_DUPLICATE_LIB_OK) does not cost a second helper halfway through the round."""
+    from components.infra.isolation import warm_up
+
+    monkeypatch.setenv("VSTAR_TEST_PROBE", "a-new-environment")  # so this test's helper is a new one
+    monkeypatch.delenv("KMP_DUPLICATE_LIB_OK", raising=False)
+    warm_up()
+
+    def helpers():
+        out = []
+        for p in psutil.Process().children():
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE and "components.infra.warm" in " ".join(p.cmdline()):
+                    out.append(p)
+            except psutil.Error:
+                pass
+        return out
+
+    wait_for(helpers, 60, "the helper, before any stage asked for it")
+    first = call_isolated("warm_probe:who", {"tag": "a"}, "probe", log_dir=tmp_path / "logs")
+    assert first["ppid"] in {h.pid for h in helpers()} and first["env"] == "a-new-environment"
+    monkeypatch.setenv("KMP_DUPLICATE_LIB_OK", "True")
+    second = call_isolated("warm_probe:who", {"tag": "b"}, "probe", log_dir=tmp_path / "logs")
+    assert second["ppid"] == first["ppid"]
 
 
 def test_the_plain_way_when_warm_starts_are_off(probe, tmp_path, monkeypatch):

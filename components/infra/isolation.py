@@ -69,9 +69,7 @@ def call_isolated(target: str, kwargs: dict, name: str, log_dir: str | Path = ".
     log_dir = Path(log_dir).absolute()  # printed: openable from any directory
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{os.getpid()}.log"
-    env = {k: v for k, v in os.environ.items() if k not in _LEAKY}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env = child_env()
     with tempfile.TemporaryDirectory() as tmp:
         args, result = Path(tmp) / "args.json", Path(tmp) / "result.json"
         args.write_text(json.dumps({"config": cfg and cfg.model_dump(mode="json"), "kwargs": kwargs, "inputs": inputs}))
@@ -90,6 +88,22 @@ def call_isolated(target: str, kwargs: dict, name: str, log_dir: str | Path = ".
             # The tail holds the child's traceback, which may quote a URI with credentials.
             raise StageFailed(f"stage {name} failed (exit {proc.returncode}); log: {log_path}\n{redact(tail)}")
         return json.loads(result.read_text())
+
+
+def child_env() -> dict[str, str]:
+    """The environment a stage child starts with (before its own progress file)."""
+    env = {k: v for k, v in os.environ.items() if k not in _LEAKY}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def warm_up() -> None:
+    """Get stage children ready to start at once (components/infra/warm.py), in the background."""
+    from components.infra import warm
+
+    if warm.enabled():
+        warm.prestart(child_env())
 
 
 def _warm_start(argv: list[str], log_path: Path, env: dict[str, str], name: str):

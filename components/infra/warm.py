@@ -24,6 +24,10 @@ import threading
 from pathlib import Path
 
 PRELOAD = ("torch", "transformers", "vllm", "vllm.entrypoints.llm")
+# Set in the flow process by libraries as they import (scikit-learn, threadpoolctl, MLflow): not a
+# different environment for the helper's imports (each child gets the exact one anyway), so they do not
+# cost a second helper (~10 s, ~1 GB) halfway through a round.
+SET_BY_LIBRARIES = ("KMP_DUPLICATE_LIB_OK", "_MLFLOW_TELEMETRY_SESSION_ID")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -84,7 +88,8 @@ class Helper:
     def stop(self) -> None:
         try:
             self.proc.kill()
-        except OSError:
+            self.proc.wait(timeout=10)  # reaped: no zombie left behind
+        except (OSError, subprocess.TimeoutExpired):
             pass
 
     def start(self, argv: list[str], log: str, env: dict[str, str], cwd: str, name: str) -> "Child":
@@ -127,6 +132,12 @@ class Child:
             pass
 
 
+def enabled() -> bool:
+    """Warm starts are for CPU machines (the module's docstring says why), on Linux (fork, prctl)."""
+    return (os.environ.get("VSTAR_WARM_START", "1") != "0" and sys.platform.startswith("linux")
+            and not os.path.exists("/dev/nvidiactl"))
+
+
 _HELPERS: dict[str, Helper] = {}
 _GUARD = threading.Lock()
 
@@ -135,10 +146,9 @@ def helper(env: dict[str, str]) -> Helper | None:
     """This process's helper for `env` (one per environment: the libraries it imported read it), or None
     when warm starts are off or the helper cannot start. A helper for another environment with no child
     running is stopped: each holds the imported libraries' memory (~1 GB)."""
-    if (os.environ.get("VSTAR_WARM_START", "1") == "0" or not sys.platform.startswith("linux")
-            or os.path.exists("/dev/nvidiactl")):
+    if not enabled():
         return None
-    key = json.dumps(sorted(env.items()))
+    key = json.dumps(sorted((k, v) for k, v in env.items() if k not in SET_BY_LIBRARIES))
     with _GUARD:
         h = _HELPERS.get(key)
         if h is not None and h.alive():
@@ -152,6 +162,12 @@ def helper(env: dict[str, str]) -> Helper | None:
         except RuntimeError:
             return None
         return h
+
+
+def prestart(env: dict[str, str]) -> None:
+    """Start the helper for `env` in the background, so its imports overlap the flow's own start
+    (Prefect, the lock, MLflow runs) instead of delaying the first stage."""
+    threading.Thread(target=helper, args=(env,), daemon=True, name="vstar-warm-prestart").start()
 
 
 # ------------------------------------------------------------------------------ the helper's side
