@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from components.config_sections import (CurriculumConfig, DecontamConfig, EvalConfig, FamilyConfig, FilterConfig,
-                                        GenerationConfig, HardwareConfig, ModelConfig, PRMConfig, ScoringConfig, SFTConfig, Strict,
+                                        GenerationConfig, HardwareConfig, ModelConfig, ORMConfig, PRMConfig, ScoringConfig, SFTConfig, Strict,
                                         TrainConfig)
 from components.infra.redact import redact, redact_tree
 
@@ -51,6 +51,7 @@ class RunConfig(Strict):
     curriculum: CurriculumConfig = CurriculumConfig()
     sft: SFTConfig = SFTConfig()
     prm: PRMConfig = PRMConfig()
+    orm: ORMConfig = ORMConfig()
     eval: EvalConfig = EvalConfig()
     decontam: DecontamConfig = DecontamConfig()
     # Published stages to make again rather than reuse (and what was made from them): stage names

@@ -295,6 +295,19 @@ class PRMConfig(Strict):
     scorer: Literal["transformers", "vllm"] = "transformers"
 
 
+class ORMConfig(Strict):
+    """The outcome verifier: the PRM's model and format, trained on one label per trace (is its final
+    answer right?), read at the trace's last step tag; trained on every generated trace of rounds 1..n
+    (V-STaR keeps all iterations' data). Off by default: the PRM-vs-ORM comparison turns it on."""
+    enabled: bool = False
+    epochs: float = Field(2.0, gt=0)
+    lr: float = Field(1e-3, gt=0, lt=1)
+    batch_size: int = Field(64, ge=1)
+    max_examples: int = Field(4000, ge=1)
+    balance: bool = True  # wrong traces weigh n_right / n_wrong (or the reverse share): either may be rare
+    scorer: Literal["transformers", "vllm"] = "transformers"
+
+
 class EvalConfig(Strict):
     k: int = Field(4, ge=1)
     sampled_per_level: int = Field(30, ge=1)  # problems per level that get k samples for maj@k / best-of-k

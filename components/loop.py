@@ -19,6 +19,7 @@ class RoundInputs:
     kept_uris: list[str]  # filtered data of rounds 1..n-1 (round n's own is added by the flow)
     scored_uris: list[str]  # scored data of rounds 1..n-1, plus imported human labels when configured
     judge_uri: str | None = None
+    generated_uris: list[str] = ()  # scored data of rounds 1..n-1 alone: every generated trace (the ORM's)
 
 
 def round_inputs(cfg: RunConfig, n: int) -> RoundInputs:
@@ -40,8 +41,9 @@ def round_inputs(cfg: RunConfig, n: int) -> RoundInputs:
         target = next_difficulty(pass1, cfg.curriculum.promote_at, cfg.family.train.min_ops, cfg.family.train.max_ops)
     earlier = range(1, n)
     imported = [labels_uri(cfg)] if labels_uri(cfg) else []
-    return RoundInputs(generator, prm, target, [at.round(r, "filtered") for r in earlier],
-                       imported + [at.round(r, "scored") for r in earlier], judge_uri(cfg))
+    generated = [at.round(r, "scored") for r in earlier]
+    return RoundInputs(generator, prm, target, [at.round(r, "filtered") for r in earlier], imported + generated,
+                       judge_uri(cfg), generated)
 
 
 def judge_uri(cfg: RunConfig) -> str | None:

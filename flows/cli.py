@@ -124,13 +124,15 @@ def status(loop: Optional[str] = typer.Argument(None, help="Loop id; omitted: ev
         alive, lock_text = lock_state(loop)
         runs = st.mlflow_runs(cfg, loop)
         parent, by_round = runs if runs else (None, {})
-        prm_on = (parent.data.params.get("prm/enabled", str(cfg.prm.enabled)) == "True") if parent else cfg.prm.enabled
+        def on(section: str) -> bool:  # as the loop ran, when MLflow has its params
+            default = str(getattr(cfg, section).enabled)
+            return (parent.data.params.get(f"{section}/enabled", default) if parent else default) == "True"
         t = Table(title=f"loop {loop}")
         for col in ("round", "stage", "state", "published (UTC)", "key figures"):
             t.add_column(col)
         for n in st.rounds(at):
             run = by_round.get(n)
-            for r in st.round_rows(at, n, prm_on, run.info.status if run else None, alive):
+            for r in st.round_rows(at, n, on("prm"), run.info.status if run else None, alive, on("orm")):
                 t.add_row(str(r.round), r.stage, r.state, r.when, r.figures)
         console.print(t)
         console.print(f"lock: {lock_text}", markup=False)
@@ -184,13 +186,20 @@ def compare(loops: list[str] = typer.Argument(..., help="Loop ids, e.g. demo-aac
         except ValueError as e:
             _fail(str(e))
     rounds = {loop: report.rounds_from_runs(children) for loop, (_, children) in found.items()}
-    header, rows = report.comparison_rows(rounds)
-    t = Table(title="rounds compared (greedy pass@1 on held-out problems; change since the previous round)")
-    for col in header:
-        t.add_column(col, justify="right")
-    for row in rows:
-        t.add_row(*row)
-    console.print(t)
+    tables = [("rounds compared (greedy pass@1 on held-out problems; change since the previous round)",
+               report.comparison_rows(rounds)),
+              # which verifier picks best from the same samples, and by how much (95% bootstrap intervals)
+              ("best-of-N on each round's evaluation pool, by selector (accuracy % [95% interval])",
+               report.verifier_rows(rounds))]
+    for title, (header, rows) in tables:
+        if not rows:
+            continue
+        t = Table(title=title)
+        for col in header:
+            t.add_column(col, justify="right")
+        for row in rows:
+            t.add_row(*row)
+        console.print(t)
     report.plot_comparison(rounds, out)
     for parent, _ in found.values():
         c.log_artifact(parent.info.run_id, str(out), "compare")

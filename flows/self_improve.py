@@ -122,8 +122,10 @@ def reevaluate(config_path: str = "configs/demo.yaml", overrides: list[str] | No
         raise store.NotPublished(f"loop {loop} has no published model for round {round} ({model})")
     prm = at.round(round, "prm") if round > 0 else None
     prm = prm if prm and store.is_published(prm) else None
+    orm = at.round(round, "orm") if round > 0 else None
+    orm = orm if orm and store.is_published(orm) else None
     ev = load_config(path, (overrides or []) + (eval_overrides or []))
     tag = f"eval-{stable_hash(ev.eval.model_dump(mode='json'))[:8]}" if eval_overrides else "eval"
     run_id = tracking.round_run(config, tracking.loop_run(config), round)
-    uri, metrics = evaluate_task(ev, model, round, run_id, prm, stage=tag, loop_id=loop)
+    uri, metrics = evaluate_task(ev, model, round, run_id, prm, stage=tag, loop_id=loop, orm_uri=orm)
     return {"loop_id": loop, "round": round, "eval_uri": uri, "evaluate": metrics}

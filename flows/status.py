@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from components.infra import code_version, progress, store, tracking
 from components.infra.layout import Layout, is_safe_id
-from components.stages import evaluate, filter as filter_stage, generate, prm, report, score, sft
+from components.stages import evaluate, filter as filter_stage, generate, orm, prm, report, score, sft
 
-ROUND_STAGES = (generate, score, filter_stage, sft, prm, evaluate, report)  # in the order a round runs them
+ROUND_STAGES = (generate, score, filter_stage, sft, prm, orm, evaluate, report)  # in the order a round runs them
 BY_ARTIFACT = {m.STAGE.publishes: m for m in ROUND_STAGES}
 
 
@@ -64,18 +64,20 @@ def _published_row(n: int, module, manifest: dict) -> Row:
 
 
 def round_rows(at: Layout, n: int, prm_enabled: bool | None, run_status: str | None,
-               holder_alive: bool | None) -> list[Row]:
+               holder_alive: bool | None, orm_enabled: bool | None = None) -> list[Row]:
     """Round n's stages: each published one, then the first one missing (if the round is unfinished).
-    prm_enabled None: not known (the loop's config is not at hand), a missing PRM is passed over."""
+    prm_enabled (orm_enabled) None: not known (the loop's config is not at hand), a missing PRM (ORM)
+    is passed over."""
     rows: list[Row] = []
-    artifacts = ["eval"] if n == 0 else [a for a in BY_ARTIFACT if prm_enabled is not False or a != "prm"]
+    enabled = {"prm": prm_enabled, "orm": orm_enabled}
+    artifacts = ["eval"] if n == 0 else [a for a in BY_ARTIFACT if enabled.get(a) is not False]
     for artifact in artifacts:
         module = BY_ARTIFACT[artifact]
         manifest = _manifest(at.round(n, artifact))
         if manifest is not None:
             rows.append(_published_row(n, module, manifest))
             continue
-        if artifact == "prm" and prm_enabled is None:
+        if artifact in enabled and enabled[artifact] is None:
             continue
         if holder_alive:
             state = "running"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -124,19 +125,63 @@ def smoke_family(smoke_cfg):
     return get_family(smoke_cfg.family, smoke_cfg.seed)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_uri(smoke_cfg, tmp_path_factory):
-    """The smoke config's bootstrap model, trained from scratch in a child process like the product does."""
+TINY_FIXTURES = {"tiny_model_uri", "tiny_model_dir"}
+_TINY: dict = {"needed": False}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Test modules that never use the session's tiny model run first, while it trains in the background
+    (_tiny_model_training): its ~2 minutes overlap them instead of holding up the first test that needs
+    it. A module's tests stay together and in their order (module fixtures are set up once)."""
+    def module(item) -> str:
+        return item.nodeid.split("::")[0]
+
+    uses: dict[str, bool] = {}
+    for it in items:
+        uses[module(it)] = uses.get(module(it), False) or bool(TINY_FIXTURES & set(it.fixturenames))
+    items[:] = sorted(items, key=lambda it: uses[module(it)])
+    _TINY["needed"] = any(uses.values())
+
+
+def _train_tiny_model(smoke_cfg, log_dir) -> str:
     from components.infra import store
     from components.infra.layout import Layout
     from components.infra.isolation import run_isolated
     from components.stages import bootstrap
 
     uri = Layout.of(smoke_cfg).bootstrap()
-    if store.is_published(uri):
-        return uri
-    run_isolated(bootstrap, smoke_cfg, {"out_uri": uri}, log_dir=tmp_path_factory.mktemp("logs"))
+    if not store.is_published(uri):
+        run_isolated(bootstrap, smoke_cfg, {"out_uri": uri}, log_dir=log_dir)
     return uri
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tiny_model_training(smoke_cfg, tmp_path_factory):
+    """From the session's first test, when a later test needs the tiny model: train it in a thread."""
+    if _TINY["needed"]:
+        log_dir = tmp_path_factory.mktemp("logs")
+
+        def train():
+            try:
+                _TINY["uri"] = _train_tiny_model(smoke_cfg, log_dir)
+            except BaseException as e:  # handed to the first test that needs the model
+                _TINY["error"] = e
+
+        _TINY["thread"] = threading.Thread(target=train, daemon=True, name="tiny-model")
+        _TINY["thread"].start()
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model_uri(smoke_cfg, tmp_path_factory):
+    """The smoke config's bootstrap model, trained from scratch in a child process like the product does
+    (started at the session's start by _tiny_model_training; here if it was not)."""
+    if "thread" in _TINY:
+        _TINY["thread"].join()
+        if "error" in _TINY:
+            raise _TINY["error"]
+        return _TINY["uri"]
+    return _train_tiny_model(smoke_cfg, tmp_path_factory.mktemp("logs"))
 
 
 @pytest.fixture(scope="session")

@@ -40,9 +40,9 @@ VSTAR = str(Path(sys.executable).parent / "vstar")
 CONFIG = str(ROOT / "configs/smoke.yaml")
 # A round with every stage (PRM on, Monte Carlo labels), as short as it gets on the tiny model.
 OVERRIDES = ["family.eval.per_level=5", "eval.sampled_per_level=2", "curriculum.problems=24"]
-ARTIFACTS = ("candidates", "scored", "filtered", "model", "prm", "eval")  # round 1, in the order made
+ARTIFACTS = ("candidates", "scored", "filtered", "model", "prm", "orm", "eval")  # round 1, in the order made
 STAGE_OF = {"candidates": "generate", "scored": "score", "filtered": "filter", "model": "sft", "prm": "train-prm",
-            "eval": "evaluate"}
+            "orm": "train-orm", "eval": "evaluate"}
 KILLED = (("generate", "candidates"), ("score", "scored"), ("sft", "model"), ("prm", "prm"), ("evaluate", "eval"))
 
 

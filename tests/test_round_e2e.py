@@ -1,5 +1,7 @@
 """The loop through real services: Prefect server, MLflow server with S3 artifacts, an s3:// store,
 vLLM generation, SFT and PRM training on a real tiny model."""
+import os
+import re
 from collections import defaultdict
 from html.parser import HTMLParser
 
@@ -64,6 +66,13 @@ def test_mlflow_parent_has_child_runs_with_eval_metrics(loop_result, s3_cfg):
         assert m["filter_traces/kept"] == r["filter"]["kept"]
         assert 0.0 <= m["score/label_f1"] <= 1.0
         assert {"evaluate/pass1_n1", "evaluate/maj_at_k_all", "evaluate/bestofk_prm_min_all", "evaluate/prm_f1"} <= set(m)
+        # Every selector on one pool (k = 1..N) with its interval, PRM against ORM paired; the plot beside.
+        n_pool = s3_cfg.eval.k
+        for sel in ("vote", "prm_min", "orm", "confidence", "weighted_vote/prm_min", "pass_at_k"):
+            assert m[f"evaluate/bok/{sel}/k{n_pool}/lo"] <= m[f"evaluate/bok/{sel}/k{n_pool}"] <= m[f"evaluate/bok/{sel}/k{n_pool}/hi"]
+        assert m["evaluate/bok/vote/k1"] == pytest.approx(m["evaluate/bok/random/k1"])
+        assert f"evaluate/bok_diff/prm_min-orm/k{n_pool}" in m and m["train_orm/examples"] > 0
+        assert "eval/bestofk.png" in {a.path for a in client.list_artifacts(by_round[n].info.run_id, "eval")}
         curve = client.get_metric_history(by_round[n].info.run_id, "train_generator/loss")
         assert len(curve) == len(r["sft"]["loss_curve"]) >= 1  # the SFT loss curve, step by step
         inputs = by_round[n].inputs.dataset_inputs
@@ -185,13 +194,20 @@ def test_compare_reads_rounds_from_mlflow_server(loop_result, s3_cfg, tmp_path):
     out = tmp_path / "cmp.png"
     vstar = str(Path(sys.executable).parent / "vstar")
     res = subprocess.run([vstar, "compare", loop_result["loop_id"], "--tracking-uri", s3_cfg.tracking_uri,
-                          "--out", str(out)], capture_output=True, text=True, timeout=300)
+                          "--out", str(out)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "COLUMNS": "200"})
     assert res.returncode == 0, res.stdout + res.stderr
-    lines = [ln for ln in res.stdout.splitlines() if loop_result["loop_id"] in ln]
+    rounds_table, verifiers_table = res.stdout.split("best-of-N on each round's evaluation pool")
+    lines = [ln for ln in rounds_table.splitlines() if loop_result["loop_id"] in ln]
     assert len(lines) == 3  # rounds 0, 1, 2
     r1, r2 = (loop_result["rounds"][n]["evaluate"]["pass1_n1"] for n in (1, 2))
     assert f"{100 * r2:.0f}% ({'+' if r2 >= r1 else ''}{100 * (r2 - r1):.0f})" in lines[2]  # value and delta
     assert out.stat().st_size > 10_000  # a real plot, not an empty file
+    # Which selector picks best from the same samples, with intervals: each round, PRM against ORM paired.
+    head = next(ln for ln in verifiers_table.splitlines() if "prm_min-orm" in ln)
+    assert all(name in head for name in ("vote", "prm_min", "orm", "confidence"))
+    rows = [ln for ln in verifiers_table.splitlines() if loop_result["loop_id"] in ln]
+    assert len(rows) == 3 and all(re.search(r"\d+% \[\d+, \d+\]", ln) for ln in rows), verifiers_table
     client = mlflow.MlflowClient(s3_cfg.tracking_uri)
     assert "compare/cmp.png" in {a.path for a in client.list_artifacts(loop_result["parent_run_id"], "compare")}
     missing = subprocess.run([vstar, "compare", "no-such-loop", "--tracking-uri", s3_cfg.tracking_uri],

@@ -101,6 +101,38 @@ def comparison_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[
     return ["loop", "round"] + keys, rows
 
 
+def verifier_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
+    """Per loop and round: each selector's best-of-N accuracy on the round's evaluation pool with its 95%
+    interval, and the paired PRM - ORM and PRM - vote differences (evaluate's `bok/` metrics)."""
+    import re
+
+    found = {m.group(1) for rounds in loops.values() for r in rounds for k in r["evaluate"]
+             if (m := re.fullmatch(r"bok/(.+)/k\d+", k))}
+    # The headline selectors (every aggregate and weighted vote is in MLflow, `bok/...`).
+    selectors = [s for s in ("pass_at_k", "vote", "prm_min", "orm", "confidence") if s in found]
+    diffs = [d for d in ("prm_min-orm", "prm_min-vote", "orm-vote")
+             if any(k.startswith(f"bok_diff/{d}/") for rounds in loops.values() for r in rounds for k in r["evaluate"])]
+    rows = []
+    for loop, rounds in loops.items():
+        for r in rounds:
+            ev = r["evaluate"]
+            n = ev.get("bok_pool")
+            if not n:
+                continue
+            n = int(n)
+
+            def cell(key: str, signed: bool = False) -> str:
+                if key not in ev:
+                    return "-"
+                f = "{:+.0f}" if signed else "{:.0f}"
+                v, lo, hi = (f.format(100 * ev[key + end]) for end in ("", "/lo", "/hi"))
+                return f"{v}{'' if signed else '%'} [{lo}, {hi}]"
+
+            rows.append([loop, str(r["round"]), f"{n} x {int(ev.get('bok_problems', 0))}",
+                         *[cell(f"bok/{s}/k{n}") for s in selectors], *[cell(f"bok_diff/{d}/k{n}", True) for d in diffs]])
+    return ["loop", "round", "pool x problems", *selectors, *[f"{d} (points)" for d in diffs]], rows
+
+
 def plot_comparison(loops: dict[str, list[dict]], path: str | Path) -> Path:
     import matplotlib
 

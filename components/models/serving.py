@@ -114,13 +114,15 @@ def context_limit(model_dir) -> int | None:
     return int(n * factor) if n else None
 
 
-def prm_scorer(cfg: RunConfig, prm_uri: str):
+def prm_scorer(cfg: RunConfig, prm_uri: str, scorer: str | None = None):
+    """A step scorer for the PRM (or the ORM: the same model and format) at `prm_uri`; `scorer`:
+    transformers or vllm, the PRM's setting by default."""
     from components.models.prm_scoring import load_scorer
 
     folder = store.fetch_folder(prm_uri)
     # A trace plus its step tags, up to what the checkpoint takes.
     limit = min(cfg.model.max_positions + PRM_EXTRA_POSITIONS, context_limit(folder) or 1 << 30)
-    return load_scorer(cfg.prm.scorer, str(folder), limit,
+    return load_scorer(scorer or cfg.prm.scorer, str(folder), limit,
                        placement=placement(cfg), step_separator=cfg.family.prompt.step_separator)
 
 

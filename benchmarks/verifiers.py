@@ -1,0 +1,85 @@
+"""Which selector picks best from the same samples: vote, PRM, ORM, the generator's confidence, on a
+loop's published evaluation pools (components/evaluation/bestofk.py), for all held-out problems and for
+the hardest levels alone.
+
+    python benchmarks/verifiers.py CONFIG [--set k=v ...] [--levels 5,6] [--rounds 1,2,3]
+
+Reads each round's `eval` dataset of the loop CONFIG names (its samples carry every verifier's trace
+score), so it costs no generation: run the loop first, e.g.
+    vstar run configs/demo.yaml --set prm.enabled=true --set orm.enabled=true --set eval.k=16
+Prints, per round and problem set, best-of-k at k = 1 and N with 95% bootstrap intervals and the
+paired PRM - ORM, PRM - vote and ORM - vote differences; writes benchmarks/results/verifiers.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from components.config import load_config  # noqa: E402
+from components.data.prompting import family_of  # noqa: E402
+from components.evaluation import bestofk  # noqa: E402
+from components.infra import store  # noqa: E402
+from components.infra.layout import Layout  # noqa: E402
+
+SHOWN = ("pass_at_k", "vote", "prm_min", "orm", "confidence", "weighted_vote/prm_min", "weighted_vote/orm")
+
+
+def pools_of(rows: list[dict], levels: set[int] | None) -> list[list[dict]]:
+    pools: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["kind"] == "sample" and (levels is None or r["difficulty"] in levels):
+            pools.setdefault(r["problem_id"], []).append({**r, "scores": {k: v for k, v in r["scores"].items() if v is not None}})
+    return list(pools.values())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("config")
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--levels", default="", help="difficulties of the 'hardest' problem set, e.g. 5,6")
+    ap.add_argument("--rounds", default="", help="default: every published round")
+    args = ap.parse_args()
+    cfg = load_config(args.config, args.sets)
+    fam, at = family_of(cfg), Layout.of(cfg)
+    rounds = [int(x) for x in args.rounds.split(",") if x] or \
+        [n for n in range(cfg.rounds + 1) if store.is_published(at.round(n, "eval"))]
+    hard = {int(x) for x in args.levels.split(",") if x}
+    out, console = {"loop": cfg.loop_id(), "rounds": {}}, Console(width=200)
+    t = Table(title=f"best-of-k on one pool per problem, loop {cfg.loop_id()} (accuracy %, [95% interval])")
+    for col in ("round", "problems", "pool", "k", *SHOWN, "prm_min-orm", "prm_min-vote", "orm-vote"):
+        t.add_column(col, justify="right")
+    for n in rounds:
+        rows = store.read_rows(at.round(n, "eval"))
+        for name, levels in [("all", None)] + ([(f"levels {','.join(map(str, sorted(hard)))}", hard)] if hard else []):
+            pools = pools_of(rows, levels)
+            verifiers = sorted(pools[0][0]["scores"]) if pools else []
+            metrics, table = bestofk.curve_metrics(pools, verifiers, fam.same_answer, seed=cfg.seed)
+            out["rounds"].setdefault(str(n), {})[name] = table
+            size = table["pool"]
+            for k in sorted({1, size}):
+                def cell(sel: str) -> str:
+                    v = table["selectors"].get(sel, {}).get(k)
+                    return "-" if v is None else f"{100 * v[0]:.1f} [{100 * v[1]:.0f}, {100 * v[2]:.0f}]"
+
+                def diff(d: str) -> str:
+                    v = table["differences"].get(d) if k == size else None
+                    return "-" if v is None else f"{100 * v[0]:+.1f} [{100 * v[1]:+.0f}, {100 * v[2]:+.0f}]"
+                t.add_row(str(n), name, f"{size} x {table['problems']}", str(k), *map(cell, SHOWN),
+                          *map(diff, ("prm_min-orm", "prm_min-vote", "orm-vote")))
+    console.print(t)
+    path = ROOT / "benchmarks/results/verifiers.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    console.print(f"JSON: {path}")
+
+
+if __name__ == "__main__":
+    main()

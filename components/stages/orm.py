@@ -1,0 +1,53 @@
+"""ORM_n, the outcome verifier: the PRM's model and input format with one label per trace, on its last
+step tag (is the final answer right?), so its score of a trace is P(right) read there. Trained on every
+generated trace of rounds 1..n, right and wrong alike (V-STaR keeps all iterations' data), from the
+round's generator like the PRM; what it costs and what it buys against the PRM is measured on the same
+held-out pool by evaluate (components/evaluation/bestofk.py)."""
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+
+from components.config import RunConfig
+from components.data.decontam import against_eval
+from components.data.prompting import family_of
+from components.infra import store
+from components.models import prm, serving
+from components.stages import Stage
+
+STAGE = Stage("train-orm", reads=("scored", "model"), publishes="orm", accelerator=True, isolated=True,
+              metrics="train_orm",
+              summary=("{examples:,} traces", "{right_share:.0%} right", "loss {loss_first:.3f} -> {loss_last:.3f}",
+                       "held-out AUROC {heldout_auroc:.2f}"))
+
+
+def outcome_examples(rows: list[dict]) -> list[dict]:
+    """One label per trace, on its last step: 1.0 if its answer is right, else 0.0."""
+    return [{"prompt": r["prompt"], "steps": r["steps"],
+             "labels": [None] * (len(r["steps"]) - 1) + [1.0 if r["correct"] else 0.0]}
+            for r in rows if r["steps"]]
+
+
+def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, generated_uris: list[str]) -> dict:
+    t0 = time.perf_counter()
+    rows = [r for u in generated_uris for r in store.read_rows(u)]
+    rows, dropped = against_eval(rows, family_of(cfg), cfg.decontam)
+    random.Random(f"{cfg.seed}/orm/{round_idx}").shuffle(rows)
+    examples = outcome_examples(rows)[: cfg.orm.max_examples]
+    if not examples:
+        raise ValueError(f"round {round_idx}: no generated traces with steps to train the ORM on in {generated_uris}")
+    o = cfg.orm
+    curve: list = []
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = prm.train_prm(str(store.fetch_folder(serving.base_of(generator_uri))), tmp, examples, epochs=o.epochs,
+                              lr=o.lr, batch_size=o.batch_size, seed=cfg.seed + round_idx, soft=False,
+                              log=lambda step, m: curve.append((step, m["train_loss"])),
+                              placement=serving.placement(cfg), step_separator=cfg.family.prompt.step_separator,
+                              balance=o.balance)
+        metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))}, **dropped,
+                   "examples": len(examples), "right_share": sum(e["labels"][-1] for e in examples) / len(examples),
+                   "seconds": time.perf_counter() - t0, "loss_curve": curve}
+        store.publish_folder(tmp, out_uri, {"kind": "orm", "round": round_idx, "data": generated_uris,
+                                            "metrics": metrics})
+    return metrics

@@ -1,0 +1,110 @@
+"""Best-of-k from one candidate pool (components/evaluation/bestofk.py): the closed forms equal brute
+force over every subset, a selector that knows the right answer reaches pass@k, and the intervals
+cover what they should."""
+import itertools
+import math
+import random
+
+import numpy as np
+import pytest
+
+from components.evaluation import bestofk as b
+
+
+def brute(pool: list[dict], k: int, pick) -> float:
+    """Mean over every k-subset of the credit `pick(subset)` gives (a tie shares its credit)."""
+    subsets = list(itertools.combinations(pool, k))
+    return sum(pick(list(s)) for s in subsets) / len(subsets)
+
+
+def pick_ranked(subset):
+    top = max(s["score"] for s in subset)
+    tied = [s for s in subset if s["score"] == top]
+    return sum(s["correct"] for s in tied) / len(tied)
+
+
+def pick_voted(subset):
+    totals: dict = {}
+    for s in subset:
+        if s["answer"] is not None:
+            totals[s["answer"]] = totals.get(s["answer"], 0.0) + s["weight"]
+    if not totals:
+        return 0.0
+    top = max(totals.values())
+    won = [a for a, t in totals.items() if t == top]
+    return sum(a == "right" for a in won) / len(won)
+
+
+def random_pool(rng: random.Random, n: int) -> list[dict]:
+    answers = ["right", "w1", "w2", None]
+    pool = []
+    for _ in range(n):
+        a = rng.choice(answers)
+        pool.append({"answer": a, "correct": a == "right", "score": rng.choice([0.1, 0.5, 0.5, 0.9, rng.random()]),
+                     "weight": rng.choice([1.0, 0.5, 2.0])})
+    return pool
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_closed_forms_equal_brute_force(seed):
+    rng = random.Random(seed)
+    pool = random_pool(rng, rng.randint(1, 7))
+    n = len(pool)
+    correct = [s["correct"] for s in pool]
+    groups = b.answer_groups([s["answer"] for s in pool])
+    for k in range(1, n + 1):
+        assert b.ranked([s["score"] for s in pool], correct, k) == pytest.approx(brute(pool, k, pick_ranked))
+        got, exact = b.voted(groups, [s["weight"] for s in pool], correct, k)
+        assert exact and got == pytest.approx(brute(pool, k, pick_voted))
+        assert b.pass_at_k(n, sum(correct), k) == pytest.approx(brute(pool, k, lambda s: float(any(x["correct"] for x in s))))
+
+
+def test_sampled_subsets_when_there_are_too_many(monkeypatch):
+    rng = random.Random(7)
+    pool = random_pool(rng, 12)
+    groups, correct = b.answer_groups([s["answer"] for s in pool]), [s["correct"] for s in pool]
+    exact, _ = b.voted(groups, [s["weight"] for s in pool], correct, 6)
+    monkeypatch.setattr(b, "MAX_SUBSETS", 500)
+    approx, is_exact = b.voted(groups, [s["weight"] for s in pool], correct, 6, np.random.default_rng(1))
+    assert not is_exact and approx == pytest.approx(exact, abs=0.06)
+
+
+def test_a_verifier_that_knows_the_answer_reaches_pass_at_k():
+    rng = random.Random(3)
+    pools = [[{"answer": a, "correct": a == "right", "scores": {"oracle": float(a == "right"), "noise": rng.random()}}
+              for a in rng.choices(["right", "w1", "w2", None], k=16)] for _ in range(30)]
+    ks = b.ks_for(16)
+    assert ks == [1, 2, 4, 8, 16] and b.ks_for(6) == [1, 2, 4, 6]
+    values, exact = b.per_problem(pools, b.selectors(["oracle", "noise"]), ks)
+    assert exact
+    for k in ks:
+        assert values[("oracle", k)] == pytest.approx(values[("pass_at_k", k)])
+        assert values[("noise", 1)] == pytest.approx(values[("random", 1)])  # k = 1: any selector is a random pick
+    assert values[("oracle", 16)].mean() > values[("vote", 16)].mean() > values[("random", 16)].mean() - 0.2
+
+
+def test_bootstrap_intervals_and_paired_differences():
+    rng = np.random.default_rng(0)
+    a = rng.random(200) < 0.6
+    ci = b.bootstrap({"a": a.astype(float)}, seed=1)["a"]
+    assert ci[1] < 0.6 < ci[2] and ci[1] < ci[0] < ci[2] and ci[2] - ci[1] < 0.2
+    # Two selectors right on mostly the same problems: their paired gap is tight around its true value.
+    better = a | (rng.random(200) < 0.1)
+    mean, lo, hi = b.paired_difference(better.astype(float), a.astype(float))
+    assert 0 < lo <= mean <= hi and mean == pytest.approx((better.astype(float) - a).mean())
+    same = b.paired_difference(a.astype(float), a.astype(float))
+    assert same == (0.0, 0.0, 0.0)
+
+
+def test_curve_metrics_are_valid_mlflow_names_with_intervals():
+    import re
+
+    rng = random.Random(5)
+    pools = [[{"answer": a, "correct": a == "right", "scores": {"prm_min": rng.random(), "orm": rng.random()}}
+              for a in rng.choices(["right", "w1", None], k=4)] for _ in range(12)]
+    metrics, table = b.curve_metrics(pools, ["prm_min", "orm"])
+    assert all(re.fullmatch(r"[\w\-. :/]+", k) for k in metrics), [k for k in metrics if not re.fullmatch(r"[\w\-. :/]+", k)]
+    assert table["ks"] == [1, 2, 4] and metrics["bok_pool"] == 4 and metrics["bok_problems"] == 12
+    for name in ("vote", "prm_min", "orm", "weighted_vote/orm", "pass_at_k", "random"):
+        assert metrics[f"bok/{name}/k4/lo"] <= metrics[f"bok/{name}/k4"] <= metrics[f"bok/{name}/k4/hi"]
+    assert {"prm_min-vote", "orm-vote", "prm_min-orm"} == set(table["differences"])
