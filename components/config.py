@@ -83,6 +83,10 @@ class RunConfig(Strict):
                              f"the arith family has ({self.family.name!r}: import human labels with scoring.labels.uri)")
         if prm0_from_imports(self) and not self.prm.enabled:
             raise ValueError(f"scoring.label_source {src!r} scores with a PRM trained on them: prm.enabled must be true")
+        f = self.filter
+        if f.verifier and f.verifier not in (src, *self.scoring.also):
+            raise ValueError(f"filter.verifier {f.verifier!r} ranks by a source's step scores: it must be the "
+                             f"label source ({src!r}) or in scoring.also ({', '.join(self.scoring.also) or 'empty'})")
         pr = self.family.prompt
         if pr.style == "chat" and not self.model.init_uri:
             raise ValueError("family.prompt.style chat renders with the chat template of a pretrained "

@@ -254,6 +254,12 @@ class FilterConfig(Strict):
     aggregate: Literal["min", "prod", "last", "mean"] = "min"
     threshold: float = Field(0.5, ge=0, le=1)
     max_per_problem: int = Field(2, ge=1)
+    # Whose step scores rank the traces: the label source's (None), or a source scored beside it in
+    # scoring.also (`confidence`, `mc_binary`, ...), so "which verifier filters best" is one flag.
+    verifier: str | None = None
+    # A fixed budget: the `keep` best-scored right traces in all (no threshold), so filters that
+    # differ only in their verifier keep as many traces and compare on what they keep.
+    keep: int | None = Field(None, ge=1)
 
 
 class CurriculumConfig(Strict):
@@ -308,10 +314,20 @@ class ORMConfig(Strict):
     scorer: Literal["transformers", "vllm"] = "transformers"
 
 
+class BeamConfig(Strict):
+    """PRM-guided step-level beam search on the evaluation pool's problems (when the round has a PRM),
+    reported beside best-of-k at the same generated tokens."""
+    enabled: bool = False
+    width: int = Field(4, ge=1)  # beams kept after each step
+    expansions: int = Field(4, ge=1)  # next steps sampled per beam
+    max_steps: int = Field(12, ge=1)
+
+
 class EvalConfig(Strict):
     k: int = Field(4, ge=1)
     sampled_per_level: int = Field(30, ge=1)  # problems per level that get k samples for maj@k / best-of-k
     temperature: float = Field(0.8, ge=0)
+    beam: BeamConfig = BeamConfig()
 
 
 class DecontamConfig(Strict):

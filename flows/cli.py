@@ -61,7 +61,9 @@ def run(config: Optional[Path] = typer.Argument(None, help="YAML config; embedde
     """Bootstrap (or reuse) a generator and run the configured rounds."""
     cfg = _load(config, [*set, *([f"recompute=[{', '.join(recompute)}]"] if recompute else [])])
     from components.infra import store
-    from components.infra.isolation import StageFailed
+    from components.infra.isolation import StageFailed, warm_up
+
+    warm_up()  # stage children's imports start now, beside Prefect's (temporary) server and the lock
     from flows.lock import LoopBusy, loop_lock
     from flows.self_improve import self_improve
 

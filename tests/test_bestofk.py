@@ -96,11 +96,17 @@ def test_bootstrap_intervals_and_paired_differences():
     assert same == (0.0, 0.0, 0.0)
 
 
+def test_a_sample_costs_its_generation_plus_its_verifier():
+    table = {"flops": {"generate": 10.0, "prm_min": 3.0, "orm": 2.0}}
+    assert b.sample_flops(table, "vote") == 10.0 and b.sample_flops(table, "prm_min") == 13.0
+    assert b.sample_flops(table, "weighted_vote/orm") == 12.0 and b.sample_flops({}, "orm") is None
+
+
 def test_curve_metrics_are_valid_mlflow_names_with_intervals():
     import re
 
     rng = random.Random(5)
-    pools = [[{"answer": a, "correct": a == "right", "scores": {"prm_min": rng.random(), "orm": rng.random()}}
+    pools = [[{"answer": a, "correct": a == "right", "scores": {"prm_min": rng.random(), "prm_prod": rng.random(), "orm": rng.random()}}
               for a in rng.choices(["right", "w1", None], k=4)] for _ in range(12)]
     metrics, table = b.curve_metrics(pools, ["prm_min", "orm"])
     assert all(re.fullmatch(r"[\w\-. :/]+", k) for k in metrics), [k for k in metrics if not re.fullmatch(r"[\w\-. :/]+", k)]
@@ -108,3 +114,11 @@ def test_curve_metrics_are_valid_mlflow_names_with_intervals():
     for name in ("vote", "prm_min", "orm", "weighted_vote/orm", "pass_at_k", "random"):
         assert metrics[f"bok/{name}/k4/lo"] <= metrics[f"bok/{name}/k4"] <= metrics[f"bok/{name}/k4/hi"]
     assert {"prm_min-vote", "orm-vote", "prm_min-orm"} == set(table["differences"])
+    metrics, table = b.curve_metrics(pools, ["prm_min", "prm_prod", "orm"])  # not every pair: each vs vote, PRM vs ORM
+    assert {"prm_min-vote", "prm_prod-vote", "orm-vote", "prm_min-orm"} == set(table["differences"])
+
+
+def test_accuracy_at_equal_compute_interpolates_in_log_k():
+    table = {"ks": [1, 2, 4], "selectors": {"vote": {"1": [0.5, 0, 1], "2": [0.6, 0, 1], "4": [0.8, 0, 1]}}}
+    assert b.at_k(table, "vote", 2) == pytest.approx(0.6) and b.at_k(table, "vote", 2 ** 1.5) == pytest.approx(0.7)
+    assert b.at_k(table, "vote", 0.3) == 0.5 and b.at_k(table, "vote", 64) == 0.8  # clamped to what was measured

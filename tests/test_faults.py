@@ -5,7 +5,7 @@ MLflow servers, a Prefect server, the session's tiny model.
   the round has tried to log its metrics, then started again on the same port and database): the
   round finishes and its metrics arrive (the client retries with backoff). This run is `vstar run` as
   a new user starts it (the embedded default: a temporary Prefect server) and, uninterrupted
-  otherwise, the reference for:
+  otherwise, the reference for the chain below, beside which it runs (a thread; stores and servers apart):
 - the flow-run process SIGKILLed during each of generate, score, sft, train-prm and evaluate in turn
   (on a Prefect server), each time rerun with the same command: the rerun reclaims the dead run's lock
   at once and recomputes only the stage that was running (every stage published before it is skipped,
@@ -17,11 +17,13 @@ MLflow servers, a Prefect server, the session's tiny model.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,12 +54,13 @@ class Runs:
 
     def __init__(self, tmp: Path):
         self.tmp, self.procs, self.env = tmp, [], {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.ids = itertools.count()  # log names, unique across the threads that start runs
         self.embedded = {**{k: v for k, v in self.env.items() if not k.startswith(("PREFECT_", "MLFLOW_"))},
                          "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
     def start(self, store_uri: str, tracking_uri: str, *extra: str, command: str = "run",
               embedded: bool = False) -> subprocess.Popen:
-        log = open(self.tmp / f"vstar-{len(self.procs)}.log", "w+")
+        log = open(self.tmp / f"vstar-{next(self.ids)}.log", "w+")
         sets = [f"store_uri={store_uri}", f"tracking_uri={tracking_uri}", *OVERRIDES]
         sets = [x for s in sets for x in ("--set", s)]  # `vstar run CONFIG ...`, `vstar status [LOOP] --config CONFIG ...`
         args = ["run", CONFIG, *sets, *extra] if command == "run" else [command, *extra, "--config", CONFIG, *sets]
@@ -109,45 +112,61 @@ def skipped(out: str, store_uri: str, cfg, artifact: str) -> bool:
     return re.search(rf" - {STAGE_OF[artifact]} .*\(published at {at}: skipped\)", out) is not None
 
 
-def test_mlflow_server_stopped_mid_round(setup):
+class Reference(threading.Thread):
+    """The uninterrupted round, run beside the kill chain (their stores and MLflow servers are apart; the
+    two overlap on the two cores instead of one waiting for the other), with its MLflow outage: the
+    server is stopped from inside generate until after the round has logged generate's metrics, then
+    started again on the same port and database. Its assertions are test_mlflow_server_stopped_mid_round's."""
+
+    def __init__(self, tmp: Path, runs: Runs, store_uri: str, cfg):
+        super().__init__(daemon=True, name="reference-round")
+        self.tmp, self.runs, self.store_uri, self.cfg = tmp, runs, store_uri, cfg
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self):
+        try:
+            self._run()
+        except BaseException as e:  # re-raised by result()
+            self.error = e
+
+    def _run(self):
+        stack = services.ServiceStack(self.tmp / "mlflow-outage")  # its own server: stopping it touches no other test
+        try:
+            port = services.free_port()
+            server = stack.mlflow(None, port=port)
+            p = self.runs.start(self.store_uri, server.uri, embedded=True)
+            child = wait_for(lambda: stage_child(p, "generate") or p.poll() is not None, 600, "round 1's generate")
+            assert p.poll() is None, self.runs.output(p)[-3000:]
+            stack.stop(server.service)  # the server goes away mid-stage...
+            t0 = time.time()
+            psutil.wait_procs([child], timeout=600)
+            time.sleep(2)  # ...and stays away while the round logs generate's metrics (right after the child ends)
+            server = stack.mlflow(None, port=port)  # the same port and database: the server is back
+            self.outage = time.time() - t0
+            self.rc, self.out = self.runs.finish(p)
+            c = mlflow.MlflowClient(server.uri)
+            exp = c.get_experiment_by_name(self.cfg.experiment)
+            self.mlflow_runs = c.search_runs([exp.experiment_id], f"tags.`vstar.loop_id` = '{self.cfg.loop_id()}' "
+                                                                  f"and tags.`vstar.round` = '1'")
+        finally:
+            stack.close()
+
+    def result(self) -> "Reference":
+        self.join(timeout=1200)
+        assert not self.is_alive(), "the reference round did not finish in 20 minutes"
+        if self.error:
+            raise self.error
+        return self
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
     tmp, cfg, stores, runs = setup
-    stack = services.ServiceStack(tmp / "mlflow-outage")  # its own server: stopping it touches no other test
-    try:
-        port = services.free_port()
-        server = stack.mlflow(None, port=port)
-        p = runs.start(stores["reference"], server.uri, embedded=True)
-        child = wait_for(lambda: stage_child(p, "generate") or p.poll() is not None, 600, "round 1's generate")
-        assert p.poll() is None, runs.output(p)[-3000:]
-        stack.stop(server.service)  # the server goes away mid-stage...
-        t0 = time.time()
-        psutil.wait_procs([child], timeout=600)
-        time.sleep(2)  # ...and stays away while the round logs generate's metrics (right after the child ends)
-        server = stack.mlflow(None, port=port)  # the same port and database: the server is back
-        outage = time.time() - t0
-        rc, out = runs.finish(p)
-        assert rc == 0, out[-4000:]
-        # Every stage's metrics arrived, generate's included (logged while the server was down).
-        c = mlflow.MlflowClient(server.uri)
-        exp = c.get_experiment_by_name(cfg.experiment)
-        runs_ = c.search_runs([exp.experiment_id], f"tags.`vstar.loop_id` = '{cfg.loop_id()}' and tags.`vstar.round` = '1'")
-        assert len(runs_) == 1 and runs_[0].info.status == "FINISHED"
-        prefixes = {k.split("/")[0] for k in runs_[0].data.metrics}
-        assert {"generate", "score", "filter_traces", "train_generator", "train_prm", "evaluate"} <= prefixes, sorted(prefixes)
-    finally:
-        stack.close()
-    print(f"MLflow server down {outage:.0f} s mid-round; the round finished")
-    # While it ran, each stage showed where its log is, live progress at least every few seconds
-    # (before the child's first report too) and, once done, one line of key figures; it ended by
-    # saying where to look.
-    assert_live_progress(out, "generate", "samples")
-    assert re.search(r"generate +\d[\d,]* traces +\d+\.\d% correct", out), out[-3000:]
-    assert re.search(r"sft +\d[\d,]* examples +\d+ steps +loss ", out), out[-3000:]
-    assert f"vstar compare {cfg.loop_id()}" in out
-    assert f"trace report  {round_uri(stores['reference'], cfg, 'report')}/report.html" in out
-    assert set(published(stores["reference"], cfg)) == set(ARTIFACTS)
+    return Reference(tmp, runs, stores["reference"], cfg)
 
 
-def test_sigkill_during_each_stage_then_rerun(setup, mlflow_server):
+def test_sigkill_during_each_stage_then_rerun(setup, reference, mlflow_server):
     tmp, cfg, stores, runs = setup
     uri = stores["killed"]
     with PublishedWatcher(uri) as watcher:
@@ -206,6 +225,7 @@ def test_sigkill_during_each_stage_then_rerun(setup, mlflow_server):
     assert rc == 0 and re.search(rf"{cfg.loop_id()} +│ 1 +│ [0-9T:-]+Z +│ 0 +│ not locked", status), status[-3000:]
 
     # The final artifacts equal those of the uninterrupted (reference) run.
+    assert reference.result().rc == 0, reference.out[-4000:]
     ref, got = published(stores["reference"], cfg), published(uri, cfg)
     assert set(ref) == set(got) == set(ARTIFACTS)
     assert {a: got[a]["sha256"] for a in ARTIFACTS} == {a: ref[a]["sha256"] for a in ARTIFACTS}
@@ -235,3 +255,25 @@ def test_sigkill_during_each_stage_then_rerun(setup, mlflow_server):
     manifest.write_text(manifest.read_text()[:40])
     rc, out = runs.finish(runs.start(uri, mlflow_server))
     assert rc != 0 and str(manifest) in out, out[-4000:]
+
+
+def test_mlflow_server_stopped_mid_round(setup, reference):
+    tmp, cfg, stores, runs = setup
+    ref = reference.result()
+    out = ref.out
+    assert ref.rc == 0, out[-4000:]
+    print(f"MLflow server down {ref.outage:.0f} s mid-round; the round finished")
+    # While it ran, each stage showed where its log is, live progress at least every few seconds
+    # (before the child's first report too) and, once done, one line of key figures; it ended by
+    # saying where to look.
+    assert_live_progress(out, "generate", "samples")
+    assert re.search(r"generate +\d[\d,]* traces +\d+\.\d% correct", out), out[-3000:]
+    assert re.search(r"sft +\d[\d,]* examples +\d+ steps +loss ", out), out[-3000:]
+    assert f"vstar compare {cfg.loop_id()}" in out
+    assert f"trace report  {round_uri(stores['reference'], cfg, 'report')}/report.html" in out
+    # Every stage's metrics arrived, generate's included (logged while the server was down).
+    assert len(ref.mlflow_runs) == 1 and ref.mlflow_runs[0].info.status == "FINISHED"
+    prefixes = {k.split("/")[0] for k in ref.mlflow_runs[0].data.metrics}
+    assert {"generate", "score", "filter_traces", "train_generator", "train_prm", "train_orm", "evaluate"} <= prefixes, \
+        sorted(prefixes)
+    assert set(published(stores["reference"], cfg)) == set(ARTIFACTS)

@@ -80,3 +80,26 @@ def test_first_error_f1_is_undefined_with_one_side():
     q = first_error_f1([-1, -1, -1], [-1, -1, -1])
     assert math.isnan(q["f1"]) and q["acc_correct"] == 1.0 and math.isnan(q["acc_erroneous"])
     assert math.isnan(first_error_f1([0, 1], [0, 1])["f1"])
+
+
+def test_any_source_can_filter_and_a_budget_keeps_the_best_m():
+    """`filter.verifier` ranks by a source scored beside the label source (its `<source>_scores` column);
+    `filter.keep: m` keeps the m best-scored right traces, threshold or not: one budget for every verifier."""
+    rows = [{**row("a", "p", True, [0.9, 0.9]), "prm_scores": [0.2, 0.3]},
+            {**row("a", "q", True, [0.6, 0.6]), "prm_scores": [0.9, 0.8]},
+            {**row("b", "r", True, [0.4, 0.4]), "prm_scores": [0.7, 0.6]},
+            {**row("b", "s", False, [1.0, 1.0]), "prm_scores": [1.0, 1.0]}]
+    by_labels, _ = select(rows, FilterConfig(threshold=0.5))
+    by_prm, _ = select(rows, FilterConfig(threshold=0.5, verifier="prm"))
+    assert [r["completion"] for r in by_labels] == ["p", "q"] and [r["completion"] for r in by_prm] == ["q", "r"]
+    two, stats = select(rows, FilterConfig(threshold=0.99, keep=2, verifier="prm"))
+    assert [r["completion"] for r in two] == ["q", "r"] and stats["outcome_only_kept"] == 2  # the same budget
+
+
+def test_the_filter_verifier_must_be_scored(tmp_path):
+    from components.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="filter.verifier 'prm'.*scoring.also"):
+        load_config("configs/smoke.yaml", ["filter.verifier=prm"])
+    cfg = load_config("configs/smoke.yaml", ["filter.verifier=confidence", "scoring.also=[confidence]"])
+    assert cfg.filter.verifier == "confidence"

@@ -72,6 +72,12 @@ def test_mlflow_parent_has_child_runs_with_eval_metrics(loop_result, s3_cfg):
             assert m[f"evaluate/bok/{sel}/k{n_pool}/lo"] <= m[f"evaluate/bok/{sel}/k{n_pool}"] <= m[f"evaluate/bok/{sel}/k{n_pool}/hi"]
         assert m["evaluate/bok/vote/k1"] == pytest.approx(m["evaluate/bok/random/k1"])
         assert f"evaluate/bok_diff/prm_min-orm/k{n_pool}" in m and m["train_orm/examples"] > 0
+        # What each costs: FLOPs to generate and to score a sample, and to train the verifiers.
+        assert m["evaluate/cost/generate_flops_per_sample"] > 0 and m["train_orm/train_flops"] > 0
+        assert 0 < m["evaluate/cost/orm/score_flops_per_sample"] == m["evaluate/cost/prm_min/score_flops_per_sample"]
+        # PRM-guided beam search beside best-of-k at the same generated tokens.
+        assert 0 <= m["evaluate/beam/accuracy"] <= 1 and m["evaluate/beam/tokens_per_problem"] > 0
+        assert 0 <= m["evaluate/beam/bestofk_prm_min_equal_tokens"] <= 1
         assert "eval/bestofk.png" in {a.path for a in client.list_artifacts(by_round[n].info.run_id, "eval")}
         curve = client.get_metric_history(by_round[n].info.run_id, "train_generator/loss")
         assert len(curve) == len(r["sft"]["loss_curve"]) >= 1  # the SFT loss curve, step by step

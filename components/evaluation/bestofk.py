@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 MAX_SUBSETS = 20_000
+HEADLINE = ("prm_min", "orm", "confidence")  # compared pairwise; every verifier is compared with the vote
 
 
 def ks_for(n: int) -> list[int]:
@@ -169,21 +170,28 @@ def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: in
 
 
 def curve_metrics(pools: Sequence[Sequence[dict]], verifiers: Sequence[str], same=operator.eq, seed: int = 0,
-                  n_boot: int = 1000) -> tuple[dict[str, float], dict]:
+                  n_boot: int = 1000, flops: dict[str, float] | None = None) -> tuple[dict[str, float], dict]:
     """MLflow-ready metrics `bok/<selector>/k<k>` (with `/lo`, `/hi`: 95% bootstrap interval) for
-    k = 1, 2, 4, ..., N, paired differences `bok_diff/<a>-<b>/k<N>` of each verifier against vote and
-    between verifiers, and the table as JSON (for the manifest and the plot)."""
+    k = 1, 2, 4, ..., N, paired differences `bok_diff/<a>-<b>/k<N>` of each verifier against the vote
+    and between the HEADLINE verifiers, and the table as JSON (for the manifest and the plot).
+    `flops`: mean FLOPs per sample to generate it ("generate") and to score it (per verifier score),
+    logged as `cost/...` and kept in the table for the accuracy-against-compute plot."""
     n = min(len(p) for p in pools)
     pools = [list(p)[:n] for p in pools]
     ks = ks_for(n)
     values, exact = per_problem(pools, selectors(verifiers), ks, same, seed)
     ci = bootstrap(values, n_boot, seed)
     metrics: dict[str, float] = {"bok_problems": len(pools), "bok_pool": n, "bok_exact": float(exact)}
-    table: dict = {"ks": ks, "problems": len(pools), "pool": n, "exact": exact, "selectors": {}, "differences": {}}
+    table: dict = {"ks": ks, "problems": len(pools), "pool": n, "exact": exact, "selectors": {}, "differences": {},
+                   "flops": dict(flops or {})}
+    for name, f in (flops or {}).items():
+        metrics["cost/generate_flops_per_sample" if name == "generate" else f"cost/{name}/score_flops_per_sample"] = f
     for (name, k), (mean, lo, hi) in ci.items():
         metrics.update({f"bok/{name}/k{k}": mean, f"bok/{name}/k{k}/lo": lo, f"bok/{name}/k{k}/hi": hi})
         table["selectors"].setdefault(name, {})[k] = [mean, lo, hi]
-    pairs = [(v, "vote") for v in verifiers] + list(itertools.combinations(verifiers, 2))
+    # Each verifier against the vote, and the headline verifiers against each other (PRM - ORM first).
+    headline = [v for v in HEADLINE if v in verifiers]
+    pairs = [(v, "vote") for v in verifiers] + list(itertools.combinations(headline, 2))
     for a, b in pairs:
         mean, lo, hi = paired_difference(values[(a, n)], values[(b, n)], n_boot, seed)
         metrics.update({f"bok_diff/{a}-{b}/k{n}": mean, f"bok_diff/{a}-{b}/k{n}/lo": lo,
@@ -192,27 +200,59 @@ def curve_metrics(pools: Sequence[Sequence[dict]], verifiers: Sequence[str], sam
     return metrics, table
 
 
+def sample_flops(table: dict, selector: str) -> float | None:
+    """FLOPs one sample costs a selector: generating it, plus scoring it by the verifier it uses."""
+    f = table.get("flops") or {}
+    if "generate" not in f:
+        return None
+    verifier = selector.split("/", 1)[1] if selector.startswith("weighted_vote/") else selector
+    return f["generate"] + f.get(verifier, 0.0)
+
+
 def plot(table: dict, path, title: str = ""):
-    """Accuracy against k per selector, with its interval as a band (PNG)."""
+    """Accuracy against k per selector, with its interval as a band, and (when the table has the FLOPs)
+    against the inference compute per problem: k x (generating + scoring one sample). PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     ks = table["ks"]
+    with_cost = sample_flops(table, "vote") is not None
+    fig, axes = plt.subplots(1, 2 if with_cost else 1, figsize=(13 if with_cost else 7, 4.5), squeeze=False)
     for name, by_k in table["selectors"].items():
         if name.startswith("weighted_vote/"):
             continue  # one line per verifier (ranked), plus vote and the references: readable
         ys = [by_k[k] if k in by_k else by_k[str(k)] for k in ks]
         style = {"linestyle": "--", "color": "grey"} if name in ("pass_at_k", "random") else {}
-        ax.plot(ks, [100 * y[0] for y in ys], marker="o", label=name, **style)
-        ax.fill_between(ks, [100 * y[1] for y in ys], [100 * y[2] for y in ys], alpha=0.15, **({"color": "grey"} if style else {}))
+        xs = [ks] + ([[k * sample_flops(table, name) for k in ks]] if with_cost else [])
+        for ax, x in zip(axes[0], xs):
+            ax.plot(x, [100 * y[0] for y in ys], marker="o", label=name, **style)
+            ax.fill_between(x, [100 * y[1] for y in ys], [100 * y[2] for y in ys], alpha=0.15,
+                            **({"color": "grey"} if style else {}))
+    ax = axes[0][0]
     ax.set(xscale="log", xlabel="k (samples per problem the selector sees)", ylabel="accuracy (%)",
            title=title or f"best-of-k on {table['problems']} held-out problems, pool of {table['pool']}", ylim=(0, 102))
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.legend(fontsize=8)
+    if with_cost:
+        axes[0][1].set(xscale="log", xlabel="inference FLOPs per problem (k x (generate + score one sample))",
+                       ylabel="accuracy (%)", title="at equal compute", ylim=(0, 102))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def at_k(table: dict, selector: str, k: float) -> float:
+    """A selector's accuracy at a fractional k (equal compute), interpolated linearly in log k between
+    the measured ks; clamped to [1, N]."""
+    ks = table["ks"]
+    by_k = table["selectors"][selector]
+    acc = [(by_k[k_] if k_ in by_k else by_k[str(k_)])[0] for k_ in ks]
+    k = min(max(k, ks[0]), ks[-1])
+    for (k0, a0), (k1, a1) in zip(zip(ks, acc), zip(ks[1:], acc[1:])):
+        if k <= k1:
+            t = 0.0 if k1 == k0 else (math.log(k) - math.log(k0)) / (math.log(k1) - math.log(k0))
+            return a0 + t * (a1 - a0)
+    return acc[-1]

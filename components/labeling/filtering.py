@@ -2,6 +2,9 @@
 
 A trace is kept when its final answer is right and (in `step` mode) its aggregate step score clears
 the threshold; `outcome` mode checks the answer alone (the STaR / V-STaR filter, and the ablation).
+The step scores are the label source's, or those of the source `filter.verifier` names; with
+`filter.keep: m` the m best-scored right traces are kept instead of those over the threshold (outcome
+mode: the first m), so verifiers compare at one budget.
 """
 from __future__ import annotations
 
@@ -26,17 +29,22 @@ def aggregate(scores: list[float | None], how: str = "min") -> float:
     return AGGREGATES[how](known) if known else 0.0
 
 
+def step_scores(row: dict, cfg: FilterConfig) -> list[float | None]:
+    """The step scores the filter ranks by: `filter.verifier`'s column of the scored rows, or the label source's."""
+    return row[f"{cfg.verifier.replace('+', '_')}_scores"] if cfg.verifier else row["step_scores"]
+
+
 def passes(row: dict, cfg: FilterConfig) -> bool:
     if not row["correct"]:
         return False
-    return cfg.mode == "outcome" or aggregate(row["step_scores"], cfg.aggregate) >= cfg.threshold
+    return cfg.mode == "outcome" or cfg.keep is not None or aggregate(step_scores(row, cfg), cfg.aggregate) >= cfg.threshold
 
 
 def _keep(rows: list[dict], cfg: FilterConfig) -> list[dict]:
     """Passing rows, at most `max_per_problem` distinct completions per problem. In `step` mode the
     best-scored come first within each problem (ties: the order seen), so the cap keeps the traces
     the step scores like most, not whichever were sampled first; `outcome` mode never looks at them."""
-    scored = [{**row, "trace_score": aggregate(row["step_scores"], cfg.aggregate)} for row in rows if passes(row, cfg)]
+    scored = [{**row, "trace_score": aggregate(step_scores(row, cfg), cfg.aggregate)} for row in rows if passes(row, cfg)]
     if cfg.mode == "step":
         scored.sort(key=lambda r: -r["trace_score"])  # stable
     kept: list[dict] = []
@@ -47,7 +55,7 @@ def _keep(rows: list[dict], cfg: FilterConfig) -> list[dict]:
             continue
         done.add(row["completion"])
         kept.append(row)
-    return kept
+    return kept if cfg.keep is None else kept[: cfg.keep]
 
 
 def _flawed(rows: list[dict]) -> int:

@@ -111,7 +111,8 @@ def fit(model, items: list, collate: Callable[[list], dict], epochs: float, lr: 
     1.0, ceil(len(items) x epochs / batch_size) steps over reshuffled epochs, on `placement` (mixed
     precision, gradient checkpointing; DDP/FSDP come with the Trainer). `collate(items) -> dict` makes
     the model's inputs; `compute_loss(outputs, labels, num_items_in_batch)` replaces the model's own
-    loss (the PRM's soft targets at step tags). Returns {'loss_first', 'loss_last', 'steps', 'seconds'}.
+    loss (the PRM's soft targets at step tags). Returns {'loss_first', 'loss_last', 'steps', 'seconds',
+    'params', 'train_tokens' (non-padding tokens seen), 'train_flops' (~6 x params x tokens)}.
 
     The Trainer rather than a loop of our own: benchmarks/training_loop.py measured the two at the same
     speed on CPU at the demo's size (fit/Trainer 0.96x median), and on a GPU the Trainer has the rest."""
@@ -141,6 +142,7 @@ def fit(model, items: list, collate: Callable[[list], dict], epochs: float, lr: 
             warmup_steps=int(steps * warmup_ratio), seed=seed, data_seed=seed, report_to=[], save_strategy="no",
             dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
             logging_steps=max(1, steps // 100), logging_first_step=True, **placement.trainer_args(),
+            include_num_input_tokens_seen="non_padding",  # the compute a verifier cost (issue #13)
             train_sampling_strategy="sequential" if placement.group_by_length else "random")
         use_cache = getattr(model.config, "use_cache", None)  # before the Trainer: it turns the cache off
         trainer = Trainer(model=model, args=args, train_dataset=_Items(items), data_collator=collate,
@@ -154,7 +156,9 @@ def fit(model, items: list, collate: Callable[[list], dict], epochs: float, lr: 
     model.eval()
     k = max(1, min(20, len(points) // 5))
     losses = [loss for _, loss, _ in points] or [math.nan]
-    return {"loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k, "steps": steps, "seconds": seconds}
+    params, tokens = model.num_parameters(), int(trainer.state.num_input_tokens_seen)
+    return {"loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k, "steps": steps, "seconds": seconds,
+            "params": params, "train_tokens": tokens, "train_flops": 6.0 * params * tokens}
 
 
 def train_causal_lm(model, tokenizer, pairs: list[tuple[str, str]], cfg: TrainConfig, seed: int,

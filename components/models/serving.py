@@ -50,12 +50,14 @@ class Generator:
             self.backend = load_backend(cfg.generation.backend, str(folder), cfg.generation, cfg.model.max_positions,
                                         where)
         self.backend_dir, self._tok = folder, None
+        # What a token costs: the weights it passes through (an adapter's ride on its base's).
+        self.params = param_count(folder) + (param_count(store.fetch_folder(base_uri)) if base_uri else 0)
 
     def generate(self, prompts, sampling):
         from dataclasses import replace
 
-        if self.prompt.stop:
-            sampling = replace(sampling, stop=tuple(self.prompt.stop))
+        if self.prompt.stop:  # the prompt's stop strings, and the caller's (a step search stops at each step)
+            sampling = replace(sampling, stop=tuple(dict.fromkeys((*sampling.stop, *self.prompt.stop))))
         outs = (self.backend.generate(prompts, sampling) if self.lora is None
                 else self.backend.generate(prompts, sampling, lora_request=self.lora))
         return [[self._finish(s, sampling.stop) for s in samples] for samples in outs]
@@ -100,6 +102,20 @@ def tokenizer(model_uri: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(store.fetch_folder(base_of(model_uri))))
+
+
+def param_count(model_dir) -> int:
+    """A checkpoint's parameters, from its safetensors headers (no weights loaded)."""
+    import math
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    n = 0
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as sf:
+            n += sum(math.prod(sf.get_slice(k).get_shape()) for k in sf.keys())
+    return n
 
 
 def context_limit(model_dir) -> int | None:

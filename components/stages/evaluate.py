@@ -1,6 +1,7 @@
 """On the held-out split (never trained on): greedy pass@1 per difficulty; on a subset, one pool of k
-samples per problem that every selector ranks (vote, the PRM's aggregates, the generator's own
-confidence, votes weighted by each): maj@k and best-of-k, curves for k = 1, 2, 4, ..., N with bootstrap
+samples per problem that every selector ranks (vote, and each verifier of
+components/evaluation/verifiers.py: the PRM's aggregates, the ORM, the generator's own confidence;
+votes weighted by each): maj@k and best-of-k, curves for k = 1, 2, 4, ..., N with bootstrap
 intervals (components/evaluation/bestofk.py), and the PRM's first-error F1 vs gold."""
 from __future__ import annotations
 
@@ -8,10 +9,8 @@ import time
 
 from components.config import RunConfig
 from components.data.prompting import family_of
-from components.evaluation import bestofk
+from components.evaluation import beam_search, bestofk, verifiers
 from components.evaluation.heldout import round_metrics
-from components.labeling import confidence
-from components.labeling.filtering import AGGREGATES
 from components.infra import store
 from components.models import serving
 from components.models.generation import Sampling
@@ -42,44 +41,39 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, tag: str, prm_uri: str | N
                 "answer": fam.extract_answer(s.text), "correct": fam.is_correct(p, s.text),
                 "gold_first_error": fam.first_error(p, s.text), "prm_scores": []}
                for p, o in zip(subset, sampled) for j, s in enumerate(o)]
-    if prm_uri:
-        scorer = serving.prm_scorer(cfg, prm_uri)
-        for smp, sc in zip(samples, scorer.score([s["prompt"] for s in samples],
-                                                 [fam.split_steps(s["completion"]) for s in samples])):
-            smp["prm_scores"] = sc
-    verifiers = trace_scores(samples, gen, fam, cfg, with_prm=bool(prm_uri))
-    if orm_uri:  # the outcome verifier's P(right), read at the trace's last step
-        orm = serving.prm_scorer(cfg, orm_uri, cfg.orm.scorer)
-        for s, sc in zip(samples, orm.score([s["prompt"] for s in samples],
-                                            [fam.split_steps(s["completion"]) for s in samples])):
-            s["scores"]["orm"] = sc[-1] if sc else 0.0
-        verifiers.append("orm")
+    ctx = verifiers.Context(cfg, fam, gen, prm_uri, orm_uri)
+    names = verifiers.score(samples, ctx)
+    flops = {"generate": verifiers.generation_flops(samples, ctx), **ctx.flops}
     metrics = round_metrics(greedy, samples, bool(prm_uri), fam.same_answer)
     pools: dict[str, list[dict]] = {}
     for s in samples:
         pools.setdefault(s["problem_id"], []).append(s)
-    curves, table = bestofk.curve_metrics(list(pools.values()), verifiers, fam.same_answer, seed=cfg.seed)
-    metrics.update({**curves, "seconds": time.perf_counter() - t0})
+    curves, table = bestofk.curve_metrics(list(pools.values()), names, fam.same_answer, seed=cfg.seed, flops=flops)
+    metrics.update(curves)
+    if e.beam.enabled and prm_uri:
+        tokens_per_sample = sum(len(s.token_ids) for o in sampled for s in o) / max(1, len(samples))
+        metrics.update(beam_metrics(cfg, gen, fam, subset, prm_uri, table, tokens_per_sample))
+    metrics["seconds"] = time.perf_counter() - t0
     for r in greedy:
         r.update(gold=r["answer"], answer=fam.extract_answer(r["completion"]), prm_scores=[],
-                 scores={v: None for v in verifiers})
+                 scores={v: None for v in names})
     store.write_rows(greedy + samples, out_uri, {"stage": "evaluate", "tag": tag, "model": model_uri,
                                                  "prm": prm_uri, "orm": orm_uri, "metrics": metrics, "bestofk": table})
     return metrics
 
 
-def trace_scores(samples: list[dict], gen, fam, cfg: RunConfig, with_prm: bool) -> list[str]:
-    """Each sample's `scores`: one per verifier (higher = more likely right); returns their names.
-    `confidence`: the generator's lowest windowed token confidence over the steps (DeepConf), one
-    prefill pass; `prm_<aggregate>`: the PRM's step scores aggregated."""
-    window = cfg.scoring.confidence.window
-    tokens = gen.token_logprobs([s["prompt"] for s in samples], [s["completion"] for s in samples])
-    for s, t in zip(samples, tokens):
-        steps = fam.split_steps(s["completion"])
-        per_step = [c for c in confidence.step_confidence(t, confidence.step_spans(s["completion"], steps), window)
-                    if c is not None]
-        s["scores"] = {"confidence": min(per_step) if per_step else 0.0}
-        if with_prm:
-            for how in ("min", "prod", "last", "mean"):
-                s["scores"][f"prm_{how}"] = AGGREGATES[how](s["prm_scores"]) if s["prm_scores"] else 0.0
-    return list(samples[0]["scores"]) if samples else []
+
+def beam_metrics(cfg: RunConfig, gen, fam, problems, prm_uri: str, table: dict, tokens_per_sample: float) -> dict:
+    """PRM-guided beam search on the pool's problems, against best-of-k by the PRM and the vote at the
+    same generated tokens per problem (k = the search's tokens / one sample's, interpolated)."""
+    b, e = cfg.eval.beam, cfg.eval
+    scorer = serving.prm_scorer(cfg, prm_uri)
+    found, tokens = beam_search.search(gen, fam, [p.prompt for p in problems], scorer.score, b.width, b.expansions,
+                                       b.max_steps, Sampling(temperature=e.temperature, max_tokens=cfg.generation.max_tokens,
+                                                             seed=cfg.seed + 199), cfg.family.prompt.step_separator)
+    per_problem = tokens / max(1, len(problems))
+    k_equal = per_problem / max(tokens_per_sample, 1e-9)
+    return {"beam/accuracy": sum(fam.is_correct(p, t) for p, t in zip(problems, found)) / max(1, len(problems)),
+            "beam/tokens_per_problem": per_problem, "beam/k_equal_tokens": k_equal,
+            "beam/bestofk_prm_min_equal_tokens": bestofk.at_k(table, "prm_min", k_equal),
+            "beam/vote_equal_tokens": bestofk.at_k(table, "vote", k_equal)}

@@ -1,0 +1,119 @@
+"""Verifiers: what ranks a problem's sampled solutions, one signature, registered by name.
+
+    fn(samples, ctx) -> {score name: one score per sample}   (higher = more likely right)
+
+- `confidence`: the generator's own lowest windowed token confidence over the steps (DeepConf, Fu et
+  al. 2025), from one prefill pass: no verifier model at all;
+- `prm`: the round's PRM, its step scores aggregated by min, prod, last and mean (each sample keeps
+  its step scores too, for the PRM's first-error F1 and the trace report);
+- `orm`: the round's outcome verifier, P(right) read at the trace's last step tag.
+Which of them run: `confidence` always, the others when the round has the model. Majority and
+weighted votes are selectors over these scores (components/evaluation/bestofk.py), not verifiers.
+
+Each verifier also records what scoring one sample costs, `ctx.flops[name]`: ~2 x params x input
+tokens (a forward pass), the same rule as `generation_flops` for producing the sample; training
+FLOPs (~6 x params x tokens seen) are in the PRM and ORM stages' metrics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from components.config import RunConfig
+from components.labeling import confidence as conf
+from components.infra import store
+from components.labeling.filtering import AGGREGATES
+from components.models import serving
+
+
+@dataclass
+class Context:
+    cfg: RunConfig
+    family: object
+    generator: serving.Generator
+    prm_uri: str | None = None
+    orm_uri: str | None = None
+    flops: dict[str, float] = field(default_factory=dict)  # score name -> mean FLOPs to score one sample
+
+
+Verifier = Callable[[list[dict], Context], dict[str, list[float]]]
+REGISTRY: dict[str, tuple[Verifier, Callable[[Context], bool]]] = {}
+
+
+def verifier(name: str, when: Callable[[Context], bool] = lambda ctx: True):
+    def register(fn: Verifier) -> Verifier:
+        REGISTRY[name] = (fn, when)
+        return fn
+    return register
+
+
+def _steps(samples: list[dict], ctx: Context) -> list[list[str]]:
+    return [ctx.family.split_steps(s["completion"]) for s in samples]
+
+
+def _mean(xs: list[int]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def generation_flops(samples: list[dict], ctx: Context) -> float:
+    """Mean FLOPs to produce one sample: ~2 x the generator's params x (prompt + completion) tokens."""
+    tok = ctx.generator._tokenizer()
+    return 2.0 * ctx.generator.params * _mean([len(tok(s["prompt"] + s["completion"]).input_ids) for s in samples])
+
+
+def _verifier_flops(model_dir, samples: list[dict], steps: list[list[str]]) -> float:
+    """~2 x params x the verifier's input tokens (prompt, steps and their tags), per sample."""
+    from transformers import AutoTokenizer
+
+    from components.models import prm as prm_model
+
+    fmt, tok = prm_model.load_format(model_dir), AutoTokenizer.from_pretrained(str(model_dir))
+    lengths = [len(tok(prm_model.format_input(s["prompt"], st, fmt)).input_ids) for s, st in zip(samples, steps)]
+    return 2.0 * serving.param_count(model_dir) * _mean(lengths)
+
+
+@verifier("confidence")
+def confidence(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
+    window = ctx.cfg.scoring.confidence.window
+    tokens = ctx.generator.token_logprobs([s["prompt"] for s in samples], [s["completion"] for s in samples])
+    out = []
+    for s, t, steps in zip(samples, tokens, _steps(samples, ctx)):
+        per_step = [c for c in conf.step_confidence(t, conf.step_spans(s["completion"], steps), window) if c is not None]
+        out.append(min(per_step) if per_step else 0.0)
+    ctx.flops["confidence"] = generation_flops(samples, ctx)  # one prefill pass of what was generated
+    return {"confidence": out}
+
+
+@verifier("prm", when=lambda ctx: bool(ctx.prm_uri))
+def prm(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
+    steps = _steps(samples, ctx)
+    step_scores = serving.prm_scorer(ctx.cfg, ctx.prm_uri).score([s["prompt"] for s in samples], steps)
+    for s, sc in zip(samples, step_scores):
+        s["prm_scores"] = sc
+    cost = _verifier_flops(store.fetch_folder(ctx.prm_uri), samples, steps)
+    out = {f"prm_{how}": [AGGREGATES[how](sc) if sc else 0.0 for sc in step_scores] for how in ("min", "prod", "last", "mean")}
+    ctx.flops.update({name: cost for name in out})
+    return out
+
+
+@verifier("orm", when=lambda ctx: bool(ctx.orm_uri))
+def orm(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
+    steps = _steps(samples, ctx)
+    scorer = serving.prm_scorer(ctx.cfg, ctx.orm_uri, ctx.cfg.orm.scorer)  # the PRM's model and format
+    ctx.flops["orm"] = _verifier_flops(store.fetch_folder(ctx.orm_uri), samples, steps)
+    return {"orm": [sc[-1] if sc else 0.0 for sc in scorer.score([s["prompt"] for s in samples], steps)]}
+
+
+def score(samples: list[dict], ctx: Context) -> list[str]:
+    """Every verifier that applies: each sample gets `scores` {name: score}; returns the names."""
+    names: list[str] = []
+    for s in samples:
+        s.setdefault("scores", {})
+    for fn, when in REGISTRY.values():
+        if not when(ctx):
+            continue
+        for name, values in fn(samples, ctx).items():
+            for s, v in zip(samples, values):
+                s["scores"][name] = v
+            names.append(name)
+    return names

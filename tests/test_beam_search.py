@@ -1,0 +1,43 @@
+"""PRM-guided step-level beam search (components/evaluation/beam_search.py) on the real tiny generator
+through vLLM: guided by an oracle step scorer (the family's exact check) it solves problems that greedy
+decoding gets wrong; guided by a scorer that knows nothing it mostly does not."""
+import pytest
+
+from components.evaluation.beam_search import search
+from components.models.generation import Sampling
+
+
+@pytest.fixture(scope="module")
+def generator(smoke_cfg, tiny_model_uri, smoke_family):
+    from components.models import serving
+
+    return serving.Generator(smoke_cfg, tiny_model_uri, smoke_family)
+
+
+def test_an_oracle_guided_search_solves_what_greedy_gets_wrong(generator, smoke_family, smoke_cfg):
+    fam, max_tokens = smoke_family, smoke_cfg.generation.max_tokens
+    problems = [p for p in fam.problems("eval") + fam.problems("train") if p.difficulty >= 2]
+    greedy = generator.generate([p.prompt for p in problems], Sampling(max_tokens=max_tokens))
+    failed = [p for p, o in zip(problems, greedy) if not fam.is_correct(p, o[0].text)]
+    # Search can only find what sampling reaches: the problems some of 16 samples get right (measured
+    # here: 35 of the 82 greedy failures of 120 2-3-op problems).
+    sampled = generator.generate([p.prompt for p in failed], Sampling(n=16, temperature=0.8, max_tokens=max_tokens, seed=5))
+    reachable = [p for p, o in zip(failed, sampled) if any(fam.is_correct(p, s.text) for s in o)]
+    assert len(reachable) >= 10, (len(failed), len(reachable))
+    by_prompt = {p.prompt: p for p in reachable}
+
+    def oracle(prompts, steps):
+        return [[float(x) for x in fam.step_labels(by_prompt[q], fam.steps_text(st))] for q, st in zip(prompts, steps)]
+
+    def blind(prompts, steps):
+        return [[0.5] * len(st) for st in steps]
+
+    sampling = Sampling(temperature=0.8, max_tokens=max_tokens, seed=1)
+    solved = {}
+    for name, scorer in (("oracle", oracle), ("blind", blind)):
+        found, tokens = search(generator, fam, [p.prompt for p in reachable], scorer, width=2, expansions=8,
+                               max_steps=8, sampling=sampling)
+        assert tokens > 0 and len(found) == len(reachable)
+        solved[name] = sum(fam.is_correct(p, t) for p, t in zip(reachable, found))
+    # Measured here: the oracle-guided search solved 14 of 35, the blind one 3 (greedy: 0 of them).
+    assert solved["oracle"] >= max(len(reachable) // 5, solved["blind"] + 3), solved
