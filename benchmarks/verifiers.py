@@ -46,14 +46,16 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--levels", default="", help="difficulties of the 'hardest' problem set, e.g. 5,6")
     ap.add_argument("--rounds", default="", help="default: every published round")
+    ap.add_argument("--loop", default="", help="a loop id, when the config no longer names it (e.g. after new fields)")
     args = ap.parse_args()
     cfg = load_config(args.config, args.sets)
-    fam, at = family_of(cfg), Layout.of(cfg)
+    fam = family_of(cfg)
+    at = Layout(cfg.store_uri, args.loop, cfg.bootstrap_hash()) if args.loop else Layout.of(cfg)
     rounds = [int(x) for x in args.rounds.split(",") if x] or \
         [n for n in range(cfg.rounds + 1) if store.is_published(at.round(n, "eval"))]
     hard = {int(x) for x in args.levels.split(",") if x}
-    out, console = {"loop": cfg.loop_id(), "rounds": {}}, Console(width=200)
-    t = Table(title=f"best-of-k on one pool per problem, loop {cfg.loop_id()} (accuracy %, [95% interval])")
+    out, console = {"loop": at.loop_id, "rounds": {}}, Console(width=200)
+    t = Table(title=f"best-of-k on one pool per problem, loop {at.loop_id} (accuracy %, [95% interval])")
     for col in ("round", "problems", "pool", "k", *SHOWN, "prm_min-orm", "prm_min-vote", "orm-vote"):
         t.add_column(col, justify="right")
     for n in rounds:
