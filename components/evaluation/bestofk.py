@@ -57,7 +57,7 @@ def ranked(scores: Sequence[float], correct: Sequence[bool], k: int) -> float:
 
 
 def voted(groups: Sequence[int], weights: Sequence[float], correct: Sequence[bool], k: int,
-          rng: np.random.Generator | None = None) -> tuple[float, bool]:
+          rng: np.random.Generator | None = None, max_subsets: int = MAX_SUBSETS) -> tuple[float, bool]:
     """Expected accuracy of the answer with the largest total weight among k samples, and whether it is
     exact. `groups[i]`: sample i's answer class (-1: no answer, never a candidate); a class is right when
     its samples are."""
@@ -71,12 +71,12 @@ def voted(groups: Sequence[int], weights: Sequence[float], correct: Sequence[boo
         member[g == cl, j] = 1.0
     w = member * np.asarray(weights, dtype=float)[:, None]  # [sample, class]
     right = np.array([bool(np.asarray(correct)[g == cl].any()) for cl in classes], dtype=float)
-    exact = math.comb(n, k) <= MAX_SUBSETS
+    exact = math.comb(n, k) <= max_subsets
     if exact:
         subsets = np.array(list(itertools.combinations(range(n), k)), dtype=int).reshape(-1, k)
     else:
         rng = rng or np.random.default_rng(0)
-        subsets = np.argsort(rng.random((MAX_SUBSETS, n)), axis=1)[:, :k]
+        subsets = np.argsort(rng.random((max_subsets, n)), axis=1)[:, :k]
     credit = 0.0
     for at in range(0, len(subsets), 2_000):  # in blocks: [subsets, k, classes] floats stay small
         block = subsets[at:at + 2_000]

@@ -34,6 +34,13 @@ class Context:
     prm_uri: str | None = None
     orm_uri: str | None = None
     flops: dict[str, float] = field(default_factory=dict)  # score name -> mean FLOPs to score one sample
+    scorers: dict[str, object] = field(default_factory=dict)  # model URI -> its step scorer, loaded once
+
+    def scorer(self, uri: str, kind: str | None = None):
+        """The step scorer of the PRM (or ORM) at `uri`, loaded on first use (beam search reuses it)."""
+        if uri not in self.scorers:
+            self.scorers[uri] = serving.prm_scorer(self.cfg, uri, kind)
+        return self.scorers[uri]
 
 
 Verifier = Callable[[list[dict], Context], dict[str, list[float]]]
@@ -56,9 +63,13 @@ def _mean(xs: list[int]) -> float:
 
 
 def generation_flops(samples: list[dict], ctx: Context) -> float:
-    """Mean FLOPs to produce one sample: ~2 x the generator's params x (prompt + completion) tokens."""
-    tok = ctx.generator._tokenizer()
-    return 2.0 * ctx.generator.params * _mean([len(tok(s["prompt"] + s["completion"]).input_ids) for s in samples])
+    """Mean FLOPs to produce one sample: ~2 x the generator's params x (prompt + completion) tokens
+    (counted once per context: a confidence prefill costs the same)."""
+    if "generate" not in ctx.flops:
+        tok = ctx.generator._tokenizer()
+        lengths = [len(tok(s["prompt"] + s["completion"]).input_ids) for s in samples]
+        ctx.flops["generate"] = 2.0 * ctx.generator.params * _mean(lengths)
+    return ctx.flops["generate"]
 
 
 def _verifier_flops(model_dir, samples: list[dict], steps: list[list[str]]) -> float:
@@ -87,7 +98,7 @@ def confidence(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
 @verifier("prm", when=lambda ctx: bool(ctx.prm_uri))
 def prm(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
     steps = _steps(samples, ctx)
-    step_scores = serving.prm_scorer(ctx.cfg, ctx.prm_uri).score([s["prompt"] for s in samples], steps)
+    step_scores = ctx.scorer(ctx.prm_uri).score([s["prompt"] for s in samples], steps)
     for s, sc in zip(samples, step_scores):
         s["prm_scores"] = sc
     cost = _verifier_flops(store.fetch_folder(ctx.prm_uri), samples, steps)
@@ -99,7 +110,7 @@ def prm(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
 @verifier("orm", when=lambda ctx: bool(ctx.orm_uri))
 def orm(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
     steps = _steps(samples, ctx)
-    scorer = serving.prm_scorer(ctx.cfg, ctx.orm_uri, ctx.cfg.orm.scorer)  # the PRM's model and format
+    scorer = ctx.scorer(ctx.orm_uri, ctx.cfg.orm.scorer)  # the PRM's model and format
     ctx.flops["orm"] = _verifier_flops(store.fetch_folder(ctx.orm_uri), samples, steps)
     return {"orm": [sc[-1] if sc else 0.0 for sc in scorer.score([s["prompt"] for s in samples], steps)]}
 

@@ -43,7 +43,8 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, tag: str, prm_uri: str | N
                for p, o in zip(subset, sampled) for j, s in enumerate(o)]
     ctx = verifiers.Context(cfg, fam, gen, prm_uri, orm_uri)
     names = verifiers.score(samples, ctx)
-    flops = {"generate": verifiers.generation_flops(samples, ctx), **ctx.flops}
+    verifiers.generation_flops(samples, ctx)
+    flops = dict(ctx.flops)
     metrics = round_metrics(greedy, samples, bool(prm_uri), fam.same_answer)
     pools: dict[str, list[dict]] = {}
     for s in samples:
@@ -52,7 +53,7 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, tag: str, prm_uri: str | N
     metrics.update(curves)
     if e.beam.enabled and prm_uri:
         tokens_per_sample = sum(len(s.token_ids) for o in sampled for s in o) / max(1, len(samples))
-        metrics.update(beam_metrics(cfg, gen, fam, subset, prm_uri, table, tokens_per_sample))
+        metrics.update(beam_metrics(cfg, gen, fam, subset, ctx.scorer(prm_uri), table, tokens_per_sample))
     metrics["seconds"] = time.perf_counter() - t0
     for r in greedy:
         r.update(gold=r["answer"], answer=fam.extract_answer(r["completion"]), prm_scores=[],
@@ -63,11 +64,10 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, tag: str, prm_uri: str | N
 
 
 
-def beam_metrics(cfg: RunConfig, gen, fam, problems, prm_uri: str, table: dict, tokens_per_sample: float) -> dict:
+def beam_metrics(cfg: RunConfig, gen, fam, problems, scorer, table: dict, tokens_per_sample: float) -> dict:
     """PRM-guided beam search on the pool's problems, against best-of-k by the PRM and the vote at the
     same generated tokens per problem (k = the search's tokens / one sample's, interpolated)."""
     b, e = cfg.eval.beam, cfg.eval
-    scorer = serving.prm_scorer(cfg, prm_uri)
     found, tokens = beam_search.search(gen, fam, [p.prompt for p in problems], scorer.score, b.width, b.expansions,
                                        b.max_steps, Sampling(temperature=e.temperature, max_tokens=cfg.generation.max_tokens,
                                                              seed=cfg.seed + 199), cfg.family.prompt.step_separator)
