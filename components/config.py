@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from components.config_sections import (CurriculumConfig, DecontamConfig, EvalConfig, FamilyConfig, FilterConfig,
-                                        GenerationConfig, HardwareConfig, ModelConfig, ORMConfig, PRMConfig, ScoringConfig, SFTConfig, Strict,
+                                        DPOVerifierConfig, GenerationConfig, HardwareConfig, ModelConfig, ORMConfig, PRMConfig, ScoringConfig, SFTConfig, Strict,
                                         TrainConfig)
 from components.infra.redact import redact, redact_tree
 
@@ -52,6 +52,7 @@ class RunConfig(Strict):
     sft: SFTConfig = SFTConfig()
     prm: PRMConfig = PRMConfig()
     orm: ORMConfig = ORMConfig()
+    dpo: DPOVerifierConfig = DPOVerifierConfig()
     eval: EvalConfig = EvalConfig()
     decontam: DecontamConfig = DecontamConfig()
     # Published stages to make again rather than reuse (and what was made from them): stage names
@@ -97,7 +98,7 @@ class RunConfig(Strict):
         return self
 
     def identity(self) -> dict:
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in NOT_IDENTITY}
+        return _switched_on({k: v for k, v in self.model_dump(mode="json").items() if k not in NOT_IDENTITY})
 
     def config_hash(self) -> str:
         return stable_hash(self.identity())
@@ -114,6 +115,14 @@ class RunConfig(Strict):
     def flat_params(self) -> dict[str, str]:
         """What MLflow shows as params: credentials in URIs masked (components/infra/redact.py)."""
         return flatten(redact_tree(self.model_dump(mode="json")))
+
+
+def _switched_on(tree: Any) -> Any:
+    """The tree without the sections switched off (`enabled: false`): they compute nothing, so a feature
+    added off by default, or the settings of one that is off, leave every loop id as it was."""
+    if not isinstance(tree, dict):
+        return tree
+    return {k: _switched_on(v) for k, v in tree.items() if not (isinstance(v, dict) and v.get("enabled") is False)}
 
 
 def stable_hash(obj: Any) -> str:

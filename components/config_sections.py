@@ -314,6 +314,20 @@ class ORMConfig(Strict):
     scorer: Literal["transformers", "vllm"] = "transformers"
 
 
+class DPOVerifierConfig(Strict):
+    """V-STaR's verifier: the round's generator trained with DPO on (right, wrong) solution pairs of a
+    problem, every generated trace of rounds 1..n, the generator its reference; it scores a solution by
+    DPO's implicit reward beta * log(pi / pi_ref) (components/models/dpo.py). Off by default.
+    lr 5e-4 suits the tiny demo model; pretrained checkpoints want DPO's usual 1e-6..1e-5."""
+    enabled: bool = False
+    beta: float = Field(0.1, gt=0)
+    epochs: float = Field(3.0, gt=0)
+    lr: float = Field(5e-4, gt=0, lt=1)
+    batch_size: int = Field(16, ge=1)
+    pairs_per_problem: int = Field(2, ge=1)  # of all right x wrong pairings of a problem's solutions
+    max_pairs: int = Field(2000, ge=1)
+
+
 class BeamConfig(Strict):
     """PRM-guided step-level beam search on the evaluation pool's problems (when the round has a PRM),
     reported beside best-of-k at the same generated tokens."""

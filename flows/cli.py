@@ -134,7 +134,7 @@ def status(loop: Optional[str] = typer.Argument(None, help="Loop id; omitted: ev
             t.add_column(col)
         for n in st.rounds(at):
             run = by_round.get(n)
-            for r in st.round_rows(at, n, on("prm"), run.info.status if run else None, alive, on("orm")):
+            for r in st.round_rows(at, n, {a: on(a) for a in st.OPTIONAL}, run.info.status if run else None, alive):
                 t.add_row(str(r.round), r.stage, r.state, r.when, r.figures)
         console.print(t)
         console.print(f"lock: {lock_text}", markup=False)
@@ -192,7 +192,9 @@ def compare(loops: list[str] = typer.Argument(..., help="Loop ids, e.g. demo-aac
                report.comparison_rows(rounds)),
               # which verifier picks best from the same samples, and by how much (95% bootstrap intervals)
               ("best-of-N on each round's evaluation pool, by selector (accuracy % [95% interval])",
-               report.verifier_rows(rounds))]
+               report.verifier_rows(rounds)),
+              ("paired differences of best-of-N on the same pool (points [95% interval])",
+               report.verifier_rows(rounds, differences=True))]
     for title, (header, rows) in tables:
         if not rows:
             continue

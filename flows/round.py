@@ -8,8 +8,9 @@
     G_n       = SFT(G_{n-1}, D_1..D_n + replayed gold)                             (sft)
     PRM_n     = train on the scored steps of rounds 1..n                           (train-prm)
     ORM_n     = train on the outcomes of every trace generated in rounds 1..n      (train-orm, when on)
+    DPO_n     = DPO(G_n; right > wrong pairs of every problem of rounds 1..n)      (train-dpo, when on)
     report    pass@1; one pool of N samples per held-out problem ranked by vote,   (evaluate)
-              PRM_n, ORM_n, confidence: best-of-k curves with intervals; PRM_n F1
+              PRM_n, ORM_n, DPO_n, confidence: best-of-k curves with intervals; PRM_n F1
               sample traces with PRM / label / gold step scores side by side        (trace report)
 
 Every stage reads and writes URIs in the object store and publishes with a manifest: a rerun of a
@@ -27,7 +28,7 @@ from tasks.filter import filter_task
 from tasks.generate import generate_task
 from tasks.report import round_artifact_task, trace_report_task
 from tasks.score import score_task
-from tasks.train import orm_task, prm_task, sft_task
+from tasks.train import VERIFIER_TASKS, prm_task, sft_task
 
 
 @flow(name="vstar-round", persist_result=False)  # the manifests record what is done
@@ -41,12 +42,13 @@ def run_round(config: RunConfig, round_idx: int) -> dict:
         model, sft = sft_task(config, inp.generator_uri, inp.kept_uris + [filtered], n, run_id)
         prm, prm_metrics = (prm_task(config, model, inp.scored_uris + [scored], inp.prm_uri, n, run_id)
                             if config.prm.enabled else (None, {}))
-        orm, orm_metrics = (orm_task(config, model, [*inp.generated_uris, scored], n, run_id)
-                            if config.orm.enabled else (None, {}))
-        _, evaluation = evaluate_task(config, model, n, run_id, prm, orm_uri=orm)
+        verifiers = {name: train(config, model, [*inp.generated_uris, scored], n, run_id)
+                     for name, train in VERIFIER_TASKS.items() if getattr(config, name).enabled}
+        _, evaluation = evaluate_task(config, model, n, run_id, prm, verifier_uris={v: u for v, (u, _) in verifiers.items()})
         result = {"round": n, "run_id": run_id, "target": inp.target, "model_uri": model, "prm_uri": prm,
-                  "orm_uri": orm, "filtered_uri": filtered, "generate": gen, "score": scores, "filter": kept,
-                  "sft": sft, "prm": prm_metrics, "orm": orm_metrics, "evaluate": evaluation}
+                  **{f"{v}_uri": u for v, (u, _) in verifiers.items()}, "filtered_uri": filtered, "generate": gen,
+                  "score": scores, "filter": kept, "sft": sft, "prm": prm_metrics,
+                  **{v: m for v, (_, m) in verifiers.items()}, "evaluate": evaluation}
         trace_report_task(config, scored, filtered, n, run_id, prm)
         round_artifact_task(config, result)
     return result

@@ -25,7 +25,7 @@ from flows.round import run_round
 from tasks.bootstrap import bootstrap_task
 from tasks.evaluate import evaluate_task
 from tasks.labels import judge_task, labels_task
-from tasks.train import prm_task
+from tasks.train import VERIFIER_TASKS, prm_task
 from tasks.data import data_task
 from tasks.report import report_task
 
@@ -122,10 +122,9 @@ def reevaluate(config_path: str = "configs/demo.yaml", overrides: list[str] | No
         raise store.NotPublished(f"loop {loop} has no published model for round {round} ({model})")
     prm = at.round(round, "prm") if round > 0 else None
     prm = prm if prm and store.is_published(prm) else None
-    orm = at.round(round, "orm") if round > 0 else None
-    orm = orm if orm and store.is_published(orm) else None
+    verifier_uris = {v: at.round(round, v) for v in VERIFIER_TASKS if round > 0 and store.is_published(at.round(round, v))}
     ev = load_config(path, (overrides or []) + (eval_overrides or []))
     tag = f"eval-{stable_hash(ev.eval.model_dump(mode='json'))[:8]}" if eval_overrides else "eval"
     run_id = tracking.round_run(config, tracking.loop_run(config), round)
-    uri, metrics = evaluate_task(ev, model, round, run_id, prm, stage=tag, loop_id=loop, orm_uri=orm)
+    uri, metrics = evaluate_task(ev, model, round, run_id, prm, stage=tag, loop_id=loop, verifier_uris=verifier_uris)
     return {"loop_id": loop, "round": round, "eval_uri": uri, "evaluate": metrics}

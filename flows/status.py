@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from components.infra import code_version, progress, store, tracking
 from components.infra.layout import Layout, is_safe_id
-from components.stages import evaluate, filter as filter_stage, generate, orm, prm, report, score, sft
+from components.stages import dpo, evaluate, filter as filter_stage, generate, orm, prm, report, score, sft
 
-ROUND_STAGES = (generate, score, filter_stage, sft, prm, orm, evaluate, report)  # in the order a round runs them
+ROUND_STAGES = (generate, score, filter_stage, sft, prm, orm, dpo, evaluate, report)  # in the order a round runs them
+OPTIONAL = ("prm", "orm", "dpo")  # artifacts a config switches on or off (its section's `enabled`)
 BY_ARTIFACT = {m.STAGE.publishes: m for m in ROUND_STAGES}
 
 
@@ -63,13 +64,13 @@ def _published_row(n: int, module, manifest: dict) -> Row:
     return Row(n, stage.name, state, manifest.get("published_at", "?"), line[len(stage.name):].strip())
 
 
-def round_rows(at: Layout, n: int, prm_enabled: bool | None, run_status: str | None,
-               holder_alive: bool | None, orm_enabled: bool | None = None) -> list[Row]:
+def round_rows(at: Layout, n: int, enabled: dict[str, bool | None] | None, run_status: str | None,
+               holder_alive: bool | None) -> list[Row]:
     """Round n's stages: each published one, then the first one missing (if the round is unfinished).
-    prm_enabled (orm_enabled) None: not known (the loop's config is not at hand), a missing PRM (ORM)
-    is passed over."""
+    enabled: per OPTIONAL artifact, whether the loop's config switches it on; None (or left out): not
+    known (the loop's config is not at hand), and a missing one is passed over."""
     rows: list[Row] = []
-    enabled = {"prm": prm_enabled, "orm": orm_enabled}
+    enabled = {a: (enabled or {}).get(a) for a in OPTIONAL}
     artifacts = ["eval"] if n == 0 else [a for a in BY_ARTIFACT if enabled.get(a) is not False]
     for artifact in artifacts:
         module = BY_ARTIFACT[artifact]

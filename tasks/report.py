@@ -42,7 +42,7 @@ def round_artifact_task(cfg: RunConfig, result: dict) -> str:
     from prefect.artifacts import create_markdown_artifact
 
     n = result["round"]
-    rows = [(stage, k, v) for stage in ("generate", "score", "filter", "sft", "prm", "orm", "evaluate")
+    rows = [(stage, k, v) for stage in ("generate", "score", "filter", "sft", "prm", "orm", "dpo", "evaluate")
             for k, v in (result.get(stage) or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     uris = {k: redact(v) for k, v in result.items() if k.endswith("_uri") and v}
     md = "\n".join([f"# {cfg.loop_id()} round {n}", "", _mlflow_link(cfg, result["run_id"]), "",

@@ -1,8 +1,10 @@
+from types import ModuleType
+
 from prefect import task
 
 from components.config import RunConfig
 from components.infra.layout import Layout
-from components.stages import orm, prm, sft
+from components.stages import dpo, orm, prm, sft
 from tasks.common import run_stage, stage_task
 
 
@@ -23,10 +25,17 @@ def prm_task(cfg: RunConfig, generator_uri: str, scored_uris: list[str], previou
                           scored_uris=scored_uris, previous_prm_uri=previous_prm_uri)
 
 
-@task(**stage_task(orm))
-def orm_task(cfg: RunConfig, generator_uri: str, generated_uris: list[str], round_idx: int,
-             run_id: str | None) -> tuple[str, dict]:
-    """Train the outcome verifier on every generated trace of rounds 1..n -> round-<n>/orm."""
-    uri = Layout.of(cfg).round(round_idx, "orm")
-    return uri, run_stage(cfg, orm, uri, run_id, generator_uri=generator_uri, round_idx=round_idx,
-                          generated_uris=generated_uris)
+def _verifier_task(stage: ModuleType):
+    @task(**stage_task(stage))
+    def train_verifier(cfg: RunConfig, generator_uri: str, generated_uris: list[str], round_idx: int,
+                       run_id: str | None) -> tuple[str, dict]:
+        """Train the verifier on the outcomes of every trace generated in rounds 1..n -> round-<n>/<its name>."""
+        uri = Layout.of(cfg).round(round_idx, stage.STAGE.publishes)
+        return uri, run_stage(cfg, stage, uri, run_id, generator_uri=generator_uri, round_idx=round_idx,
+                              generated_uris=generated_uris)
+    return train_verifier
+
+
+# The verifiers trained on the outcomes of every trace generated in rounds 1..n, by name: their config
+# section (`orm:`, `dpo:`, each with `enabled`) and their artifact in the round's folder.
+VERIFIER_TASKS = {m.STAGE.publishes: _verifier_task(m) for m in (orm, dpo)}

@@ -51,15 +51,15 @@ def test_manifests_record_their_code_and_status_calls_other_code_stale(tmp_path)
     assert code_version.is_stale(manifest, module) is False
     assert code_version.is_stale({**manifest, "code": {**manifest["code"], "hash": "0" * 12}}, module) is True
 
-    rows = status.round_rows(at, 1, prm_enabled=False, run_status="FAILED", holder_alive=False)
+    rows = status.round_rows(at, 1, {"prm": False}, run_status="FAILED", holder_alive=False)
     assert [(r.stage, r.state) for r in rows] == [("generate", "published"), ("score", "published (code not recorded)"),
                                                   ("filter", "failed")]
     store.write_rows([{"x": 1}], at.round(1, "candidates"),  # as an older checkout published it
                      {"metrics": {"traces": 1}, "code": {**manifest["code"], "hash": "0" * 12}})
-    assert status.round_rows(at, 1, False, None, True)[0].state == "stale: code 000000000000"
-    assert status.round_rows(at, 1, False, None, True)[-1].state == "running"
+    assert status.round_rows(at, 1, {"prm": False}, None, True)[0].state == "stale: code 000000000000"
+    assert status.round_rows(at, 1, {"prm": False}, None, True)[-1].state == "running"
     # the loop list does not know whether the loop trains a PRM: a missing one is passed over
     for artifact in ("filtered", "model", "eval"):
         store.write_rows([], at.round(1, artifact), {"metrics": {}})
     assert [r.stage for r in status.round_rows(at, 1, None, None, None)][-2:] == ["evaluate", "trace-report"]
-    assert [r.stage for r in status.round_rows(at, 1, True, None, None)][-1] == "train-prm"
+    assert [r.stage for r in status.round_rows(at, 1, {"prm": True}, None, None)][-1] == "train-prm"

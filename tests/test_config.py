@@ -42,6 +42,17 @@ def test_identity_ignores_where_and_how_long_but_not_what():
     assert base.bootstrap_hash() != load_config(None, ["model.layers=2"]).bootstrap_hash()
 
 
+def test_a_feature_switched_off_is_not_the_loops_identity():
+    """A section added off by default (as `dpo` was) or retuned while off leaves the loop id alone:
+    before, adding any such field renamed every loop. Switched on, its settings are identity."""
+    base = RunConfig()
+    assert "dpo" not in base.identity() and "orm" not in base.identity() and "beam" not in base.identity()["eval"]
+    assert base.loop_id() == load_config(None, ["dpo.beta=0.5", "orm.epochs=7", "eval.beam.width=9"]).loop_id()
+    on = load_config(None, ["dpo.enabled=true"])
+    assert on.loop_id() != base.loop_id() != load_config(None, ["prm.enabled=false"]).loop_id()
+    assert on.loop_id() != load_config(None, ["dpo.enabled=true", "dpo.beta=0.5"]).loop_id()
+
+
 # A credential in every URI field a user might put one in (user-info, a signed query string); the
 # judge's key lives in the environment variable the config names. tests/test_secrets.py uses these too.
 SECRET_OVERRIDES = [

@@ -19,7 +19,9 @@ from tests.procs import stray_files
 
 @pytest.fixture(scope="module")
 def s3_cfg(s3, mlflow_server, smoke_cfg, tiny_model_dir):
-    cfg = smoke_cfg.model_copy(update={"store_uri": s3.uri("e2e"), "tracking_uri": mlflow_server, "rounds": 2})
+    # With V-STaR's DPO verifier too (off in smoke.yaml: ~10 s a round the other tests need not pay).
+    dpo = smoke_cfg.dpo.model_copy(update={"enabled": True, "epochs": 2})
+    cfg = smoke_cfg.model_copy(update={"store_uri": s3.uri("e2e"), "tracking_uri": mlflow_server, "rounds": 2, "dpo": dpo})
     # Reuse the session's bootstrap: publishing it where this loop looks also exercises S3 publishing.
     store.publish_folder(tiny_model_dir, Layout.of(cfg).bootstrap(), {"kind": "model"})
     return cfg
@@ -68,13 +70,17 @@ def test_mlflow_parent_has_child_runs_with_eval_metrics(loop_result, s3_cfg):
         assert {"evaluate/pass1_n1", "evaluate/maj_at_k_all", "evaluate/bestofk_prm_min_all", "evaluate/prm_f1"} <= set(m)
         # Every selector on one pool (k = 1..N) with its interval, PRM against ORM paired; the plot beside.
         n_pool = s3_cfg.eval.k
-        for sel in ("vote", "prm_min", "orm", "confidence", "weighted_vote/prm_min", "pass_at_k"):
+        for sel in ("vote", "prm_min", "orm", "dpo", "dpo_logp", "confidence", "weighted_vote/prm_min", "pass_at_k"):
             assert m[f"evaluate/bok/{sel}/k{n_pool}/lo"] <= m[f"evaluate/bok/{sel}/k{n_pool}"] <= m[f"evaluate/bok/{sel}/k{n_pool}/hi"]
         assert m["evaluate/bok/vote/k1"] == pytest.approx(m["evaluate/bok/random/k1"])
         assert f"evaluate/bok_diff/prm_min-orm/k{n_pool}" in m and m["train_orm/examples"] > 0
+        assert f"evaluate/bok_diff/prm_min-dpo/k{n_pool}" in m and m["train_dpo/pairs"] > 0
         # What each costs: FLOPs to generate and to score a sample, and to train the verifiers.
         assert m["evaluate/cost/generate_flops_per_sample"] > 0 and m["train_orm/train_flops"] > 0
         assert 0 < m["evaluate/cost/orm/score_flops_per_sample"] == m["evaluate/cost/prm_min/score_flops_per_sample"]
+        # The DPO verifier reads each sample twice at the generator's size: itself and its reference.
+        assert m["evaluate/cost/dpo/score_flops_per_sample"] == pytest.approx(2 * m["evaluate/cost/generate_flops_per_sample"])
+        assert m["train_dpo/train_flops"] > 0
         # PRM-guided beam search beside best-of-k at the same generated tokens.
         assert 0 <= m["evaluate/beam/accuracy"] <= 1 and m["evaluate/beam/tokens_per_problem"] > 0
         assert 0 <= m["evaluate/beam/bestofk_prm_min_equal_tokens"] <= 1
@@ -203,17 +209,22 @@ def test_compare_reads_rounds_from_mlflow_server(loop_result, s3_cfg, tmp_path):
                           "--out", str(out)], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "COLUMNS": "200"})
     assert res.returncode == 0, res.stdout + res.stderr
-    rounds_table, verifiers_table = res.stdout.split("best-of-N on each round's evaluation pool")
+    rounds_table, rest = res.stdout.split("best-of-N on each round's evaluation pool")
+    verifiers_table, differences_table = rest.split("paired differences of best-of-N")
     lines = [ln for ln in rounds_table.splitlines() if loop_result["loop_id"] in ln]
     assert len(lines) == 3  # rounds 0, 1, 2
     r1, r2 = (loop_result["rounds"][n]["evaluate"]["pass1_n1"] for n in (1, 2))
     assert f"{100 * r2:.0f}% ({'+' if r2 >= r1 else ''}{100 * (r2 - r1):.0f})" in lines[2]  # value and delta
     assert out.stat().st_size > 10_000  # a real plot, not an empty file
-    # Which selector picks best from the same samples, with intervals: each round, PRM against ORM paired.
-    head = next(ln for ln in verifiers_table.splitlines() if "prm_min-orm" in ln)
-    assert all(name in head for name in ("vote", "prm_min", "orm", "confidence"))
+    # Which selector picks best from the same samples, with intervals; each round, the verifiers paired.
+    head = next(ln for ln in verifiers_table.splitlines() if "prm_min" in ln)
+    assert all(name in head for name in ("vote", "prm_min", "orm", "dpo", "confidence")), verifiers_table
     rows = [ln for ln in verifiers_table.splitlines() if loop_result["loop_id"] in ln]
     assert len(rows) == 3 and all(re.search(r"\d+% \[\d+, \d+\]", ln) for ln in rows), verifiers_table
+    head = next(ln for ln in differences_table.splitlines() if "prm_min-orm" in ln)
+    assert all(name in head for name in ("prm_min-dpo", "orm-vote", "dpo-vote")), differences_table
+    rows = [ln for ln in differences_table.splitlines() if loop_result["loop_id"] in ln]
+    assert len(rows) == 2 and all(re.search(r"[+-]\d+ \[[+-]?\d+, [+-]?\d+\]", ln) for ln in rows), differences_table
     client = mlflow.MlflowClient(s3_cfg.tracking_uri)
     assert "compare/cmp.png" in {a.path for a in client.list_artifacts(loop_result["parent_run_id"], "compare")}
     missing = subprocess.run([vstar, "compare", "no-such-loop", "--tracking-uri", s3_cfg.tracking_uri],

@@ -101,17 +101,17 @@ def comparison_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[
     return ["loop", "round"] + keys, rows
 
 
-def verifier_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
-    """Per loop and round: each selector's best-of-N accuracy on the round's evaluation pool with its 95%
-    interval, and the paired PRM - ORM and PRM - vote differences (evaluate's `bok/` metrics)."""
-    import re
+SELECTORS = ("pass_at_k", "vote", "prm_min", "orm", "dpo", "confidence")  # the headline ones; the rest are in MLflow
+DIFFERENCES = ("prm_min-orm", "prm_min-dpo", "orm-dpo", "prm_min-vote", "orm-vote", "dpo-vote")
 
-    found = {m.group(1) for rounds in loops.values() for r in rounds for k in r["evaluate"]
-             if (m := re.fullmatch(r"bok/(.+)/k\d+", k))}
-    # The headline selectors (every aggregate and weighted vote is in MLflow, `bok/...`).
-    selectors = [s for s in ("pass_at_k", "vote", "prm_min", "orm", "confidence") if s in found]
-    diffs = [d for d in ("prm_min-orm", "prm_min-vote", "orm-vote")
-             if any(k.startswith(f"bok_diff/{d}/") for rounds in loops.values() for r in rounds for k in r["evaluate"])]
+
+def verifier_rows(loops: dict[str, list[dict]], differences: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Per loop and round, on the round's evaluation pool of N samples per problem: each selector's
+    best-of-N accuracy with its 95% interval, or (`differences`) the paired differences of the PRM,
+    ORM and DPO verifier with each other and with the vote (evaluate's `bok/`, `bok_diff/` metrics)."""
+    keys = {k for rounds in loops.values() for r in rounds for k in r["evaluate"]}
+    names = ([d for d in DIFFERENCES if any(k.startswith(f"bok_diff/{d}/") for k in keys)] if differences
+             else [s for s in SELECTORS if any(k.startswith(f"bok/{s}/k") for k in keys)])
     rows = []
     for loop, rounds in loops.items():
         for r in rounds:
@@ -121,16 +121,17 @@ def verifier_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[st
                 continue
             n = int(n)
 
-            def cell(key: str, signed: bool = False) -> str:
+            def cell(key: str) -> str:
                 if key not in ev:
                     return "-"
-                f = "{:+.0f}" if signed else "{:.0f}"
+                f = "{:+.0f}" if differences else "{:.0f}"
                 v, lo, hi = (f.format(100 * ev[key + end]) for end in ("", "/lo", "/hi"))
-                return f"{v}{'' if signed else '%'} [{lo}, {hi}]"
+                return f"{v}{'' if differences else '%'} [{lo}, {hi}]"
 
-            rows.append([loop, str(r["round"]), f"{n} x {int(ev.get('bok_problems', 0))}",
-                         *[cell(f"bok/{s}/k{n}") for s in selectors], *[cell(f"bok_diff/{d}/k{n}", True) for d in diffs]])
-    return ["loop", "round", "pool x problems", *selectors, *[f"{d} (points)" for d in diffs]], rows
+            cells = [cell(f"{'bok_diff' if differences else 'bok'}/{s}/k{n}") for s in names]
+            if any(c != "-" for c in cells):  # round 0 has no trained verifier to compare
+                rows.append([loop, str(r["round"]), f"{n} x {int(ev.get('bok_problems', 0))}", *cells])
+    return ["loop", "round", "pool x problems", *names], rows
 
 
 def plot_comparison(loops: dict[str, list[dict]], path: str | Path) -> Path:

@@ -6,7 +6,9 @@
   al. 2025), from one prefill pass: no verifier model at all;
 - `prm`: the round's PRM, its step scores aggregated by min, prod, last and mean (each sample keeps
   its step scores too, for the PRM's first-error F1 and the trace report);
-- `orm`: the round's outcome verifier, P(right) read at the trace's last step tag.
+- `orm`: the round's outcome verifier, P(right) read at the trace's last step tag;
+- `dpo`: V-STaR's verifier, DPO's implicit reward beta * log(pi_dpo / pi_G) against the generator it was
+  trained from (`dpo`), and its plain log-likelihood (`dpo_logp`) for comparison.
 Which of them run: `confidence` always, the others when the round has the model. Majority and
 weighted votes are selectors over these scores (components/evaluation/bestofk.py), not verifiers.
 
@@ -31,8 +33,7 @@ class Context:
     cfg: RunConfig
     family: object
     generator: serving.Generator
-    prm_uri: str | None = None
-    orm_uri: str | None = None
+    models: dict[str, str] = field(default_factory=dict)  # the round's trained verifiers: "prm", "orm", "dpo" -> URI
     flops: dict[str, float] = field(default_factory=dict)  # score name -> mean FLOPs to score one sample
     scorers: dict[str, object] = field(default_factory=dict)  # model URI -> its step scorer, loaded once
 
@@ -95,24 +96,41 @@ def confidence(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
     return {"confidence": out}
 
 
-@verifier("prm", when=lambda ctx: bool(ctx.prm_uri))
+@verifier("prm", when=lambda ctx: "prm" in ctx.models)
 def prm(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
     steps = _steps(samples, ctx)
-    step_scores = ctx.scorer(ctx.prm_uri).score([s["prompt"] for s in samples], steps)
+    step_scores = ctx.scorer(ctx.models["prm"]).score([s["prompt"] for s in samples], steps)
     for s, sc in zip(samples, step_scores):
         s["prm_scores"] = sc
-    cost = _verifier_flops(store.fetch_folder(ctx.prm_uri), samples, steps)
+    cost = _verifier_flops(store.fetch_folder(ctx.models["prm"]), samples, steps)
     out = {f"prm_{how}": [AGGREGATES[how](sc) if sc else 0.0 for sc in step_scores] for how in ("min", "prod", "last", "mean")}
     ctx.flops.update({name: cost for name in out})
     return out
 
 
-@verifier("orm", when=lambda ctx: bool(ctx.orm_uri))
+@verifier("orm", when=lambda ctx: "orm" in ctx.models)
 def orm(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
     steps = _steps(samples, ctx)
-    scorer = ctx.scorer(ctx.orm_uri, ctx.cfg.orm.scorer)  # the PRM's model and format
-    ctx.flops["orm"] = _verifier_flops(store.fetch_folder(ctx.orm_uri), samples, steps)
+    scorer = ctx.scorer(ctx.models["orm"], ctx.cfg.orm.scorer)  # the PRM's model and format
+    ctx.flops["orm"] = _verifier_flops(store.fetch_folder(ctx.models["orm"]), samples, steps)
     return {"orm": [sc[-1] if sc else 0.0 for sc in scorer.score([s["prompt"] for s in samples], steps)]}
+
+
+@verifier("dpo", when=lambda ctx: "dpo" in ctx.models)
+def dpo(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
+    from components.models import dpo as dpo_model
+    from components.models.sft import adapter_base
+
+    reference = store.read_manifest(ctx.models["dpo"])["reference"]  # the generator it was trained against
+    ref_dir = store.fetch_folder(reference)
+    base = adapter_base(ref_dir)
+    reward, logp = dpo_model.score(store.fetch_folder(ctx.models["dpo"]), ref_dir, store.fetch_folder(base) if base else None,
+                                   [s["prompt"] for s in samples], [s["completion"] for s in samples],
+                                   serving.placement(ctx.cfg))
+    # Two forward passes of the generator's size (the verifier, and its reference) per sample.
+    ctx.flops["dpo"] = 2 * generation_flops(samples, ctx)
+    ctx.flops["dpo_logp"] = generation_flops(samples, ctx)
+    return {"dpo": reward, "dpo_logp": logp}
 
 
 def score(samples: list[dict], ctx: Context) -> list[str]:

@@ -19,7 +19,7 @@ from components.config import RunConfig, stable_hash
 from components.infra.store import UnsafePath, join
 
 # What a round publishes, in the order its stages run.
-ROUND_ARTIFACTS = ("candidates", "scored", "filtered", "model", "prm", "orm", "eval", "report")
+ROUND_ARTIFACTS = ("candidates", "scored", "filtered", "model", "prm", "orm", "dpo", "eval", "report")
 
 # Loop ids (`demo-f03bfe2bb7`), catalog ids (`demo-f03bfe2bb7-r1-1a2b3c4d`) and hashes become one path
 # component each; they also come from users and from store listings and entries, so they are checked.

@@ -192,6 +192,22 @@ def auroc(scores: list[float], positives: list[bool]) -> float:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def within_auroc(scores: list[float], positives: list[bool], groups: list) -> float:
+    """P(a positive outranks a negative of the same group), ties counting half: how well a score ranks
+    one problem's solutions, which is all best-of-k asks of it (a score need not be comparable across
+    problems, and DPO's implicit reward is not). NaN when no group has both kinds."""
+    by: dict = {}
+    for s, y, g in zip(scores, positives, groups):
+        by.setdefault(g, ([], []))[0 if y else 1].append(s)
+    wins = total = 0.0
+    for pos, neg in by.values():
+        for a in pos:
+            for b in neg:
+                wins += 1.0 if a > b else 0.5 if a == b else 0.0
+        total += len(pos) * len(neg)
+    return wins / total if total else math.nan
+
+
 def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], epochs: float, lr: float,
               batch_size: int, seed: int, soft: bool, heldout_fraction: float = 0.1,
               log: Callable[[int, dict], None] | None = None, threads: int | None = None,

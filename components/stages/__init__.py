@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 # Every stage's name (its STAGE.name), in the order a loop first runs them: what `recompute` may name.
 NAMES = ("prepare-data", "bootstrap", "train-judge", "import-labels", "generate", "score", "filter", "sft",
-         "train-prm", "train-orm", "evaluate", "trace-report")
+         "train-prm", "train-orm", "train-dpo", "evaluate", "trace-report")
 
 
 @dataclass(frozen=True)

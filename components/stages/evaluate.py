@@ -1,7 +1,7 @@
 """On the held-out split (never trained on): greedy pass@1 per difficulty; on a subset, one pool of k
 samples per problem that every selector ranks (vote, and each verifier of
-components/evaluation/verifiers.py: the PRM's aggregates, the ORM, the generator's own confidence;
-votes weighted by each): maj@k and best-of-k, curves for k = 1, 2, 4, ..., N with bootstrap
+components/evaluation/verifiers.py: the PRM's aggregates, the ORM, the DPO verifier, the generator's own
+confidence; votes weighted by each): maj@k and best-of-k, curves for k = 1, 2, 4, ..., N with bootstrap
 intervals (components/evaluation/bestofk.py), and the PRM's first-error F1 vs gold."""
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ from components.models.generation import Sampling
 from components.stages import Stage
 from components.stages.generate import problem_row
 
-STAGE = Stage("evaluate", reads=("model", "prm", "orm"), publishes="eval", accelerator=True, isolated=True,
+STAGE = Stage("evaluate", reads=("model", "prm", "orm", "dpo"), publishes="eval", accelerator=True, isolated=True,
               summary=("pass@1 {pass1_all:.1%}", "maj@k {maj_at_k_all:.1%}", "best-of-k by PRM {bestofk_prm_min_all:.1%}",
                        "PRM F1 {prm_f1:.2f}"))
 
 
 def run(cfg: RunConfig, out_uri: str, model_uri: str, tag: str, prm_uri: str | None = None,
-        orm_uri: str | None = None) -> dict:
+        verifier_uris: dict[str, str] | None = None) -> dict:
     fam = family_of(cfg)
     problems = fam.problems("eval")
     t0 = time.perf_counter()
@@ -41,7 +41,7 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, tag: str, prm_uri: str | N
                 "answer": fam.extract_answer(s.text), "correct": fam.is_correct(p, s.text),
                 "gold_first_error": fam.first_error(p, s.text), "prm_scores": []}
                for p, o in zip(subset, sampled) for j, s in enumerate(o)]
-    ctx = verifiers.Context(cfg, fam, gen, prm_uri, orm_uri)
+    ctx = verifiers.Context(cfg, fam, gen, {**({"prm": prm_uri} if prm_uri else {}), **(verifier_uris or {})})
     names = verifiers.score(samples, ctx)
     verifiers.generation_flops(samples, ctx)
     flops = dict(ctx.flops)
@@ -59,7 +59,7 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, tag: str, prm_uri: str | N
         r.update(gold=r["answer"], answer=fam.extract_answer(r["completion"]), prm_scores=[],
                  scores={v: None for v in names})
     store.write_rows(greedy + samples, out_uri, {"stage": "evaluate", "tag": tag, "model": model_uri,
-                                                 "prm": prm_uri, "orm": orm_uri, "metrics": metrics, "bestofk": table})
+                                                 "prm": prm_uri, "verifiers": verifier_uris or {}, "metrics": metrics, "bestofk": table})
     return metrics
 
 
