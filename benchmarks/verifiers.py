@@ -1,14 +1,16 @@
-"""Which selector picks best from the same samples: vote, PRM, ORM, the generator's confidence, on a
-loop's published evaluation pools (components/evaluation/bestofk.py), for all held-out problems and for
-the hardest levels alone.
+"""Which selector picks best from the same samples: vote, PRM, ORM, the DPO verifier, the generator's
+confidence, on a loop's published evaluation pools (components/evaluation/bestofk.py), for all
+held-out problems and for the hardest levels alone; and PRM-guided beam search at equal tokens.
 
     python benchmarks/verifiers.py CONFIG [--set k=v ...] [--levels 5,6] [--rounds 1,2,3]
 
 Reads each round's `eval` dataset of the loop CONFIG names (its samples carry every verifier's trace
 score), so it costs no generation: run the loop first, e.g.
-    vstar run configs/demo.yaml --set prm.enabled=true --set orm.enabled=true --set eval.k=16
-Prints, per round and problem set, best-of-k at k = 1 and N with 95% bootstrap intervals and the
-paired PRM - ORM, PRM - vote and ORM - vote differences; writes benchmarks/results/verifiers.json.
+    vstar run configs/demo.yaml
+Prints, per round and problem set, best-of-k at k = 1 and N with 95% bootstrap intervals, the paired
+differences of the verifiers with each other and with the vote at k = N, what each verifier scored on
+its own held-out training split and beam search against best-of-k at the same generated tokens;
+writes benchmarks/results/verifiers.json.
 """
 from __future__ import annotations
 
@@ -26,10 +28,13 @@ from rich.table import Table  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.data.prompting import family_of  # noqa: E402
 from components.evaluation import bestofk  # noqa: E402
+from components.evaluation.report import DIFFERENCES  # noqa: E402
 from components.infra import store  # noqa: E402
 from components.infra.layout import Layout  # noqa: E402
 
-SHOWN = ("pass_at_k", "vote", "prm_min", "orm", "confidence", "weighted_vote/prm_min", "weighted_vote/orm")
+SHOWN = ("pass_at_k", "vote", "prm_min", "orm", "dpo", "dpo_likelihood", "confidence", "weighted_vote/prm_min",
+         "weighted_vote/orm", "weighted_vote/dpo")
+TRAINING = {"prm": ("heldout_auroc",), "orm": ("heldout_auroc",), "dpo": ("heldout_pair_accuracy", "heldout_within_auroc")}
 
 
 def pools_of(rows: list[dict], levels: set[int] | None) -> list[list[dict]]:
@@ -54,10 +59,16 @@ def main() -> None:
     rounds = [int(x) for x in args.rounds.split(",") if x] or \
         [n for n in range(cfg.rounds + 1) if store.is_published(at.round(n, "eval"))]
     hard = {int(x) for x in args.levels.split(",") if x}
-    out, console = {"loop": at.loop_id, "rounds": {}}, Console(width=200)
+    out, console = {"loop": at.loop_id, "rounds": {}}, Console(width=250)
     t = Table(title=f"best-of-k on one pool per problem, loop {at.loop_id} (accuracy %, [95% interval])")
-    for col in ("round", "problems", "pool", "k", *SHOWN, "prm_min-orm", "prm_min-vote", "orm-vote"):
+    d = Table(title="paired differences at k = N (points, [95% interval])")
+    b = Table(title="PRM-guided beam search against best-of-k at the same generated tokens (all problems)")
+    for col in ("round", "problems", "pool", "k", *SHOWN):
         t.add_column(col, justify="right")
+    for col in ("round", "problems", "pool", *DIFFERENCES):
+        d.add_column(col, justify="right")
+    for col in ("round", "beam accuracy", "tokens = k samples", "best-of-k PRM", "vote", "training (own held-out split)"):
+        b.add_column(col, justify="right")
     for n in rounds:
         rows = store.read_rows(at.round(n, "eval"))
         for name, levels in [("all", None)] + ([(f"levels {','.join(map(str, sorted(hard)))}", hard)] if hard else []):
@@ -70,13 +81,26 @@ def main() -> None:
                 def cell(sel: str) -> str:
                     v = table["selectors"].get(sel, {}).get(k)
                     return "-" if v is None else f"{100 * v[0]:.1f} [{100 * v[1]:.0f}, {100 * v[2]:.0f}]"
+                t.add_row(str(n), name, f"{size} x {table['problems']}", str(k), *map(cell, SHOWN))
 
-                def diff(d: str) -> str:
-                    v = table["differences"].get(d) if k == size else None
-                    return "-" if v is None else f"{100 * v[0]:+.1f} [{100 * v[1]:+.0f}, {100 * v[2]:+.0f}]"
-                t.add_row(str(n), name, f"{size} x {table['problems']}", str(k), *map(cell, SHOWN),
-                          *map(diff, ("prm_min-orm", "prm_min-vote", "orm-vote")))
-    console.print(t)
+            def diff(x: str) -> str:
+                v = table["differences"].get(x)
+                return "-" if v is None else f"{100 * v[0]:+.1f} [{100 * v[1]:+.0f}, {100 * v[2]:+.0f}]"
+            if table["differences"]:
+                d.add_row(str(n), name, f"{size} x {table['problems']}", *map(diff, DIFFERENCES))
+        ev = store.read_manifest(at.round(n, "eval")).get("metrics", {})
+        trained = {v: {f: store.read_manifest(at.round(n, v))["metrics"].get(f) for f in fields}
+                   for v, fields in TRAINING.items() if n > 0 and store.is_published(at.round(n, v))}
+        out["rounds"][str(n)]["beam"] = {k: v for k, v in ev.items() if k.startswith("beam/")}
+        out["rounds"][str(n)]["training"] = trained
+        if "beam/accuracy" in ev or trained:
+            pct = lambda key: "-" if ev.get(key) is None else f"{100 * ev[key]:.1f}"  # noqa: E731
+            b.add_row(str(n), pct("beam/accuracy"), f"{ev.get('beam/k_equal_tokens', float('nan')):.1f}",
+                      pct("beam/bestofk_prm_min_equal_tokens"), pct("beam/vote_equal_tokens"),
+                      "; ".join(f"{v} {f.replace('heldout_', '')} {x:.2f}" for v, fs in trained.items()
+                                for f, x in fs.items() if x is not None))
+    for table in (t, d, b):
+        console.print(table)
     path = ROOT / "benchmarks/results/verifiers.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))

@@ -70,7 +70,7 @@ def test_mlflow_parent_has_child_runs_with_eval_metrics(loop_result, s3_cfg):
         assert {"evaluate/pass1_n1", "evaluate/maj_at_k_all", "evaluate/bestofk_prm_min_all", "evaluate/prm_f1"} <= set(m)
         # Every selector on one pool (k = 1..N) with its interval, PRM against ORM paired; the plot beside.
         n_pool = s3_cfg.eval.k
-        for sel in ("vote", "prm_min", "orm", "dpo", "dpo_logp", "confidence", "weighted_vote/prm_min", "pass_at_k"):
+        for sel in ("vote", "prm_min", "orm", "dpo", "dpo_likelihood", "confidence", "weighted_vote/prm_min", "pass_at_k"):
             assert m[f"evaluate/bok/{sel}/k{n_pool}/lo"] <= m[f"evaluate/bok/{sel}/k{n_pool}"] <= m[f"evaluate/bok/{sel}/k{n_pool}/hi"]
         assert m["evaluate/bok/vote/k1"] == pytest.approx(m["evaluate/bok/random/k1"])
         assert f"evaluate/bok_diff/prm_min-orm/k{n_pool}" in m and m["train_orm/examples"] > 0

@@ -113,7 +113,7 @@ def test_dpo_verifier_ranks_right_above_wrong_on_problems_it_never_saw(planted_d
     right, groups = [r["correct"] for r in held], [r["prompt"] for r in held]
     within = prm.within_auroc(reward, right, groups)
     print(f"DPO held-out within-problem AUROC {within:.3f}, across problems {prm.auroc(reward, right):.3f}; "
-          f"its log-likelihood within problems {prm.within_auroc(logp, right, groups):.3f}")
+          f"its mean token log-probability within problems {prm.within_auroc(logp, right, groups):.3f}")
     assert within >= 0.9, within
     assert stats["train_flops"] == 8.0 * stats["params"] * stats["train_tokens"] > 0
 

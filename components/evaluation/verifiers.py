@@ -7,8 +7,10 @@
 - `prm`: the round's PRM, its step scores aggregated by min, prod, last and mean (each sample keeps
   its step scores too, for the PRM's first-error F1 and the trace report);
 - `orm`: the round's outcome verifier, P(right) read at the trace's last step tag;
-- `dpo`: V-STaR's verifier, DPO's implicit reward beta * log(pi_dpo / pi_G) against the generator it was
-  trained from (`dpo`), and its plain log-likelihood (`dpo_logp`) for comparison.
+- `dpo`: V-STaR's verifier, DPO's implicit reward r = beta * log(pi_dpo / pi_G) against the generator it
+  was trained from, as sigmoid(r) (`dpo`: the Bradley-Terry probability that the solution is preferred
+  to one the reference likes as much; monotone in r, so it ranks as r does, and it weighs a vote in
+  (0, 1)); and the verifier's own likelihood per token, exp(mean log pi_dpo) (`dpo_likelihood`), for comparison.
 Which of them run: `confidence` always, the others when the round has the model. Majority and
 weighted votes are selectors over these scores (components/evaluation/bestofk.py), not verifiers.
 
@@ -18,6 +20,7 @@ FLOPs (~6 x params x tokens seen) are in the PRM and ORM stages' metrics.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -129,8 +132,8 @@ def dpo(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
                                    serving.placement(ctx.cfg))
     # Two forward passes of the generator's size (the verifier, and its reference) per sample.
     ctx.flops["dpo"] = 2 * generation_flops(samples, ctx)
-    ctx.flops["dpo_logp"] = generation_flops(samples, ctx)
-    return {"dpo": reward, "dpo_logp": logp}
+    ctx.flops["dpo_likelihood"] = generation_flops(samples, ctx)  # (read off the same pass)
+    return {"dpo": [1.0 / (1.0 + math.exp(-r)) for r in reward], "dpo_likelihood": [math.exp(x) for x in logp]}
 
 
 def score(samples: list[dict], ctx: Context) -> list[str]:

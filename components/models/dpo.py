@@ -6,8 +6,8 @@ generator itself as the reference policy. A solution's score is DPO's implicit r
 
 the quantity the DPO loss ranks a pair by (V-STaR, section 3: the verifier's score of a candidate),
 so no head is added and no label but "is the final answer right?" is needed. The verifier's plain
-log-likelihood log pi_dpo(y | x) is also reported (`dpo_logp`), so the two readings can be compared
-on the same pool.
+likelihood per token is also reported, so the two readings can be compared on the same pool
+(components/evaluation/verifiers.py: `dpo`, `dpo_likelihood`).
 
 Training is TRL's DPOTrainer (sigmoid loss). The reference log-probabilities are computed once before
 training (`precompute_ref_log_probs`), so only one copy of the weights is held while it trains.
@@ -45,9 +45,11 @@ def preference_pairs(rows: list[dict], per_problem: int, seed: int) -> list[dict
     return pairs
 
 
-def completion_logps(model, tok, prompts: list[str], completions: list[str], batch_size: int = 16) -> list[float]:
+def completion_logps(model, tok, prompts: list[str], completions: list[str], batch_size: int = 16,
+                     counts: list[int] | None = None) -> list[float]:
     """Sum of log P(completion token | what precedes) per pair, the completion starting where the
-    tokenized prompt and prompt + completion part (TRL's rule, so training and scoring agree)."""
+    tokenized prompt and prompt + completion part (TRL's rule, so training and scoring agree); each
+    completion's number of tokens is appended to `counts` when given."""
     import torch
 
     from components.infra import progress
@@ -68,6 +70,8 @@ def completion_logps(model, tok, prompts: list[str], completions: list[str], bat
         lp = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()
         for i, (f, c) in enumerate(zip(full, cut)):
             out.append(float(lp[i, max(c, 1) - 1 : len(f) - 1].sum()))
+            if counts is not None:
+                counts.append(len(f) - max(c, 1))
         progress.report("sequences", len(out), len(prompts))
     return out
 
@@ -94,17 +98,18 @@ def load_policy(init_dir: str | Path, base_dir: str | Path | None, load_args: di
 
 def score(verifier_dir: str | Path, reference_dir: str | Path, reference_base_dir: str | Path | None,
           prompts: list[str], completions: list[str], placement: Placement = CPU) -> tuple[list[float], list[float]]:
-    """(DPO's implicit reward beta * (log pi - log pi_ref), the verifier's own log-likelihood) per solution;
-    the reference is the generator the verifier was trained from (a LoRA adapter on its base)."""
+    """(DPO's implicit reward beta * (log pi - log pi_ref), the verifier's mean token log-probability) per
+    solution; the reference is the generator the verifier was trained from (a LoRA adapter on its base)."""
     from transformers import AutoTokenizer
 
     beta, tok = load_beta(verifier_dir), AutoTokenizer.from_pretrained(str(verifier_dir))
-    logp = {}
-    for name, folder, base in (("verifier", verifier_dir, None), ("reference", reference_dir, reference_base_dir)):
-        model = load_policy(folder, base, placement.load_args()).to(placement.device)  # one at a time in memory
-        logp[name] = completion_logps(model, tok, prompts, completions)
-        del model
-    return [beta * (a - b) for a, b in zip(logp["verifier"], logp["reference"])], logp["verifier"]
+    counts: list[int] = []
+    model = load_policy(verifier_dir, None, placement.load_args()).to(placement.device)
+    logp = completion_logps(model, tok, prompts, completions, counts=counts)
+    del model  # one model in memory at a time
+    model = load_policy(reference_dir, reference_base_dir, placement.load_args()).to(placement.device)
+    ref = completion_logps(model, tok, prompts, completions)
+    return [beta * (a - b) for a, b in zip(logp, ref)], [x / max(1, n) for x, n in zip(logp, counts)]
 
 
 def train_dpo(init_dir: str | Path, out_dir: str | Path, pairs: list[dict], beta: float, epochs: float, lr: float,
