@@ -25,6 +25,17 @@ def test_samples_have_text_ids_logprob_and_finish_reason(backend, smoke_family):
     assert answered >= 6, answered
 
 
+def test_generation_stops_at_a_stop_string(backend, smoke_family):
+    """A step at a time, as beam search asks (stop at the step separator). transformers' own stop
+    strings raised on the character-level tokenizer, so search failed on that backend."""
+    prompts = [p.prompt for p in smoke_family.problems("eval")[:4]]
+    outs = backend.generate(prompts, Sampling(n=2, temperature=0.8, max_tokens=48, seed=1, stop=("\n",)))
+    for o in outs:
+        for s in o:
+            assert s.text and "\n" not in s.text.rstrip("\n"), s.text  # one step, not the whole trace
+            assert len(s.token_ids) < 20, s.text
+
+
 def test_fixed_seed_reproduces_and_other_seed_differs(backend, smoke_family):
     prompts = [p.prompt for p in smoke_family.problems("eval")[-6:]]
     a = backend.generate(prompts, Sampling(n=4, temperature=1.0, max_tokens=48, seed=7))

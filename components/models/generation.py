@@ -124,6 +124,21 @@ def _finish(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
+def _stop_on(tok, stops: tuple[str, ...], prompt_len: int):
+    """Stop each sequence once its new text holds a stop string. Not transformers' `stop_strings`: its
+    StopStringCriteria cleans the vocabulary assuming a SentencePiece-like prefix, and raises on a
+    character-level tokenizer (the demo's); decoding the new tokens works with any tokenizer."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kw):
+            texts = tok.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stops) for t in texts], device=input_ids.device)
+
+    return StoppingCriteriaList([_Stop()] if stops else [])
+
+
 @register("transformers")
 class TransformersBackend:
     """Fallback: batched `generate` with left padding; one seed per chunk of prompts."""
@@ -176,7 +191,7 @@ class TransformersBackend:
                     num_return_sequences=sampling.n,
                     max_new_tokens=min(sampling.max_tokens, self.max_model_len - enc["input_ids"].shape[1]),
                     output_scores=True, return_dict_in_generate=True, pad_token_id=self.tok.pad_token_id,
-                    stop_strings=list(sampling.stop) or None, tokenizer=self.tok if sampling.stop else None)
+                    stopping_criteria=_stop_on(self.tok, sampling.stop, enc["input_ids"].shape[1]))
             new = out.sequences[:, enc["input_ids"].shape[1]:]
             logp = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
             for i in range(len(chunk)):
