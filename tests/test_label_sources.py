@@ -184,7 +184,9 @@ def test_every_source_runs_inside_the_round_flow(scored_gold, prefect_server, tm
     cfg, base, _ = scored_gold
     cfg = with_scoring(cfg, label_source="labels", labels={"budget": 80},
                        also=["consensus", "mc_binary", "confidence", "gold"], judge=TINY_JUDGE)
-    cfg = cfg.model_copy(update={"rounds": 1, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    # The transformers backend: the sources are tested here, not vLLM (~8 s per generating stage).
+    cfg = cfg.model_copy(update={"rounds": 1, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                                 "generation": cfg.generation.model_copy(update={"backend": "transformers"})})
     out = self_improve(cfg)
     r1 = out["rounds"][1]
     metrics = mlflow.MlflowClient(cfg.tracking_uri).get_run(r1["run_id"]).data.metrics

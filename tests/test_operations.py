@@ -90,7 +90,8 @@ def test_one_writer_and_what_a_round_leaves(deployed, s3, mlflow_server, smoke_c
     """Two triggers of one loop through the worker: one runs, the other is refused; the round that ran
     leaves a Prefect artifact, its trace report in MLflow, a catalog entry, and can be evaluated again.
     (Killing a flow run mid-stage and resuming it: tests/test_faults.py, every stage.)"""
-    over = [f"store_uri={s3.uri('ops-a')}", "generation.k=2"]
+    # The transformers backend: the worker and the deployments are tested here, not vLLM (test_round_e2e).
+    over = [f"store_uri={s3.uri('ops-a')}", "generation.k=2", "generation.backend=transformers"]
     cfg = load_config(ROOT / CONFIG, over)
     store.publish_folder(tiny_model_dir, Layout(cfg.store_uri, bootstrap_hash=cfg.bootstrap_hash()).bootstrap(),
                          {"kind": "model"})

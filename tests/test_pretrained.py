@@ -154,7 +154,8 @@ def test_full_sft_round_on_a_pretrained_qwen2(tmp_path, pretrained_dir, prefect_
     from components.models.prm import load_format
     from components.models.prm_scoring import TransformersPRM, VLLMPRM
 
-    cfg, out = _loop(tmp_path, pretrained_dir, "qwen-full", "rounds=1")
+    # Generation on the transformers backend here: vLLM serves this checkpoint in the LoRA round below.
+    cfg, out = _loop(tmp_path, pretrained_dir, "qwen-full", "rounds=1", "generation.backend=transformers")
     r0, r1 = out["rounds"]
     # generation through the chat template, with the system prompt, on the published G_0
     rows = store.read_rows(r1["filtered_uri"].replace("filtered", "candidates"))
