@@ -12,6 +12,10 @@ Every arm is the config's loop with its step labels (or filter) replaced, sharin
     labels      a PRM trained on a labelling budget (`scoring.labels.budget`, 1,000 traces)
     outcome     outcome-only filtering (STaR): the answer check alone
 
+The verifiers the demo trains for evaluation only (ORM, DPO, beam search, a pool of 16) are off here:
+they change nothing the filter keeps, and cost ~8 min a loop (`--set orm.enabled=true` etc. brings
+them back); the PRM stays as the config has it (the `labels` arm needs one).
+
 Prints held-out greedy pass@1 per round, what the filter kept and the share of kept traces holding a
 gold-wrong step, the label source's first-error F1 vs gold, the PRM's, and best-of-k by PRM vs
 majority vote; writes JSON to benchmarks/results/filter_ablation.json.
@@ -34,6 +38,8 @@ from rich.table import Table  # noqa: E402
 
 from components.config import load_config  # noqa: E402
 
+EVAL_ONLY_OFF = ["orm.enabled=false", "dpo.enabled=false", "eval.beam.enabled=false", "eval.k=4",
+                 "eval.sampled_per_level=30"]
 ARMS = {
     "gold": ["scoring.label_source=gold", "filter.mode=step"],
     "confidence": ["scoring.label_source=confidence", "filter.mode=step"],
@@ -62,7 +68,7 @@ def main() -> None:
 
     results = {}
     for arm in args.arms:
-        cfg = load_config(args.config, args.overrides + ARMS[arm])
+        cfg = load_config(args.config, EVAL_ONLY_OFF + args.overrides + ARMS[arm])
         t0 = time.perf_counter()
         out = self_improve(cfg)
         results[arm] = {"loop_id": out["loop_id"], "overrides": ARMS[arm], "wall_seconds": time.perf_counter() - t0,

@@ -102,8 +102,8 @@ def test_label_budget_settings_are_checked():
     """A labelling budget needs the exact step check (arith) and excludes a labels file."""
     cfg = load_config("configs/demo.yaml", ["scoring.label_source=labels", "scoring.labels.budget=250", "prm.enabled=true"])
     assert cfg.scoring.labels.budget == 250
-    with pytest.raises(ConfigError, match="prm.enabled must be true"):  # the demo trains no PRM by default
-        load_config("configs/demo.yaml", ["scoring.label_source=labels", "scoring.labels.budget=250"])
+    with pytest.raises(ConfigError, match="prm.enabled must be true"):
+        load_config("configs/demo.yaml", ["scoring.label_source=labels", "scoring.labels.budget=250", "prm.enabled=false"])
     with pytest.raises(ConfigError, match="uri.*budget.*not both"):
         load_config("configs/demo.yaml", ["scoring.labels.budget=250", "scoring.labels.uri=/tmp/x.jsonl"])
     with pytest.raises(ConfigError, match="exact step check"):
