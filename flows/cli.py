@@ -63,7 +63,7 @@ def run(config: Optional[Path] = typer.Argument(None, help="YAML config; embedde
     from components.infra import store
     from components.infra.isolation import StageFailed, warm_up
 
-    warm_up()  # stage children's imports start now, beside Prefect's (temporary) server and the lock
+    warm_up(cfg)  # stage children's imports start now, beside Prefect's (temporary) server and the lock
     from flows.lock import LoopBusy, loop_lock
     from flows.self_improve import self_improve
 

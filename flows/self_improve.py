@@ -70,7 +70,7 @@ def _deployed() -> bool:
 
 @flow(name="vstar-self-improve")
 def self_improve(config: RunConfig = RunConfig(), wait_s: float = 5.0) -> dict:
-    isolation.warm_up()  # stage children's imports, meanwhile
+    isolation.warm_up(config)  # stage children's imports, meanwhile
     if _deployed():  # the typed deployment: the whole config came through the Prefect API
         check_typed(config)
     with loop_lock(config.loop_id(), wait_s), tracking.running(config, tracking.loop_run(config)) as parent:
@@ -95,7 +95,7 @@ def next_round(config_path: str = "configs/demo.yaml", overrides: list[str] | No
     """Advance a loop by one round: the one after its last published round, or `round` to (re)run a
     given one (its published stages are reused). Stops at the config's `rounds`."""
     config = deployment_config(config_path, overrides)[1]
-    isolation.warm_up()
+    isolation.warm_up(config)
     log = get_run_logger()
     with loop_lock(config.loop_id(), wait_s), tracking.running(config, tracking.loop_run(config)) as parent:
         start(config)
@@ -114,7 +114,7 @@ def reevaluate(config_path: str = "configs/demo.yaml", overrides: list[str] | No
     """Evaluate a published round again, e.g. with more samples (`eval_overrides=["eval.k=16"]`). The
     loop is named by config_path + overrides; eval settings change only this evaluation."""
     path, config = deployment_config(config_path, overrides, eval_overrides)
-    isolation.warm_up()
+    isolation.warm_up(config)
     loop = config.loop_id()
     at = Layout.of(config)
     model = at.generator(round)

@@ -19,7 +19,7 @@ def who(tag):
     print("probe says", tag, flush=True)
     return {"pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(), "tag": tag, "version": VERSION,
             "env": os.environ.get("VSTAR_TEST_PROBE"), "progress": bool(os.environ.get("VSTAR_PROGRESS")),
-            "torch_preloaded": "torch" in sys.modules}
+            "torch_preloaded": "torch" in sys.modules, "vllm_preloaded": "vllm" in sys.modules}
 
 def fail():
     raise ValueError("the probe failed on purpose")
@@ -89,3 +89,20 @@ def test_the_plain_way_when_warm_starts_are_off(probe, tmp_path, monkeypatch):
     assert warm.helper(dict(os.environ)) is None
     out = call_isolated("warm_probe:who", {"tag": "c"}, "probe", log_dir=tmp_path / "logs")
     assert out["ppid"] == os.getpid() and not out["torch_preloaded"] and out["env"] == "from-the-parent"
+
+
+def test_the_helper_leaves_vllm_out_when_the_run_uses_no_vllm_engine(probe, tmp_path, monkeypatch):
+    """A run on the transformers backend (generation, PRM and ORM scorers) does not pay vLLM's import
+    (~9 s of CPU) in every flow process; one that uses a vLLM engine keeps it preloaded."""
+    from components.config import load_config
+    from components.infra.isolation import warm_up
+
+    monkeypatch.setenv("VSTAR_TEST_PROBE", "no-vllm")  # a helper of this test's own
+    monkeypatch.setenv(warm.VLLM_ENV, "unset")  # restored after the test
+    warm_up(load_config(None, ["generation.backend=transformers"]))
+    out = call_isolated("warm_probe:who", {"tag": "t"}, "probe", log_dir=tmp_path / "logs")
+    assert out["torch_preloaded"] and not out["vllm_preloaded"], out
+    for sets in (["generation.backend=vllm"], ["generation.backend=transformers", "prm.scorer=vllm"]):
+        monkeypatch.setenv("VSTAR_WARM_START", "0")  # only the flag here: no second helper to start
+        warm_up(load_config(None, sets))
+        assert os.environ[warm.VLLM_ENV] == "1", sets

@@ -98,10 +98,13 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def warm_up() -> None:
-    """Get stage children ready to start at once (components/infra/warm.py), in the background."""
+def warm_up(cfg=None) -> None:
+    """Get stage children ready to start at once (components/infra/warm.py), in the background; with
+    the run's config at hand, vLLM is preloaded only if a stage of it uses a vLLM engine."""
     from components.infra import warm
 
+    if cfg is not None:  # in this process's environment: every later child, and the helper's key, agree
+        os.environ[warm.VLLM_ENV] = "1" if "vllm" in (cfg.generation.backend, cfg.prm.scorer, cfg.orm.scorer) else "0"
     if warm.enabled():
         warm.prestart(child_env())
 

@@ -24,6 +24,9 @@ import threading
 from pathlib import Path
 
 PRELOAD = ("torch", "transformers", "vllm", "vllm.entrypoints.llm")
+# "0": the run uses no vLLM engine (its generation backend and scorers are transformers), and the helper
+# leaves vLLM out: ~9 s of CPU per flow process for an import no stage would use (set by warm_up).
+VLLM_ENV = "VSTAR_WARM_VLLM"
 # Set in the flow process by libraries as they import (scikit-learn, threadpoolctl, MLflow): not a
 # different environment for the helper's imports (each child gets the exact one anyway), so they do not
 # cost a second helper (~10 s, ~1 GB) halfway through a round.
@@ -173,7 +176,8 @@ def prestart(env: dict[str, str]) -> None:
 # ------------------------------------------------------------------------------ the helper's side
 
 def _serve() -> None:
-    for name in PRELOAD:  # an optimisation only: whatever does not import is imported by the child
+    skip = ("vllm",) if os.environ.get(VLLM_ENV) == "0" else ()
+    for name in [n for n in PRELOAD if n.split(".")[0] not in skip]:  # an optimisation only: a child imports the rest
         try:
             __import__(name)
         except Exception:
