@@ -102,6 +102,13 @@ def test_the_helper_leaves_vllm_out_when_the_run_uses_no_vllm_engine(probe, tmp_
     warm_up(load_config(None, ["generation.backend=transformers"]))
     out = call_isolated("warm_probe:who", {"tag": "t"}, "probe", log_dir=tmp_path / "logs")
     assert out["torch_preloaded"] and not out["vllm_preloaded"], out
+    # A helper that has vLLM serves a run without it too (in-process flows of both kinds keep one helper).
+    monkeypatch.setenv(warm.VLLM_ENV, "1")
+    with_vllm = call_isolated("warm_probe:who", {"tag": "v"}, "probe", log_dir=tmp_path / "logs")
+    assert with_vllm["vllm_preloaded"] and with_vllm["ppid"] != out["ppid"]
+    monkeypatch.setenv(warm.VLLM_ENV, "0")
+    again = call_isolated("warm_probe:who", {"tag": "t2"}, "probe", log_dir=tmp_path / "logs")
+    assert again["ppid"] == with_vllm["ppid"]
     for sets in (["generation.backend=vllm"], ["generation.backend=transformers", "prm.scorer=vllm"]):
         monkeypatch.setenv("VSTAR_WARM_START", "0")  # only the flag here: no second helper to start
         warm_up(load_config(None, sets))

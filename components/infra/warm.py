@@ -151,10 +151,13 @@ def helper(env: dict[str, str]) -> Helper | None:
     running is stopped: each holds the imported libraries' memory (~1 GB)."""
     if not enabled():
         return None
-    key = json.dumps(sorted((k, v) for k, v in env.items() if k not in SET_BY_LIBRARIES))
+    # A helper that preloaded vLLM serves a run that needs none as well: only a run that needs vLLM
+    # replaces one that left it out (a process running flows of both kinds keeps one helper).
+    wants_vllm = env.get(VLLM_ENV) != "0"
+    key = json.dumps(sorted((k, v) for k, v in env.items() if k not in (*SET_BY_LIBRARIES, VLLM_ENV)))
     with _GUARD:
         h = _HELPERS.get(key)
-        if h is not None and h.alive():
+        if h is not None and h.alive() and (h.vllm or not wants_vllm):
             return h
         for other, old in list(_HELPERS.items()):
             if not old.alive() or not old.running():
@@ -164,6 +167,7 @@ def helper(env: dict[str, str]) -> Helper | None:
             _HELPERS[key] = h = Helper(env)
         except RuntimeError:
             return None
+        h.vllm = wants_vllm
         return h
 
 

@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -173,8 +174,6 @@ def train_dpo(init_dir: str | Path, out_dir: str | Path, pairs: list[dict], beta
     tok.save_pretrained(str(out_dir))
     (out_dir / FORMAT_FILE).write_text(json.dumps({"kind": "dpo", "beta": beta, "score": "beta * (log pi - log pi_ref)"},
                                                   indent=2) + "\n")
-    import shutil
-
     shutil.rmtree(out_dir / "_trainer", ignore_errors=True)
     params, tokens = model.num_parameters(), int(trainer.state.num_input_tokens_seen)
     losses = [loss for _, loss in points] or [float("nan")]
