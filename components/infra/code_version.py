@@ -87,8 +87,9 @@ def stamped(module: str, inputs: dict[str, str | None] | None = None):
 
 def input_digests(kwargs: dict) -> dict[str, str | None]:
     """{uri: sha256 of its published manifest, or None} for a stage's inputs: its `*_uri` and `*_uris`
-    arguments (not `out_uri`; `*_uris` a list, or a dict of name -> URI). Recorded in what the stage publishes, so a rerun can tell that an input
-    was made again since (a recomputed stage) and that this output is out of date."""
+    arguments (not `out_uri`; `*_uris` a list, or a dict of name -> URI). Recorded in what the stage
+    publishes, so a rerun can tell that an input was made again since (a recomputed stage) and that
+    this output is out of date."""
     from components.infra import store  # store stamps manifests with this module: import late
 
     uris = [u for k, v in sorted(kwargs.items()) if k != "out_uri" and k.endswith(("_uri", "_uris"))

@@ -21,6 +21,30 @@ def ensure_pad_token(tokenizer):
     return tokenizer
 
 
+def token_logprobs(model, sequences: list[list[int]], pad_id: int, batch_size: int = 32) -> list[list[float | None]]:
+    """Per sequence: None, then log P(token | the tokens before it) for each later token; right-padded
+    batches of one forward pass each (causal attention leaves the real tokens alone). Reports progress."""
+    import torch
+
+    from components.infra import progress
+
+    device = next(model.parameters()).device
+    result: list[list[float | None]] = []
+    progress.report("sequences", 0, len(sequences))
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start : start + batch_size]
+        input_ids = torch.full((len(chunk), max(map(len, chunk))), pad_id, dtype=torch.long)
+        attn = torch.zeros_like(input_ids)
+        for i, ids in enumerate(chunk):
+            input_ids[i, : len(ids)], attn[i, : len(ids)] = torch.tensor(ids), 1
+        with torch.no_grad():
+            logits = model(input_ids=input_ids.to(device), attention_mask=attn.to(device)).logits
+        lp = logits[:, :-1].float().log_softmax(-1).gather(-1, input_ids[:, 1:, None].to(device))[..., 0].cpu()
+        result += [[None] + lp[i, : len(ids) - 1].tolist() for i, ids in enumerate(chunk)]
+        progress.report("sequences", len(result), len(sequences))
+    return result
+
+
 def encode_examples(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int]]:
     """(prompt, completion) -> (ids of BOS + prompt + completion + EOS, number of prompt ids)."""
     prompts = tokenizer([p for p, _ in pairs], add_special_tokens=True)["input_ids"]

@@ -4,8 +4,8 @@ generator itself as the reference policy. A solution's score is DPO's implicit r
 
     r(x, y) = beta * (log pi_dpo(y | x) - log pi_ref(y | x))
 
-the quantity the DPO loss ranks a pair by (V-STaR, section 3: the verifier's score of a candidate),
-so no head is added and no label but "is the final answer right?" is needed. The verifier's plain
+the quantity the DPO loss ranks a pair by (Rafailov et al., eq. 5; V-STaR's full text could not be
+read where this was written, so its own wording of the rule is unchecked), so no head is added and no label but "is the final answer right?" is needed. The verifier's plain
 likelihood per token is also reported, so the two readings can be compared on the same pool
 (components/evaluation/verifiers.py: `dpo`, `dpo_likelihood`).
 
@@ -51,30 +51,14 @@ def completion_logps(model, tok, prompts: list[str], completions: list[str], bat
     """Sum of log P(completion token | what precedes) per pair, the completion starting where the
     tokenized prompt and prompt + completion part (TRL's rule, so training and scoring agree); each
     completion's number of tokens is appended to `counts` when given."""
-    import torch
+    from components.models.causal_lm import token_logprobs
 
-    from components.infra import progress
-
-    device = next(model.parameters()).device
-    out: list[float] = []
-    for start in range(0, len(prompts), batch_size):
-        ps, cs = prompts[start : start + batch_size], completions[start : start + batch_size]
-        full = [tok(p + c)["input_ids"] for p, c in zip(ps, cs)]
-        cut = [_common_prefix(tok(p)["input_ids"], f) for p, f in zip(ps, full)]
-        width = max(map(len, full))
-        ids = torch.full((len(full), width), tok.pad_token_id or 0, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, f in enumerate(full):  # right padding: causal attention leaves real tokens alone
-            ids[i, : len(f)], attn[i, : len(f)] = torch.tensor(f), 1
-        with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
-        lp = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()
-        for i, (f, c) in enumerate(zip(full, cut)):
-            out.append(float(lp[i, max(c, 1) - 1 : len(f) - 1].sum()))
-            if counts is not None:
-                counts.append(len(f) - max(c, 1))
-        progress.report("sequences", len(out), len(prompts))
-    return out
+    full = [tok(p + c)["input_ids"] for p, c in zip(prompts, completions)]
+    cut = [max(1, _common_prefix(tok(p)["input_ids"], f)) for p, f in zip(prompts, full)]
+    lps = token_logprobs(model, full, tok.pad_token_id or 0, batch_size)
+    if counts is not None:
+        counts += [len(f) - c for f, c in zip(full, cut)]
+    return [sum(lp[c:]) for lp, c in zip(lps, cut)]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

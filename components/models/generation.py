@@ -210,24 +210,10 @@ class TransformersBackend:
         return results
 
     def token_logprobs(self, sequences: list[list[int]], lora_request=None) -> list[list[float | None]]:
-        import torch
+        from components.models.causal_lm import token_logprobs
 
         self._use_adapter(lora_request)
-        result: list[list[float | None]] = []
-        progress.report("sequences", 0, len(sequences))
-        for start in range(0, len(sequences), self.batch_size):
-            chunk = [ids[: self.max_model_len] for ids in sequences[start : start + self.batch_size]]
-            width = max(len(ids) for ids in chunk)
-            input_ids = torch.full((len(chunk), width), self.tok.pad_token_id, dtype=torch.long)
-            attn = torch.zeros_like(input_ids)
-            for i, ids in enumerate(chunk):  # right padding: causal attention leaves real tokens alone
-                input_ids[i, : len(ids)], attn[i, : len(ids)] = torch.tensor(ids), 1
-            with torch.no_grad():
-                logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attn.to(self.device)).logits
-            lp = logits[:, :-1].float().log_softmax(-1).gather(-1, input_ids[:, 1:, None].to(self.device))[..., 0].cpu()
-            for i, (ids, full) in enumerate(zip(chunk, sequences[start : start + self.batch_size])):
-                row = [None] + lp[i, : len(ids) - 1].tolist()
-                result.append(row + [None] * (len(full) - len(row)))
-            progress.report("sequences", len(result), len(sequences))
-        return result
+        known = token_logprobs(self.model, [ids[: self.max_model_len] for ids in sequences], self.tok.pad_token_id,
+                               self.batch_size)
+        return [row + [None] * (len(full) - len(row)) for row, full in zip(known, sequences)]  # past the context
 
