@@ -137,8 +137,10 @@ class Reference(threading.Thread):
     def _run(self):
         stack = services.ServiceStack(self.tmp / "mlflow-outage")  # its own server: stopping it touches no other test
         try:
-            port = services.free_port()
-            server = stack.mlflow(None, port=port)
+            # A port the server itself was started on, not one picked here and checked again: another
+            # process of the suite could take a port in the moment between the pick and the check.
+            server = stack.mlflow(None)
+            port = urlparse(server.uri).port
             p = self.runs.start(self.store_uri, server.uri, embedded=True)
             child = wait_for(lambda: stage_child(p, "generate") or p.poll() is not None, 600, "round 1's generate")
             assert p.poll() is None, self.runs.output(p)[-3000:]

@@ -79,6 +79,18 @@ def test_full_sft_lowers_masked_loss(tiny_model_dir, smoke_family, tmp_path):
     assert config(tmp_path / "ft") == config(tiny_model_dir)
 
 
+def test_a_round_that_kept_a_handful_of_traces_still_trains(tiny_model_dir, smoke_family, tmp_path):
+    """Three kept examples, one optimizer step: the step is taken at the learning rate, not spent
+    warming up from 0 (transformers rounds a warmup ratio up to a whole step), so the adapter moves."""
+    from safetensors import safe_open
+
+    res = sft(tiny_model_dir, tmp_path / "lora", gold_pairs(smoke_family, "train", 3), epochs=1, lr=1e-3,
+              batch_size=8, seed=0, lora=LORA)
+    assert res["steps"] == 1 and res["log_history"][0]["lr"] > 0
+    with safe_open(str(tmp_path / "lora" / "adapter_model.safetensors"), "pt") as f:
+        assert any(f.get_tensor(k).abs().sum() > 0 for k in f.keys() if "lora_B" in k)
+
+
 def test_lora_adapter_generates_through_vllm_like_peft(tiny_model_dir, smoke_cfg, smoke_family, tmp_path):
     import torch
     from peft import PeftModel

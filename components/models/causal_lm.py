@@ -127,6 +127,13 @@ class _Items:
         return self.items[i]
 
 
+def warmup_steps(steps: int, ratio: float) -> int:
+    """Warmup as a whole number of steps, rounded down. transformers rounds a ratio up, so a run of a
+    few steps (a round that kept a handful of traces) spent all of them warming up from learning rate
+    0 and left the model as it was (a LoRA adapter's B matrices stayed zero)."""
+    return int(steps * ratio)
+
+
 def fit(model, items: list, collate: Callable[[list], dict], epochs: float, lr: float, batch_size: int, seed: int,
         warmup_ratio: float = 0.05, log: Callable[[int, dict], None] | None = None, threads: int | None = None,
         placement: Placement = CPU, compute_loss: Callable | None = None) -> dict:
@@ -163,7 +170,7 @@ def fit(model, items: list, collate: Callable[[list], dict], epochs: float, lr: 
         args = TrainingArguments(
             output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=lr,
             weight_decay=0.01, adam_beta2=0.98, max_grad_norm=1.0, lr_scheduler_type="cosine",
-            warmup_steps=int(steps * warmup_ratio), seed=seed, data_seed=seed, report_to=[], save_strategy="no",
+            warmup_steps=warmup_steps(steps, warmup_ratio), seed=seed, data_seed=seed, report_to=[], save_strategy="no",
             dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
             logging_steps=max(1, steps // 100), logging_first_step=True, **placement.trainer_args(),
             include_num_input_tokens_seen="non_padding",  # the compute a verifier cost (issue #13)

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from components.models.causal_lm import progress_callback
+from components.models.causal_lm import progress_callback, warmup_steps
 from components.models.hardware import CPU, Placement
 from components.models.prm import _heldout_prompts, auroc, within_auroc
 
@@ -140,8 +140,8 @@ def train_dpo(init_dir: str | Path, out_dir: str | Path, pairs: list[dict], beta
     args = DPOConfig(
         output_dir=str(Path(out_dir) / "_trainer"), num_train_epochs=epochs, learning_rate=lr,
         per_device_train_batch_size=batch_size, seed=seed, data_seed=seed, lr_scheduler_type="cosine",
-        warmup_steps=0.05, beta=beta, precompute_ref_log_probs=True, **placement.trainer_args(), report_to=[],
-        save_strategy="no", dataloader_num_workers=0, logging_steps=max(1, steps // 50), logging_first_step=True,
+        warmup_steps=warmup_steps(steps, 0.05), beta=beta, precompute_ref_log_probs=True, **placement.trainer_args(),
+        report_to=[], save_strategy="no", dataloader_num_workers=0, logging_steps=max(1, steps // 50), logging_first_step=True,
         disable_tqdm=True, max_length=model.config.max_position_embeddings,
         include_num_input_tokens_seen="non_padding")
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(train), processing_class=tok,
