@@ -113,8 +113,8 @@ def smoke_cfg(tmp_path_factory):
     from components.config import load_config
 
     # VSTAR_TEST_STORE (developers only, unset in CI): a store kept between sessions, so the tiny
-    # model below is trained once rather than per session.
-    store_dir = os.environ.get("VSTAR_TEST_STORE") or tmp_path_factory.mktemp("store")
+    # model below is trained once rather than per session. The workers of one session share theirs.
+    store_dir = os.environ.get("VSTAR_TEST_STORE") or _shared_dir(tmp_path_factory, "store")
     return load_config(Path(__file__).resolve().parent.parent / "configs/smoke.yaml", [f"store_uri={store_dir}"])
 
 
@@ -143,15 +143,31 @@ def pytest_collection_modifyitems(session, config, items):
     _TINY["needed"] = any(uses.values())
 
 
+def _shared_dir(tmp_path_factory, name: str) -> Path:
+    """A directory every pytest-xdist worker of this session sees (beside their own temporary
+    directories); without xdist, the session's own."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return tmp_path_factory.mktemp(name)
+    path = tmp_path_factory.getbasetemp().parent / name
+    path.mkdir(exist_ok=True)
+    return path
+
+
 def _train_tiny_model(smoke_cfg, log_dir) -> str:
+    import fcntl
+
     from components.infra import store
     from components.infra.layout import Layout
     from components.infra.isolation import run_isolated
     from components.stages import bootstrap
 
     uri = Layout.of(smoke_cfg).bootstrap()
-    if not store.is_published(uri):
-        run_isolated(bootstrap, smoke_cfg, {"out_uri": uri}, log_dir=log_dir)
+    # One trainer per store: the other workers of the session (or another session on the same
+    # VSTAR_TEST_STORE) wait for it here and then find the model published.
+    with open(f"{smoke_cfg.store_uri.rstrip('/')}.tiny-model.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not store.is_published(uri):
+            run_isolated(bootstrap, smoke_cfg, {"out_uri": uri}, log_dir=log_dir)
     return uri
 
 
