@@ -17,7 +17,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(VLLM_EXTRA),test]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(VLLM_EXTRA),ray,test]"
 	# CUDA-only wheels that pip pulls in break `from vllm import LLM` on CPU (torchvision::nms);
 	# vLLM needs them only for multimodal models.
 	[ "$(VLLM_EXTRA)" = gpu ] || $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton

@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from components.config_sections import (CurriculumConfig, DecontamConfig, EvalConfig, FamilyConfig, FilterConfig,
-                                        DPOVerifierConfig, GenerationConfig, HardwareConfig, ModelConfig, ORMConfig, PRMConfig, ScoringConfig, SFTConfig, Strict,
+                                        DPOVerifierConfig, ExecutionConfig, GenerationConfig, HardwareConfig, ModelConfig, ORMConfig, PRMConfig, ScoringConfig, SFTConfig, Strict,
                                         TrainConfig)
 from components.infra.redact import redact, redact_tree
 
@@ -28,8 +28,9 @@ class ConfigError(ValueError):
 # so `--set rounds=5` continues the same loop and an s3:// store holds the same loop as a local one.
 # `hardware` too: a loop started on a CPU may go on on a GPU (each stage's metrics say whether it
 # used one: used_gpu, peak_gpu_mb).
-# `recompute` says which published stages to make again this time, not what the loop is.
-NOT_IDENTITY = ("rounds", "store_uri", "tracking_uri", "experiment", "hardware", "recompute")
+# `recompute` says which published stages to make again this time, not what the loop is; `execution`
+# how its work is spread (shards make the same artifacts: tests/test_sharding.py).
+NOT_IDENTITY = ("rounds", "store_uri", "tracking_uri", "experiment", "hardware", "execution", "recompute")
 
 
 class RunConfig(Strict):
@@ -42,6 +43,7 @@ class RunConfig(Strict):
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite under .vstar/
     experiment: str = "vstar"
     hardware: HardwareConfig = HardwareConfig()
+    execution: ExecutionConfig = ExecutionConfig()
     family: FamilyConfig = FamilyConfig()
     model: ModelConfig = ModelConfig()
     bootstrap: TrainConfig = TrainConfig()

@@ -128,6 +128,23 @@ class HardwareConfig(Strict):
     group_by_length: bool = False
 
 
+class ExecutionConfig(Strict):
+    """Where the stages that split by problem (generate) run their work: `local`, one shard after
+    another on this machine, or `ray`, every shard at once as a Prefect task on a Ray cluster
+    (prefect-ray's RayTaskRunner), each with its own engine on its own `gpus_per_shard`. A shard
+    publishes on its own, so a failed one runs again alone (`retries`) and a rerun after a crash skips
+    the finished ones; the stage publishes once, after all of them. Seeds are per prompt, so the
+    artifacts do not depend on the sharding."""
+    engine: Literal["local", "ray"] = "local"
+    # ray: the cluster to join ("ray://head:10001", "auto": the one on this machine); None starts a
+    # temporary local cluster for the flow run.
+    address: str | None = None
+    shards: int = Field(1, ge=1, le=4096)
+    gpus_per_shard: float = Field(0.0, ge=0)
+    cpus_per_shard: float = Field(1.0, gt=0)
+    retries: int = Field(2, ge=0, le=10)
+
+
 class TrainConfig(Strict):
     epochs: float = Field(1.0, gt=0)
     lr: float = Field(2e-3, gt=0, lt=1)

@@ -20,6 +20,7 @@ from components.infra import code_version, progress, store, tracking
 from components.infra.isolation import run_isolated
 from components.infra.redact import redact
 from components.models.hardware import peak_memory
+from tasks.shards import run_sharded
 
 
 def run_stage(cfg: RunConfig, stage: ModuleType, out_uri: str, run_id: str | None, prefix: str | None = None,
@@ -32,7 +33,10 @@ def run_stage(cfg: RunConfig, stage: ModuleType, out_uri: str, run_id: str | Non
     if reused is not None:
         return reused
     t0 = time.monotonic()
-    if stage.STAGE.isolated:  # the child's metrics carry its own peak memory (components/infra/isolation.py)
+    if stage.STAGE.shardable and cfg.execution.shards > 1:  # split by problem, maybe over a Ray cluster
+        log.info("%s: %d shards on %s -> %s", name, cfg.execution.shards, cfg.execution.engine, redact(out_uri))
+        metrics = run_sharded(cfg, stage, out_uri, kwargs, inputs)
+    elif stage.STAGE.isolated:  # the child's metrics carry its own peak memory (components/infra/isolation.py)
         log.info("%s: running in a child process -> %s", name, redact(out_uri))
         show = progress.watcher(name, log.info)
         try:

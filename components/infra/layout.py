@@ -6,6 +6,7 @@ stage that writes a path and the one that reads it ask it. Nothing else builds a
     <store>/data/<family hash>/<split>                   problems read from files, quarantine.jsonl beside them
     <store>/labels/<import hash>                         imported human step labels
     <store>/loops/<loop id>/round-<n>/<artifact>         candidates, scored, filtered, model, prm, eval, report
+    <artifact>.shards/<i>-of-<n>                         a sharded stage's parts, until the artifact is published
     <store>/catalog/<dataset id>.json                    catalogued filtered datasets
     <store>/sft/<dataset id>/<key>                       `vstar sft` models
 """
@@ -94,3 +95,9 @@ class Layout:
     def generator(self, n: int) -> str:
         """G_n: the bootstrap for n = 0, else round n's model."""
         return self.bootstrap() if n == 0 else self.round(n, "model")
+
+    @staticmethod
+    def shard(artifact_uri: str, i: int, n: int) -> str:
+        """Part i (0-based) of n of a sharded stage's artifact: published on its own, so a rerun skips
+        the finished parts; removed once the artifact they make up is published."""
+        return f"{artifact_uri.rstrip('/')}.shards/{operator.index(i) + 1}-of-{operator.index(n)}"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -82,6 +83,12 @@ class PrefectWorker:
 class PrefectServer:
     api_url: str
     home: Path
+    service: Service
+
+
+@dataclass
+class RayHead:
+    address: str  # what ray.init / execution.address take: "127.0.0.1:PORT"
     service: Service
 
 
@@ -250,6 +257,28 @@ class ServiceStack:
         svc.startup_s += pool_s  # report pool creation + worker start together
         return PrefectWorker(pool=pool, service=svc)
 
+
+    # -- Ray cluster head (with its worker processes) --------------------------------------------
+    def ray_head(self, num_cpus: int = 2, port: int | None = None) -> RayHead:
+        """A one-node Ray cluster on 127.0.0.1 (`ray start --head --block`: the cluster lives as long as
+        this process group). No dashboard; a small object store: shards pass URIs, not data."""
+        port = self._port(port)
+        address = f"127.0.0.1:{port}"
+        temp = Path("/tmp") / f"ray-{port}"  # Ray's socket paths must stay under ~100 characters
+        cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+               "--num-cpus", str(num_cpus), "--include-dashboard", "false", "--disable-usage-stats",
+               "--object-store-memory", str(100 * 2**20), "--temp-dir", str(temp)]
+        # SIGTERM, then SIGKILL for the whole group (raylet, GCS, workers) after 2 s: `ray start --block`
+        # takes ~10 s to wind a cluster down that is being thrown away anyway.
+        svc = Service("ray-head", cmd, self.logs / "ray-head.log", env=service_env(RAY_USAGE_STATS_ENABLED="0"),
+                      cwd=self.tmp, stop_signals=((signal.SIGTERM, 2.0),))
+        status = [str(BIN / "ray"), "status", "--address", address]
+
+        def ready() -> bool:
+            return subprocess.run(status, capture_output=True, timeout=60).returncode == 0
+
+        self._launch(svc, ready, f"`ray status --address {address}` to succeed", timeout=3 * STARTUP_TIMEOUT_S)
+        return RayHead(address=address, service=svc)
 
     # -- vLLM OpenAI-compatible server -----------------------------------------------------------
     def vllm_serve(self, model_dir: str | os.PathLike, model: str = "judge", api_key: str | None = None,

@@ -22,6 +22,9 @@ class Stage:
     publishes: str  # the artifact it publishes
     accelerator: bool = False  # generation, scoring, training: one at a time per GPU ("gpu" tag)
     isolated: bool = False  # heavy: runs in its own child process
+    # splits its work by problem (`run(..., shard=(i, n))`) and puts the parts together (`merge`)
+    # when `execution.shards` > 1 (components/infra/shards.py, tasks/shards.py)
+    shardable: bool = False
     metrics: str = ""  # prefix of its MLflow metrics (default: name); kept stable so rounds stay comparable
     summary: tuple[str, ...] = ()  # its one console line: format strings over its metrics (progress.summary)
 

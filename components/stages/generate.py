@@ -7,12 +7,12 @@ from components.config import RunConfig
 from components.data.curriculum import round_problems
 from components.data.prompting import family_of
 from components.data.ingest import Quarantine, reject_long
-from components.infra import store
+from components.infra import shards, store
 from components.models import serving
 from components.models.generation import Sampling
 from components.stages import Stage
 
-STAGE = Stage("generate", reads=("model",), publishes="candidates", accelerator=True, isolated=True,
+STAGE = Stage("generate", reads=("model",), publishes="candidates", accelerator=True, isolated=True, shardable=True,
               summary=("{traces:,} traces", "{accuracy:.1%} correct", "{k_tokens_per_s:.1f}k tok/s"))
 
 
@@ -22,15 +22,18 @@ def problem_row(p) -> dict:
             "difficulty": p.difficulty}
 
 
-def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, target: int | None = None) -> dict:
+def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, target: int | None = None,
+        shard: list[int] | None = None) -> dict:
+    """`shard` (i, n): only the i-th of n blocks of the round's problems (components/infra/shards.py)."""
     fam = family_of(cfg)
     g = cfg.generation
     # A problem whose prompt leaves no room for a solution in the model's context is quarantined.
     q = Quarantine(f"{cfg.family.name}:train")
     tok = serving.tokenizer(model_uri)
-    problems = reject_long(round_problems(cfg, fam, target, round_idx), lambda t: len(tok(t).input_ids),
-                           cfg.model.max_positions - g.max_tokens, q, field_name="prompt")
-    q.write(store.join(out_uri, "quarantine.jsonl"))
+    problems = reject_long(shards.part(round_problems(cfg, fam, target, round_idx), shard),
+                           lambda t: len(tok(t).input_ids), cfg.model.max_positions - g.max_tokens, q,
+                           field_name="prompt")
+    q.write(store.join(out_uri, shards.QUARANTINE))
     t0 = time.perf_counter()
     generator = serving.Generator(cfg, model_uri, fam)
     t_load = time.perf_counter() - t0
@@ -41,11 +44,32 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, target: in
              "cumulative_logprob": s.cumulative_logprob, "finish_reason": s.finish_reason,
              "correct": fam.is_correct(p, s.text), "gold_first_error": fam.first_error(p, s.text)}
             for p, samples in zip(problems, outs) for j, s in enumerate(samples)]
-    n_tokens = sum(len(r["token_ids"]) for r in rows)
-    metrics = {"target_ops": target or 0, "problems": len(problems), "too_long_quarantined": len(q.rejected),
-               "traces": len(rows), "correct": sum(r["correct"] for r in rows),
-               "accuracy": sum(r["correct"] for r in rows) / max(1, len(rows)), "tokens": n_tokens,
-               "tokens_per_s": n_tokens / max(t_gen, 1e-9), "engine_load_s": t_load,
-               "seconds": time.perf_counter() - t0}
+    metrics = _metrics(rows, target, len(problems), len(q.rejected), t_load, t_gen, time.perf_counter() - t0)
     store.write_rows(rows, out_uri, {"stage": "generate", "round": round_idx, "model": model_uri, "metrics": metrics})
     return metrics
+
+
+def merge(cfg: RunConfig, out_uri: str, parts: list[str], model_uri: str, round_idx: int,
+          target: int | None = None, seconds: float = 0.0) -> dict:
+    """Publish the round's candidates from its shards' (`parts`, in shard order): the rows the
+    unsharded stage writes. Engine load and generation time add up over the shards; `seconds` is the
+    stage's wall time."""
+    rows, each = shards.gather(parts)
+    shards.gather_quarantine(parts, out_uri)
+    total = lambda key: sum(m.get(key, 0) for m in each)  # noqa: E731
+    gen_s = sum(m["tokens"] / m["tokens_per_s"] for m in each if m.get("tokens_per_s"))
+    metrics = {**_metrics(rows, target, total("problems"), total("too_long_quarantined"), total("engine_load_s"),
+                          gen_s, seconds), "shards": len(parts),
+               # what sharding costs: the stage's wall time beyond its slowest shard's own
+               "slowest_shard_s": max(m.get("seconds", 0.0) for m in each)}
+    store.write_rows(rows, out_uri, {"stage": "generate", "round": round_idx, "model": model_uri, "metrics": metrics})
+    return metrics
+
+
+def _metrics(rows: list[dict], target: int | None, problems: int, quarantined: int, t_load: float, t_gen: float,
+             seconds: float) -> dict:
+    n_tokens = sum(len(r["token_ids"]) for r in rows)
+    return {"target_ops": target or 0, "problems": problems, "too_long_quarantined": quarantined,
+            "traces": len(rows), "correct": sum(r["correct"] for r in rows),
+            "accuracy": sum(r["correct"] for r in rows) / max(1, len(rows)), "tokens": n_tokens,
+            "tokens_per_s": n_tokens / max(t_gen, 1e-9), "engine_load_s": t_load, "seconds": seconds}

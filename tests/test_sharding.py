@@ -1,0 +1,120 @@
+"""Sharded stages on a Ray cluster (#16), against the real services: a local Ray head (started and
+stopped by the session like the other services), the Prefect server, MLflow, the S3 store.
+
+One round of the smoke config generates in 2 shards, each a Prefect task on Ray (prefect-ray) with its
+own vLLM engine, while one shard's stage process is SIGKILLed mid-way: the shard is retried alone, the
+candidates are published once, and they, the scored and the filtered datasets are byte for byte those
+of the unsharded stages; MLflow holds one round run with the merged metrics."""
+from __future__ import annotations
+
+import threading
+
+import mlflow
+import psutil
+import pytest
+
+from components.infra import store, tracking
+from components.infra.layout import Layout
+from components.stages import filter as filter_stage, generate, score
+from tests.procs import PublishedWatcher, stage_child, stray_files, wait_for
+
+# A round as short as it gets on the tiny model (as tests/test_faults.py), generating on vLLM: its
+# seeds are per prompt, so a shard's samples do not depend on which other prompts share its engine.
+OVERRIDES = {"family.eval.per_level": 5, "eval.sampled_per_level": 2, "curriculum.problems": 24}
+
+
+@pytest.fixture(scope="module")
+def ray_head(service_stack):
+    handle = service_stack.ray_head(num_cpus=2)
+    try:
+        yield handle
+    finally:
+        service_stack.stop(handle.service)
+
+
+def _cfg(smoke_cfg, store_uri: str, **execution):
+    from components.config import load_config
+
+    sets = [f"{k}={v}" for k, v in OVERRIDES.items()] + [f"execution.{k}={v}" for k, v in execution.items()]
+    return load_config("configs/smoke.yaml", [f"store_uri={store_uri}", *sets])
+
+
+class Killer(threading.Thread):
+    """SIGKILLs the first shard's stage process it finds under the Ray head, once, a moment in."""
+
+    def __init__(self, head_pid: int):
+        super().__init__(daemon=True)
+        self.head_pid, self.killed, self.stop = head_pid, None, threading.Event()
+
+    def run(self):
+        child = wait_for(lambda: self.stop.is_set() or stage_child(self.head_pid, "generate"), 600, "a shard")
+        if child is True:
+            return
+        self.stop.wait(1.0)  # mid-way: its engine is loading or generating
+        try:
+            child.kill()
+            self.killed = child.pid
+        except psutil.NoSuchProcess:
+            pass
+
+
+def test_two_shards_on_ray_match_the_unsharded_round(ray_head, s3, mlflow_server, prefect_server, smoke_cfg,
+                                                      tiny_model_dir, tmp_path):
+    from prefect import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    from flows.self_improve import self_improve
+    from tasks.generate import generate_task
+
+    cfg = _cfg(smoke_cfg, s3.uri("sharded"), engine="ray", shards=2, address=ray_head.address)
+    cfg = cfg.model_copy(update={"tracking_uri": mlflow_server, "experiment": "sharding", "rounds": 1})
+    layout = Layout.of(cfg)
+    store.publish_folder(tiny_model_dir, layout.bootstrap(), {"kind": "model"})
+
+    killer = Killer(ray_head.service.pid)
+    with PublishedWatcher(cfg.store_uri) as watcher:
+        killer.start()
+        result = self_improve(cfg)["rounds"][1]
+        killer.stop.set()
+        killer.join()
+    assert killer.killed, "no shard process was found to kill"
+    assert not watcher.violations, watcher.violations
+
+    # The killed shard ran again, alone: one shard task with two runs, the other with one.
+    with get_client(sync_client=True) as c:
+        runs = c.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="generate-shard")))
+    assert sorted(r.run_count for r in runs) == [1, 2], [(r.name, r.run_count, r.state_name) for r in runs]
+    candidates = layout.round(1, "candidates")
+    manifest = store.read_manifest(candidates)
+    assert manifest["metrics"]["shards"] == 2
+    # Published once (the watcher saw one manifest), its parts gone, nothing else left behind.
+    assert stray_files(cfg.store_uri) == []
+    assert not store.fs_for(candidates + ".shards")[0].exists(store.fs_for(candidates + ".shards")[1])
+
+    # The unsharded stages on the same model make the same bytes.
+    ref = _cfg(smoke_cfg, str(tmp_path / "ref"))
+    ref_layout = Layout.of(ref)
+    g0 = ref_layout.bootstrap()
+    store.publish_folder(tiny_model_dir, g0, {"kind": "model"})
+    generate.run(ref, ref_layout.round(1, "candidates"), g0, 1, result["target"])
+    score.run(ref, ref_layout.round(1, "scored"), g0, ref_layout.round(1, "candidates"), 1)
+    filter_stage.run(ref, ref_layout.round(1, "filtered"), ref_layout.round(1, "scored"), 1)
+    for artifact in ("candidates", "scored", "filtered"):
+        got, want = store.read_manifest(layout.round(1, artifact)), store.read_manifest(ref_layout.round(1, artifact))
+        assert got["digests"] == want["digests"], artifact
+    assert manifest["rows"] == store.read_manifest(ref_layout.round(1, "candidates"))["rows"] > 0
+    # So do 3 uneven shards run one after another on this machine (the local engine).
+    local = _cfg(smoke_cfg, str(tmp_path / "local"), engine="local", shards=3)
+    store.publish_folder(tiny_model_dir, Layout.of(local).bootstrap(), {"kind": "model"})
+    uri, m = generate_task(local, Layout.of(local).bootstrap(), 1, result["target"], None)
+    assert m["shards"] == 3 and store.read_manifest(uri)["digests"] == manifest["digests"]
+
+    # MLflow: one run for the round, with the stage's merged metrics.
+    client = mlflow.MlflowClient(mlflow_server)
+    _, rounds = tracking.loop_runs(client, cfg.experiment, cfg.loop_id())
+    rounds = [r for r in rounds if r.data.tags[tracking.ROUND_TAG] == "1"]
+    assert len(rounds) == 1
+    metrics = rounds[0].data.metrics
+    assert metrics["generate/shards"] == 2
+    assert metrics["generate/traces"] == manifest["rows"] == result["generate"]["traces"]
+    assert metrics["generate/problems"] * cfg.generation.k == metrics["generate/traces"]
