@@ -97,13 +97,30 @@ def prefect_worker(service_stack, _prefect_server_handle):
         service_stack.stop(handle.service)
 
 
+_WORKERS: dict[str, dict] = {}  # pytest-xdist: each worker's services, reported by the controller
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: hand its services to the controller
+        session.config.workeroutput["vstar_services"] = {"startup": _STARTUP_TIMES, "stop": _STOP_TIMES,
+                                                         "logs": [str(p) for p in _SERVICE_LOGS]}
+
+
+def pytest_testnodedown(node, error):  # xdist, on the controller
+    out = getattr(node, "workeroutput", {}).get("vstar_services")
+    if out:
+        _WORKERS[node.gateway.id] = out
+
+
 def pytest_terminal_summary(terminalreporter):
-    if _STARTUP_TIMES:
-        times = ", ".join(f"{k} {v:.1f} s" for k, v in _STARTUP_TIMES.items())
-        stops = ", ".join(f"{k} {v:.1f} s" for k, v in _STOP_TIMES.items())
-        terminalreporter.write_line(f"service startup: {times}")
-        terminalreporter.write_line(f"service stop: {stops}")
-        terminalreporter.write_line(f"service logs: {', '.join(map(str, _SERVICE_LOGS))}")
+    reports = dict(_WORKERS) or {"": {"startup": _STARTUP_TIMES, "stop": _STOP_TIMES, "logs": _SERVICE_LOGS}}
+    for worker, r in sorted(reports.items()):
+        if not r["startup"]:
+            continue
+        who = f" ({worker})" if worker else ""
+        terminalreporter.write_line(f"service startup{who}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["startup"].items()))
+        terminalreporter.write_line(f"service stop{who}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["stop"].items()))
+        terminalreporter.write_line(f"service logs{who}: {', '.join(map(str, r['logs']))}")
 
 
 # ------------------------------------------------------------------ a real tiny model, trained once
@@ -126,20 +143,30 @@ def smoke_family(smoke_cfg):
 
 
 TINY_FIXTURES = {"tiny_model_uri", "tiny_model_dir"}
+# The modules that take minutes (`make test ARGS=--durations=40`), longest first: each group starts
+# with them, so the two xdist workers (which take modules in this order: --no-loadscope-reorder) end
+# together rather than one running a long module alone at the end. A stale list costs time, not results.
+LONGEST = ("test_round_e2e", "test_faults", "test_sharding", "test_label_sources", "test_pretrained", "test_judge",
+           "test_operations", "test_verifiers", "test_importers", "test_families_flow", "test_beam_search")
 _TINY: dict = {"needed": False}
 
 
 def pytest_collection_modifyitems(session, config, items):
     """Test modules that never use the session's tiny model run first, while it trains in the background
     (_tiny_model_training): its ~2 minutes overlap them instead of holding up the first test that needs
-    it. A module's tests stay together and in their order (module fixtures are set up once)."""
+    it; in each group the LONGEST modules first. A module's tests stay together and in their order
+    (module fixtures are set up once)."""
     def module(item) -> str:
         return item.nodeid.split("::")[0]
+
+    def longest_first(mod: str) -> int:
+        name = Path(mod).stem
+        return LONGEST.index(name) if name in LONGEST else len(LONGEST)
 
     uses: dict[str, bool] = {}
     for it in items:
         uses[module(it)] = uses.get(module(it), False) or bool(TINY_FIXTURES & set(it.fixturenames))
-    items[:] = sorted(items, key=lambda it: uses[module(it)])
+    items[:] = sorted(items, key=lambda it: (uses[module(it)], longest_first(module(it))))
     _TINY["needed"] = any(uses.values())
 
 

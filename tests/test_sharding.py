@@ -20,7 +20,9 @@ from tests.procs import PublishedWatcher, stage_child, stray_files, wait_for
 
 # A round as short as it gets on the tiny model (as tests/test_faults.py), generating on vLLM: its
 # seeds are per prompt, so a shard's samples do not depend on which other prompts share its engine.
-OVERRIDES = {"family.eval.per_level": 5, "eval.sampled_per_level": 2, "curriculum.problems": 24}
+# The verifiers are off: what is sharded is generation, and the round's other stages only need to run.
+OVERRIDES = {"family.eval.per_level": 5, "eval.sampled_per_level": 2, "curriculum.problems": 24,
+             "prm.enabled": "false", "orm.enabled": "false", "eval.beam.enabled": "false"}
 
 
 @pytest.fixture(scope="module")
