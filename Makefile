@@ -30,13 +30,12 @@ demo: install
 # worker on free 127.0.0.1 ports: nothing needs to be running beforehand. The HTML trace report is
 # checked in headless Chromium: Debian's package, installed here when missing (CI starts clean).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Two workers (pytest-xdist), a test file each at a time, in tests/conftest.py's order (longest first):
-# one process alone leaves a core of two idle ~40% of the time (Prefect and MLflow round trips,
-# service start-ups). TEST_WORKERS=0 runs in one process.
+# Two workers (pytest-xdist), a test file each at a time: one process alone leaves a core of two idle
+# ~40% of the time (Prefect and MLflow round trips, service start-ups). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: install
 	command -v chromium >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 bench: install
 	$(PY) benchmarks/generation.py
