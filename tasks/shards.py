@@ -34,19 +34,32 @@ FORWARDED_ENV = ("AWS_", "VSTAR_", "HF_", "FSSPEC_")
 @task(name="shard", cache_policy=NO_CACHE, persist_result=False)
 def shard_task(cfg: RunConfig, stage_module: str, part_uri: str, shard: list[int], kwargs: dict,
                inputs: dict) -> dict:
-    """Shard `shard` = (i, n) of the stage, published at `part_uri` (skipped when it already is)."""
-    if store.is_published(part_uri):
+    """Shard `shard` = (i, n) of the stage, published at `part_uri` (skipped when a crashed run left it
+    published from the same inputs by the same code, and the stage is not to be recomputed)."""
+    stage = importlib.import_module(stage_module)
+    if part_reusable(cfg, stage, part_uri, inputs):
         get_run_logger().info("shard %d of %d: published at %s: skipped", shard[0] + 1, shard[1], redact(part_uri))
         return store.read_manifest(part_uri).get("metrics", {})
-    stage = importlib.import_module(stage_module)
     return run_isolated(stage, cfg, {"out_uri": part_uri, "shard": shard, **kwargs}, inputs=inputs,
                         on_start=lambda path: get_run_logger().info("shard %d of %d: log %s", shard[0] + 1,
                                                                      shard[1], path))
 
 
+def part_reusable(cfg: RunConfig, stage: ModuleType, part_uri: str, inputs: dict) -> bool:
+    """A part left by an earlier run counts only if it is what this run would make: parts are found
+    again only after a crash (a finished stage removes them), and the inputs may have changed since."""
+    try:
+        manifest = store.read_manifest(part_uri)
+    except store.NotPublished:
+        return False
+    return (manifest.get("inputs") == inputs and not code_version.is_stale(manifest, stage.__name__)
+            and stage.STAGE.name not in cfg.recompute)
+
+
 @flow(name="vstar-shards", persist_result=False)  # the parts' manifests record what is done
 def shards_flow(cfg: RunConfig, stage_module: str, out_uri: str, kwargs: dict, inputs: dict) -> list[str]:
-    n, ex = cfg.execution.shards, cfg.execution
+    ex = cfg.execution
+    n = ex.shards
     parts = [Layout.shard(out_uri, i, n) for i in range(n)]
     one = shard_task.with_options(name=f"{stage_module.rsplit('.', 1)[-1]}-shard", retries=ex.retries)
     with _ray_resources(cfg):

@@ -120,3 +120,19 @@ def test_two_shards_on_ray_match_the_unsharded_round(ray_head, s3, mlflow_server
     assert metrics["generate/shards"] == 2
     assert metrics["generate/traces"] == manifest["rows"] == result["generate"]["traces"]
     assert metrics["generate/problems"] * cfg.generation.k == metrics["generate/traces"]
+
+
+def test_a_part_left_by_a_crash_is_reused_only_if_made_from_the_same_inputs(smoke_cfg, tmp_path):
+    """After a crash mid-stage a rerun skips the parts already published, unless what they were made
+    from has changed (another model, other code) or the stage is to be recomputed."""
+    from components.infra import code_version
+    from tasks.shards import part_reusable
+
+    part = Layout.shard(str(tmp_path / "round-1/candidates"), 0, 2)
+    inputs = code_version.input_digests({"model_uri": str(tmp_path / "g0"), "round_idx": 1})
+    assert not part_reusable(smoke_cfg, generate, part, inputs)  # nothing there
+    with code_version.stamped(generate.__name__, inputs):
+        store.write_rows([{"problem_id": "p1", "completion": "x"}], part, {"metrics": {"traces": 1}})
+    assert part_reusable(smoke_cfg, generate, part, inputs)
+    assert not part_reusable(smoke_cfg, generate, part, {uri: "another model" for uri in inputs})
+    assert not part_reusable(smoke_cfg.model_copy(update={"recompute": ["generate"]}), generate, part, inputs)
