@@ -1,4 +1,5 @@
-"""A round unsharded against the same round with its generation in 2 shards (tasks/shards.py).
+"""A round unsharded against the same round with its generation, scoring and evaluation in 2 shards
+(tasks/shards.py), and with its training stages in 2 data-parallel processes.
 
     python benchmarks/sharding.py [--config configs/smoke.yaml] [--set k=v ...]
 
@@ -7,10 +8,12 @@ on one Prefect server, one MLflow sqlite store and one local Ray head (started h
     unsharded    execution.shards=1
     ray x2       execution.engine=ray, shards=2 (prefect-ray: each shard a Prefect task on Ray)
     local x2     execution.engine=local, shards=2 (one shard after the other)
-Reports the round's wall time, the generate stage's, its slowest shard's own time, and the overhead
-(stage wall minus slowest shard: scheduling, the shards' engine starts, the merge), as ratios to the
-unsharded run: on 2 cores a sharded round cannot be faster, the point is what sharding costs. The
-candidates' digests are compared too (they must be equal). Writes benchmarks/results/sharding.json.
+    train x2     execution.train_processes=2 (SFT, PRM, ORM under torchrun, DDP over gloo)
+Reports the round's wall time and, per sharded stage (generate, score, evaluate), its wall time, its
+slowest shard's own time and the overhead (stage wall minus slowest shard: scheduling, the shards'
+engine starts, the merge), and the training stages' times, as ratios to the unsharded run: on 2 cores
+neither can be faster, the point is what each costs. The candidates', scored and filtered datasets'
+digests are compared too (they must be equal when sharded). Writes benchmarks/results/sharding.json.
 """
 from __future__ import annotations
 
@@ -36,7 +39,9 @@ from components.infra import services, store  # noqa: E402
 from components.infra.layout import Layout  # noqa: E402
 
 WAYS = {"unsharded": [], "ray x2": ["execution.engine=ray", "execution.shards=2"],
-        "local x2": ["execution.engine=local", "execution.shards=2"]}
+        "local x2": ["execution.engine=local", "execution.shards=2"], "train x2": ["execution.train_processes=2"]}
+SHARDED = {"generate": "candidates", "score": "scored", "evaluate": "eval"}
+TRAINED = {"sft": "model", "prm": "prm", "orm": "orm"}
 
 
 def one_round(config: str, overrides: list[str], tmp: str, name: str) -> dict:
@@ -48,12 +53,15 @@ def one_round(config: str, overrides: list[str], tmp: str, name: str) -> dict:
     t0 = time.perf_counter()
     self_improve(cfg)
     wall = time.perf_counter() - t0
-    m = store.read_manifest(Layout.of(cfg).round(1, "candidates"))
-    g = m["metrics"]
-    slowest = g.get("slowest_shard_s", g["seconds"])
-    return {"round_s": wall, "generate_s": g["seconds"], "slowest_shard_s": slowest,
-            "overhead_s": g["seconds"] - slowest if "shards" in g else 0.0,
-            "engine_load_s": g["engine_load_s"], "traces": g["traces"], "digests": m["digests"]}
+    layout, out = Layout.of(cfg), {"round_s": wall}
+    for stage, artifact in SHARDED.items():
+        m = store.read_manifest(layout.round(1, artifact))["metrics"]
+        slowest = m.get("slowest_shard_s", m["seconds"])
+        out[stage] = {"s": m["seconds"], "slowest_shard_s": slowest, "overhead_s": m["seconds"] - slowest}
+    for stage, artifact in TRAINED.items():
+        out[stage] = {"s": store.read_manifest(layout.round(1, artifact))["metrics"]["seconds"]}
+    out["digests"] = [store.read_manifest(layout.round(1, a))["digests"] for a in ("candidates", "scored", "filtered")]
+    return out
 
 
 def main() -> None:
@@ -74,24 +82,24 @@ def main() -> None:
         startup = stack.startup_times()
 
     base = results["unsharded"]
-    t = Table(title=f"one {Path(args.config).stem} round, generation unsharded and in 2 shards "
-                    f"({os.cpu_count()} CPUs)")
-    for col in ("way", "round s", "x unsharded", "generate s", "x unsharded", "slowest shard s",
-                "overhead s", "engine loads s (sum)", "same candidates"):
+    t = Table(title=f"one {Path(args.config).stem} round: generation, scoring and evaluation unsharded and in 2 shards, "
+                    f"training in 1 and 2 processes ({os.cpu_count()} CPUs)")
+    for col in ("way", "round s", "x", *(f"{st} s (x; overhead s)" for st in SHARDED), *(f"{st} s (x)" for st in TRAINED),
+                "same data"):
         t.add_column(col, justify="right")
     for name, r in results.items():
-        t.add_row(name, f"{r['round_s']:.0f}", f"{r['round_s'] / base['round_s']:.2f}", f"{r['generate_s']:.1f}",
-                  f"{r['generate_s'] / base['generate_s']:.2f}", f"{r['slowest_shard_s']:.1f}",
-                  f"{r['overhead_s']:.1f}", f"{r['engine_load_s']:.1f}",
+        t.add_row(name, f"{r['round_s']:.0f}", f"{r['round_s'] / base['round_s']:.2f}",
+                  *(f"{r[st]['s']:.1f} ({r[st]['s'] / base[st]['s']:.2f}; {r[st]['overhead_s']:.1f})" for st in SHARDED),
+                  *(f"{r[st]['s']:.1f} ({r[st]['s'] / base[st]['s']:.2f})" for st in TRAINED),
                   "yes" if r["digests"] == base["digests"] else "NO")
-    Console(width=160).print(t)
+    Console(width=200).print(t)
     print(f"Ray head start: {startup.get('ray-head', float('nan')):.1f} s")
     out = ROOT / "benchmarks/results/sharding.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"config": args.config, "overrides": args.set, "host": platform.node(),
                                "cpus": os.cpu_count(), "ray_head_start_s": startup.get("ray-head"),
                                "results": {k: {x: y for x, y in v.items() if x != "digests"} | {
-                                   "same_candidates": v["digests"] == base["digests"]} for k, v in results.items()}},
+                                   "same_data": v["digests"] == base["digests"]} for k, v in results.items()}},
                               indent=1))
     print(f"wrote {out}")
 

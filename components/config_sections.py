@@ -129,12 +129,12 @@ class HardwareConfig(Strict):
 
 
 class ExecutionConfig(Strict):
-    """Where the stages that split by problem (generate) run their work: `local`, one shard after
-    another on this machine, or `ray`, every shard at once as a Prefect task on a Ray cluster
-    (prefect-ray's RayTaskRunner), each with its own engine on its own `gpus_per_shard`. A shard
+    """Where the stages that split by problem (generate, score, evaluate) run their work: `local`, one
+    shard after another on this machine, or `ray`, every shard at once as a Prefect task on a Ray
+    cluster (prefect-ray's RayTaskRunner), each with its own engine on its own `gpus_per_shard`. A shard
     publishes on its own, so a failed one runs again alone (`retries`) and a rerun after a crash skips
     the finished ones; the stage publishes once, after all of them. Seeds are per prompt, so the
-    artifacts do not depend on the sharding."""
+    artifacts do not depend on the sharding (a PRM's scores but for rounding: README "Scale out")."""
     engine: Literal["local", "ray"] = "local"
     # ray: the cluster to join ("ray://head:10001", "auto": the one on this machine); None starts a
     # temporary local cluster for the flow run.
@@ -143,6 +143,11 @@ class ExecutionConfig(Strict):
     gpus_per_shard: float = Field(0.0, ge=0)
     cpus_per_shard: float = Field(1.0, gt=0)
     retries: int = Field(2, ge=0, le=10)
+    # Data-parallel training: every training stage (bootstrap, SFT, PRM, ORM, DPO, judge) runs as this
+    # many processes under torchrun (DDP through transformers' Trainer / TRL: one per GPU; on a CPU
+    # machine, gloo processes sharing its cores). Batch sizes stay global: each process takes
+    # batch_size / train_processes of every batch, so a run takes the same optimizer steps.
+    train_processes: int = Field(1, ge=1, le=64)
 
 
 class TrainConfig(Strict):

@@ -1,10 +1,11 @@
 """Sharded stages on a Ray cluster (#16), against the real services: a local Ray head (started and
 stopped by the session like the other services), the Prefect server, MLflow, the S3 store.
 
-One round of the smoke config generates in 2 shards, each a Prefect task on Ray (prefect-ray) with its
-own vLLM engine, while one shard's stage process is SIGKILLed mid-way: the shard is retried alone, the
-candidates are published once, and they, the scored and the filtered datasets are byte for byte those
-of the unsharded stages; MLflow holds one round run with the merged metrics."""
+One round of the smoke config generates, scores and evaluates in 2 shards, each a Prefect task on Ray
+(prefect-ray) with its own vLLM engine, while one generation shard's stage process is SIGKILLed
+mid-way: the shard is retried alone, the candidates are published once, and they, the scored and the
+filtered datasets and the evaluation are byte for byte those of the unsharded stages; MLflow holds one
+round run with the merged metrics."""
 from __future__ import annotations
 
 import threading
@@ -15,14 +16,15 @@ import pytest
 
 from components.infra import store, tracking
 from components.infra.layout import Layout
-from components.stages import filter as filter_stage, generate, score
+from components.stages import evaluate, filter as filter_stage, generate, score
 from tests.procs import PublishedWatcher, stage_child, stray_files, wait_for
 
 # A round as short as it gets on the tiny model (as tests/test_faults.py), generating on vLLM: its
 # seeds are per prompt, so a shard's samples do not depend on which other prompts share its engine.
-# The verifiers are off: what is sharded is generation, and the round's other stages only need to run.
+# Sharded: generation, scoring (MC rollouts), evaluation (greedy, the pool, its PRM scores, beam search
+# guided by the PRM). The ORM is off: it is scored like the PRM.
 OVERRIDES = {"family.eval.per_level": 5, "eval.sampled_per_level": 2, "curriculum.problems": 24,
-             "prm.enabled": "false", "orm.enabled": "false", "eval.beam.enabled": "false"}
+             "orm.enabled": "false"}
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +103,25 @@ def test_two_shards_on_ray_match_the_unsharded_round(ray_head, s3, mlflow_server
     generate.run(ref, ref_layout.round(1, "candidates"), g0, 1, result["target"])
     score.run(ref, ref_layout.round(1, "scored"), g0, ref_layout.round(1, "candidates"), 1)
     filter_stage.run(ref, ref_layout.round(1, "filtered"), ref_layout.round(1, "scored"), 1)
+    # The round's evaluation, unsharded, of the same model with the same PRM.
+    evaluate.run(ref, ref_layout.round(1, "eval"), layout.round(1, "model"), "round-1", prm_uri=layout.round(1, "prm"))
     for artifact in ("candidates", "scored", "filtered"):
         got, want = store.read_manifest(layout.round(1, artifact)), store.read_manifest(ref_layout.round(1, artifact))
         assert got["digests"] == want["digests"], artifact
+    # The evaluation too, but for the PRM's scores: a PRM scores a batch of traces in one padded forward
+    # pass, whose rounding depends on what else is in the batch, so they agree to ~1e-7, not bit for bit.
+    got, want = (store.read_rows(lay.round(1, "eval")) for lay in (layout, ref_layout))
+    assert len(got) == len(want) > 0
+    exact = lambda r: {k: v for k, v in r.items() if k not in ("prm_scores", "scores")}  # noqa: E731
+    assert [exact(r) for r in got] == [exact(r) for r in want]
+    for g, w in zip(got, want):
+        assert g["prm_scores"] == pytest.approx(w["prm_scores"], abs=1e-5)
+        assert g["scores"] == pytest.approx(w["scores"], abs=1e-5)
+    got, want = (store.read_manifest(lay.round(1, "eval"))["metrics"] for lay in (layout, ref_layout))
+    assert got["shards"] == 2 and "shards" not in want and got["beam/accuracy"] == want["beam/accuracy"]
+    assert {k: v for k, v in got.items() if k.startswith(("pass1", "bok/", "maj_at"))} == pytest.approx(
+        {k: v for k, v in want.items() if k.startswith(("pass1", "bok/", "maj_at"))}, abs=1e-9)
+    assert store.read_manifest(layout.round(1, "scored"))["metrics"]["shards"] == 2
     assert manifest["rows"] == store.read_manifest(ref_layout.round(1, "candidates"))["rows"] > 0
     # So do 3 uneven shards run one after another on this machine (the local engine).
     local = _cfg(smoke_cfg, str(tmp_path / "local"), engine="local", shards=3)
@@ -117,7 +135,7 @@ def test_two_shards_on_ray_match_the_unsharded_round(ray_head, s3, mlflow_server
     rounds = [r for r in rounds if r.data.tags[tracking.ROUND_TAG] == "1"]
     assert len(rounds) == 1
     metrics = rounds[0].data.metrics
-    assert metrics["generate/shards"] == 2
+    assert metrics["generate/shards"] == metrics["score/shards"] == metrics["evaluate/shards"] == 2
     assert metrics["generate/traces"] == manifest["rows"] == result["generate"]["traces"]
     assert metrics["generate/problems"] * cfg.generation.k == metrics["generate/traces"]
 

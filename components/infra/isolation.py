@@ -54,18 +54,21 @@ def run_isolated(stage: ModuleType, cfg: RunConfig, kwargs: dict, log_dir: str |
                  on_progress: Callable[[progress.Event | None], None] | None = None,
                  inputs: dict[str, str | None] | None = None):
     """`stage.run(cfg, **kwargs)` in a child Python; returns its result. What it publishes records
-    `inputs` (code_version.input_digests) beside its code version."""
+    `inputs` (code_version.input_digests) beside its code version. A training stage runs in
+    `execution.train_processes` data-parallel processes when that is more than one."""
+    processes = cfg.execution.train_processes if stage.STAGE.data_parallel else 1
     return call_isolated(f"{stage.__name__}:run", kwargs, stage.__name__.rsplit(".", 1)[-1], log_dir, cfg,
-                         on_start, on_progress, inputs)
+                         on_start, on_progress, inputs, processes)
 
 
 def call_isolated(target: str, kwargs: dict, name: str, log_dir: str | Path = ".vstar/logs",
                   cfg: RunConfig | None = None, on_start: Callable[[Path], None] | None = None,
                   on_progress: Callable[[progress.Event | None], None] | None = None,
-                  inputs: dict[str, str | None] | None = None):
+                  inputs: dict[str, str | None] | None = None, processes: int = 1):
     """`module:function(**kwargs)` (with `cfg` first when given) in a child Python; returns its result.
     `on_start(log_path)` is called once the child runs; `on_progress(event)` for each progress report
-    and with None 4 times a second."""
+    and with None 4 times a second. `processes` > 1: that many children under torchrun, one per rank
+    (DDP); rank 0's result comes back, and only rank 0 publishes (`_main`)."""
     log_dir = Path(log_dir).absolute()  # printed: openable from any directory
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{os.getpid()}.log"
@@ -76,7 +79,9 @@ def call_isolated(target: str, kwargs: dict, name: str, log_dir: str | Path = ".
         env[progress.ENV] = events = str(Path(tmp) / "progress.jsonl")
         with open(log_path, "w") as log:
             argv = [sys.executable, "-m", __name__, target, str(args), str(result)]
-            proc = _warm_start(argv, log_path, env, name)
+            if processes > 1:  # torchrun sets each rank's RANK, WORLD_SIZE, LOCAL_RANK and rendezvous
+                argv[1:2] = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m"]
+            proc = _warm_start(argv, log_path, env, name) if processes == 1 else None
             if proc is None:  # a new Python: it imports torch (and vLLM) itself
                 proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         env=env, preexec_fn=_die_with_parent)
@@ -151,13 +156,23 @@ def _wait(proc: subprocess.Popen, events: str, on_progress) -> None:
 def _main(target: str, args_path: str, result_path: str) -> None:
     module, fn = target.split(":")
     args = json.loads(Path(args_path).read_text())
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # a rank under torchrun: it goes when torchrun goes (killed with the stage's parent)
+        _die_with_parent()
+    if rank > 0:  # every rank trains; rank 0 alone reports progress, publishes and answers
+        os.environ.pop(progress.ENV, None)
+        from components.infra import store
+
+        store.replica()
     first = [RunConfig.model_validate(args["config"])] if args["config"] is not None else []
     with code_version.stamped(module, args.get("inputs")):  # what it publishes says which code made it, from what
         out = getattr(importlib.import_module(module), fn)(*first, **args["kwargs"])
     if isinstance(out, dict):  # a stage's metrics: with this child's own peak memory
         from components.models.hardware import peak_memory
 
-        out = {**out, **peak_memory()}
+        out = {**out, **peak_memory(), **({"train_processes": world} if world > 1 else {})}
+    if rank > 0:
+        return
     tmp = result_path + ".tmp"
     Path(tmp).write_text(json.dumps(out))
     os.replace(tmp, result_path)

@@ -27,12 +27,19 @@ def part(items: Sequence[T], shard: Sequence[int] | None) -> list[T]:
 
 
 def gather(parts: list[str]) -> tuple[list[dict], list[dict]]:
-    """The published parts' rows, concatenated in order, and each part's metrics."""
-    rows, metrics = [], []
+    """The published parts' rows, concatenated in order, and each part's manifest."""
+    rows, manifests = [], []
     for uri in parts:
         rows.extend(store.read_rows(uri))
-        metrics.append(store.read_manifest(uri).get("metrics", {}))
-    return rows, metrics
+        manifests.append(store.read_manifest(uri))
+    return rows, manifests
+
+
+def sharding_metrics(manifests: list[dict]) -> dict:
+    """What a sharded stage records beside its own metrics: how many shards, and the slowest shard's
+    own time (the stage's wall time beyond it is what sharding cost)."""
+    return {"shards": len(manifests),
+            "slowest_shard_s": max(m.get("metrics", {}).get("seconds", 0.0) for m in manifests)}
 
 
 def gather_quarantine(parts: list[str], out_uri: str) -> None:

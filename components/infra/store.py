@@ -180,8 +180,20 @@ def _put_manifest(fs, path: str, manifest: dict) -> None:
         retry(fs.pipe_file, target, body.encode())
 
 
+_REPLICA = False
+
+
+def replica() -> None:
+    """This process is a replica (a data-parallel rank other than 0, components/infra/isolation.py): it
+    reads the store and publishes nothing, so its stage's artifact is published once, by rank 0."""
+    global _REPLICA
+    _REPLICA = True
+
+
 def publish_folder(local_dir: str | Path, uri: str, meta: dict[str, Any]) -> dict:
     """Copy a finished local folder to `uri` and publish it; returns the manifest."""
+    if _REPLICA:
+        return {**meta}
     local_dir = Path(local_dir)
     # A folder fetched from the store carries its old manifest: the new one replaces it, last.
     files = sorted(p.relative_to(local_dir).as_posix() for p in local_dir.rglob("*")

@@ -64,6 +64,10 @@ class Source:
     needs: frozenset[str]  # engines it runs on: generator, judge, prm
     uses_prm: bool = False  # scores with a PRM: round 1 (none yet) falls back to `first_round_source`
     imported: bool = False  # its PRM is trained on imported human labels first (PRM_0)
+    # A source whose labels need the whole round (a quantile of its traces): `fn` measures trace by
+    # trace (StepLabels with raw per-step values in `scores`, no labels), `pooled(raw, correct, cfg)`
+    # decides once every trace is measured. So a stage split by problem labels as the whole one does.
+    pooled: Callable[[list[StepLabels], list[bool], RunConfig], tuple[list[StepLabels], dict]] | None = None
 
     @property
     def origin(self) -> str:
@@ -74,11 +78,37 @@ class Source:
 SOURCES: dict[str, Source] = {}
 
 
-def source(name: str, needs: tuple[str, ...] = (), uses_prm: bool = False, imported: bool = False):
+def source(name: str, needs: tuple[str, ...] = (), uses_prm: bool = False, imported: bool = False,
+           pooled: Callable | None = None):
     def deco(fn: LabelFn) -> LabelFn:
-        SOURCES[name] = Source(fn, frozenset(needs), uses_prm, imported)
+        SOURCES[name] = Source(fn, frozenset(needs), uses_prm, imported, pooled)
         return fn
     return deco
+
+
+# How a source's stats add up over the parts of a round (a stage split by problem): counts add (the
+# default), these do not. A ratio is recomputed from its counts; None (e.g. judge_tokens of a remote
+# judge that does not count) stays None.
+MAX_STATS = frozenset({"mc_levels"})
+RATIO_STATS = {"consensus_step_agreement": ("consensus_steps_agreeing", "consensus_steps_compared")}
+
+
+def add_stats(parts: list[dict]) -> dict:
+    """The stats of a round labelled in parts (keys may carry a prefix, e.g. `audit_` or `mc/`)."""
+    out: dict = {}
+    for key in dict.fromkeys(k for p in parts for k in p):
+        values = [p[key] for p in parts if key in p]
+        base = key.rsplit("/", 1)[-1].removeprefix("audit_")
+        if base in RATIO_STATS:
+            continue
+        out[key] = (None if any(v is None for v in values) else
+                    max(values) if base in MAX_STATS else sum(values))
+    for key in (k for p in parts for k in p):
+        base = key.rsplit("/", 1)[-1].removeprefix("audit_")
+        if base in RATIO_STATS and key not in out:
+            num, den = (key[: len(key) - len(base)] + c for c in RATIO_STATS[base])
+            out[key] = out[num] / out[den] if out.get(den) else 0.0
+    return out
 
 
 # --------------------------------------------------------------------------------------- policy
@@ -113,8 +143,27 @@ def for_round(cfg: RunConfig, has_prm: bool) -> str:
 
 
 def label(name: str, batch: Batch, cfg: RunConfig, engines: Engines) -> tuple[list[StepLabels], dict]:
-    """Run a source; every StepLabels comes back with its origin set."""
+    """Run a source on a batch that is the whole round; every StepLabels comes back with its origin set."""
+    labels, stats = measure(name, batch, cfg, engines)
+    if SOURCES[name].pooled:
+        correct = [batch.family.is_correct(p, c) for p, c in zip(batch.problems, batch.completions)]
+        labels, pooled_stats = decide(name, labels, correct, cfg)
+        stats = {**stats, **pooled_stats}
+    return labels, stats
+
+
+def measure(name: str, batch: Batch, cfg: RunConfig, engines: Engines) -> tuple[list[StepLabels], dict]:
+    """What a source finds trace by trace, on any part of the round: labels, or a pooled source's raw
+    values (`decide` turns those into labels)."""
     labels, stats = SOURCES[name].fn(batch, cfg, engines)
+    for lab in labels:
+        lab.origin = lab.origin or SOURCES[name].origin or name
+    return labels, stats
+
+
+def decide(name: str, raw: list[StepLabels], correct: list[bool], cfg: RunConfig) -> tuple[list[StepLabels], dict]:
+    """A pooled source's labels from its raw values over the whole round (`correct`: each trace's outcome)."""
+    labels, stats = SOURCES[name].pooled(raw, correct, cfg)
     for lab in labels:
         lab.origin = lab.origin or SOURCES[name].origin or name
     return labels, stats
@@ -153,20 +202,24 @@ def _register_mc():
 _register_mc()
 
 
-@source("confidence", needs=("generator",))
-def confidence(batch: Batch, cfg: RunConfig, engines: Engines):
-    """The generator's own per-step confidence (components/labeling/confidence.py): one prefill pass
-    per trace, nothing sampled."""
+def _confidence_labels(raw: list[StepLabels], correct: list[bool], cfg: RunConfig):
+    """The step threshold is a quantile of the round's right-answer traces' confidence."""
     from components.labeling import confidence as conf
 
-    c = cfg.scoring.confidence
+    tau = conf.threshold([r.scores for r in raw], correct, cfg.scoring.confidence.quantile)
+    return [conf.labels(r.scores, tau) for r in raw], {"confidence_threshold": tau}
+
+
+@source("confidence", needs=("generator",), pooled=_confidence_labels)
+def confidence(batch: Batch, cfg: RunConfig, engines: Engines):
+    """The generator's own per-step confidence (components/labeling/confidence.py): one prefill pass
+    per trace, nothing sampled. Raw: each step's confidence; labels come from `_confidence_labels`."""
+    from components.labeling import confidence as conf
+
     tokens = engines.get("generator").token_logprobs([p.prompt for p in batch.problems], batch.completions)
-    per_step = [conf.step_confidence(t, conf.step_spans(text, steps), c.window)
+    per_step = [conf.step_confidence(t, conf.step_spans(text, steps), cfg.scoring.confidence.window)
                 for t, text, steps in zip(tokens, batch.completions, batch.steps)]
-    correct = [batch.family.is_correct(p, text) for p, text in zip(batch.problems, batch.completions)]
-    tau = conf.threshold(per_step, correct, c.quantile)
-    return [conf.labels(x, tau) for x in per_step], {"confidence_threshold": tau,
-                                                       "confidence_tokens": sum(len(t) for t in tokens)}
+    return [StepLabels(x, [None] * len(x), None) for x in per_step], {"confidence_tokens": sum(len(t) for t in tokens)}
 
 
 @source("judge", needs=("judge",))
@@ -189,6 +242,8 @@ def consensus(batch: Batch, cfg: RunConfig, engines: Engines):
     compared = [(x, y) for a, b in zip(mc, jd) for x, y in zip(a.labels, b.labels) if x is not None and y is not None]
     return out, {**mc_stats, **jd_stats,
                  "consensus_step_agreement": sum(x == y for x, y in compared) / len(compared) if compared else 0.0,
+                 "consensus_steps_compared": len(compared),
+                 "consensus_steps_agreeing": sum(x == y for x, y in compared),
                  "consensus_steps_kept": sum(y is not None for s in out for y in s.labels),
                  "consensus_steps_total": sum(len(s.labels) for s in out),
                  "consensus_traces_agree": sum(s.first_error is not None for s in out)}

@@ -10,7 +10,7 @@ import time
 from typing import Callable
 
 from components.config_sections import TrainConfig
-from components.models.hardware import CPU, Placement
+from components.models.hardware import CPU, Placement, per_process_batch
 
 
 def ensure_pad_token(tokenizer):
@@ -168,12 +168,17 @@ def fit(model, items: list, collate: Callable[[list], dict], epochs: float, lr: 
         items = length_grouped(items, batch_size, seed)
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
-            output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=lr,
+            output_dir=tmp, max_steps=steps, learning_rate=lr, per_device_train_batch_size=per_process_batch(batch_size),
             weight_decay=0.01, adam_beta2=0.98, max_grad_norm=1.0, lr_scheduler_type="cosine",
             warmup_steps=warmup_steps(steps, warmup_ratio), seed=seed, data_seed=seed, report_to=[], save_strategy="no",
             dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
             logging_steps=max(1, steps // 100), logging_first_step=True, **placement.trainer_args(),
             include_num_input_tokens_seen="non_padding",  # the compute a verifier cost (issue #13)
+            # Data-parallel: the Trainer scales each process's loss by the process count, assuming it was
+            # divided by the items of the whole batch over every process; a `compute_loss` of our own
+            # returns its process's own mean (the PRM's weighted mean over its tags), which DDP's
+            # gradient averaging turns into the batch mean: no scaling then.
+            average_tokens_across_devices=compute_loss is None,
             train_sampling_strategy="sequential" if placement.group_by_length else "random")
         use_cache = getattr(model.config, "use_cache", None)  # before the Trainer: it turns the cache off
         trainer = Trainer(model=model, args=args, train_dataset=_Items(items), data_collator=collate,

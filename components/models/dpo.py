@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from components.models.causal_lm import progress_callback, warmup_steps
-from components.models.hardware import CPU, Placement
+from components.models.hardware import CPU, Placement, data_parallel_size, per_process_batch
 from components.models.prm import _heldout_prompts, auroc, within_auroc
 
 FORMAT_FILE = "dpo_verifier.json"
@@ -139,8 +139,12 @@ def train_dpo(init_dir: str | Path, out_dir: str | Path, pairs: list[dict], beta
 
     args = DPOConfig(
         output_dir=str(Path(out_dir) / "_trainer"), num_train_epochs=epochs, learning_rate=lr,
-        per_device_train_batch_size=batch_size, seed=seed, data_seed=seed, lr_scheduler_type="cosine",
-        warmup_steps=warmup_steps(steps, 0.05), beta=beta, precompute_ref_log_probs=True, **placement.trainer_args(),
+        per_device_train_batch_size=per_process_batch(batch_size), seed=seed, data_seed=seed, lr_scheduler_type="cosine",
+        warmup_steps=warmup_steps(steps, 0.05), beta=beta, **placement.trainer_args(),
+        # The reference's log-probabilities once, before training; not when data-parallel: TRL 1.16 caches
+        # them in a file under the in-memory dataset's temporary folder, which is each process's own, so
+        # the other ranks never find rank 0's file. Then the reference scores every batch as it trains.
+        precompute_ref_log_probs=data_parallel_size() == 1,
         report_to=[], save_strategy="no", dataloader_num_workers=0, logging_steps=max(1, steps // 50), logging_first_step=True,
         disable_tqdm=True, max_length=model.config.max_position_embeddings,
         include_num_input_tokens_seen="non_padding")

@@ -108,6 +108,23 @@ def _bf16_supported() -> bool:
     return torch.cuda.is_bf16_supported()  # False on pre-Ampere cards: float16 there
 
 
+def data_parallel_size() -> int:
+    """How many processes train together: torchrun's WORLD_SIZE (execution.train_processes), else 1."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def per_process_batch(batch_size: int) -> int:
+    """Each data-parallel process's share of a batch: batch sizes in the config are global, so a run
+    takes the same optimizer steps on the same amount of data however many processes train it."""
+    n = data_parallel_size()
+    if batch_size % n:
+        raise ValueError(f"a batch size of {batch_size} does not split over execution.train_processes={n} "
+                         f"processes: use a multiple of {n}")
+    return batch_size // n
+
+
 def peak_memory() -> dict:
     """Peak memory of this process so far: resident set (MiB), and GPU memory torch allocated (MiB)
     when CUDA was used. A stage in its own child process reports its own peak."""

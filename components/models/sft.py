@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from components.models.causal_lm import progress_callback, warmup_steps
-from components.models.hardware import CPU, Placement
+from components.models.hardware import CPU, Placement, per_process_batch
 
 ADAPTER_BASE = "adapter_base.json"
 
@@ -63,7 +63,7 @@ def make_trainer(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[st
         model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
     steps = max(1, math.ceil(len(pairs) * epochs / batch_size))
     args = SFTConfig(
-        output_dir=str(out_dir), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=batch_size,
+        output_dir=str(out_dir), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=per_process_batch(batch_size),
         seed=seed, data_seed=seed, lr_scheduler_type="cosine", warmup_steps=warmup_steps(steps, warmup_ratio),
         **placement.trainer_args(), report_to=[], save_strategy="no", dataloader_num_workers=0,
         # ~50 points per curve however long the run; a loss point costs nothing beyond the step itself.

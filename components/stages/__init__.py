@@ -25,6 +25,9 @@ class Stage:
     # splits its work by problem (`run(..., shard=(i, n))`) and puts the parts together (`merge`)
     # when `execution.shards` > 1 (components/infra/shards.py, tasks/shards.py)
     shardable: bool = False
+    # trains through transformers' Trainer / TRL: runs data-parallel in `execution.train_processes`
+    # processes (torchrun) when that is > 1 (components/infra/isolation.py)
+    data_parallel: bool = False
     metrics: str = ""  # prefix of its MLflow metrics (default: name); kept stable so rounds stay comparable
     summary: tuple[str, ...] = ()  # its one console line: format strings over its metrics (progress.summary)
 

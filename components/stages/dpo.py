@@ -16,7 +16,7 @@ from components.models import dpo, serving
 from components.models.sft import adapter_base
 from components.stages import Stage
 
-STAGE = Stage("train-dpo", reads=("candidates", "model"), publishes="dpo", accelerator=True, isolated=True,
+STAGE = Stage("train-dpo", reads=("candidates", "model"), publishes="dpo", accelerator=True, data_parallel=True, isolated=True,
               metrics="train_dpo",
               summary=("{pairs:,} pairs", "loss {loss_first:.3f} -> {loss_last:.3f}",
                        "held-out pairs ranked right {heldout_pair_accuracy:.0%}"))

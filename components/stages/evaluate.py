@@ -11,69 +11,122 @@ from components.config import RunConfig
 from components.data.prompting import family_of
 from components.evaluation import beam_search, bestofk, verifiers
 from components.evaluation.heldout import round_metrics
-from components.infra import store
+from components.infra import shards, store
 from components.models import serving
 from components.models.generation import Sampling
 from components.stages import Stage
 from components.stages.generate import problem_row
 
 STAGE = Stage("evaluate", reads=("model", "prm", "orm", "dpo"), publishes="eval", accelerator=True, isolated=True,
+              shardable=True,
               summary=("pass@1 {pass1_all:.1%}", "maj@k {maj_at_k_all:.1%}", "best-of-k by PRM {bestofk_prm_min_all:.1%}",
                        "PRM F1 {prm_f1:.2f}"))
 
 
 def run(cfg: RunConfig, out_uri: str, model_uri: str, tag: str, prm_uri: str | None = None,
-        verifier_uris: dict[str, str] | None = None) -> dict:
+        verifier_uris: dict[str, str] | None = None, shard: list[int] | None = None) -> dict:
+    """`shard` (i, n): only the i-th of n blocks of the held-out problems, published as a part; the
+    metrics over every problem come from `merge` (each problem's samples and scores are its own)."""
     fam = family_of(cfg)
-    problems = fam.problems("eval")
+    e = cfg.eval
     t0 = time.perf_counter()
+    problems = fam.problems("eval")
+    pool = _pool_order(cfg, problems)
+    problems = shards.part(problems, shard)
+    subset = sorted((p for p in problems if p.id in pool), key=lambda p: pool[p.id])
     gen = serving.Generator(cfg, model_uri, fam)
     outs = gen.generate([p.prompt for p in problems], Sampling(n=1, temperature=0.0, max_tokens=cfg.generation.max_tokens))
     greedy = [{**problem_row(p), "kind": "greedy", "sample": 0, "completion": o[0].text,
-               "correct": fam.is_correct(p, o[0].text), "gold_first_error": fam.first_error(p, o[0].text)}
+               "correct": fam.is_correct(p, o[0].text), "gold_first_error": fam.first_error(p, o[0].text),
+               "gold": p.answer, "answer": fam.extract_answer(o[0].text), "prm_scores": [], "scores": None}
               for p, o in zip(problems, outs)]
-    e = cfg.eval
-    levels = sorted({p.difficulty for p in problems})
-    subset = [p for n in levels for p in [q for q in problems if q.difficulty == n][: e.sampled_per_level]]
     sampled = gen.generate([p.prompt for p in subset], Sampling(n=e.k, temperature=e.temperature,
                                                                 max_tokens=cfg.generation.max_tokens, seed=cfg.seed + 99))
     samples = [{**problem_row(p), "kind": "sample", "sample": j, "completion": s.text, "gold": p.answer,
                 "answer": fam.extract_answer(s.text), "correct": fam.is_correct(p, s.text),
                 "gold_first_error": fam.first_error(p, s.text), "prm_scores": []}
                for p, o in zip(subset, sampled) for j, s in enumerate(o)]
-    ctx = verifiers.Context(cfg, fam, gen, {**({"prm": prm_uri} if prm_uri else {}), **(verifier_uris or {})})
-    names = verifiers.score(samples, ctx)
-    verifiers.generation_flops(samples, ctx)
-    flops = dict(ctx.flops)
+    # What the metrics need beyond the rows, as sums over samples and problems (shards add them up).
+    work: dict = {"samples": len(samples), "sample_tokens": sum(len(s.token_ids) for o in sampled for s in o), "flops": {}}
+    names: list[str] = []
+    if samples:
+        ctx = verifiers.Context(cfg, fam, gen, {**({"prm": prm_uri} if prm_uri else {}), **(verifier_uris or {})})
+        names = verifiers.score(samples, ctx)
+        verifiers.generation_flops(samples, ctx)
+        work["flops"] = {k: v * len(samples) for k, v in ctx.flops.items()}  # ctx.flops: per sample
+        if e.beam.enabled and prm_uri:
+            work["beam"] = beam_work(cfg, gen, fam, subset, ctx.scorer(prm_uri))
+    if shard is not None:
+        store.write_rows(greedy + samples, out_uri, {"stage": "evaluate", "tag": tag, "shard": list(shard), "names": names,
+                                                     "work": work, "metrics": {"seconds": time.perf_counter() - t0}})
+        return {"problems": len(problems), "samples": len(samples)}
+    return finish(cfg, out_uri, greedy, samples, [names], [work], model_uri, tag, prm_uri, verifier_uris,
+                  time.perf_counter() - t0)
+
+
+def merge(cfg: RunConfig, out_uri: str, parts: list[str], model_uri: str, tag: str, prm_uri: str | None = None,
+          verifier_uris: dict[str, str] | None = None, seconds: float = 0.0) -> dict:
+    """Publish the evaluation from its shards' parts (in shard order): the rows and metrics of the
+    unsharded stage."""
+    rows, manifests = shards.gather(parts)
+    pool = _pool_order(cfg, family_of(cfg).problems("eval"))
+    samples = sorted((r for r in rows if r["kind"] == "sample"), key=lambda r: pool[r["problem_id"]])  # stable
+    return finish(cfg, out_uri, [r for r in rows if r["kind"] == "greedy"], samples, [m["names"] for m in manifests],
+                  [m["work"] for m in manifests], model_uri, tag, prm_uri, verifier_uris, seconds,
+                  **shards.sharding_metrics(manifests))
+
+
+def finish(cfg: RunConfig, out_uri: str, greedy: list[dict], samples: list[dict], names: list[list[str]],
+           work: list[dict], model_uri: str, tag: str, prm_uri: str | None, verifier_uris: dict[str, str] | None,
+           seconds: float, **extra) -> dict:
+    """Metrics over every held-out problem, and the artifact (`extra`: metrics of a sharded stage)."""
+    fam = family_of(cfg)
+    names = list(dict.fromkeys(n for each in names for n in each))
+    n_samples = sum(w["samples"] for w in work)
+    flops = {k: sum(w["flops"].get(k, 0.0) for w in work) / max(1, n_samples)
+             for k in dict.fromkeys(k for w in work for k in w["flops"])}
     metrics = round_metrics(greedy, samples, bool(prm_uri), fam.same_answer)
     pools: dict[str, list[dict]] = {}
     for s in samples:
         pools.setdefault(s["problem_id"], []).append(s)
     curves, table = bestofk.curve_metrics(list(pools.values()), names, fam.same_answer, seed=cfg.seed, flops=flops)
     metrics.update(curves)
-    if e.beam.enabled and prm_uri:
-        tokens_per_sample = sum(len(s.token_ids) for o in sampled for s in o) / max(1, len(samples))
-        metrics.update(beam_metrics(cfg, gen, fam, subset, ctx.scorer(prm_uri), table, tokens_per_sample))
-    metrics["seconds"] = time.perf_counter() - t0
+    beams = [w["beam"] for w in work if "beam" in w]
+    if beams:
+        beam = {k: sum(b[k] for b in beams) for k in ("problems", "correct", "tokens")}
+        metrics.update(beam_metrics(beam, table, sum(w["sample_tokens"] for w in work) / max(1, n_samples)))
+    metrics.update(seconds=seconds, **extra)
     for r in greedy:
-        r.update(gold=r["answer"], answer=fam.extract_answer(r["completion"]), prm_scores=[],
-                 scores={v: None for v in names})
+        r["scores"] = {v: None for v in names}
     store.write_rows(greedy + samples, out_uri, {"stage": "evaluate", "tag": tag, "model": model_uri,
                                                  "prm": prm_uri, "verifiers": verifier_uris or {}, "metrics": metrics, "bestofk": table})
     return metrics
 
 
+def _pool_order(cfg: RunConfig, problems: list) -> dict[str, int]:
+    """The problems every selector ranks a pool of samples of (the first `sampled_per_level` of each
+    level), id -> position in the order the metrics take them."""
+    levels = sorted({p.difficulty for p in problems})
+    subset = [p for n in levels for p in [q for q in problems if q.difficulty == n][: cfg.eval.sampled_per_level]]
+    return {p.id: i for i, p in enumerate(subset)}
 
-def beam_metrics(cfg: RunConfig, gen, fam, problems, scorer, table: dict, tokens_per_sample: float) -> dict:
-    """PRM-guided beam search on the pool's problems, against best-of-k by the PRM and the vote at the
-    same generated tokens per problem (k = the search's tokens / one sample's, interpolated)."""
+
+def beam_work(cfg: RunConfig, gen, fam, problems, scorer) -> dict:
+    """PRM-guided beam search on the pool's problems: how many it solved, and the tokens it generated."""
     b, e = cfg.eval.beam, cfg.eval
     found, tokens = beam_search.search(gen, fam, [p.prompt for p in problems], scorer.score, b.width, b.expansions,
                                        b.max_steps, Sampling(temperature=e.temperature, max_tokens=cfg.generation.max_tokens,
                                                              seed=cfg.seed + 199), cfg.family.prompt.step_separator)
-    per_problem = tokens / max(1, len(problems))
+    return {"problems": len(problems), "correct": sum(fam.is_correct(p, t) for p, t in zip(problems, found)),
+            "tokens": tokens}
+
+
+def beam_metrics(beam: dict, table: dict, tokens_per_sample: float) -> dict:
+    """Beam search against best-of-k by the PRM and the vote at the same generated tokens per problem
+    (k = the search's tokens / one sample's, interpolated on the curves)."""
+    per_problem = beam["tokens"] / max(1, beam["problems"])
     k_equal = per_problem / max(tokens_per_sample, 1e-9)
-    return {"beam/accuracy": sum(fam.is_correct(p, t) for p, t in zip(problems, found)) / max(1, len(problems)),
+    return {"beam/accuracy": beam["correct"] / max(1, beam["problems"]),
             "beam/tokens_per_problem": per_problem, "beam/k_equal_tokens": k_equal,
             "beam/bestofk_prm_min_equal_tokens": bestofk.at_k(table, "prm_min", k_equal),
             "beam/vote_equal_tokens": bestofk.at_k(table, "vote", k_equal)}

@@ -54,14 +54,13 @@ def merge(cfg: RunConfig, out_uri: str, parts: list[str], model_uri: str, round_
     """Publish the round's candidates from its shards' (`parts`, in shard order): the rows the
     unsharded stage writes. Engine load and generation time add up over the shards; `seconds` is the
     stage's wall time."""
-    rows, each = shards.gather(parts)
+    rows, manifests = shards.gather(parts)
+    each = [m.get("metrics", {}) for m in manifests]
     shards.gather_quarantine(parts, out_uri)
     total = lambda key: sum(m.get(key, 0) for m in each)  # noqa: E731
     gen_s = sum(m["tokens"] / m["tokens_per_s"] for m in each if m.get("tokens_per_s"))
     metrics = {**_metrics(rows, target, total("problems"), total("too_long_quarantined"), total("engine_load_s"),
-                          gen_s, seconds), "shards": len(parts),
-               # what sharding costs: the stage's wall time beyond its slowest shard's own
-               "slowest_shard_s": max(m.get("seconds", 0.0) for m in each)}
+                          gen_s, seconds), **shards.sharding_metrics(manifests)}
     store.write_rows(rows, out_uri, {"stage": "generate", "round": round_idx, "model": model_uri, "metrics": metrics})
     return metrics
 

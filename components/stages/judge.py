@@ -15,7 +15,7 @@ from components.labeling.judge import make_judge_client
 from components.models import serving
 from components.stages import Stage
 
-STAGE = Stage("train-judge", reads=("bootstrap",), publishes="judge", accelerator=True,
+STAGE = Stage("train-judge", reads=("bootstrap",), publishes="judge", accelerator=True, data_parallel=True,
               isolated=True, metrics="train_judge",
               summary=("{examples:,} examples", "{steps:,} steps", "loss {loss_first:.3f} -> {loss_last:.3f}"))
 

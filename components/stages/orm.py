@@ -16,7 +16,7 @@ from components.infra import store
 from components.models import prm, serving
 from components.stages import Stage
 
-STAGE = Stage("train-orm", reads=("scored", "model"), publishes="orm", accelerator=True, isolated=True,
+STAGE = Stage("train-orm", reads=("scored", "model"), publishes="orm", accelerator=True, data_parallel=True, isolated=True,
               metrics="train_orm",
               summary=("{examples:,} traces", "{right_share:.0%} right", "loss {loss_first:.3f} -> {loss_last:.3f}",
                        "held-out AUROC {heldout_auroc:.2f}"))

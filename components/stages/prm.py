@@ -16,7 +16,7 @@ from components.models import prm, serving
 from components.stages import Stage
 
 STAGE = Stage("train-prm", reads=("scored", "labels", "model", "prm"), publishes="prm", accelerator=True,
-              isolated=True, metrics="train_prm",
+              data_parallel=True, isolated=True, metrics="train_prm",
               summary=("{examples:,} examples", "{steps:,} steps", "loss {loss_first:.3f} -> {loss_last:.3f}", "held-out AUROC {heldout_auroc:.2f}"))
 
 

@@ -19,7 +19,7 @@ from components.models.sft import sft, training_pairs, with_replay
 from components.stages import Stage
 
 log = get_logger(__name__)
-STAGE = Stage("sft", reads=("model", "filtered"), publishes="model", accelerator=True,
+STAGE = Stage("sft", reads=("model", "filtered"), publishes="model", accelerator=True, data_parallel=True,
               isolated=True, metrics="train_generator", summary=("{examples:,} examples", "{steps:,} steps", "loss {loss_first:.3f} -> {loss_last:.3f}"))
 
 
