@@ -43,7 +43,9 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(monkeypatch):
 @pytest.fixture(scope="module")
 def scored(smoke_cfg, tiny_model_uri, tmp_path_factory):
     base = tmp_path_factory.mktemp("data-parallel")
-    cfg = smoke_cfg.model_copy(update={"scoring": smoke_cfg.scoring.model_copy(update={"label_source": "gold"})})
+    # Generated on the transformers backend: what is tested is training (vLLM's engine start costs ~8 s).
+    cfg = smoke_cfg.model_copy(update={"scoring": smoke_cfg.scoring.model_copy(update={"label_source": "gold"}),
+                                       "generation": smoke_cfg.generation.model_copy(update={"backend": "transformers"})})
     generate.run(cfg, f"{base}/candidates", tiny_model_uri, 1, target=2)
     score.run(cfg, f"{base}/scored", tiny_model_uri, f"{base}/candidates", 1)
     return cfg, f"{base}/scored"
