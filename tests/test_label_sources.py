@@ -111,28 +111,29 @@ def test_judge_and_consensus_partial_labels_train_a_prm(scored_gold, judge_uri, 
     assert prm["examples"] > 0
 
 
-def test_a_round_labelled_in_shards_is_the_round_labelled_whole(scored_gold, judge_uri, tiny_model_uri):
-    """Scoring split by problem (#16): consensus (its agreement a ratio), the generator's confidence (its
-    threshold a quantile over the whole round) and an MC audit sample drawn over the whole round, in 3
-    uneven shards put together by `merge`, give the bytes and the metrics of the unsharded stage."""
+def test_a_round_labelled_in_shards_is_the_round_labelled_whole(scored_gold, judge_uri, tiny_model_uri, prefect_server):
+    """Scoring split by problem (#16), as the loop runs it: 3 uneven shards one after another on this
+    machine (execution.engine=local), each in its own process, put together by `merge`. Consensus (its
+    agreement a ratio), the generator's confidence (its threshold a quantile over the whole round) and
+    an MC audit sample drawn over the whole round give the bytes and metrics of the unsharded stage."""
     from components.config_sections import JudgeConfig
-    from components.infra.layout import Layout
+    from components.infra import code_version
+    from tasks.shards import run_sharded
 
     cfg, base, _ = scored_gold
     cfg = with_scoring(cfg, label_source="consensus", also=["confidence", "gold"], audit_mc=30,
                        judge=JudgeConfig(**TINY_JUDGE))
     args = dict(model_uri=tiny_model_uri, candidates_uri=f"{base}/candidates", round_idx=1, judge_uri=judge_uri)
     whole = score.run(cfg, f"{base}/scored-whole", **args)
-    parts = [Layout.shard(f"{base}/scored-sharded", i, 3) for i in range(3)]
-    for i, part in enumerate(parts):
-        score.run(cfg, part, **args, shard=[i, 3])
-    assert len({r["problem_id"] for r in store.read_rows(parts[0])} & {r["problem_id"] for r in store.read_rows(parts[1])}) == 0
-    merged = score.merge(cfg, f"{base}/scored-sharded", parts, **args)
+    local = cfg.model_copy(update={"execution": cfg.execution.model_copy(update={"engine": "local", "shards": 3})})
+    merged = run_sharded(local, score, f"{base}/scored-sharded", args, code_version.input_digests(args))
     assert store.read_manifest(f"{base}/scored-sharded")["digests"] == store.read_manifest(f"{base}/scored-whole")["digests"]
+    assert not store.fs_for(f"{base}/scored-sharded.shards")[0].exists(f"{base}/scored-sharded.shards")  # parts gone
     assert whole["audit_mc_rollouts"] > 0 and 0 < whole["confidence/confidence_threshold"] < 1
     assert merged.keys() - {"shards", "slowest_shard_s"} == whole.keys() and merged["shards"] == 3
     # What differs is the time, and how many engine calls did the work (one per shard and bisection level).
-    same = lambda m: {k: v for k, v in m.items() if k != "seconds" and not k.endswith("engine_calls")}  # noqa: E731
+    same = lambda m: {k: v for k, v in m.items()  # noqa: E731
+                      if k not in ("seconds", "shards", "slowest_shard_s") and not k.endswith("engine_calls")}
     assert same(merged) == pytest.approx(same(whole))
     assert merged["audit_mc_engine_calls"] == 3 * whole["audit_mc_engine_calls"]
 
