@@ -148,3 +148,14 @@ def test_a_part_left_by_a_crash_is_reused_only_if_made_from_the_same_inputs(smok
     assert part_reusable(smoke_cfg, generate, part, inputs)
     assert not part_reusable(smoke_cfg, generate, part, {uri: "another model" for uri in inputs})
     assert not part_reusable(smoke_cfg.model_copy(update={"recompute": ["generate"]}), generate, part, inputs)
+
+
+def test_a_ray_head_starts_beside_a_token_left_by_ray_init(service_stack, tmp_path, monkeypatch):
+    """`ray.init()` (Ray Data, a notebook) writes ~/.ray/auth_token; a head started by `ray start` then
+    refused every client that did not send it, and the session's Ray head never became ready."""
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("f" * 64)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    head = service_stack.ray_head(num_cpus=1)
+    service_stack.stop(head.service)
+

@@ -270,12 +270,16 @@ class ServiceStack:
                "--object-store-memory", str(100 * 2**20), "--temp-dir", str(temp)]
         # SIGTERM, then SIGKILL for the whole group (raylet, GCS, workers) after 2 s: `ray start --block`
         # takes ~10 s to wind a cluster down that is being thrown away anyway.
-        svc = Service("ray-head", cmd, self.logs / "ray-head.log", env=service_env(RAY_USAGE_STATS_ENABLED="0"),
-                      cwd=self.tmp, stop_signals=((signal.SIGTERM, 2.0),))
+        # Token authentication off, explicitly: a head started by `ray start` enforces the token in
+        # ~/.ray/auth_token when there is one (a `ray.init()` on this machine writes it), and clients
+        # that do not send it (`ray status`, RayTaskRunner's `ray.init`) are then refused.
+        env = service_env(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+        svc = Service("ray-head", cmd, self.logs / "ray-head.log", env=env, cwd=self.tmp,
+                      stop_signals=((signal.SIGTERM, 2.0),))
         status = [str(BIN / "ray"), "status", "--address", address]
 
         def ready() -> bool:
-            return subprocess.run(status, capture_output=True, timeout=60).returncode == 0
+            return subprocess.run(status, capture_output=True, timeout=60, env=env).returncode == 0
 
         self._launch(svc, ready, f"`ray status --address {address}` to succeed", timeout=3 * STARTUP_TIMEOUT_S)
         return RayHead(address=address, service=svc)
