@@ -37,23 +37,25 @@ def shard_task(cfg: RunConfig, stage_module: str, part_uri: str, shard: list[int
     """Shard `shard` = (i, n) of the stage, published at `part_uri` (skipped when a crashed run left it
     published from the same inputs by the same code, and the stage is not to be recomputed)."""
     stage = importlib.import_module(stage_module)
-    if part_reusable(cfg, stage, part_uri, inputs):
+    if (left := reusable_part(cfg, stage, part_uri, inputs)) is not None:
         get_run_logger().info("shard %d of %d: published at %s: skipped", shard[0] + 1, shard[1], redact(part_uri))
-        return store.read_manifest(part_uri).get("metrics", {})
+        return left.get("metrics", {})
     return run_isolated(stage, cfg, {"out_uri": part_uri, "shard": shard, **kwargs}, inputs=inputs,
                         on_start=lambda path: get_run_logger().info("shard %d of %d: log %s", shard[0] + 1,
                                                                      shard[1], path))
 
 
-def part_reusable(cfg: RunConfig, stage: ModuleType, part_uri: str, inputs: dict) -> bool:
-    """A part left by an earlier run counts only if it is what this run would make: parts are found
-    again only after a crash (a finished stage removes them), and the inputs may have changed since."""
+def reusable_part(cfg: RunConfig, stage: ModuleType, part_uri: str, inputs: dict) -> dict | None:
+    """The manifest of a part left by an earlier run if it is what this run would make, else None:
+    parts are found again only after a crash (a finished stage removes them), and the inputs may have
+    changed since."""
     try:
         manifest = store.read_manifest(part_uri)
     except store.NotPublished:
-        return False
-    return (manifest.get("inputs") == inputs and not code_version.is_stale(manifest, stage.__name__)
-            and stage.STAGE.name not in cfg.recompute)
+        return None
+    ok = (manifest.get("inputs") == inputs and not code_version.is_stale(manifest, stage.__name__)
+          and stage.STAGE.name not in cfg.recompute)
+    return manifest if ok else None
 
 
 @flow(name="vstar-shards", persist_result=False)  # the parts' manifests record what is done

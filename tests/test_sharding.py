@@ -138,16 +138,16 @@ def test_a_part_left_by_a_crash_is_reused_only_if_made_from_the_same_inputs(smok
     """After a crash mid-stage a rerun skips the parts already published, unless what they were made
     from has changed (another model, other code) or the stage is to be recomputed."""
     from components.infra import code_version
-    from tasks.shards import part_reusable
+    from tasks.shards import reusable_part
 
     part = Layout.shard(str(tmp_path / "round-1/candidates"), 0, 2)
     inputs = code_version.input_digests({"model_uri": str(tmp_path / "g0"), "round_idx": 1})
-    assert not part_reusable(smoke_cfg, generate, part, inputs)  # nothing there
+    assert reusable_part(smoke_cfg, generate, part, inputs) is None  # nothing there
     with code_version.stamped(generate.__name__, inputs):
         store.write_rows([{"problem_id": "p1", "completion": "x"}], part, {"metrics": {"traces": 1}})
-    assert part_reusable(smoke_cfg, generate, part, inputs)
-    assert not part_reusable(smoke_cfg, generate, part, {uri: "another model" for uri in inputs})
-    assert not part_reusable(smoke_cfg.model_copy(update={"recompute": ["generate"]}), generate, part, inputs)
+    assert reusable_part(smoke_cfg, generate, part, inputs)["metrics"] == {"traces": 1}
+    assert reusable_part(smoke_cfg, generate, part, {uri: "another model" for uri in inputs}) is None
+    assert reusable_part(smoke_cfg.model_copy(update={"recompute": ["generate"]}), generate, part, inputs) is None
 
 
 def test_a_ray_head_starts_beside_a_token_left_by_ray_init(service_stack, tmp_path, monkeypatch):

@@ -96,18 +96,18 @@ RATIO_STATS = {"consensus_step_agreement": ("consensus_steps_agreeing", "consens
 def add_stats(parts: list[dict]) -> dict:
     """The stats of a round labelled in parts (keys may carry a prefix, e.g. `audit_` or `mc/`)."""
     out: dict = {}
+    ratios = []
     for key in dict.fromkeys(k for p in parts for k in p):
-        values = [p[key] for p in parts if key in p]
         base = key.rsplit("/", 1)[-1].removeprefix("audit_")
         if base in RATIO_STATS:
+            ratios.append((key, base))
             continue
+        values = [p[key] for p in parts if key in p]
         out[key] = (None if any(v is None for v in values) else
                     max(values) if base in MAX_STATS else sum(values))
-    for key in (k for p in parts for k in p):
-        base = key.rsplit("/", 1)[-1].removeprefix("audit_")
-        if base in RATIO_STATS and key not in out:
-            num, den = (key[: len(key) - len(base)] + c for c in RATIO_STATS[base])
-            out[key] = out[num] / out[den] if out.get(den) else 0.0
+    for key, base in ratios:  # from the counts added up above, under the same prefix
+        num, den = (key[: len(key) - len(base)] + c for c in RATIO_STATS[base])
+        out[key] = out[num] / out[den] if out.get(den) else 0.0
     return out
 
 
@@ -156,17 +156,19 @@ def measure(name: str, batch: Batch, cfg: RunConfig, engines: Engines) -> tuple[
     """What a source finds trace by trace, on any part of the round: labels, or a pooled source's raw
     values (`decide` turns those into labels)."""
     labels, stats = SOURCES[name].fn(batch, cfg, engines)
-    for lab in labels:
-        lab.origin = lab.origin or SOURCES[name].origin or name
-    return labels, stats
+    return _with_origin(name, labels), stats
 
 
 def decide(name: str, raw: list[StepLabels], correct: list[bool], cfg: RunConfig) -> tuple[list[StepLabels], dict]:
     """A pooled source's labels from its raw values over the whole round (`correct`: each trace's outcome)."""
     labels, stats = SOURCES[name].pooled(raw, correct, cfg)
+    return _with_origin(name, labels), stats
+
+
+def _with_origin(name: str, labels: list[StepLabels]) -> list[StepLabels]:
     for lab in labels:
         lab.origin = lab.origin or SOURCES[name].origin or name
-    return labels, stats
+    return labels
 
 
 # -------------------------------------------------------------------------------------- sources
