@@ -41,12 +41,13 @@ from tests.procs import (PublishedWatcher, assert_live_progress, freeze, one_lin
 ROOT = Path(__file__).resolve().parent.parent
 VSTAR = str(Path(sys.executable).parent / "vstar")
 CONFIG = str(ROOT / "configs/smoke.yaml")
-# A round with every stage (PRM on, Monte Carlo labels), as short as it gets on the tiny model. On the
+# A round with every stage (PRM on, Monte Carlo labels), as short as it gets on the tiny model (beam
+# search, a part of evaluate, is off: tests/test_round_e2e.py, tests/test_sharding.py). On the
 # transformers backend: what is tested is the orchestration, and vLLM's engine start (~8 s, in every
 # generating stage of every run) is most of a stage's time here; vLLM has its own tests
 # (test_generation, test_round_e2e, test_pretrained).
 OVERRIDES = ["family.eval.per_level=5", "eval.sampled_per_level=2", "curriculum.problems=24",
-             "generation.backend=transformers"]
+             "eval.beam.enabled=false", "generation.backend=transformers"]
 ARTIFACTS = ("candidates", "scored", "filtered", "model", "prm", "orm", "eval")  # round 1, in the order made
 STAGE_OF = {"candidates": "generate", "scored": "score", "filtered": "filter", "model": "sft", "prm": "train-prm",
             "orm": "train-orm", "eval": "evaluate"}

@@ -66,14 +66,19 @@ def with_scoring(cfg, **update):
 @pytest.fixture(scope="module")
 def judge_uri(scored_gold, tiny_model_uri):
     from components.config_sections import JudgeConfig
+    from components.loop import judge_uri as trained_judge
 
     cfg, base, _ = scored_gold
-    cfg = with_scoring(cfg, judge=JudgeConfig(**TINY_JUDGE))
-    m = judge_stage.run(cfg, f"{base}/judge", tiny_model_uri)
-    # measured on held-out planted traces and recorded with the judge
-    assert store.read_manifest(f"{base}/judge")["metrics"]["heldout_f1"] == m["heldout_f1"]
-    assert m["heldout_judge_calls"] == 300
-    return f"{base}/judge"
+    cfg = with_scoring(cfg, label_source="consensus", judge=JudgeConfig(**TINY_JUDGE))
+    # Where a loop on this bootstrap keeps the judge it trains (shared like the bootstrap): the round
+    # flow below finds it published and reuses it, as a second loop on the same G_0 would.
+    uri = trained_judge(cfg)
+    if not store.is_published(uri):  # (VSTAR_TEST_STORE: kept from an earlier session, like the bootstrap)
+        m = judge_stage.run(cfg, uri, tiny_model_uri)
+        # measured on held-out planted traces and recorded with the judge
+        assert store.read_manifest(uri)["metrics"]["heldout_f1"] == m["heldout_f1"]
+    assert store.read_manifest(uri)["metrics"]["heldout_judge_calls"] == 300
+    return uri
 
 
 def test_binary_search_mc_reports_quality_against_gold_and_mc(scored_gold, tiny_model_uri):
@@ -200,20 +205,24 @@ def test_confidence_labels_steps_from_the_generators_own_logprobs(scored_gold, t
     assert 0.0 <= m["quality/confidence/f1"] <= 1.0
 
 
-def test_every_source_runs_inside_the_round_flow(scored_gold, prefect_server, tmp_path):
+def test_every_source_runs_inside_the_round_flow(scored_gold, judge_uri, prefect_server, tmp_path):
     """One round of the loop whose filter uses a PRM trained on a labelling budget, while MC∧judge
-    consensus (with the judge the loop trains itself), binary-search MC and the generator's confidence
-    are scored beside it for the label-quality report in MLflow."""
+    consensus (with the judge trained on this bootstrap, found published), binary-search MC and the
+    generator's confidence are scored beside it for the label-quality report in MLflow."""
     import mlflow
 
+    from components.config import load_config
     from flows.self_improve import self_improve
 
-    cfg, base, _ = scored_gold
+    cfg = scored_gold[0]
+    # A short round (the session's bootstrap: the family as it is), without the verifiers and beam search
+    # the sources do not need; the transformers backend: the sources are tested here, not vLLM.
+    cfg = load_config("configs/smoke.yaml", [
+        f"store_uri={cfg.store_uri}", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db", "generation.backend=transformers",
+        "eval.sampled_per_level=2", "curriculum.problems=24", "orm.enabled=false", "eval.beam.enabled=false"])
     cfg = with_scoring(cfg, label_source="labels", labels={"budget": 80},
                        also=["consensus", "mc_binary", "confidence", "gold"], judge=TINY_JUDGE)
-    # The transformers backend: the sources are tested here, not vLLM (~8 s per generating stage).
-    cfg = cfg.model_copy(update={"rounds": 1, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-                                 "generation": cfg.generation.model_copy(update={"backend": "transformers"})})
+    judge_made = store.read_manifest(judge_uri)["published_at"]
     out = self_improve(cfg)
     r1 = out["rounds"][1]
     metrics = mlflow.MlflowClient(cfg.tracking_uri).get_run(r1["run_id"]).data.metrics
@@ -221,7 +230,8 @@ def test_every_source_runs_inside_the_round_flow(scored_gold, prefect_server, tm
         assert 0.0 <= metrics[f"score/quality/{src_name}/f1"] <= 1.0
     assert 0.0 <= metrics["score/quality/agree/consensus_vs_labels/first_error"] <= 1.0
     assert metrics["score/consensus/judge_calls"] > 0 and metrics["score/mc_binary/mc_estimates"] > 0
-    from components.loop import judge_uri, labels_uri
+    from components import loop
 
-    assert store.is_published(judge_uri(cfg)) and store.is_published(labels_uri(cfg))
+    assert loop.judge_uri(cfg) == judge_uri and store.read_manifest(judge_uri)["published_at"] == judge_made  # reused
+    assert store.is_published(loop.labels_uri(cfg))
     assert store.is_published(Layout.of(cfg).round(0, "prm"))  # PRM_0 from human labels

@@ -91,7 +91,9 @@ def test_one_writer_and_what_a_round_leaves(deployed, s3, mlflow_server, smoke_c
     leaves a Prefect artifact, its trace report in MLflow, a catalog entry, and can be evaluated again.
     (Killing a flow run mid-stage and resuming it: tests/test_faults.py, every stage.)"""
     # The transformers backend: the worker and the deployments are tested here, not vLLM (test_round_e2e).
-    over = [f"store_uri={s3.uri('ops-a')}", "generation.k=2", "generation.backend=transformers"]
+    over = [f"store_uri={s3.uri('ops-a')}", "generation.k=2", "generation.backend=transformers",
+            "family.eval.per_level=5", "eval.sampled_per_level=2", "curriculum.problems=24",  # a short round
+            "eval.beam.enabled=false"]
     cfg = load_config(ROOT / CONFIG, over)
     store.publish_folder(tiny_model_dir, Layout(cfg.store_uri, bootstrap_hash=cfg.bootstrap_hash()).bootstrap(),
                          {"kind": "model"})

@@ -18,10 +18,14 @@ from tests.procs import stray_files
 
 
 @pytest.fixture(scope="module")
-def s3_cfg(s3, mlflow_server, smoke_cfg, tiny_model_dir):
+def s3_cfg(s3, mlflow_server, tiny_model_dir):
+    from components.config import load_config
+
     # With V-STaR's DPO verifier too (off in smoke.yaml: ~10 s a round the other tests need not pay).
-    dpo = smoke_cfg.dpo.model_copy(update={"enabled": True, "epochs": 2})
-    cfg = smoke_cfg.model_copy(update={"store_uri": s3.uri("e2e"), "tracking_uri": mlflow_server, "rounds": 2, "dpo": dpo})
+    # Rounds as short as they get (as in tests/test_faults.py): what is tested is the loop on S3 and MLflow.
+    cfg = load_config("configs/smoke.yaml", [
+        f"store_uri={s3.uri('e2e')}", f"tracking_uri={mlflow_server}", "rounds=2", "dpo.enabled=true", "dpo.epochs=2",
+        "family.eval.per_level=5", "eval.sampled_per_level=2", "curriculum.problems=24"])
     # Reuse the session's bootstrap: publishing it where this loop looks also exercises S3 publishing.
     store.publish_folder(tiny_model_dir, Layout.of(cfg).bootstrap(), {"kind": "model"})
     return cfg
