@@ -34,8 +34,9 @@ from components.infra import store  # noqa: E402
 from components.infra.layout import Layout  # noqa: E402
 
 
-def measure(cfg, prm_uri: str, pool: list[dict]) -> dict:
-    """PRM_0's scores on the pool, against gold: F1 per difficulty and the step filter's keep."""
+def measure(cfg, prm_uri: str, pool: list[dict], threshold: float = 0.5) -> dict:
+    """PRM_0's scores on the pool, against gold: F1 per difficulty and the step filter's keep, a step
+    called wrong (and a trace rejected) below `threshold`."""
     from components.labeling.filtering import select
     from components.labeling.quality import first_error_f1
     from components.labeling.step_labels import first_error_from_scores
@@ -47,10 +48,11 @@ def measure(cfg, prm_uri: str, pool: list[dict]) -> dict:
     out: dict = {}
     for level in sorted({r["difficulty"] for r in rows}) + ["all"]:
         at = [r for r in rows if level == "all" or r["difficulty"] == level]
-        q = first_error_f1([first_error_from_scores(r["step_scores"]) for r in at], [r["gold_first_error"] for r in at])
+        q = first_error_f1([first_error_from_scores(r["step_scores"], threshold) for r in at],
+                           [r["gold_first_error"] for r in at])
         out[f"f1_{level}"] = q["f1"]
         out[f"acc_erroneous_{level}"], out[f"acc_correct_{level}"] = q["acc_erroneous"], q["acc_correct"]
-    _, stats = select(rows, cfg.filter.model_copy(update={"mode": "step"}))
+    _, stats = select(rows, cfg.filter.model_copy(update={"mode": "step", "threshold": threshold}))
     out.update({k: stats[k] for k in ("kept", "kept_flawed_share", "outcome_only_kept", "outcome_only_flawed_share")})
     return out
 
