@@ -34,17 +34,25 @@ from components.infra import store  # noqa: E402
 from components.infra.layout import Layout  # noqa: E402
 
 
-def measure(cfg, prm_uri: str, pool: list[dict], threshold: float = 0.5) -> dict:
-    """PRM_0's scores on the pool, against gold: F1 per difficulty and the step filter's keep, a step
-    called wrong (and a trace rejected) below `threshold`."""
+def measure(cfg, prm_uri: str, pool: list[dict]) -> dict:
+    """PRM_0's scores on the pool, against gold: F1 per difficulty and the step filter's keep."""
+    return measure_scored(cfg, scored(cfg, prm_uri, pool))
+
+
+def scored(cfg, prm_uri: str, pool: list[dict]) -> list[dict]:
+    """The pool's traces with the PRM's step scores."""
+    from components.models import serving
+
+    scores = serving.prm_scorer(cfg, prm_uri).score([r["prompt"] for r in pool], [r["steps"] for r in pool])
+    return [{**r, "step_scores": s} for r, s in zip(pool, scores)]
+
+
+def measure_scored(cfg, rows: list[dict], threshold: float = 0.5) -> dict:
+    """Scored traces against gold: first-error F1 per difficulty and what a step filter keeps."""
     from components.labeling.filtering import select
     from components.labeling.quality import first_error_f1
     from components.labeling.step_labels import first_error_from_scores
-    from components.models import serving
 
-    scorer = serving.prm_scorer(cfg, prm_uri)
-    scores = scorer.score([r["prompt"] for r in pool], [r["steps"] for r in pool])
-    rows = [{**r, "step_scores": s} for r, s in zip(pool, scores)]
     out: dict = {}
     for level in sorted({r["difficulty"] for r in rows}) + ["all"]:
         at = [r for r in rows if level == "all" or r["difficulty"] == level]

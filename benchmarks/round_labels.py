@@ -31,7 +31,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.generation import machine_info  # noqa: E402
-from benchmarks.label_budget import measure  # noqa: E402
+from benchmarks.label_budget import measure_scored, scored  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.data.prompting import family_of  # noqa: E402
 from components.infra import store  # noqa: E402
@@ -51,9 +51,8 @@ def calibrate(cfg, prm_uri: str, rows: list[dict]) -> float:
     """The step threshold with the best first-error F1 on labelled traces the PRM did not train on."""
     from components.labeling.quality import first_error_f1
     from components.labeling.step_labels import first_error_from_scores
-    from components.models import serving
 
-    scores = serving.prm_scorer(cfg, prm_uri).score([r["prompt"] for r in rows], [r["steps"] for r in rows])
+    scores = [r["step_scores"] for r in scored(cfg, prm_uri, rows)]
     gold = [r["label_first_error"] for r in rows]
     grid = [i / 100 for i in range(2, 99, 2)]
     return max(grid, key=lambda t: (first_error_f1([first_error_from_scores(s, t) for s in scores], gold)["f1"], -abs(t - 0.5)))
@@ -96,7 +95,7 @@ def main() -> None:
                                  f"{base}/train", {"kind": "dataset"})
                 trained = prm_stage.run(cfg, f"{base}/prm", at.generator(n - 1), n, [f"{base}/train"])
                 threshold = calibrate(cfg, f"{base}/prm", calib)
-                calibrated = measure(cfg, f"{base}/prm", b, threshold)
+                b_scored = scored(cfg, f"{base}/prm", b)
                 results.append({
                     "round": n, "budget": len(chosen), "labelled_flawed_share":
                         sum(r["label_first_error"] is not None and r["label_first_error"] >= 0 for r in labelled)
@@ -104,7 +103,8 @@ def main() -> None:
                     "trained_traces": len(labelled) - len([r for r in labelled if held_for_calibration(r["problem_id"])]),
                     "calibration_traces": len(calib), "threshold": threshold,
                     "scored_traces": len(b), "prm_heldout_auroc": trained.get("heldout_auroc"),
-                    **measure(cfg, f"{base}/prm", b), **{f"cal_{k}": v for k, v in calibrated.items()},
+                    **measure_scored(cfg, b_scored),
+                    **{f"cal_{k}": v for k, v in measure_scored(cfg, b_scored, threshold).items()},
                     "seconds": time.perf_counter() - t0})
                 print(results[-1], flush=True)
     levels = sorted({int(k.split("_")[1]) for r in results for k in r if k.startswith("f1_") and k[3:].isdigit()})
