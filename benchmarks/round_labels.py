@@ -91,8 +91,8 @@ def main() -> None:
                 labelled = store.read_rows(f"{base}/labelled")
                 calib = [r for r in labelled if held_for_calibration(r["problem_id"]) and r["steps"]
                          and r["label_first_error"] is not None]
-                store.write_rows([r for r in labelled if not held_for_calibration(r["problem_id"])],
-                                 f"{base}/train", {"kind": "dataset"})
+                train = [r for r in labelled if not held_for_calibration(r["problem_id"])]
+                store.write_rows(train, f"{base}/train", {"kind": "dataset"})
                 trained = prm_stage.run(cfg, f"{base}/prm", at.generator(n - 1), n, [f"{base}/train"])
                 threshold = calibrate(cfg, f"{base}/prm", calib)
                 b_scored = scored(cfg, f"{base}/prm", b)
@@ -100,7 +100,7 @@ def main() -> None:
                     "round": n, "budget": len(chosen), "labelled_flawed_share":
                         sum(r["label_first_error"] is not None and r["label_first_error"] >= 0 for r in labelled)
                         / max(1, len(labelled)),
-                    "trained_traces": len(labelled) - len([r for r in labelled if held_for_calibration(r["problem_id"])]),
+                    "trained_traces": len(train),
                     "calibration_traces": len(calib), "threshold": threshold,
                     "scored_traces": len(b), "prm_heldout_auroc": trained.get("heldout_auroc"),
                     **measure_scored(cfg, b_scored),
