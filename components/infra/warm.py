@@ -41,6 +41,11 @@ VLLM_ENV = "VSTAR_WARM_VLLM"
 # different environment for the helper's imports (each child gets the exact one anyway), so they do not
 # cost a second helper (~10 s, ~1 GB) halfway through a round.
 SET_BY_LIBRARIES = ("KMP_DUPLICATE_LIB_OK", "_MLFLOW_TELEMETRY_SESSION_ID")
+# Where the services are and how to reach them: read at run time by the clients a stage imports itself
+# (MLflow, boto/s3fs, Prefect, the remote judge's), never by the preloaded libraries at import. A flow
+# process that starts or is pointed at a service later (a test session does, service by service) keeps
+# its helper instead of importing everything again (~15 s of CPU, ~1 GB each time).
+READ_AT_RUN_TIME = ("MLFLOW_", "AWS_", "PREFECT_", "VSTAR_JUDGE_")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -164,7 +169,8 @@ def helper(env: dict[str, str]) -> Helper | None:
     # A helper that preloaded vLLM serves a run that needs none as well: only a run that needs vLLM
     # replaces one that left it out (a process running flows of both kinds keeps one helper).
     wants_vllm = env.get(VLLM_ENV) != "0"
-    key = json.dumps(sorted((k, v) for k, v in env.items() if k not in (*SET_BY_LIBRARIES, VLLM_ENV)))
+    key = json.dumps(sorted((k, v) for k, v in env.items()
+                            if k not in (*SET_BY_LIBRARIES, VLLM_ENV) and not k.startswith(READ_AT_RUN_TIME)))
     with _GUARD:
         h = _HELPERS.get(key)
         if h is not None and h.alive() and (h.vllm or not wants_vllm):
