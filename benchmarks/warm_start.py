@@ -4,9 +4,9 @@
 
 Two measurements, each warm and plain in the same run (ratios, not absolute seconds: these machines
 are noisy):
-    start    a child that imports what a vLLM stage imports (torch, transformers, vLLM's LLM) and
-             returns: the fixed cost of a stage child, `repeats` times each way (the warm way's first
-             call starts the helper and is shown apart);
+    start    a child that imports what a vLLM stage imports (torch, transformers' auto classes and
+             Trainer, vLLM's LLM) and returns: the fixed cost of a stage child, `repeats` times each
+             way (the warm way's first call starts the helper and is shown apart);
     round    one round of a fresh loop on the same published bootstrap (`vstar run`, in a new
              process each, so each way starts cold): wall seconds, and the stages' own seconds.
 Prints a table and writes benchmarks/results/warm_start.json.
@@ -38,9 +38,10 @@ from components.infra.layout import Layout  # noqa: E402
 
 
 def imports() -> bool:
-    """What a vLLM stage child imports before its own work."""
+    """What a vLLM stage child imports before its own work (transformers is lazy: the names a stage
+    uses, not its top level, are what cost)."""
     import torch  # noqa: F401
-    import transformers  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer  # noqa: F401
     from vllm import LLM  # noqa: F401
 
     return True

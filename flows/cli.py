@@ -63,13 +63,13 @@ def run(config: Optional[Path] = typer.Argument(None, help="YAML config; embedde
     from components.infra import store
     from components.infra.isolation import StageFailed, warm_up
 
-    warm_up(cfg)  # stage children's imports start now, beside Prefect's (temporary) server and the lock
     from flows.lock import LoopBusy, loop_lock
     from flows.self_improve import self_improve
 
     t0 = time.perf_counter()
     try:  # taken here too (the flow re-enters it), so a busy loop is one line, not a failed flow's traceback
         with loop_lock(cfg.loop_id()):
+            warm_up(cfg)  # stage children's imports start now, beside the flow's start (see warm_up)
             result = self_improve(cfg)
     except LoopBusy as e:
         _fail(str(e))

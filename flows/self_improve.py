@@ -70,10 +70,10 @@ def _deployed() -> bool:
 
 @flow(name="vstar-self-improve")
 def self_improve(config: RunConfig = RunConfig(), wait_s: float = 5.0) -> dict:
-    isolation.warm_up(config)  # stage children's imports, meanwhile
     if _deployed():  # the typed deployment: the whole config came through the Prefect API
         check_typed(config)
     with loop_lock(config.loop_id(), wait_s), tracking.running(config, tracking.loop_run(config)) as parent:
+        isolation.warm_up(config)  # stage children's imports, meanwhile
         rounds = [start(config)]
         for n in range(1, config.rounds + 1):
             rounds.append(run_round(config, n))
@@ -95,9 +95,9 @@ def next_round(config_path: str = "configs/demo.yaml", overrides: list[str] | No
     """Advance a loop by one round: the one after its last published round, or `round` to (re)run a
     given one (its published stages are reused). Stops at the config's `rounds`."""
     config = deployment_config(config_path, overrides)[1]
-    isolation.warm_up(config)
     log = get_run_logger()
     with loop_lock(config.loop_id(), wait_s), tracking.running(config, tracking.loop_run(config)) as parent:
+        isolation.warm_up(config)
         start(config)
         n = round if round is not None else last_round(config) + 1
         if round is None and n > config.rounds:

@@ -31,6 +31,22 @@ def stage_child(proc: subprocess.Popen | int, stage: str) -> psutil.Process | No
     return next((k for k, parent in found if parent not in pids), None)
 
 
+def warm_helpers(pid: int) -> list[psutil.Process]:
+    """The warm-start helpers (components/infra/warm.py) that process `pid` started, still running."""
+    out = []
+    try:
+        kids = psutil.Process(pid).children()
+    except psutil.NoSuchProcess:
+        return out
+    for k in kids:
+        try:
+            if k.status() != psutil.STATUS_ZOMBIE and "components.infra.warm" in " ".join(k.cmdline()):
+                out.append(k)
+        except psutil.Error:
+            pass
+    return out
+
+
 def wait_for(cond, timeout: float, what: str, every: float = 0.2):
     deadline = time.time() + timeout
     while time.time() < deadline:

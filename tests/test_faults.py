@@ -36,7 +36,7 @@ from components.config import load_config
 from components.infra import services, store, tracking
 from components.infra.layout import Layout
 from tests.procs import (PublishedWatcher, assert_live_progress, freeze, one_line_error, stage_child, stray_files,
-                         wait_for)
+                         wait_for, warm_helpers)
 
 ROOT = Path(__file__).resolve().parent.parent
 VSTAR = str(Path(sys.executable).parent / "vstar")
@@ -192,8 +192,12 @@ def test_sigkill_during_each_stage_then_rerun(setup, reference, mlflow_server):
                 out = runs.output(p)
                 assert "lock reclaimed" in out and f"process {killed[-1]} on this host is gone" in out, out[-3000:]
             else:  # a second live run of the loop is refused, in one line that says what to do
-                rc, out = runs.finish(runs.start(uri, mlflow_server), timeout=300)
-                assert rc == 2
+                second, helpers = runs.start(uri, mlflow_server), set()
+                while second.poll() is None:  # refused after its wait: it never imports for stages it won't run
+                    helpers |= {h.pid for h in warm_helpers(second.pid)}
+                    time.sleep(0.1)
+                rc, out = runs.finish(second, timeout=300)
+                assert rc == 2 and not helpers, (rc, helpers)
                 line = one_line_error(out, "is already running")
                 assert cfg.loop_id() in line and f"pid {p.pid}" in line and "vstar unlock" in line
             # kill -9 the flow-run process: a crash, not a cancellation. Its stage child dies with it.

@@ -10,7 +10,7 @@ import pytest
 
 from components.infra import warm
 from components.infra.isolation import StageFailed, call_isolated
-from tests.procs import wait_for
+from tests.procs import wait_for, warm_helpers
 
 PROBE = '''
 import os, sys
@@ -73,19 +73,9 @@ def test_the_flow_starts_the_helper_early_and_keeps_it(probe, tmp_path, monkeypa
     monkeypatch.delenv("KMP_DUPLICATE_LIB_OK", raising=False)
     warm_up()
 
-    def helpers():
-        out = []
-        for p in psutil.Process().children():
-            try:
-                if p.status() != psutil.STATUS_ZOMBIE and "components.infra.warm" in " ".join(p.cmdline()):
-                    out.append(p)
-            except psutil.Error:
-                pass
-        return out
-
-    wait_for(helpers, 60, "the helper, before any stage asked for it")
+    wait_for(lambda: warm_helpers(os.getpid()), 60, "the helper, before any stage asked for it")
     first = call_isolated("warm_probe:who", {"tag": "a"}, "probe", log_dir=tmp_path / "logs")
-    assert first["ppid"] in {h.pid for h in helpers()} and first["env"] == "a-new-environment"
+    assert first["ppid"] in {h.pid for h in warm_helpers(os.getpid())} and first["env"] == "a-new-environment"
     monkeypatch.setenv("KMP_DUPLICATE_LIB_OK", "True")
     second = call_isolated("warm_probe:who", {"tag": "b"}, "probe", log_dir=tmp_path / "logs")
     assert second["ppid"] == first["ppid"]
