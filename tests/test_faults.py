@@ -193,10 +193,13 @@ def test_sigkill_during_each_stage_then_rerun(setup, reference, mlflow_server):
                 assert "lock reclaimed" in out and f"process {killed[-1]} on this host is gone" in out, out[-3000:]
             else:  # a second live run of the loop is refused, in one line that says what to do
                 second, helpers = runs.start(uri, mlflow_server), set()
-                while second.poll() is None:  # refused after its wait: it never imports for stages it won't run
-                    helpers |= {h.pid for h in warm_helpers(second.pid)}
-                    time.sleep(0.1)
-                rc, out = runs.finish(second, timeout=300)
+
+                def refused() -> bool:  # refused after its wait: it never imports for stages it won't run
+                    helpers.update(h.pid for h in warm_helpers(second.pid))
+                    return second.poll() is not None
+
+                wait_for(refused, 300, "the second run to be refused", every=0.1)
+                rc, out = runs.finish(second)
                 assert rc == 2 and not helpers, (rc, helpers)
                 line = one_line_error(out, "is already running")
                 assert cfg.loop_id() in line and f"pid {p.pid}" in line and "vstar unlock" in line

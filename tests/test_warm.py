@@ -18,7 +18,8 @@ import os, sys
 def who(tag):
     print("probe says", tag, flush=True)
     return {"pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(), "tag": tag, "version": VERSION,
-            "env": os.environ.get("VSTAR_TEST_PROBE"), "tracking": os.environ.get("MLFLOW_TRACKING_URI"), "progress": bool(os.environ.get("VSTAR_PROGRESS")),
+            "env": os.environ.get("VSTAR_TEST_PROBE"), "tracking": os.environ.get("MLFLOW_TRACKING_URI"),
+            "progress": bool(os.environ.get("VSTAR_PROGRESS")),
             "torch_preloaded": "torch" in sys.modules, "vllm_preloaded": "vllm" in sys.modules,
             # transformers is lazy: what the stages name must be loaded, not only its top level
             "stage_imports_preloaded": all(m in sys.modules for m in (
@@ -63,8 +64,8 @@ def test_a_warm_child_is_its_own_process_and_runs_the_code_on_disk(probe, tmp_pa
 
 
 def test_the_flow_starts_the_helper_early_and_keeps_it(probe, tmp_path, monkeypatch):
-    """`warm_up()` (the first thing a loop's flow does) starts the helper in the background, so its
-    imports overlap the flow's own start; a variable a library sets in the flow process as it imports
+    """`warm_up()` (what a loop's flow does once it holds the loop's lock) starts the helper in the
+    background, so its imports overlap the flow's own start; a variable a library sets in the flow process as it imports
     (scikit-learn: KMP_DUPLICATE_LIB_OK) does not cost a second helper halfway through the round, nor
     does a service's address set later (a test session starts MLflow, S3, Prefect as tests ask)."""
     from components.infra.isolation import warm_up

@@ -105,9 +105,10 @@ def child_env() -> dict[str, str]:
 
 def warm_up(cfg=None) -> None:
     """Get stage children ready to start at once (components/infra/warm.py), in the background; with
-    the run's config at hand, vLLM is preloaded only if a stage of it uses a vLLM engine. Flows call it
-    once they hold their loop's lock: a trigger that is refused, or waits behind a running round, must
-    not spend ~15 s of CPU and ~1 GB importing beside that round for stages it will never run."""
+    the run's config at hand, vLLM is preloaded only if a stage of it uses a vLLM engine. A flow that
+    takes its loop's lock calls it once it holds it: a trigger that is refused, or waits behind a
+    running round, must not spend ~15 s of CPU and ~1 GB importing beside that round for stages it
+    will never run."""
     from components.infra import warm
 
     if cfg is not None:  # in this process's environment: every later child, and the helper's key, agree
