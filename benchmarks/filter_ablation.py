@@ -7,7 +7,9 @@ Every arm is the config's loop with its step labels (or filter) replaced, sharin
 (same bootstrap hash); loops already published are read back, not recomputed. Arms:
 
     gold        the arith family's exact step check: an oracle no real task has, the ceiling
+    calc        the family's calculator: each step's stated arithmetic recomputed from the trace alone
     confidence  the generator's own per-step token confidence (free: one prefill pass)
+    confidence+calc  the confidence labels, overruled by the calculator (`scoring.calculator`)
     mc          Monte Carlo rollouts (Math-Shepherd)
     labels      a PRM trained on a labelling budget (`scoring.labels.budget`, 1,000 traces)
     outcome     outcome-only filtering (STaR): the answer check alone
@@ -42,7 +44,9 @@ EVAL_ONLY_OFF = ["orm.enabled=false", "dpo.enabled=false", "eval.beam.enabled=fa
                  "eval.sampled_per_level=30"]
 ARMS = {
     "gold": ["scoring.label_source=gold", "filter.mode=step"],
+    "calc": ["scoring.label_source=calc", "filter.mode=step"],
     "confidence": ["scoring.label_source=confidence", "filter.mode=step"],
+    "confidence+calc": ["scoring.label_source=confidence", "scoring.calculator.enabled=true", "filter.mode=step"],
     "mc": ["scoring.label_source=mc", "filter.mode=step"],
     "labels": ["scoring.label_source=labels", "scoring.labels.budget=1000", "filter.mode=step"],
     "outcome": ["filter.mode=outcome"],
@@ -60,7 +64,7 @@ def num(x) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/demo.yaml")
-    ap.add_argument("--arms", nargs="+", default=["gold", "confidence", "outcome"], choices=sorted(ARMS))
+    ap.add_argument("--arms", nargs="+", default=["gold", "calc", "confidence", "outcome"], choices=sorted(ARMS))
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     ap.add_argument("--out", default="benchmarks/results/filter_ablation.json")
     args = ap.parse_args()

@@ -10,7 +10,7 @@ score), so it costs no generation: run the loop first, e.g.
 Prints, per round and problem set, best-of-k at k = 1 and N with 95% bootstrap intervals, the paired
 differences of the verifiers with each other and with the vote at k = N, what each verifier scored on
 its own held-out training split and beam search against best-of-k at the same generated tokens;
-writes benchmarks/results/verifiers.json.
+writes benchmarks/results/verifiers.json (`--out`).
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ from components.evaluation.report import DIFFERENCES  # noqa: E402
 from components.infra import store  # noqa: E402
 from components.infra.layout import Layout  # noqa: E402
 
-SHOWN = ("pass_at_k", "vote", "prm_min", "orm", "dpo", "dpo_likelihood", "confidence", "weighted_vote/prm_min",
-         "weighted_vote/orm", "weighted_vote/dpo")
+SHOWN = ("pass_at_k", "vote", "prm_min", "prm_calc", "orm", "dpo", "dpo_likelihood", "confidence", "calc",
+         "weighted_vote/prm_min", "weighted_vote/orm", "weighted_vote/dpo", "weighted_vote/calc")
 TRAINING = {"prm": ("heldout_auroc",), "orm": ("heldout_auroc",), "dpo": ("heldout_pair_accuracy", "heldout_within_auroc")}
 
 
@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--levels", default="", help="difficulties of the 'hardest' problem set, e.g. 5,6")
     ap.add_argument("--rounds", default="", help="default: every published round")
     ap.add_argument("--loop", default="", help="a loop id, when the config no longer names it (e.g. after new fields)")
+    ap.add_argument("--out", default="benchmarks/results/verifiers.json")
     args = ap.parse_args()
     cfg = load_config(args.config, args.sets)
     fam = family_of(cfg)
@@ -101,7 +102,7 @@ def main() -> None:
                                 for f, x in fs.items() if x is not None))
     for table in (t, d, b):
         console.print(table)
-    path = ROOT / "benchmarks/results/verifiers.json"
+    path = ROOT / args.out
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     console.print(f"JSON: {path}")

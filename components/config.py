@@ -86,6 +86,13 @@ class RunConfig(Strict):
                              f"the arith family has ({self.family.name!r}: import human labels with scoring.labels.uri)")
         if prm0_from_imports(self) and not self.prm.enabled:
             raise ValueError(f"scoring.label_source {src!r} scores with a PRM trained on them: prm.enabled must be true")
+        from components.data.families import FAMILIES
+
+        fam_cls = FAMILIES.get(self.family.name)
+        if (self.scoring.calculator.enabled or "calc" in (src, *self.scoring.also)) and fam_cls \
+                and not hasattr(fam_cls, "calculator_labels"):
+            raise ValueError(f"scoring: the calculator (`calc`, scoring.calculator) reads the arithmetic a step "
+                             f"states; the {self.family.name!r} family has no such check (arith and gsm8k do)")
         f = self.filter
         if f.verifier and f.verifier not in (src, *self.scoring.also):
             raise ValueError(f"filter.verifier {f.verifier!r} ranks by a source's step scores: it must be the "

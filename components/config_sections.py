@@ -184,6 +184,15 @@ class ConfidenceConfig(Strict):
     quantile: float = Field(0.3, gt=0, lt=1)  # of right-answer traces' confidence: the step threshold
 
 
+class CalculatorConfig(Strict):
+    """`scoring.calculator`: the family's calculator (arith: each `a<op>c=r` recomputed and chained;
+    gsm8k: its `<<48/2=24>>` annotations) overrules the label source: a step whose stated arithmetic
+    is wrong, and every step after it, is labelled wrong whatever the source said. It reads the trace
+    alone, never the problem's answer or a reference: a tool check any task with written arithmetic
+    has, not an oracle. A section, so that leaving it off keeps every loop id as it was."""
+    enabled: bool = False
+
+
 class RemoteJudgeConfig(Strict):
     """An OpenAI-compatible /v1/completions endpoint (`vllm serve`, hosted models; the judge is
     prompted as a base model, no chat template). The key is read from the environment variable
@@ -248,13 +257,15 @@ class ScoringConfig(Strict):
     scores with a PRM trained on imported human labels (round 1: on those alone; later rounds: on
     those plus the loop's own labelled steps);
     `prm` uses the previous round's PRM (round 1, which has none, uses `first_round_source`);
-    `prm+mc` runs MC only on traces the PRM is unsure about. `also` names extra sources scored on
+    `prm+mc` runs MC only on traces the PRM is unsure about; `calc` the family's calculator alone
+    (`calculator` below: the same check on top of any source). `also` names extra sources scored on
     the same traces for the label-quality report (agreement, F1 vs gold) without filtering on them."""
     label_source: str = "mc"  # names are validated against the registry (components/labeling/sources.py)
     first_round_source: str = "mc"
     also: list[str] = []
     mc: MCConfig = MCConfig()
     confidence: ConfidenceConfig = ConfidenceConfig()
+    calculator: CalculatorConfig = CalculatorConfig()
     judge: JudgeConfig = JudgeConfig()
     labels: LabelsConfig = LabelsConfig()
     prm_unsure: tuple[float, float] = (0.2, 0.8)

@@ -447,6 +447,14 @@ def print_summary(result: dict, seconds: float) -> None:
         if len(q) > 1:
             console.print("  first-error F1 vs gold by label source: "
                           + ", ".join(f"{k} {v:.2f}" for k, v in sorted(q.items())))
+        e = r["evaluate"]
+        k = max((int(x.rsplit("/k", 1)[1]) for x in e if x.startswith("bok/vote/k") and x.count("/") == 2), default=0)
+        if k > 1:  # the pool's verifiers against the vote at the largest k (curves and intervals: MLflow)
+            picks = {v: e[f"bok/{v}/k{k}"] for v in ("vote", "prm_min", "prm_calc", "orm", "dpo", "calc", "confidence")
+                     if f"bok/{v}/k{k}" in e}
+            f1s = {n: e[m] for n, m in (("PRM", "prm_f1"), ("PRM with the calculator", "prm_calc_f1")) if m in e}
+            console.print(f"  best-of-{k}: " + ", ".join(f"{v} {_pct(x)}" for v, x in picks.items())
+                          + "".join(f"; {n} F1 {x:.2f}" for n, x in f1s.items()))
     data = rounds[0].get("data") or {}
     if data:  # problems from files: what was read, kept and quarantined (never dropped silently)
         console.print("problems: " + ", ".join(f"{k} {v}" for k, v in data.items() if "/rows_" in k))

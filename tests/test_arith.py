@@ -177,6 +177,21 @@ def test_step_labels():
     assert f.step_labels(P, "") == []
 
 
+@pytest.mark.parametrize("lines, expected", [
+    (GOLD, [1, 1, 1, 1, 1, 1]),
+    (planted(s1="17*3=41", s2="41-4=37"), [1, 0, 0, 0, 0, 0]),  # a slip: 17*3 is not 41
+    (planted(s2="50-4=46"), [1, 1, 0, 0, 0, 0]),                 # starts from another value than 51
+    (planted(s3="47%10=8", s4="8^40=40"), [1, 1, 1, 0, 0, 0]),   # absorbed by the max: the answer is right
+    (planted(s5="Answer: 41"), [1, 1, 1, 1, 1, 0]),              # not the last result
+    # What the calculator cannot see: a step that computes right but is not the problem's next op.
+    (["12+5=17", "17*3=51", "51%10=1", "1^40=40", "Answer: 40"], [1, 1, 1, 1, 1]),
+    (["12+5=17", "51=51", "51-4=47", "Answer: 47"], [1, None, 1, 1]),  # no equation: unchecked, no chain
+])
+def test_the_calculator_recomputes_the_trace_alone(lines, expected):
+    """`calculator_labels` reads the steps, never the problem: the `calc` source and scoring.calculator."""
+    assert Arith(SMALL).calculator_labels(lines) == expected
+
+
 def test_gold_label_source_names_the_familys_first_error():
     """The `gold` source once inferred -1 ("the trace is right") for a truncated trace from its all-right
     step labels, where the family says None (no first error to name)."""

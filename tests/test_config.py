@@ -110,3 +110,14 @@ def test_label_budget_settings_are_checked():
         load_config("configs/gsm8k.yaml", ["scoring.labels.budget=250"])
     with pytest.raises(ConfigError, match="neither scoring.labels.uri nor scoring.labels.budget"):
         load_config("configs/demo.yaml", ["scoring.label_source=labels"])
+
+
+def test_the_calculator_needs_a_family_with_written_arithmetic():
+    """`calc` and scoring.calculator recompute what a step states: arith and gsm8k have it, MATH does not."""
+    assert load_config("configs/demo.yaml", ["scoring.calculator.enabled=true"]).scoring.calculator.enabled
+    assert load_config("configs/gsm8k.yaml", ["scoring.also=[calc]"]).scoring.also == ["calc"]
+    with pytest.raises(ConfigError, match="'math' family has no such check"):
+        load_config("configs/gsm8k.yaml", ["family.name=math", "scoring.calculator.enabled=true"])
+    # off, it is not the loop's identity: every loop id stays as it was
+    assert load_config("configs/demo.yaml").loop_id() == load_config(
+        "configs/demo.yaml", ["scoring.calculator.enabled=false"]).loop_id()

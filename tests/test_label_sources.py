@@ -205,6 +205,42 @@ def test_confidence_labels_steps_from_the_generators_own_logprobs(scored_gold, t
     assert 0.0 <= m["quality/confidence/f1"] <= 1.0
 
 
+def test_the_calculator_overrules_a_source_on_a_slip_it_cannot_see(scored_gold, tiny_model_uri):
+    """`scoring.calculator`: a right answer reached through a wrong multiplication is labelled wrong
+    from that step on, whatever the generator's confidence says, and the step filter drops it. The
+    slips are planted: the tiny model's own are down to sampling luck."""
+    from components.data.families.arith import EQUATION
+    from components.labeling.filtering import passes
+
+    cfg, base, _ = scored_gold
+    rows = store.read_rows(f"{base}/candidates")
+    planted = []
+    for r in rows:
+        steps = r["completion"].split("\n")
+        m = EQUATION.fullmatch(steps[0])
+        if r["correct"] and r["gold_first_error"] == -1 and len(steps) >= 4 and m and len(planted) < 3:
+            # the step's result off by one, the next step still starting from the true one: the answer stays right
+            steps[0] = f"{m[1]}{m[2]}{m[3]}={int(m[4]) + 1}"
+            r["completion"] = "\n".join(steps)
+            r["gold_first_error"] = 0
+            planted.append(r["completion"])
+    assert len(planted) == 3, "the tiny model solves 3-op problems: its candidates hold right answers"
+    store.write_rows(rows, f"{base}/candidates-slips", {"stage": "generate", "round": 1})
+    cfg = with_scoring(cfg, label_source="confidence", confidence={"window": 1, "quantile": 0.25},
+                       calculator={"enabled": True})
+    m = score.run(cfg, f"{base}/scored-calc", tiny_model_uri, f"{base}/candidates-slips", 1)
+    scored = store.read_rows(f"{base}/scored-calc")
+    for r in (r for r in scored if r["completion"] in planted):
+        assert r["correct"] and r["label_first_error"] == 0 and r["step_labels"][0] == 0 and r["step_scores"][0] == 0.0
+        assert r["calc_first_error"] == 0  # the calculator's own verdict, beside the confidence's raw one
+        assert not passes(r, cfg.filter)
+    for r in (r for r in scored if r["calc_first_error"] == -1):  # where it finds nothing, the source stands
+        assert list(r["step_labels"]) == list(r["confidence_labels"])
+    assert m["label_f1"] == m["quality/confidence_calculator/f1"]  # what the filter uses is what is graded
+    assert "quality/confidence/f1" in m and "quality/calc/f1" in m  # and each on its own
+    assert m["calc/calc_traces_flagged"] >= 3  # stats of a source beside the primary: under its name
+
+
 def test_every_source_runs_inside_the_round_flow(scored_gold, judge_uri, prefect_server, tmp_path):
     """One round of the loop whose filter uses a PRM trained on a labelling budget, while MC∧judge
     consensus (with the judge trained on this bootstrap, found published), binary-search MC and the

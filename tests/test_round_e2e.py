@@ -74,7 +74,8 @@ def test_mlflow_parent_has_child_runs_with_eval_metrics(loop_result, s3_cfg):
         assert {"evaluate/pass1_n1", "evaluate/maj_at_k_all", "evaluate/bestofk_prm_min_all", "evaluate/prm_f1"} <= set(m)
         # Every selector on one pool (k = 1..N) with its interval, PRM against ORM paired; the plot beside.
         n_pool = s3_cfg.eval.k
-        for sel in ("vote", "prm_min", "orm", "dpo", "dpo_likelihood", "confidence", "weighted_vote/prm_min", "pass_at_k"):
+        for sel in ("vote", "prm_min", "orm", "dpo", "dpo_likelihood", "confidence", "calc", "prm_calc",
+                    "weighted_vote/prm_min", "weighted_vote/calc", "pass_at_k"):
             assert m[f"evaluate/bok/{sel}/k{n_pool}/lo"] <= m[f"evaluate/bok/{sel}/k{n_pool}"] <= m[f"evaluate/bok/{sel}/k{n_pool}/hi"]
         assert m["evaluate/bok/vote/k1"] == pytest.approx(m["evaluate/bok/random/k1"])
         assert f"evaluate/bok_diff/prm_min-orm/k{n_pool}" in m and m["train_orm/examples"] > 0
@@ -82,6 +83,8 @@ def test_mlflow_parent_has_child_runs_with_eval_metrics(loop_result, s3_cfg):
         # What each costs: FLOPs to generate and to score a sample, and to train the verifiers.
         assert m["evaluate/cost/generate_flops_per_sample"] > 0 and m["train_orm/train_flops"] > 0
         assert 0 < m["evaluate/cost/orm/score_flops_per_sample"] == m["evaluate/cost/prm_min/score_flops_per_sample"]
+        assert m["evaluate/cost/calc/score_flops_per_sample"] == 0  # the calculator: no model
+        assert 0 <= m["evaluate/prm_calc_f1"] <= 1  # the PRM with the calculator, beside the PRM alone
         # The DPO verifier reads each sample twice at the generator's size: itself and its reference.
         assert m["evaluate/cost/dpo/score_flops_per_sample"] == pytest.approx(2 * m["evaluate/cost/generate_flops_per_sample"])
         assert m["train_dpo/train_flops"] > 0

@@ -124,3 +124,30 @@ def test_within_problem_auroc_compares_solutions_of_one_problem_only():
     assert prm.within_auroc(scores, right, groups) == 1.0 and prm.auroc(scores, right) == 0.75
     assert prm.within_auroc([0.5, 0.5], [True, False], ["a", "a"]) == 0.5  # a tie counts half
     assert math.isnan(prm.within_auroc([0.9, 0.1], [True, False], ["a", "b"]))  # no problem has both kinds
+
+
+def test_the_calculator_verifier_and_the_prm_with_a_calculator(smoke_cfg, smoke_family):
+    """`calc` scores what a calculator sees; `prm_calc` is the PRM overruled by it. A PRM that calls
+    every step good misses the slip the calculator finds: the pair's first-error F1 is the calculator's."""
+    from components.data.families.arith import gold_lines
+    from components.evaluation import heldout, verifiers
+
+    samples = []
+    for p in smoke_family.problems("eval")[:40]:
+        lines = gold_lines(p)
+        if len(samples) % 2:  # a slip in the first step, carried on: the answer comes out wrong
+            first = lines[0].rsplit("=", 1)
+            lines = [f"{first[0]}={int(first[1]) + 1}"] + lines[1:]
+        text = smoke_family.steps_text(lines)
+        samples.append({"problem_id": p.id, "prompt": p.prompt, "completion": text, "difficulty": p.difficulty,
+                        "correct": smoke_family.is_correct(p, text), "gold_first_error": smoke_family.first_error(p, text),
+                        "answer": smoke_family.extract_answer(text), "prm_scores": [0.9] * len(lines)})
+    ctx = verifiers.Context(smoke_cfg, smoke_family, generator=None, flops={"prm_min": 5.0})
+    out = verifiers.calc(samples, ctx)
+    slipped = [s["gold_first_error"] == 0 for s in samples]
+    assert out["calc"] == [0.0 if x else 1.0 for x in slipped]
+    assert out["prm_calc"] == [0.0 if x else 0.9 for x in slipped] and ctx.flops["prm_calc"] == 5.0
+    assert heldout.prm_first_error_f1(samples)["f1"] == 0.0  # the PRM alone calls every trace clean
+    assert heldout.prm_first_error_f1(samples, calculator=True)["f1"] == 1.0
+    m = heldout.round_metrics(samples, samples, with_prm=True)
+    assert m["prm_calc_f1"] == 1.0 and m["prm_f1"] == 0.0

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 MAX_SUBSETS = 20_000
-HEADLINE = ("prm_min", "orm", "dpo", "confidence")  # compared pairwise; every verifier is compared with the vote
+HEADLINE = ("prm_min", "prm_calc", "orm", "dpo", "confidence", "calc")  # compared pairwise; every verifier is compared with the vote
 
 
 def ks_for(n: int) -> list[int]:

@@ -14,7 +14,7 @@ from typing import Callable
 
 from components.labeling.filtering import AGGREGATES
 from components.labeling.quality import first_error_f1
-from components.labeling.step_labels import first_error_from_scores
+from components.labeling.step_labels import first_error_from_scores, first_error_of
 
 
 def majority(samples: list[dict], same: Callable[[str, str], bool] = operator.eq) -> dict | None:
@@ -54,8 +54,11 @@ def sampled_metrics(groups: list[list[dict]], with_prm: bool,
     return out
 
 
-def prm_first_error_f1(samples: list[dict], threshold: float = 0.5) -> dict[str, float]:
+def prm_first_error_f1(samples: list[dict], threshold: float = 0.5, calculator: bool = False) -> dict[str, float]:
+    """`calculator`: the PRM's first error or the calculator's (`calc_labels`), whichever comes first."""
     pred = [first_error_from_scores(x["prm_scores"], threshold) for x in samples]
+    if calculator:
+        pred = [min((e for e in (p, first_error_of(x["calc_labels"])) if e >= 0), default=-1) for p, x in zip(pred, samples)]
     return first_error_f1(pred, [x["gold_first_error"] for x in samples])
 
 
@@ -81,6 +84,12 @@ def round_metrics(greedy: list[dict], samples: list[dict], with_prm: bool,
             at = [s for s in samples if s["difficulty"] == n]
             if at:
                 metrics[f"prm_f1_n{n}"] = prm_first_error_f1(at)["f1"]
+        if samples and all("calc_labels" in s for s in samples):  # the PRM with the family's calculator
+            metrics.update({f"prm_calc_{k}": v for k, v in prm_first_error_f1(samples, calculator=True).items()})
+            for n in levels:
+                at = [s for s in samples if s["difficulty"] == n]
+                if at:
+                    metrics[f"prm_calc_f1_n{n}"] = prm_first_error_f1(at, calculator=True)["f1"]
     # An undefined metric (NaN: F1 with one side empty) is left out, as MLflow leaves it out; NaN
     # would also make two identical results compare unequal.
     return {k: v for k, v in metrics.items() if v == v}

@@ -11,7 +11,11 @@
   was trained from, as sigmoid(r) (`dpo`: the Bradley-Terry probability that the solution is preferred
   to one the reference likes as much; monotone in r, so it ranks as r does, and it weighs a vote in
   (0, 1)); and the verifier's own likelihood per token, exp(mean log pi_dpo) (`dpo_likelihood`), for comparison.
-Which of them run: `confidence` always, the others when the round has the model. Majority and
+- `calc`: the family's calculator (arith, gsm8k), no model: 1 when no step's stated arithmetic is
+  wrong, else 0 (as a weighted vote: the vote among the samples it passes); with a PRM also `prm_calc`,
+  the PRM's min step score, 0 where the calculator finds a wrong step (a PRM with a tool).
+Which of them run: `confidence` always, `calc` where the family has a calculator, the others when the
+round has the model. Majority and
 weighted votes are selectors over these scores (components/evaluation/bestofk.py), not verifiers.
 
 Each verifier also records what scoring one sample costs, `ctx.flops[name]`: ~2 x params x input
@@ -134,6 +138,19 @@ def dpo(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
     ctx.flops["dpo"] = 2 * generation_flops(samples, ctx)
     ctx.flops["dpo_likelihood"] = generation_flops(samples, ctx)  # (read off the same pass)
     return {"dpo": [1.0 / (1.0 + math.exp(-r)) for r in reward], "dpo_likelihood": [math.exp(x) for x in logp]}
+
+
+@verifier("calc", when=lambda ctx: hasattr(ctx.family, "calculator_labels"))
+def calc(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
+    """After `prm` (registry order): its step scores are on the samples by now, when it ran."""
+    for s, steps in zip(samples, _steps(samples, ctx)):
+        s["calc_labels"] = ctx.family.calculator_labels(steps)
+    out = {"calc": [0.0 if 0 in s["calc_labels"] else 1.0 for s in samples]}
+    ctx.flops["calc"] = 0.0  # arithmetic on a few numbers: nothing next to a forward pass
+    if "prm_min" in ctx.flops:
+        out["prm_calc"] = [0.0 if 0 in s["calc_labels"] or not s["prm_scores"] else min(s["prm_scores"]) for s in samples]
+        ctx.flops["prm_calc"] = ctx.flops["prm_min"]
+    return out
 
 
 def score(samples: list[dict], ctx: Context) -> list[str]:

@@ -12,6 +12,8 @@ origin, what round 1 uses when it needs a PRM that does not exist yet, and combi
     prm         the previous round's PRM
     labels      a PRM trained on imported human labels (PRM_0; later rounds add the loop's own)
     prm+mc      the PRM, and Monte Carlo where the PRM is unsure (`scoring.prm_unsure`)
+    calc        the family's calculator: the arithmetic each step states, recomputed from the trace
+                alone (`scoring.calculator` applies the same check on top of any source: `overrule`)
 
 Engines (generator for rollouts, judge, PRM) start on first use, once per stage.
 """
@@ -184,6 +186,32 @@ def gold(batch: Batch, cfg: RunConfig, engines: Engines):
         fe = known
         out.append(StepLabels([None if y is None else float(y) for y in labels], labels, fe))
     return out, {}
+
+
+@source("calc")
+def calc(batch: Batch, cfg: RunConfig, engines: Engines):
+    """Steps with nothing to compute stay unlabelled; a trace with none to compute is unchecked (None)."""
+    out = []
+    for steps in batch.steps:
+        labels = batch.family.calculator_labels(steps)
+        checked = any(y is not None for y in labels)
+        out.append(StepLabels([None if y is None else float(y) for y in labels], labels,
+                              first_error_of(labels) if checked else None))
+    return out, {"calc_steps_checked": sum(y is not None for s in out for y in s.labels),
+                 "calc_traces_flagged": sum(s.first_error is not None and s.first_error >= 0 for s in out)}
+
+
+def overrule(lab: StepLabels, calc_labels: list[int | None]) -> StepLabels:
+    """A source's labels with the calculator's verdict on top: from the first step whose arithmetic
+    is wrong on, every step is wrong (score 0), whatever the source said; before it, the source's
+    labels stand (a calculator that finds nothing wrong vouches for nothing else)."""
+    err = first_error_of(calc_labels)
+    if err < 0:
+        return lab
+    n = len(lab.labels)
+    fe = err if lab.first_error is None or lab.first_error < 0 else min(lab.first_error, err)
+    return StepLabels([s if i < err else 0.0 for i, s in enumerate(lab.scores[:n])],
+                      [y if i < err else 0 for i, y in enumerate(lab.labels)], fe, lab.origin)
 
 
 def _mc(estimator):

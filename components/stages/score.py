@@ -103,12 +103,20 @@ def finish(cfg: RunConfig, out_uri: str, rows: list[dict], stats: list[dict], ro
         sub = {AUDIT: [_get(rows[i], AUDIT) for i in audited], **{k: [v[i] for i in audited] for k, v in by_source.items()}}
         report.update({f"audit_{k}": v for k, v in quality(sub, [gold_fe[i] for i in audited]).items()
                        if k.startswith(f"{AUDIT}/") or k.startswith("agree/")})
-    for r, lab in zip(rows, by_source[source]):
+    graded, primary = source, by_source[source]
+    if cfg.scoring.calculator.enabled:  # what the filter and the PRM see: the source, overruled by the calculator
+        calc = [c.labels for c in by_source["calc"]]
+        primary = [sources.overrule(lab, c) for lab, c in zip(primary, calc)]
+        if cfg.filter.verifier not in (None, "calc"):  # the filter ranks by that column: overruled too
+            _put(rows, cfg.filter.verifier, [sources.overrule(lab, c) for lab, c in zip(by_source[cfg.filter.verifier], calc)])
+        graded = f"{source}+calculator"
+        report.update(quality({graded: primary}, gold_fe))
+    for r, lab in zip(rows, primary):
         r.update(step_scores=lab.scores, step_labels=lab.labels, label_first_error=lab.first_error,
                  label_source=r.pop("label_origin"))
     metrics = {**stats, **{f"quality/{k}": v for k, v in report.items()}, "traces": len(rows),
                "steps": sum(len(r["steps"]) for r in rows), "seconds": seconds, **extra}
-    primary_q = {k.split("/", 1)[1]: v for k, v in report.items() if k.startswith(_col(source) + "/")}
+    primary_q = {k.split("/", 1)[1]: v for k, v in report.items() if k.startswith(_col(graded) + "/")}
     metrics.update({f"label_{k}": v for k, v in primary_q.items() if k in ("f1", "acc_erroneous", "acc_correct")})
     store.write_rows(rows, out_uri, {"stage": "score", "round": round_idx, "metrics": metrics, "label_source": source})
     return metrics
@@ -117,7 +125,8 @@ def finish(cfg: RunConfig, out_uri: str, rows: list[dict], stats: list[dict], ro
 def _sources(cfg: RunConfig, prm_uri: str | None) -> tuple[str, list[str]]:
     """The round's source (one that needs a PRM falls back in round 1) and every source it labels with."""
     source = sources.for_round(cfg, has_prm=bool(prm_uri))
-    return source, [source, *(x for x in dict.fromkeys(cfg.scoring.also) if x != source)]
+    calc = ["calc"] if cfg.scoring.calculator.enabled else []  # its own verdict: reported, and what overrules
+    return source, [source, *(x for x in dict.fromkeys([*cfg.scoring.also, *calc]) if x != source)]
 
 
 def _audits(cfg: RunConfig, names: list[str]) -> bool:

@@ -58,6 +58,10 @@ class Family(Protocol):
         (gsm8k checks only steps with calculator annotations)."""
         ...
 
+    # Optional (arith, gsm8k): `calculator_labels(steps) -> list[int | None]`, the arithmetic each step
+    # states, recomputed from the trace alone (no problem, no reference): 1 checks out, 0 from the first
+    # step that does not on, None nothing to compute. The `calc` source and `scoring.calculator` use it.
+
     def prefix_text(self, p: Problem, steps: list[str], i: int) -> str:
         """Prompt plus steps[0..i]: where a Monte Carlo rollout for step i continues from."""
         ...

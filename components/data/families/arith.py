@@ -48,6 +48,10 @@ def gold_lines(p: Problem) -> list[str]:
     return lines + [f"{ANSWER} {value}"]
 
 
+# A step as the model writes it: `a<op>c=r` (what the calculator below recomputes).
+EQUATION = re.compile(r"(\d+)([-+*%^])(\d+)=(\d+)")
+
+
 def _parse_answer(line: str) -> str | None:
     m = re.fullmatch(r"Answer:\s*(-?\d+)\s*", line)
     return str(int(m.group(1))) if m else None
@@ -178,6 +182,32 @@ class Arith:
     def step_labels(self, p: Problem, completion: str) -> list[int]:
         n, err = len(self.split_steps(completion)), self.first_error(p, completion)
         return [1] * n if err is None or err < 0 else [1] * err + [0] * (n - err)
+
+    def calculator_labels(self, steps: list[str]) -> list[int | None]:
+        """What a calculator sees, reading the trace alone (no problem, no answer): a step is wrong when
+        its result is not what `a<op>c` computes, or when it starts from another value than the result
+        before it, or when the answer line is not the last result; every step after it too. A line
+        that is no equation (e.g. `64=64`) is left unchecked (None). It cannot tell whether a step
+        applies the op the problem asks for next: a skipped, repeated or misread op passes."""
+        labels: list[int | None] = []
+        last, failed = None, False
+        for line in steps:
+            if failed:
+                labels.append(0)
+                continue
+            m, answer = EQUATION.fullmatch(line), _parse_answer(line) if line.startswith(ANSWER) else None
+            if m:
+                a, sym, c, r = int(m[1]), m[2], int(m[3]), int(m[4])
+                failed = APPLY[sym](a, c) != r or (last is not None and a != last)
+                last = r
+            elif answer is not None and last is not None:
+                failed = int(answer) != last
+            else:
+                labels.append(None)
+                last = None  # what the next step should start from is unknown now
+                continue
+            labels.append(0 if failed else 1)
+        return labels
 
     def prefix_text(self, p: Problem, steps: list[str], i: int) -> str:
         return p.prompt + self.steps_text(steps[: i + 1])

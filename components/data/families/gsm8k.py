@@ -84,3 +84,7 @@ class GSM8K(FileFamily):
 
     def step_labels(self, p: Problem, completion: str) -> list[int | None]:
         return annotation_labels(self.split_steps(completion))
+
+    def calculator_labels(self, steps: list[str]) -> list[int | None]:
+        """The same check as step_labels: it only ever read the trace's own calculator annotations."""
+        return annotation_labels(steps)
