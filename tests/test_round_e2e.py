@@ -225,13 +225,14 @@ def test_compare_reads_rounds_from_mlflow_server(loop_result, s3_cfg, tmp_path):
     assert out.stat().st_size > 10_000  # a real plot, not an empty file
     # Which selector picks best from the same samples, with intervals; each round, the verifiers paired.
     head = next(ln for ln in verifiers_table.splitlines() if "prm_min" in ln)
-    assert all(name in head for name in ("vote", "prm_min", "orm", "dpo", "confidence")), verifiers_table
+    assert all(name in head for name in ("vote", "prm_min", "prm_calc", "orm", "dpo", "confidence", "calc")), verifiers_table
     rows = [ln for ln in verifiers_table.splitlines() if loop_result["loop_id"] in ln]
     assert len(rows) == 3 and all(re.search(r"\d+% \[\d+, \d+\]", ln) for ln in rows), verifiers_table
     head = next(ln for ln in differences_table.splitlines() if "prm_min-orm" in ln)
-    assert all(name in head for name in ("prm_min-dpo", "orm-vote", "dpo-vote")), differences_table
+    assert all(name in head for name in ("prm_min-dpo", "orm-vote", "dpo-vote", "calc-vote")), differences_table
+    # Every round, the bootstrap's too: the calculator needs no trained verifier.
     rows = [ln for ln in differences_table.splitlines() if loop_result["loop_id"] in ln]
-    assert len(rows) == 2 and all(re.search(r"[+-]\d+ \[[+-]?\d+, [+-]?\d+\]", ln) for ln in rows), differences_table
+    assert len(rows) == 3 and all(re.search(r"[+-]\d+ \[[+-]?\d+, [+-]?\d+\]", ln) for ln in rows), differences_table
     client = mlflow.MlflowClient(s3_cfg.tracking_uri)
     assert "compare/cmp.png" in {a.path for a in client.list_artifacts(loop_result["parent_run_id"], "compare")}
     missing = subprocess.run([vstar, "compare", "no-such-loop", "--tracking-uri", s3_cfg.tracking_uri],
