@@ -44,3 +44,16 @@ def test_s3_roundtrip_readable_with_plain_datasets(s3, tmp_path):
     store.publish_folder(folder, s3.uri("unit/model"), {"kind": "model"})
     local = store.fetch_folder(s3.uri("unit/model"), cache_root=tmp_path / "cache")
     assert json.loads((local / "config.json").read_text()) == {"x": 1}
+
+
+def test_an_artifact_published_again_reads_back_as_published(s3):
+    """Rows published again at the same URI (a recomputed stage, a rerun loop) read back as they are
+    now. Reading through `datasets.load_dataset` once served the first version from the machine's
+    Hugging Face cache: on S3 its cache key is the path alone, so a loop whose id stayed the same saw
+    an earlier session's evaluation shards, columns and all."""
+    uri = s3.uri("unit/republished")
+    store.write_rows([{"x": 1, "scores": {"a": 0.5}}], uri, {"stage": "test"})
+    assert store.read_rows(uri) == [{"x": 1, "scores": {"a": 0.5}}]
+    store.write_rows([{"x": 2, "scores": {"a": 0.25, "b": 1.0}}, {"x": 3, "scores": {"a": 0.0, "b": 0.0}}], uri,
+                     {"stage": "test"})
+    assert store.read_rows(uri) == [{"x": 2, "scores": {"a": 0.25, "b": 1.0}}, {"x": 3, "scores": {"a": 0.0, "b": 0.0}}]
