@@ -78,18 +78,14 @@ def round_metrics(greedy: list[dict], samples: list[dict], with_prm: bool,
         metrics.update({f"{k}_n{n}": v for k, v in sampled_metrics(groups, with_prm, same).items()})
     metrics["pass1_all"] = sum(r["correct"] for r in greedy) / len(greedy)
     metrics.update({f"{k}_all": v for k, v in sampled_metrics(list(by_problem.values()), with_prm, same).items()})
-    if with_prm:
-        metrics.update({f"prm_{k}": v for k, v in prm_first_error_f1(samples).items()})
-        for n in levels:  # per difficulty: is the PRM right where the generator is being pushed?
-            at = [s for s in samples if s["difficulty"] == n]
-            if at:
-                metrics[f"prm_f1_n{n}"] = prm_first_error_f1(at)["f1"]
-        if samples and all("calc_labels" in s for s in samples):  # the PRM with the family's calculator
-            metrics.update({f"prm_calc_{k}": v for k, v in prm_first_error_f1(samples, calculator=True).items()})
-            for n in levels:
+    if with_prm:  # the PRM alone, and with the family's calculator on top where the samples carry its verdict
+        calc = bool(samples) and all("calc_labels" in s for s in samples)
+        for name, with_calc in [("prm", False)] + ([("prm_calc", True)] if calc else []):
+            metrics.update({f"{name}_{k}": v for k, v in prm_first_error_f1(samples, calculator=with_calc).items()})
+            for n in levels:  # per difficulty: is the PRM right where the generator is being pushed?
                 at = [s for s in samples if s["difficulty"] == n]
                 if at:
-                    metrics[f"prm_calc_f1_n{n}"] = prm_first_error_f1(at, calculator=True)["f1"]
+                    metrics[f"{name}_f1_n{n}"] = prm_first_error_f1(at, calculator=with_calc)["f1"]
     # An undefined metric (NaN: F1 with one side empty) is left out, as MLflow leaves it out; NaN
     # would also make two identical results compare unequal.
     return {k: v for k, v in metrics.items() if v == v}
