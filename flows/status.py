@@ -61,7 +61,10 @@ def _published_row(n: int, module, manifest: dict) -> Row:
     stale = code_version.is_stale(manifest, module.__name__)
     state = {True: f"stale: code {manifest.get('code', {}).get('hash')}", False: "published",
              None: "published (code not recorded)"}[stale]
-    return Row(n, stage.name, state, manifest.get("published_at", "?"), line[len(stage.name):].strip())
+    figures = line[len(stage.name):].strip()
+    if manifest.get("unchanged"):  # a round that kept too little to train: its G_n is G_{n-1}
+        figures = f"unchanged: G_{n} = G_{n - 1} ({metrics.get('kept_examples', 0):,} kept traces)  {figures}"
+    return Row(n, stage.name, state, manifest.get("published_at", "?"), figures)
 
 
 def round_rows(at: Layout, n: int, enabled: dict[str, bool | None] | None, run_status: str | None,
@@ -91,6 +94,12 @@ def round_rows(at: Layout, n: int, enabled: dict[str, bool | None] | None, run_s
         rows.append(Row(n, module.STAGE.name, state, "", ""))
         break  # later stages wait for this one
     return rows
+
+
+def generator_0(at: Layout) -> str | None:
+    """G_0's URI as the loop's round-0 evaluation recorded it (None before that is published)."""
+    manifest = _manifest(at.round(0, "eval"))
+    return manifest.get("model") if manifest else None
 
 
 def mlflow_runs(cfg, loop_id: str):

@@ -1,9 +1,11 @@
 from types import ModuleType
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from components.config import RunConfig
+from components.infra import tracking
 from components.infra.layout import Layout
+from components.loop import learned_nothing
 from components.stages import dpo, orm, prm, sft
 from tasks.common import run_stage, stage_task
 
@@ -14,6 +16,17 @@ def sft_task(cfg: RunConfig, model_uri: str, kept_uris: list[str], round_idx: in
     """Fine-tune the generator on kept traces (+ history, + replayed gold) -> round-<n>/model."""
     uri = Layout.of(cfg).round(round_idx, "model")
     return uri, run_stage(cfg, sft, uri, run_id, model_uri=model_uri, round_idx=round_idx, kept_uris=kept_uris)
+
+
+def warn_if_learned_nothing(cfg: RunConfig, round_idx: int, run_id: str | None, generated: dict, kept: dict,
+                            sft: dict) -> None:
+    """A round whose SFT had too little to train on says so: a warning in the log (and so the CLI) and
+    a tag on the round's MLflow run; its G_n manifest already says `unchanged`."""
+    line = learned_nothing(cfg, round_idx, generated, kept, sft)
+    if line:
+        get_run_logger().warning(line)
+        if run_id:
+            tracking.set_tag(cfg, run_id, "vstar.unchanged", line)
 
 
 @task(**stage_task(prm))

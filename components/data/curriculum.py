@@ -1,5 +1,10 @@
 """Which train problems a round samples (Lee et al. 2025): one level past the longest chain the
-current generator already solves greedily (pass@1 >= promote_at), plus a share one level easier."""
+current generator already solves greedily (pass@1 >= promote_at), plus a share one level easier.
+
+A weak model (a pretrained checkpoint's cold start) solves no level so: then the round samples the
+level it can learn from most, the one where the previous evaluation's sampled pass@k is highest (a
+right sample is what the filter keeps and SFT learns from), the easiest of equals, and the easiest
+level when no sample was right anywhere."""
 from __future__ import annotations
 
 import random
@@ -8,10 +13,20 @@ from components.config import RunConfig
 from components.data.families import Problem
 
 
-def next_difficulty(pass1: dict[int, float], promote_at: float, lo: int, hi: int) -> int:
-    """One level past the longest chain already solved at `promote_at`, within [lo, hi]."""
+def next_difficulty(pass1: dict[int, float], promote_at: float, lo: int, hi: int,
+                    pass_k: dict[int, float] | None = None) -> tuple[int, str]:
+    """The round's level within [lo, hi], and why (the log says it)."""
     solved = [n for n, acc in sorted(pass1.items()) if acc >= promote_at]
-    return max(lo, min(hi, (max(solved) if solved else lo - 1) + 1))
+    if solved:
+        level = max(lo, min(hi, max(solved) + 1))
+        return level, f"one past the longest chain solved at greedy pass@1 >= {promote_at:g} ({max(solved)})"
+    learnable = {n: v for n, v in (pass_k or {}).items() if lo <= n <= hi and v > 0}
+    if learnable:
+        level = max(sorted(learnable), key=lambda n: learnable[n])  # max keeps the first (easiest) of equals
+        return level, (f"no level solved at greedy pass@1 >= {promote_at:g}: level {level}, where the last "
+                       f"evaluation's pass@k is highest ({learnable[level]:.0%})")
+    return lo, (f"no level solved at greedy pass@1 >= {promote_at:g} and no sample right at any train level: "
+                f"the easiest, {lo}")
 
 
 def round_problems(cfg: RunConfig, fam, target: int | None, round_idx: int) -> list[Problem]:

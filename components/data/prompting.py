@@ -21,6 +21,16 @@ def problem_text(p: Problem) -> str:
     return p.meta.get("problem_text", p.prompt)
 
 
+def hinted_prompt(fam, p: Problem, hint: str) -> str:
+    """The prompt of `p` with its answer given (`hint`: {problem}, {answer}), rendered as `p.prompt` was:
+    what STaR's rationalization asks (components/stages/generate.py). Never for evaluation problems."""
+    text = hint.replace("{problem}", problem_text(p).rstrip("\n")).replace("{answer}", str(p.answer))
+    if not text.endswith("\n") and problem_text(p).endswith("\n"):
+        text += "\n"  # a family's problem text ends in a newline: the model reads the hint the same way
+    prompter = getattr(fam, "prompter", None)
+    return prompter.render(text) if prompter else text
+
+
 class Prompter:
     def __init__(self, cfg: PromptConfig, shots: list[tuple[str, str]] = (), tokenizer=None):
         if cfg.style == "chat" and (tokenizer is None or not tokenizer.chat_template):

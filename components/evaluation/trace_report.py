@@ -32,8 +32,11 @@ th{background:#f2f2f2} td.num{text-align:right;font-variant-numeric:tabular-nums
 .trace.kept{border-left-color:#2e9d43} .trace.rejected{border-left-color:#c62828}
 .trace h3{font-size:15px;margin:0 0 4px} .status{font-weight:700;padding:1px 6px;color:#fff;border-radius:3px}
 .kept .status{background:#2e9d43} .rejected .status{background:#c62828}
-.reason{margin:2px 0 6px} pre{margin:2px 0;font:13px ui-monospace,monospace}
-td.step{font:13px ui-monospace,monospace;white-space:pre} tr.label-error td.step{outline:3px dashed #6a1b9a}
+.reason{margin:2px 0 6px} pre{margin:2px 0;font:13px ui-monospace,monospace;white-space:pre-wrap;overflow-wrap:anywhere}
+details.prompt summary{color:#555;cursor:pointer;font-size:12px}
+table.steps{table-layout:fixed;width:100%} col.n{width:3em} col.s{width:5em} col.l{width:8em} col.m{width:13em}
+td.step{font:13px ui-monospace,monospace;white-space:pre-wrap;overflow-wrap:anywhere}
+tr.label-error td.step{outline:3px dashed #6a1b9a}
 tr.gold-error td.step{outline:3px solid #c62828}
 .mark{font-size:12px;font-weight:700;color:#c62828} .mark.label{color:#6a1b9a}
 """
@@ -134,15 +137,23 @@ def _trace(row: dict, idx: int) -> str:
     if g_err is not None and g_err == len(steps):  # right as far as it goes, but stops early
         body.append(f'<tr><td colspan="7"><span class="mark">gold: first error = the missing step '
                     f'{len(steps) + 1} (the trace ends early)</span></td></tr>')
+    # Fixed column widths: a long step (a GSM8K sentence, a formula without spaces) wraps in the step
+    # column instead of pushing the score columns off the page.
+    cols = ('<colgroup><col class="n"><col><col class="s"><col class="s"><col class="l"><col class="s">'
+            '<col class="m"></colgroup>')
     head = ("<tr><th>#</th><th>step</th><th>PRM</th><th>MC</th>"
             f"<th>{e(src)} (filtered on)</th><th>gold</th><th>first error</th></tr>")
+    # The problem as a reader wants it; the rendered prompt (chat template, worked examples) on request.
+    question = row.get("question") or row["prompt"]
+    rendered = ("" if question == row["prompt"] else '<details class="prompt"><summary>prompt as the model saw it'
+                f'</summary><pre class="prompt">{e(row["prompt"])}</pre></details>')
     return (f'<section class="trace {"kept" if kept else "rejected"}" id="trace-{idx}" '
             f'data-problem="{e(str(row["problem_id"]))}" data-sample="{e(str(row.get("sample", "")))}">'
             f'<h3><span class="status">{"KEPT" if kept else "REJECTED"}</span> problem {e(str(row["problem_id"]))}'
             f' · {row["difficulty"]} ops · sample {e(str(row.get("sample", "-")))} · final answer '
             f'{"right" if row["correct"] else "wrong"}</h3>'
-            f'<p class="reason">{e(row.get("reason") or "")}</p><pre class="prompt">{e(row["prompt"])}</pre>'
-            f'<table class="steps">{head}{"".join(body)}</table></section>')
+            f'<p class="reason">{e(row.get("reason") or "")}</p><pre class="question">{e(question)}</pre>{rendered}'
+            f'<table class="steps">{cols}{head}{"".join(body)}</table></section>')
 
 
 def render(rows: list[dict], *, title: str, per_difficulty: int, filter_cfg, totals: dict | None = None) -> str:

@@ -83,4 +83,9 @@ def select(rows: list[dict], cfg: FilterConfig) -> tuple[list[dict], dict]:
         "outcome_only_flawed_share": _flawed(outcome) / len(outcome) if outcome else 0.0,
         "problems_with_kept": len({r["problem_id"] for r in kept}),
     }
+    if rows and "rationalized" in rows[0]:  # STaR's rationalization was on: what its traces add, how clean
+        hinted = [r for r in kept if r["rationalized"]]
+        stats.update(rationalized=sum(bool(r["rationalized"]) for r in rows), kept_rationalized=len(hinted),
+                     kept_rationalized_share=len(hinted) / len(kept) if kept else 0.0,
+                     kept_rationalized_flawed_share=_flawed(hinted) / len(hinted) if hinted else 0.0)
     return kept, stats

@@ -2,6 +2,7 @@
 or a given pretrained model (`model.init_uri`) copied into the store and published the same way."""
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -10,7 +11,10 @@ from pathlib import Path
 from components.config import RunConfig
 from components.data.prompting import family_of
 from components.infra import store
+from components.infra.layout import Layout
 from components.infra.log import get_logger
+from components.infra.redact import redact
+from components.models import checkpoint
 from components.models.serving import placement
 from components.stages import Stage
 
@@ -53,18 +57,53 @@ def run(cfg: RunConfig, out_uri: str) -> dict:
 
 
 def import_model(cfg: RunConfig, src: str, out_uri: str) -> dict:
-    """G_0 is a given pretrained model: copy its folder into the store, published like a bootstrap."""
+    """G_0 is a given pretrained model, published like a bootstrap: a Hugging Face folder copied into
+    the store, or a GGUF file converted once (`converted`) and copied from there."""
     import fsspec
 
     t0 = time.perf_counter()
+    source, folder, params = {"source": redact(src)}, src, None
+    if checkpoint.is_gguf(src):
+        uri, facts = converted(cfg.store_uri, src)
+        source.update(source_sha256=facts["source_sha256"], converted_from="gguf", architecture=facts["architecture"],
+                      quant_types=facts["quant_types"])
+        folder, params = str(store.fetch_folder(uri)), facts["params"]
     with tempfile.TemporaryDirectory() as tmp:
-        fs, path = fsspec.core.url_to_fs(src)
+        fs, path = fsspec.core.url_to_fs(folder)
         if not fs.isdir(path):
-            raise FileNotFoundError(f"model.init_uri: {src} is not a folder holding a model")
+            raise FileNotFoundError(f"model.init_uri: {redact(src)} is not a folder holding a model (nor a .gguf file)")
         fs.get(path.rstrip("/") + "/", tmp, recursive=True)
         if not Path(tmp, "config.json").exists():
-            raise FileNotFoundError(f"model.init_uri: {src} has no config.json (expected a Hugging Face model folder)")
-        metrics = {"imported": 1, "seconds": time.perf_counter() - t0}
-        store.publish_folder(tmp, out_uri, {"kind": "model", "source": src, "bootstrap_hash": cfg.bootstrap_hash(),
+            raise FileNotFoundError(f"model.init_uri: {redact(src)} has no config.json (expected a Hugging Face "
+                                    f"model folder or a .gguf file)")
+        # Imported, not trained: no examples, no steps; `imported` says so wherever the bootstrap is shown.
+        metrics = {"imported": 1, "params": params or _count_params(tmp), "seconds": time.perf_counter() - t0}
+        store.publish_folder(tmp, out_uri, {"kind": "model", **source, "bootstrap_hash": cfg.bootstrap_hash(),
                                             "metrics": metrics})
     return metrics
+
+
+def converted(store_uri: str, src: str) -> tuple[str, dict]:
+    """The GGUF file at `src` as a Hugging Face folder in the store, and its manifest: converted on first
+    use, then found by the file's digest by every loop that names the same file, wherever it lies."""
+    t0 = time.perf_counter()
+    sha = checkpoint.sha256_of(src)
+    uri = Layout(store_uri).converted(sha)
+    if not store.is_published(uri):
+        log.info("model.init_uri: converting %s (sha256 %s) to a Hugging Face folder", redact(src), sha[:16])
+        with tempfile.TemporaryDirectory() as tmp:
+            facts = checkpoint.convert_gguf(src, tmp)
+            store.publish_folder(tmp, uri, {"kind": "model", "source": redact(src), "source_sha256": sha, **facts,
+                                            "seconds": time.perf_counter() - t0})
+    return uri, store.read_manifest(uri)
+
+
+def _count_params(folder: str) -> int:
+    """Parameters of a Hugging Face folder, from its safetensors headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    n = 0
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            n += sum(math.prod(st.get_slice(key).get_shape()) for key in st.keys())
+    return n

