@@ -177,7 +177,8 @@ def test_full_sft_round_with_rationalization_on_smollm2(tmp_path, smollm2_store,
     # Outcome filtering here: the calculator passes few of this model's rationales (docs/benchmarks.md).
     cfg, out = _real_loop(tmp_path, smollm2_store, "smol-full", "rationalize.enabled=true", "rationalize.k=8",
                           "filter.mode=outcome", "prm.enabled=true",
-                          "prm.epochs=1", "prm.batch_size=8", "prm.scorer=vllm", "orm.enabled=true", "orm.epochs=1",
+                          "prm.epochs=1", "prm.batch_size=8", "prm.max_examples=24", "prm.scorer=vllm", "orm.enabled=true",
+                          "orm.epochs=1", "orm.max_examples=24",
                           "orm.batch_size=8")
     r0, r1 = out["rounds"]
     assert r0["bootstrap"]["imported"] == 1 and r0["bootstrap"]["params"] == 134_515_008

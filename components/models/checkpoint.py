@@ -88,8 +88,9 @@ def convert_gguf(src: str, out_dir: str | Path) -> dict:
     """Dequantize the GGUF file at `src` (any fsspec URI) into a Hugging Face folder `out_dir`:
     float32 weights, tokenizer and chat template. Returns what it was (architecture, params)."""
     import fsspec
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from components.models.hardware import CPU
 
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,14 +107,14 @@ def convert_gguf(src: str, out_dir: str | Path) -> dict:
         _supported(facts, shown)
         try:
             tok = AutoTokenizer.from_pretrained(tmp, gguf_file=name)
-            loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=name, dtype=torch.float32)
+            loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=name, **CPU.train_load_args())
         except Exception as e:
             raise CheckpointError(f"model.init_uri: {shown}: transformers could not load it "
                                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, **CPU.train_load_args())  # G_0 is trained on: float32 masters
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     del loaded
