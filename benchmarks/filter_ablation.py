@@ -25,9 +25,7 @@ majority vote; writes JSON to benchmarks/results/filter_ablation.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -38,6 +36,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from benchmarks.common import pct, write_results  # noqa: E402
 from components.config import load_config  # noqa: E402
 
 EVAL_ONLY_OFF = ["orm.enabled=false", "dpo.enabled=false", "eval.beam.enabled=false", "eval.k=4",
@@ -51,10 +50,6 @@ ARMS = {
     "labels": ["scoring.label_source=labels", "scoring.labels.budget=1000", "filter.mode=step"],
     "outcome": ["filter.mode=outcome"],
 }
-
-
-def pct(x) -> str:
-    return "-" if x is None or x != x else f"{100 * x:.0f}%"
 
 
 def num(x) -> str:
@@ -93,11 +88,7 @@ def main() -> None:
                       pct(f.get("kept_flawed_share")), num(r["score"].get("label_f1")), num(e.get("prm_f1")),
                       pct(e.get("bestofk_prm_min_all")), pct(e.get("maj_at_k_all")))
     Console(width=180).print(t)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"config": args.config, "overrides": args.overrides,
-                                          "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                                          "date": time.strftime("%Y-%m-%d %H:%M"), "results": results}, indent=1))
-    print(f"results: {args.out}")
+    write_results(args.out, args.config, args.overrides, results)
 
 
 if __name__ == "__main__":

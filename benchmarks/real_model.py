@@ -13,9 +13,7 @@ benchmarks/results/real_model.json. The exact check only measures: it never deci
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,15 +24,12 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from benchmarks.common import pct, write_results  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.models.checkpoint import smollm2_gguf  # noqa: E402
 
 ARMS = {"calc": [], "calc+rationalize": ["rationalize.enabled=true"]}
 STAGES = ("generate", "score", "filter", "sft", "evaluate")
-
-
-def pct(x) -> str:
-    return "-" if x is None or x != x else f"{100 * x:.0f}%"
 
 
 def main() -> None:
@@ -79,11 +74,7 @@ def main() -> None:
     Console(width=200).print(t)
     for arm in args.arms:
         print(f"{arm}: loop {results[arm]['loop_id']}, wall {results[arm]['wall_seconds'] / 60:.1f} min")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"config": args.config, "overrides": args.overrides,
-                                          "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                                          "date": time.strftime("%Y-%m-%d %H:%M"), "results": results}, indent=1))
-    print(f"results: {args.out}")
+    write_results(args.out, args.config, args.overrides, results)
 
 
 if __name__ == "__main__":

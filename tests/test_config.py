@@ -121,3 +121,13 @@ def test_the_calculator_needs_a_family_with_written_arithmetic():
     # off, it is not the loop's identity: every loop id stays as it was
     assert load_config("configs/demo.yaml").loop_id() == load_config(
         "configs/demo.yaml", ["scoring.calculator.enabled=false"]).loop_id()
+
+
+def test_features_added_off_or_at_their_neutral_default_keep_published_loop_ids():
+    """rationalize (a section, off) and sft.min_kept (at 1: a round that keeps nothing does not train, as
+    before) leave the demo's published loop id as docs/benchmarks.md has it; set, they are the loop's."""
+    demo = load_config("configs/demo.yaml")
+    assert demo.loop_id() == "demo-fce8091ca7"
+    assert load_config("configs/demo.yaml", ["sft.min_kept=1", "rationalize.k=3"]).loop_id() == demo.loop_id()
+    ids = {load_config("configs/demo.yaml", [o]).loop_id() for o in ("sft.min_kept=5", "rationalize.enabled=true")}
+    assert len(ids) == 2 and demo.loop_id() not in ids
