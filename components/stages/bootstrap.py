@@ -62,7 +62,8 @@ def import_model(cfg: RunConfig, src: str, out_uri: str) -> dict:
     import fsspec
 
     t0 = time.perf_counter()
-    source, folder, params = {"source": redact(src)}, src, None
+    source, params = {"source": redact(src)}, None
+    folder = src = checkpoint.resolve(src)  # package:<dist>: the file that package installed here
     if checkpoint.is_gguf(src):
         uri, facts = converted(cfg.store_uri, src)
         source.update(source_sha256=facts["source_sha256"], converted_from="gguf", architecture=facts["architecture"],
