@@ -9,8 +9,6 @@ state dict. Every failure names the file and the reason in one line, before anyt
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 from components.infra.redact import redact
@@ -26,15 +24,17 @@ def is_gguf(uri: str) -> bool:
     return uri.split("?", 1)[0].lower().endswith(".gguf")
 
 
-def sha256_of(uri: str, chunk: int = 2**22) -> str:
-    """The file's digest, streamed: what names its conversion in the store."""
+def fetch(uri: str, dest: Path, chunk: int = 2**22) -> str:
+    """Copy the file at `uri` (any fsspec URI) to `dest`, returning its sha256: read once, whether it is
+    then converted or found converted under that digest."""
     import fsspec
 
     h = hashlib.sha256()
     try:
-        with fsspec.open(uri, "rb") as f:
+        with fsspec.open(uri, "rb") as f, open(dest, "wb") as g:
             while block := f.read(chunk):
                 h.update(block)
+                g.write(block)
     except FileNotFoundError:
         raise CheckpointError(f"model.init_uri: {redact(uri)}: no such file") from None
     return h.hexdigest()
@@ -84,33 +84,21 @@ def _supported(facts: dict, name: str) -> None:
                               f"by the gguf package")
 
 
-def convert_gguf(src: str, out_dir: str | Path) -> dict:
-    """Dequantize the GGUF file at `src` (any fsspec URI) into a Hugging Face folder `out_dir`:
-    float32 weights, tokenizer and chat template. Returns what it was (architecture, params)."""
-    import fsspec
+def convert_gguf(local: Path, out_dir: str | Path, shown: str) -> dict:
+    """Dequantize the GGUF file `local` (`shown`: as the user named it) into a Hugging Face folder
+    `out_dir`: float32 weights, tokenizer and chat template. Returns what it was (architecture, params)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from components.models.hardware import CPU
 
-    out_dir = Path(out_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        name = os.path.basename(src.split("?", 1)[0])
-        local = Path(tmp, name)
-        try:
-            with fsspec.open(src, "rb") as f, open(local, "wb") as g:
-                while block := f.read(2**22):
-                    g.write(block)
-        except FileNotFoundError:
-            raise CheckpointError(f"model.init_uri: {redact(src)}: no such file") from None
-        shown = redact(src)
-        facts = gguf_facts(local, shown)
-        _supported(facts, shown)
-        try:
-            tok = AutoTokenizer.from_pretrained(tmp, gguf_file=name)
-            loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=name, **CPU.train_load_args())
-        except Exception as e:
-            raise CheckpointError(f"model.init_uri: {shown}: transformers could not load it "
-                                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    facts = gguf_facts(local, shown)
+    _supported(facts, shown)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(local.parent), gguf_file=local.name)
+        loaded = AutoModelForCausalLM.from_pretrained(str(local.parent), gguf_file=local.name, **CPU.train_load_args())
+    except Exception as e:
+        raise CheckpointError(f"model.init_uri: {shown}: transformers could not load it "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

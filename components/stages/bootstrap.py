@@ -88,13 +88,15 @@ def converted(store_uri: str, src: str) -> tuple[str, dict]:
     """The GGUF file at `src` as a Hugging Face folder in the store, and its manifest: converted on first
     use, then found by the file's digest by every loop that names the same file, wherever it lies."""
     t0 = time.perf_counter()
-    sha = checkpoint.sha256_of(src)
-    uri = Layout(store_uri).converted(sha)
-    if not store.is_published(uri):
-        log.info("model.init_uri: converting %s (sha256 %s) to a Hugging Face folder", redact(src), sha[:16])
-        with tempfile.TemporaryDirectory() as tmp:
-            facts = checkpoint.convert_gguf(src, tmp)
-            store.publish_folder(tmp, uri, {"kind": "model", "source": redact(src), "source_sha256": sha, **facts,
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp, os.path.basename(src.split("?", 1)[0]))
+        sha = checkpoint.fetch(src, local)
+        uri = Layout(store_uri).converted(sha)
+        if not store.is_published(uri):
+            log.info("model.init_uri: converting %s (sha256 %s) to a Hugging Face folder", redact(src), sha[:16])
+            out = Path(tmp, "model")
+            facts = checkpoint.convert_gguf(local, out, redact(src))
+            store.publish_folder(out, uri, {"kind": "model", "source": redact(src), "source_sha256": sha, **facts,
                                             "seconds": time.perf_counter() - t0})
     return uri, store.read_manifest(uri)
 
