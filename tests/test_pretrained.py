@@ -143,10 +143,13 @@ def test_stand_in_is_a_pretrained_style_checkpoint(pretrained_dir):
 
 # SmolLM2-135M-Instruct (conftest: smollm2_uri, converted once per session) on 1-op chains in chat form,
 # where it gets some right and fails others: rounds that keep traces, rationalize and train.
-REAL = ["family.bootstrap.size=40", "family.train.size=16", "family.train.min_ops=1", "family.train.max_ops=1",
-        "family.eval.per_level=3", "family.eval.min_ops=1", "family.eval.max_ops=2", "curriculum.enabled=false",
+# Sized for the suite's 25 minutes: every stage runs once on the 135M model, on as few problems as show
+# what each test asserts (one evaluation level; the verifiers on a few examples).
+REAL = ["family.bootstrap.size=40", "family.train.size=8", "family.train.min_ops=1", "family.train.max_ops=1",
+        "family.eval.per_level=2", "family.eval.min_ops=1", "family.eval.max_ops=1", "curriculum.enabled=false",
         "generation.k=4", "generation.max_tokens=24", "generation.kv_cache_bytes=33554432", "sft.epochs=1",
-        "sft.batch_size=8", "sft.lr=5.0e-5", "sft.min_kept=1", "eval.k=2", "eval.sampled_per_level=1"]
+        "sft.batch_size=8", "sft.lr=5.0e-5", "sft.min_kept=1", "sft.replay_gold=0.5", "eval.k=2",
+        "eval.sampled_per_level=1"]
 
 
 def _real_loop(tmp_path: Path, store_uri: str, name: str, *extra: str):
@@ -177,9 +180,8 @@ def test_full_sft_round_with_rationalization_on_smollm2(tmp_path, smollm2_store,
     # Outcome filtering here: the calculator passes few of this model's rationales (docs/benchmarks.md).
     cfg, out = _real_loop(tmp_path, smollm2_store, "smol-full", "rationalize.enabled=true", "rationalize.k=6",
                           "filter.mode=outcome", "prm.enabled=true",
-                          "prm.epochs=1", "prm.batch_size=8", "prm.max_examples=24", "prm.scorer=vllm", "orm.enabled=true",
-                          "orm.epochs=1", "orm.max_examples=24",
-                          "orm.batch_size=8")
+                          "prm.epochs=1", "prm.batch_size=8", "prm.max_examples=12", "prm.scorer=vllm",
+                          "orm.enabled=true", "orm.epochs=1", "orm.max_examples=12", "orm.batch_size=8")
     r0, r1 = out["rounds"]
     assert r0["bootstrap"]["imported"] == 1 and r0["bootstrap"]["params"] == 134_515_008
     rows = store.read_rows(r1["filtered_uri"].replace("filtered", "candidates"))
