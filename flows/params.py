@@ -6,9 +6,15 @@ Deployments take `config_path` and `overrides` from anyone who reaches the Prefe
   - store_uri (from the file or an override): under a prefix listed in $VSTAR_ALLOWED_STORES
     (comma-separated); unset or empty: the local default `.vstar/store` and the config file's own
     store_uri only;
-  - the endpoints that receive the worker's credentials (tracking_uri: MLflow's token or password
-    from the environment; the remote judge's base_url and api_key_env: the judge key) come from the
-    config file (or, typed, the defaults) only: an override may not send them elsewhere.
+  - every input the run reads (a field named `uri` or `*_uri`: the family's data files, model.init_uri,
+    the judge's model, imported labels): the config file's own value, a `package:` name, or under an
+    allowed store or a prefix in $VSTAR_ALLOWED_INPUTS (comma-separated). The worker reads inputs with
+    its credentials and copies rejected rows into the store's quarantine: `file:///etc/passwd` or
+    another team's bucket must not be one override away;
+  - the fields that decide where the worker's credentials go (tracking_uri: MLflow's token or password;
+    the remote judge's base_url and api_key_env: the judge key; execution.engine and execution.address:
+    the Ray cluster gets the worker's AWS_/HF_ variables, and Ray Client unpickles what it sends back)
+    come from the config file (or, typed, the defaults) only: an override may not change them.
 A refused parameter is one line naming it (ParameterError). This guards against mistakes and
 tampering through run parameters; it is no sandbox for someone who may create deployments.
 """
@@ -27,13 +33,12 @@ from components.infra.redact import redact
 ROOT = Path(__file__).resolve().parents[1]  # the checkout the worker runs from
 CONFIGS = ROOT / "configs"
 ALLOWED_STORES_ENV = "VSTAR_ALLOWED_STORES"
+ALLOWED_INPUTS_ENV = "VSTAR_ALLOWED_INPUTS"
 DEFAULT_STORE = RunConfig.model_fields["store_uri"].default
-# Dotted field -> how to read it from a config; a deployment may not change it from the file's value.
-CREDENTIAL_ENDPOINTS = {
-    "tracking_uri": lambda c: c.tracking_uri,
-    "scoring.judge.remote.base_url": lambda c: c.scoring.judge.remote.base_url,
-    "scoring.judge.remote.api_key_env": lambda c: c.scoring.judge.remote.api_key_env,
-}
+# A deployment may not change these from the config file's value (see the module's docstring).
+PINNED = ("tracking_uri", "scoring.judge.remote.base_url", "scoring.judge.remote.api_key_env",
+          "execution.engine", "execution.address")
+NOT_INPUTS = ("store_uri", "tracking_uri")  # checked on their own
 
 
 class ParameterError(ConfigError):
@@ -55,11 +60,33 @@ def config_file(config_path: str | os.PathLike) -> Path:
     return resolved
 
 
+def _listed(env: str) -> list[str]:
+    return [s.strip() for s in os.environ.get(env, "").split(",") if s.strip()]
+
+
 def allowed_stores(file_store: str | None = None) -> list[str]:
     """Store URI prefixes a deployment may use: $VSTAR_ALLOWED_STORES, else the local default and the
     config file's own store_uri."""
-    listed = [s.strip() for s in os.environ.get(ALLOWED_STORES_ENV, "").split(",") if s.strip()]
-    return listed or [DEFAULT_STORE, *([file_store] if file_store else [])]
+    return _listed(ALLOWED_STORES_ENV) or [DEFAULT_STORE, *([file_store] if file_store else [])]
+
+
+def field_value(cfg: BaseModel, dotted: str):
+    for name in dotted.split("."):
+        cfg = getattr(cfg, name)
+    return cfg
+
+
+def input_uris(cfg: BaseModel, prefix: str = "") -> dict[str, str]:
+    """Every input URI the config names, by dotted field: the fields called `uri` or `*_uri`, found by
+    walking the config, so a field added later is checked without being listed here."""
+    found: dict[str, str] = {}
+    for name, value in cfg:
+        dotted = prefix + name
+        if isinstance(value, BaseModel):
+            found |= input_uris(value, dotted + ".")
+        elif isinstance(value, str) and (name == "uri" or name.endswith("_uri")) and dotted not in NOT_INPUTS:
+            found[dotted] = value
+    return found
 
 
 def store_allowed(uri: str, prefixes: list[str]) -> bool:
@@ -139,18 +166,31 @@ def check_store(cfg: RunConfig, file_store: str | None, param: str) -> None:
                              f"(${ALLOWED_STORES_ENV}{how}: {redact(', '.join(prefixes))})")
 
 
-def check_endpoints(cfg: RunConfig, reference: RunConfig, param: str) -> None:
+def check_pinned(cfg: RunConfig, reference: RunConfig, param: str) -> None:
     """`cfg` sends the worker's credentials only where `reference` (the file, or the defaults) does."""
-    for field, get in CREDENTIAL_ENDPOINTS.items():
-        if get(cfg) != get(reference):
+    for field in PINNED:
+        if field_value(cfg, field) != field_value(reference, field):
             raise ParameterError(f"{param}: {field} may only be set in the config file (the worker's credentials "
-                                 f"go to it), not by a deployment's parameters")
+                                 f"go where it says), not by a deployment's parameters")
+
+
+def check_inputs(cfg: RunConfig, reference: RunConfig, file_store: str | None, param: str) -> None:
+    """Every input URI of `cfg` is the file's own (`reference`), a `package:` name, or under an allowed
+    store or input prefix."""
+    prefixes = allowed_stores(file_store) + _listed(ALLOWED_INPUTS_ENV)
+    for field, uri in input_uris(cfg).items():
+        if uri == field_value(reference, field) or uri.startswith("package:") or store_allowed(uri, prefixes):
+            continue
+        raise ParameterError(f"{param}: {field} {redact(uri)!r} is not an allowed input (the config file's own, "
+                             f"or under ${ALLOWED_INPUTS_ENV} or an allowed store: {redact(', '.join(prefixes))})")
 
 
 def check_typed(cfg: RunConfig) -> None:
-    """The typed deployment's config (a form in the Prefect UI, no file): an allowed store, default endpoints."""
+    """The typed deployment's config (a form in the Prefect UI, no file): an allowed store and inputs,
+    the defaults' endpoints and execution."""
     check_store(cfg, None, "config")
-    check_endpoints(cfg, RunConfig(), "config")
+    check_pinned(cfg, RunConfig(), "config")
+    check_inputs(cfg, RunConfig(), None, "config")
 
 
 def deployment_config(config_path: str, overrides: list[str] | None = None,
@@ -166,9 +206,11 @@ def deployment_config(config_path: str, overrides: list[str] | None = None,
     reference = _load(path, [], "config_path")
     cfg = _load(path, overrides, "overrides")
     check_store(cfg, file_store, "config_path" if cfg.store_uri == reference.store_uri else "overrides")
-    check_endpoints(cfg, reference, "overrides")
+    check_pinned(cfg, reference, "overrides")
+    check_inputs(cfg, reference, file_store, "overrides")
     if eval_overrides:
         ev = _load(path, overrides + eval_overrides, "eval_overrides")
         check_store(ev, file_store, "eval_overrides")
-        check_endpoints(ev, reference, "eval_overrides")
+        check_pinned(ev, reference, "eval_overrides")
+        check_inputs(ev, reference, file_store, "eval_overrides")
     return path, cfg

