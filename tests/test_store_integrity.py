@@ -142,6 +142,20 @@ def test_a_damaged_remote_file_under_an_older_manifest_is_refused(tmp_path, remo
     assert files_under(cache) == []
 
 
+def test_a_manifest_claiming_another_artifacts_digest_cannot_poison_the_cache(tmp_path, remote):
+    """The overall sha256 names the cache entry (`cache/<sha[:16]>`): a manifest whose files match their
+    own digests but whose sha256 is another artifact's would otherwise put its files where that one's
+    readers look."""
+    genuine, forged, cache = remote(), remote(), tmp_path / "cache"
+    real = store.publish_folder(folder_with(tmp_path, FILES), genuine, {"kind": "model"})
+    store.publish_folder(folder_with(tmp_path, {**FILES, "config.json": b'{"x": "forged"}'}), forged, {"kind": "model"})
+    rewrite_manifest(forged, lambda m: m.update(sha256=real["sha256"]))
+    with pytest.raises(store.CorruptArtifact, match=rf"{forged}: .*sha256 .* but its manifest recorded {real['sha256']}"):
+        store.fetch_folder(forged, cache_root=cache)
+    assert files_under(cache) == []
+    assert (store.fetch_folder(genuine, cache_root=cache) / "config.json").read_bytes() == FILES["config.json"]
+
+
 def test_an_intact_remote_artifact_is_fetched_once(tmp_path, monkeypatch, remote):
     uri, cache = remote(), tmp_path / "cache"
     store.publish_folder(folder_with(tmp_path, FILES), uri, {"kind": "model"})

@@ -252,6 +252,11 @@ def _verify(fs, folder: str, manifest: dict, uri: str, names: list[str]) -> bool
     if want is None and (names != manifest["files"] or "sha256" not in manifest):
         return False  # an older manifest's one sha256 covers all its files together, not a subset
     overall, each = _digests(fs, folder, names)
+    if want is not None and names == manifest["files"] and overall != manifest.get("sha256", overall):
+        # Each file matches but the whole does not: the manifest names another artifact's digest, which
+        # would put these files in that one's cache entry (cache/<sha256[:16]>).
+        raise CorruptArtifact(f"{uri}: corrupt manifest, its files' sha256 is {overall} but its manifest recorded "
+                              f"{manifest['sha256']} (another artifact's digest, or changed since it was published)")
     if want is None:
         if overall != manifest["sha256"]:  # which file changed is unknown: name them (a few)
             shown = ", ".join(join(uri, n) for n in names[:4]) + (", ..." if len(names) > 4 else "")
