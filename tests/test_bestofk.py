@@ -121,3 +121,23 @@ def test_accuracy_at_equal_compute_interpolates_in_log_k():
     table = {"ks": [1, 2, 4], "selectors": {"vote": {"1": [0.5, 0, 1], "2": [0.6, 0, 1], "4": [0.8, 0, 1]}}}
     assert b.at_k(table, "vote", 2) == pytest.approx(0.6) and b.at_k(table, "vote", 2 ** 1.5) == pytest.approx(0.7)
     assert b.at_k(table, "vote", 0.3) == 0.5 and b.at_k(table, "vote", 64) == 0.8  # clamped to what was measured
+
+
+def test_the_dpo_verifier_ranks_by_its_reward_even_past_sigmoids_float_range():
+    """V-STaR ranks by r = beta log(pi/pi_ref). As sigmoid(r), rewards of 40 and 50 were both 1.0 and
+    tied (a coin flip between a right and a wrong answer), and r = -800 raised OverflowError, which
+    ended the evaluation."""
+    from components.evaluation.verifiers import dpo_scores
+
+    rewards = [[40.0, 50.0, -800.0, -750.0], [-900.0, 45.0, 38.0, -710.0]]  # the 50 and the 45 are right
+    pools = []
+    for rs, right in zip(rewards, (1, 1)):
+        scores = dpo_scores(rs, [-0.5] * len(rs))
+        pools.append([{"answer": "right" if i == right else f"w{i}", "correct": i == right,
+                       "scores": {"dpo": scores["dpo"][i]}} for i in range(len(rs))])
+    values, exact = b.per_problem(pools, b.selectors(["dpo"]), [4])
+    assert exact and values[("dpo", 4)].tolist() == [1.0, 1.0]
+    assert b.sigmoid(-800.0) == pytest.approx(0.0) and b.sigmoid(800.0) == 1.0 and b.sigmoid(0.0) == 0.5
+    # a vote weighted by the reward: sigmoid(r) per sample, so no error; the two large rewards of each pool
+    # weigh 1.0 each (one right, one wrong) and the rest ~0: a tie, half the credit
+    assert values[("weighted_vote/dpo", 4)].tolist() == [0.5, 0.5]

@@ -112,13 +112,29 @@ class Selector:
     vote: Callable[[dict], float] | None = None
 
 
+LOGIT_SCORES = ("dpo",)  # scores that are rewards on the real line: a vote weighs them by their sigmoid
+
+
+def sigmoid(x: float) -> float:
+    """1 / (1 + e^-x) without overflow for any float x."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def vote_weight(verifier: str) -> Callable[[float], float]:
+    return sigmoid if verifier in LOGIT_SCORES else (lambda x: max(x, 0.0))
+
+
 def selectors(verifiers: Sequence[str]) -> list[Selector]:
     """Majority vote, and for each verifier whose trace score the samples carry (`s["scores"][v]`):
-    ranking by it and votes weighted by it."""
+    ranking by it and votes weighted by it (a probability as it is, a reward by its sigmoid)."""
     out = [Selector("vote", vote=lambda s: 1.0)]
     for v in verifiers:
+        w = vote_weight(v)
         out.append(Selector(v, rank=lambda s, v=v: s["scores"][v]))
-        out.append(Selector(f"weighted_vote/{v}", vote=lambda s, v=v: max(s["scores"][v], 0.0)))
+        out.append(Selector(f"weighted_vote/{v}", vote=lambda s, v=v, w=w: w(s["scores"][v])))
     return out
 
 

@@ -8,9 +8,10 @@
   its step scores too, for the PRM's first-error F1 and the trace report);
 - `orm`: the round's outcome verifier, P(right) read at the trace's last step tag;
 - `dpo`: V-STaR's verifier, DPO's implicit reward r = beta * log(pi_dpo / pi_G) against the generator it
-  was trained from, as sigmoid(r) (`dpo`: the Bradley-Terry probability that the solution is preferred
-  to one the reference likes as much; monotone in r, so it ranks as r does, and it weighs a vote in
-  (0, 1)); and the verifier's own likelihood per token, exp(mean log pi_dpo) (`dpo_likelihood`), for comparison.
+  was trained from, r itself (`dpo`: ranked by r; as sigmoid(r), every r past ~37 was 1.0 in floats and
+  tied, and r < -709 overflowed); a vote weighted by it uses sigmoid(r), the Bradley-Terry probability
+  that the solution is preferred to one the reference likes as much (bestofk.LOGIT_SCORES); and the
+  verifier's own likelihood per token, exp(mean log pi_dpo) (`dpo_likelihood`), for comparison.
 - `calc`: the family's calculator (arith, gsm8k), no model: 1 when no step's stated arithmetic is
   wrong, else 0 (as a weighted vote: the vote among the samples it passes); with a PRM also `prm_calc`,
   the PRM's min step score, 0 where the calculator finds a wrong step (a PRM with a tool).
@@ -137,7 +138,12 @@ def dpo(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
     # Two forward passes of the generator's size (the verifier, and its reference) per sample.
     ctx.flops["dpo"] = 2 * generation_flops(samples, ctx)
     ctx.flops["dpo_likelihood"] = generation_flops(samples, ctx)  # (read off the same pass)
-    return {"dpo": [1.0 / (1.0 + math.exp(-r)) for r in reward], "dpo_likelihood": [math.exp(x) for x in logp]}
+    return dpo_scores(reward, logp)
+
+
+def dpo_scores(reward: list[float], logp: list[float]) -> dict[str, list[float]]:
+    """The DPO verifier's scores from its rewards r and mean token log-likelihoods (module docstring)."""
+    return {"dpo": [float(r) for r in reward], "dpo_likelihood": [math.exp(x) for x in logp]}
 
 
 @verifier("calc", when=lambda ctx: hasattr(ctx.family, "calculator_labels"))
