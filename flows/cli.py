@@ -196,7 +196,8 @@ def compare(loops: list[str] = typer.Argument(..., help="Loop ids, e.g. demo-aac
               # which verifier picks best from the same samples, and by how much (95% bootstrap intervals)
               ("best-of-N on each round's evaluation pool, by selector (accuracy % [95% interval])",
                report.verifier_rows(rounds)),
-              ("paired differences of best-of-N on the same pool (points [95% interval])",
+              ("paired differences of best-of-N on the same pool (points [95% interval, each alone: of 20 "
+               "such intervals about 1 excludes 0 by chance])",
                report.verifier_rows(rounds, differences=True))]
     for title, (header, rows) in tables:
         if not rows:

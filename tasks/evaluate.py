@@ -23,7 +23,7 @@ def evaluate_task(cfg: RunConfig, model_uri: str, round_idx: int, run_id: str | 
     metrics = run_stage(cfg, evaluate, uri, run_id, model_uri=model_uri, tag=f"round-{round_idx}",
                         prm_uri=prm_uri, verifier_uris=verifier_uris or {}, prefix=None if stage == "eval" else f"{stage}/")
     table = store.read_manifest(uri).get("bestofk")
-    if run_id and table:  # accuracy against k per selector, with intervals, beside the metrics
+    if run_id and table and table["ks"]:  # accuracy against k per selector, with intervals, beside the metrics
         with tempfile.TemporaryDirectory() as tmp:
             png = bestofk.plot(table, Path(tmp) / "bestofk.png", title=f"{at.loop_id} round {round_idx}: best-of-k")
             tracking.client(cfg).log_artifact(run_id, str(png), stage)

@@ -120,7 +120,17 @@ def test_curve_metrics_are_valid_mlflow_names_with_intervals():
 def test_accuracy_at_equal_compute_interpolates_in_log_k():
     table = {"ks": [1, 2, 4], "selectors": {"vote": {"1": [0.5, 0, 1], "2": [0.6, 0, 1], "4": [0.8, 0, 1]}}}
     assert b.at_k(table, "vote", 2) == pytest.approx(0.6) and b.at_k(table, "vote", 2 ** 1.5) == pytest.approx(0.7)
-    assert b.at_k(table, "vote", 0.3) == 0.5 and b.at_k(table, "vote", 64) == 0.8  # clamped to what was measured
+    assert b.at_k(table, "vote", 0.3) == 0.5 and b.at_k(table, "vote", 4) == 0.8
+    # Past the pool nothing was measured: best-of-4 is not the accuracy at a budget of 64 samples.
+    with pytest.raises(ValueError, match=r"k = 64.00 is past the pool of N = 4 samples"):
+        b.at_k(table, "vote", 64)
+    from components.stages.evaluate import beam_metrics
+
+    full = {**table, "selectors": {**table["selectors"], "prm_min": table["selectors"]["vote"]}}
+    within, past = beam_metrics({"problems": 2, "correct": 1, "tokens": 200}, full, 50), beam_metrics(
+        {"problems": 2, "correct": 1, "tokens": 900}, full, 50)
+    assert within["beam/k_equal_tokens"] == 2 and within["beam/vote_equal_tokens"] == pytest.approx(0.6)
+    assert past["beam/k_equal_tokens"] == 9 and "beam/vote_equal_tokens" not in past
 
 
 def test_the_dpo_verifier_ranks_by_its_reward_even_past_sigmoids_float_range():
@@ -141,3 +151,20 @@ def test_the_dpo_verifier_ranks_by_its_reward_even_past_sigmoids_float_range():
     # a vote weighted by the reward: sigmoid(r) per sample, so no error; the two large rewards of each pool
     # weigh 1.0 each (one right, one wrong) and the rest ~0: a tie, half the credit
     assert values[("weighted_vote/dpo", 4)].tolist() == [0.5, 0.5]
+
+
+def test_a_short_pool_is_left_out_and_counted_not_cutting_every_pool():
+    """One problem with 3 samples where the others have 8 (a quarantined sample): its pool is left out
+    and counted; the others keep their 8. No pool at all: no curve, and no error."""
+    rng = random.Random(5)
+
+    def pool(n):
+        return [{"answer": a, "correct": a == "right", "scores": {"orm": rng.random()}}
+                for a in rng.choices(["right", "w1"], k=n)]
+
+    metrics, table = b.curve_metrics([pool(8) for _ in range(6)] + [pool(3)], ["orm"], n_boot=50)
+    assert metrics["bok_pool"] == 8 and metrics["bok_problems"] == 6 and metrics["bok_short_pools"] == 1
+    assert table["ks"] == [1, 2, 4, 8] and "bok/orm/k8" in metrics
+    assert metrics["bok_diff_intervals"] == 1  # orm - vote: how many paired intervals were computed
+    metrics, table = b.curve_metrics([[], []], ["orm"])
+    assert metrics == {"bok_problems": 0, "bok_pool": 0, "bok_short_pools": 0} and table["ks"] == []

@@ -191,15 +191,23 @@ def curve_metrics(pools: Sequence[Sequence[dict]], verifiers: Sequence[str], sam
     k = 1, 2, 4, ..., N, paired differences `bok_diff/<a>-<b>/k<N>` of each verifier against the vote
     and between the HEADLINE verifiers, and the table as JSON (for the manifest and the plot).
     `flops`: mean FLOPs per sample to generate it ("generate") and to score it (per verifier score),
-    logged as `cost/...` and kept in the table for the accuracy-against-compute plot."""
-    n = min(len(p) for p in pools)
-    pools = [list(p)[:n] for p in pools]
-    ks = ks_for(n)
+    logged as `cost/...` and kept in the table for the accuracy-against-compute plot.
+    N is the largest pool: a problem with fewer samples (a quarantined or lost sample) is left out and
+    counted (`bok_short_pools`), not cut to the shortest pool's size with all the others. The paired
+    intervals are 95% each, not jointly: of m of them about 0.05 m exclude 0 by chance
+    (`bok_diff_intervals` says how many were computed)."""
+    n = max((len(p) for p in pools), default=0)
+    short = sum(len(p) < n for p in pools)
+    pools = [list(p) for p in pools if n and len(p) == n]
+    metrics: dict[str, float] = {"bok_problems": len(pools), "bok_pool": n, "bok_short_pools": short}
+    table: dict = {"ks": [], "problems": len(pools), "pool": n, "short_pools": short, "exact": True, "selectors": {},
+                   "differences": {}, "flops": dict(flops or {})}
+    if not pools:  # nothing sampled: no curve to draw
+        return metrics, table
+    ks = table["ks"] = ks_for(n)
     values, exact = per_problem(pools, selectors(verifiers), ks, same, seed)
     ci = bootstrap(values, n_boot, seed)
-    metrics: dict[str, float] = {"bok_problems": len(pools), "bok_pool": n, "bok_exact": float(exact)}
-    table: dict = {"ks": ks, "problems": len(pools), "pool": n, "exact": exact, "selectors": {}, "differences": {},
-                   "flops": dict(flops or {})}
+    metrics["bok_exact"], table["exact"] = float(exact), exact
     for name, f in (flops or {}).items():
         metrics["cost/generate_flops_per_sample" if name == "generate" else f"cost/{name}/score_flops_per_sample"] = f
     for (name, k), (mean, lo, hi) in ci.items():
@@ -213,6 +221,7 @@ def curve_metrics(pools: Sequence[Sequence[dict]], verifiers: Sequence[str], sam
         metrics.update({f"bok_diff/{a}-{b}/k{n}": mean, f"bok_diff/{a}-{b}/k{n}/lo": lo,
                         f"bok_diff/{a}-{b}/k{n}/hi": hi})
         table["differences"][f"{a}-{b}"] = [mean, lo, hi]
+    metrics["bok_diff_intervals"] = len(pairs)
     return metrics, table
 
 
@@ -262,11 +271,14 @@ def plot(table: dict, path, title: str = ""):
 
 def at_k(table: dict, selector: str, k: float) -> float:
     """A selector's accuracy at a fractional k (equal compute), interpolated linearly in log k between
-    the measured ks; clamped to [1, N]."""
+    the measured ks; below k = 1 it is the k = 1 value. Past the pool's N it is not measured: ValueError
+    (clamping to N would report best-of-N as the accuracy at a larger budget)."""
     ks = table["ks"]
     by_k = table["selectors"][selector]
     acc = [(by_k[k_] if k_ in by_k else by_k[str(k_)])[0] for k_ in ks]
-    k = min(max(k, ks[0]), ks[-1])
+    if k > ks[-1]:
+        raise ValueError(f"k = {k:.2f} is past the pool of N = {ks[-1]} samples: best-of-k is not measured there")
+    k = max(k, ks[0])
     for (k0, a0), (k1, a1) in zip(zip(ks, acc), zip(ks[1:], acc[1:])):
         if k <= k1:
             t = 0.0 if k1 == k0 else (math.log(k) - math.log(k0)) / (math.log(k1) - math.log(k0))

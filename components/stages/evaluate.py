@@ -126,7 +126,9 @@ def beam_metrics(beam: dict, table: dict, tokens_per_sample: float) -> dict:
     (k = the search's tokens / one sample's, interpolated on the curves)."""
     per_problem = beam["tokens"] / max(1, beam["problems"])
     k_equal = per_problem / max(tokens_per_sample, 1e-9)
-    return {"beam/accuracy": beam["correct"] / max(1, beam["problems"]),
-            "beam/tokens_per_problem": per_problem, "beam/k_equal_tokens": k_equal,
-            "beam/bestofk_prm_min_equal_tokens": bestofk.at_k(table, "prm_min", k_equal),
+    out = {"beam/accuracy": beam["correct"] / max(1, beam["problems"]),
+           "beam/tokens_per_problem": per_problem, "beam/k_equal_tokens": k_equal}
+    if not table["ks"] or k_equal > table["ks"][-1]:  # the search spent more than the pool holds: no best-of-k to set beside it
+        return out
+    return {**out, "beam/bestofk_prm_min_equal_tokens": bestofk.at_k(table, "prm_min", k_equal),
             "beam/vote_equal_tokens": bestofk.at_k(table, "vote", k_equal)}
