@@ -138,7 +138,8 @@ def test_annotation_labels_on_real_steps():
 def test_annotation_check_rules():
     assert check_annotation("10/3=3.33") and check_annotation("3/4=3/4")  # rounded as shown; a fraction
     assert annotation_labels(["Use <<3/4=3/4>>3/4 cup."]) == [1]  # the `3` of `3/4` is not its copy
-    assert check_annotation("10/3=3.4") is False and check_annotation("10/3=3") is False
+    assert check_annotation("10/3=3.4") is False and check_annotation("10/3=5") is False
+    assert check_annotation("48/2=25") is False and check_annotation("7*3=20") is False  # whole values: exact
     assert check_annotation("2**100000=1") is None  # powers are not evaluated: no input can blow up
     assert check_annotation("apples=5") is None and check_annotation("48/2") is None
     assert check_annotation("1/0=1") is None
@@ -269,3 +270,19 @@ def test_math_majority_vote_groups_equivalent_answers(math_fam):
     assert sum(s["correct"] for s in group) == 3
     assert sampled_metrics([group], False, math_fam.same_answer)["maj_at_k"] == 1.0  # 3 equal answers vs 2
     assert math_fam.same_answer("\\dfrac34", "0.75") and not math_fam.same_answer("\\frac{2}{3}", "0.75")
+
+
+def test_rounded_model_style_steps_are_not_flagged():
+    """Steps as models (and people) write them: a whole count of a fraction (floor or ceiling),
+    decimals cut off or rounded, a share shown as a percent. Flagging them taught the PRM and the
+    calculator filter that right steps are wrong."""
+    steps = ["Each box holds 2, so 7 cakes fill <<7/2=3>>3 boxes.",
+             "To hold all 7 they need <<7/2=4>>4 boxes.",
+             "Two thirds is <<2/3=0.66>>0.66 of the class; rounded, <<2/3=0.67>>0.67.",
+             "Half of them is <<1/2=0.5>>50% of the class.",
+             "Then <<0.25*3=0.75>>75 % are left."]
+    assert annotation_labels(steps) == [1, 1, 1, 1, 1]
+    assert check_annotation("7/2=3") and check_annotation("7/2=4") and not check_annotation("7/2=2")
+    assert check_annotation("2/3=0.66") and check_annotation("2/3=0.67") and not check_annotation("2/3=0.65")
+    assert annotation_labels(["Half is <<1/2=0.5>>5% of it."]) == [0]  # a percent that is not the result
+    assert annotation_labels(["Half is <<1/2=0.5>>50 apples."]) == [0]  # no percent sign: 50 is not 0.5

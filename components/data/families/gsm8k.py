@@ -11,6 +11,7 @@ GSM8K train reference steps carry one). Difficulty = number of reference steps.
 from __future__ import annotations
 
 import ast
+import math
 import operator
 import re
 
@@ -19,7 +20,7 @@ from components.data.families.custom import NUMBER, FileFamily, normalize_number
 
 FINAL = re.compile(r"^####\s*(.*?)\s*$", re.M)
 # The number written right after `>>` (not the `3` of `3/4`: a fraction is not checked against it).
-ANNOTATION = re.compile(r"<<([^<>]*)>>(?:(" + NUMBER.pattern + r")(?!\d|[.,/]\d))?")
+ANNOTATION = re.compile(r"<<([^<>]*)>>(?:(" + NUMBER.pattern + r")(?!\d|[.,/]\d)(\s?%)?)?")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.USub: operator.neg, ast.UAdd: operator.pos}
 
@@ -42,20 +43,30 @@ def calculate(expr: str) -> float | None:
         return None
 
 
-def check_annotation(inner: str, shown: str | None = None) -> bool | None:
+def check_annotation(inner: str, shown: str | None = None, percent: bool = False) -> bool | None:
     """Is `<<inner>>` (e.g. `48/2=24`) right? None when it cannot be checked (no `=`, not arithmetic).
-    The result may be rounded to the digits it shows (GSM8K writes `<<10/3=3.33>>`); `shown`, the
-    number written right after `>>`, must equal the result: a step that misquotes its own
-    calculator is wrong too."""
+    A value that is not whole may be shown rounded or truncated to the digits it shows, as people and
+    models write it (`<<10/3=3.33>>`, `<<2/3=0.66>>`, not `<<10/3=3.4>>`), and as a whole count either
+    way (`<<7/2=3>>` boxes filled, `<<7/2=4>>` boxes needed). A whole value must be written exactly
+    (`<<48/2=25>>` is wrong). `shown`, the number written right after
+    `>>`, must equal the result (`percent`: it is followed by `%` and may show a share of 1 as a
+    percent, `<<1/2=0.5>>50%`, as well as `<<100-15=85>>85%`): a
+    step that misquotes its own calculator is wrong too."""
     expr, sep, result = inner.rpartition("=")
     value, r = (calculate(expr), calculate(result)) if sep else (None, None)
     if value is None or r is None:
         return None
     plain = normalize_number(result, whole=True)  # a plain number shows its precision, `3/4` is exact
-    decimals = len(plain.partition(".")[2]) if plain and "/" not in result else 0
-    ok = abs(value - r) <= 0.5 * 10 ** -decimals if decimals else numbers_equal(value, r)
+    if plain is None or "/" in result or numbers_equal(value, r) or numbers_equal(value, round(value)):
+        ok = numbers_equal(value, r)  # a fraction, or a whole value: nothing to round
+    else:
+        scale = 10 ** len(plain.partition(".")[2])
+        ways = ((math.floor, math.ceil) if scale == 1 else  # a whole count, down or up
+                (lambda x: math.floor(x + 0.5), math.trunc))  # decimals: rounded half up, or cut off
+        ok = any(numbers_equal(f(value * scale) / scale, r) for f in ways)
     if shown is not None and normalize_number(shown) is not None:
-        ok = ok and numbers_equal(normalize_number(shown), r)
+        quoted = float(normalize_number(shown))  # with `%`: in percent (`<<..=75>>75%`) or as a share of 1
+        ok = ok and (numbers_equal(quoted, r) or percent and numbers_equal(quoted / 100, r))
     return ok
 
 
@@ -65,7 +76,7 @@ def annotation_labels(steps: list[str]) -> list[int | None]:
     labels: list[int | None] = []
     failed = False
     for step in steps:
-        checks = [check_annotation(inner, shown or None) for inner, shown in ANNOTATION.findall(step)]
+        checks = [check_annotation(inner, shown or None, bool(pct)) for inner, shown, pct in ANNOTATION.findall(step)]
         failed = failed or False in checks
         labels.append(0 if failed else 1 if checks and all(c is True for c in checks) else None)
     return labels
