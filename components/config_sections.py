@@ -47,7 +47,7 @@ class PromptConfig(Strict):
     """How a problem is put to the model, and how its answer is laid out. `style: chat` renders the
     problem with the chat template of the model's tokenizer (model.init_uri), after an optional
     system message; `plain` fills `template`. `shots` worked examples (reference solutions of the
-    first bootstrap problems, which then leave the train split) go before the problem: as text
+    first bootstrap problems that overlap no evaluation problem, which then leave the train split) go before the problem: as text
     blocks, or as earlier user/assistant turns. The step separator and the answer line are part of
     the trace format: the PRM saves them and refuses to score traces laid out otherwise."""
     style: Literal["plain", "chat"] = "plain"

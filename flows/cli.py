@@ -25,9 +25,41 @@ def _fail(message: str):
     raise typer.Exit(2)
 
 
+def _watch_temporary_server() -> None:
+    """With no PREFECT_API_URL, Prefect starts a temporary server in a process of its own on first
+    use (prefect.server.api.server.SubprocessASGIServer) and stops it at exit; a `vstar` that is
+    SIGKILLed leaves it running for good (ppid 1, its port and ~300 MB held). A thread waits for it to
+    start, without importing the server itself (~5 s), and puts a watcher beside it that ends it once
+    this process is gone (components/infra/orphans.py)."""
+    import sys
+    import threading
+
+    def wait_for_it() -> None:
+        import psutil
+
+        from components.infra import orphans
+
+        watched: set[int] = set()
+        while True:  # every server process it starts (it starts another when its port was taken)
+            server = sys.modules.get("prefect.server.api.server")
+            for inst in list(getattr(getattr(server, "SubprocessASGIServer", None), "_instances", {}).values()):
+                proc = getattr(inst, "server_process", None)
+                if proc is not None and proc.pid not in watched and proc.poll() is None:
+                    try:
+                        orphans.watch(proc.pid, psutil.Process(proc.pid).create_time())
+                        watched.add(proc.pid)
+                    except psutil.NoSuchProcess:
+                        pass
+            time.sleep(0.25)
+
+    threading.Thread(target=wait_for_it, daemon=True, name="vstar-server-watch").start()
+
+
 @app.callback()
 def main() -> None:
     """vstar-flow: orchestrated V-STaR-style self-improvement."""
+    if not os.environ.get("PREFECT_API_URL"):
+        _watch_temporary_server()
     # Analytics off: with it on, the ephemeral API's SQLite reports "database is locked" under load.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")

@@ -11,9 +11,25 @@ would hold its loop for good. So a waiting trigger asks whether the holder is pr
 process gone on this host, or its flow run in a final state) and, if so, reclaims the slot at once.
 A holder on another host whose flow run still looks alive is waited for: a server frees its slot
 after `LEASE_S` seconds without renewal.
+
+Races, closed:
+- Two waiters that both find the holder dead: only the one that creates the variable
+  `<limit>-reclaim-<dead lease>` (Prefect refuses a second variable of one name: the API's
+  compare-and-set) frees the slot; the other waits for the slot like any trigger.
+- The slot's count is reset only where the server has forgotten the dead lease (a temporary server,
+  or one restarted: leases live in its memory), never when it still knows it (then the lease is
+  released, which frees exactly its slot), and never once a newer holder is recorded: the record
+  is read again `GRACE_S` after the decision, time for a run that just took the slot to write it.
+- A holder whose lease renewal fails (the server unreachable past Prefect's retries) stops: its
+  slot may be given to another run, so it must not go on writing (LockLost; what it published stays,
+  the stage it was in publishes nothing, and a rerun resumes).
+- "This host" is the kernel's boot id and the PID namespace, not the host name, which containers
+  with PID namespaces of their own share.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import socket
@@ -33,6 +49,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPS
 
 LEASE_S = 60  # the server's minimum: how long a dead holder on another host keeps the loop locked
 POLL_S = 2.0  # how often a waiting trigger asks again (and re-checks the holder)
+GRACE_S = 2.0  # before a forgotten lease's slot is reset: a run that just took the slot has recorded itself
 log = get_logger("vstar.lock")  # a child of Prefect's logger: printed by `vstar`, kept by a flow run
 
 # Locks this process holds (limit name -> holder record): `vstar run` takes its loop's lock before
@@ -42,6 +59,20 @@ _HELD: dict[str, dict] = {}
 
 class LoopBusy(RuntimeError):
     """Another live run holds this loop."""
+
+
+class LockLost(RuntimeError):
+    """This run's lease could not be renewed: another run may hold the loop now."""
+
+
+def machine_id() -> str:
+    """What tells this process's pids apart from another machine's or container's: the kernel's boot
+    id and the inode of this process's PID namespace (the host name, before: shared by containers)."""
+    try:
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:  # not Linux
+        return socket.gethostname()
 
 
 def limit_name(loop_id: str) -> str:
@@ -57,7 +88,7 @@ def _flow_run_id() -> str | None:
 
 def _record(lease_id: UUID) -> dict:
     me = psutil.Process()
-    return {"lease_id": str(lease_id), "host": socket.gethostname(), "pid": me.pid,
+    return {"lease_id": str(lease_id), "host": socket.gethostname(), "machine": machine_id(), "pid": me.pid,
             "pid_started": me.create_time(), "flow_run_id": _flow_run_id(),
             "since": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
             "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:200]}
@@ -107,8 +138,9 @@ def holder_state(client, rec: dict | None) -> tuple[bool | None, str]:
                 return False, f"its flow run {fr.name} is {fr.state.name}"
         except ObjectNotFound:
             pass
-    if rec.get("host") != socket.gethostname():
-        return None, f"held from host {rec.get('host')}"
+    if rec.get("machine", rec.get("host")) != (machine_id() if "machine" in rec else socket.gethostname()):
+        return None, f"held from host {rec.get('host')}" + (" (another container or boot)"
+                                                          if rec.get("host") == socket.gethostname() else "")
     try:
         proc = psutil.Process(rec["pid"])
         # A recycled pid is another process: compare start times.
@@ -120,16 +152,46 @@ def holder_state(client, rec: dict | None) -> tuple[bool | None, str]:
     return False, f"process {rec['pid']} on this host is gone"
 
 
-def _reclaim(client, name: str, rec: dict | None, why: str) -> None:
-    """Free the slot of a dead holder: release its lease where the server still knows it (a real
-    server, whose own reaper would otherwise free it a second time later), else reset the count."""
+def _claim(client, name: str, lease_id: str) -> bool:
+    """Whether this process is the one that reclaims `lease_id` (compare-and-set: the variable's
+    creation succeeds once). Claims older than an hour are cleared on the way: their waiters are gone."""
+    try:
+        client.create_variable(VariableCreate(name=f"{name}-reclaim-{lease_id}", value={"by": machine_id(),
+                                                                                       "pid": os.getpid()}))
+    except ObjectAlreadyExists:
+        return False
+    old = datetime.now(timezone.utc).timestamp() - 3600
+    for var in client.read_variables():
+        if var.name.startswith(f"{name}-reclaim-") and var.created and var.created.timestamp() < old:
+            with contextlib.suppress(ObjectNotFound):
+                client.delete_variable_by_name(var.name)
+    return True
+
+
+def _server_knows(client, lease_id: str) -> bool:
+    """Whether the server still holds this lease (renewed, then released at once by the caller)."""
+    try:
+        client.renew_concurrency_lease(UUID(lease_id), LEASE_S)
+        return True
+    except PrefectHTTPStatusError as e:
+        if e.response.status_code in (404, 410):
+            return False
+        raise
+
+
+def _reclaim(client, name: str, rec: dict | None, why: str) -> bool:
+    """Free the slot of a dead holder, once (module docstring): release its lease where the server
+    still knows it, else reset the count. False when another waiter is reclaiming it."""
     if rec and rec.get("lease_id"):
-        release_concurrency_slots_with_lease(UUID(rec["lease_id"]))
-    now = read_holder(client, name)
-    if now and rec and now.get("lease_id") != rec.get("lease_id"):
-        return  # someone else reclaimed and took the loop meanwhile
-    if client.read_global_concurrency_limit_by_name(name).active_slots > 0:
-        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+        if not _claim(client, name, rec["lease_id"]):
+            return False
+        if _server_knows(client, rec["lease_id"]):
+            release_concurrency_slots_with_lease(UUID(rec["lease_id"]))  # exactly its slot
+        else:
+            time.sleep(GRACE_S)
+            _reset_unless_held(client, name, rec)
+    else:  # by hand (`vstar unlock --force`) with no record
+        _reset_unless_held(client, name, rec)
     _drop_holder(client, name, rec.get("lease_id") if rec else None)
     if rec and rec.get("flow_run_id"):  # say so in Prefect too: a killed run would look Running forever
         from prefect.states import Crashed
@@ -141,6 +203,15 @@ def _reclaim(client, name: str, rec: dict | None, why: str) -> None:
         except ObjectNotFound:
             pass
     log.warning("%s: previous holder is dead (%s; %s): lock reclaimed", name, why, describe(rec))
+    return True
+
+
+def _reset_unless_held(client, name: str, rec: dict | None) -> None:
+    now = read_holder(client, name)
+    if now and (rec is None or now.get("lease_id") != rec.get("lease_id")):
+        return  # a newer holder took the slot: its count is its own
+    if client.read_global_concurrency_limit_by_name(name).active_slots > 0:
+        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
 
 
 def _ensure_limit(client, name: str) -> None:
@@ -168,7 +239,8 @@ def _acquire(client, name: str, loop_id: str, wait_s: float) -> UUID:
         rec = read_holder(client, name)
         alive, why = holder_state(client, rec)
         if alive is False:
-            _reclaim(client, name, rec, why)
+            if not _reclaim(client, name, rec, why):
+                time.sleep(POLL_S)  # another waiter is freeing it: then the slot is whoever's takes it first
             continue
         if time.monotonic() >= deadline:
             hint = (f"if it is gone, `vstar unlock {loop_id}`" if alive else
@@ -199,14 +271,34 @@ def loop_lock(loop_id: str, wait_s: float = 5.0):
         _HELD[name] = rec
         log.info("holding %s: no other run writes to loop %s meanwhile", name, loop_id)
         try:
-            # Renewal failures do not stop the round: a lost lease is recovered by the holder check.
-            with maintain_concurrency_lease(lease_id, LEASE_S, raise_on_lease_renewal_failure=False,
-                                            suppress_warnings=True):
-                yield
+            # A renewal that fails for good cancels the block (Prefect injects CancelledError into this
+            # thread; a stage child is killed by isolation's wait): another run may get the slot now.
+            try:
+                with maintain_concurrency_lease(lease_id, LEASE_S, raise_on_lease_renewal_failure=True):
+                    yield
+            except asyncio.CancelledError as e:
+                if _still_leased(lease_id):
+                    raise  # a cancellation of another kind
+                raise LockLost(f"loop {loop_id}: the lock's lease could not be renewed (Prefect API unreachable), "
+                               f"so another run may hold the loop now: this run stopped; what it published stays, "
+                               f"rerun to go on") from e
         finally:
             _HELD.pop(name, None)
-            _drop_holder(client, name, rec["lease_id"])
-            release_concurrency_slots_with_lease(lease_id)
+            try:
+                _drop_holder(client, name, rec["lease_id"])
+                release_concurrency_slots_with_lease(lease_id)
+            except Exception as e:  # the API is gone: what the run did stands; it must not hide why it ended
+                log.warning("%s: could not release the lock (%s); a server frees it within %d s, `vstar unlock %s` "
+                            "otherwise", name, e, LEASE_S, loop_id)
+
+
+def _still_leased(lease_id: UUID) -> bool:
+    try:
+        with get_client(sync_client=True) as client:
+            client.renew_concurrency_lease(lease_id, LEASE_S)
+        return True
+    except Exception:  # unreachable, or the lease is gone
+        return False
 
 
 def unlock(loop_id: str, force: bool = False) -> str:

@@ -47,6 +47,26 @@ def warm_helpers(pid: int) -> list[psutil.Process]:
     return out
 
 
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def left_behind(procs: list[psutil.Process], timeout: float = 30) -> list[str]:
+    """Of `procs`, those still running after `timeout` seconds (zombies count as gone), as command lines."""
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    out = []
+    for p in alive:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(f"{p.pid}: {' '.join(p.cmdline())[:160]}")
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 def wait_for(cond, timeout: float, what: str, every: float = 0.2):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -139,3 +159,9 @@ def assert_live_progress(out: str, stage: str, unit: str) -> None:
     assert ticks and any(re.search(rf"(\d+)/\1 {unit} 100%", t) for t in ticks), (stage, out[-4000:])
     clock = [dt.datetime.strptime(t.split(" | ")[0].strip(), "%H:%M:%S.%f") for t in ticks]
     assert max((b - a).total_seconds() for a, b in zip(clock, clock[1:] or clock)) <= 15, ticks
+
+
+def sleep(seconds: float) -> dict:
+    """A stand-in stage for call_isolated (`tests.procs:sleep`): a child that only waits."""
+    time.sleep(seconds)
+    return {"slept": seconds}

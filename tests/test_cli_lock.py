@@ -5,11 +5,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.procs import one_line_error, wait_for
+from tests.procs import descendants, left_behind, one_line_error, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 VSTAR = str(Path(sys.executable).parent / "vstar")
@@ -119,3 +120,31 @@ def test_a_round_that_learns_nothing_says_so(user, tiny_model_uri, smoke_cfg):
                   "--set", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db", timeout=300)
     assert rc == 0 and "unchanged: G_1 = G_0" in out, out
     assert "G_0: trained here" in out
+
+
+def test_a_killed_run_leaves_no_process_behind(user):
+    """`vstar run` on the embedded default starts a temporary Prefect server of its own; SIGKILLed, it
+    left that server running for good (ppid 1, found 4 minutes later). Now nothing it started outlives
+    it: the server, the warm-start helper, a stage child."""
+    import psutil
+
+    tmp_path, start, _ = user
+    p = start("run", str(ROOT / "configs/smoke.yaml"), "--set", f"store_uri={tmp_path}/store",
+              "--set", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db", "--set", "name=killed-run")
+
+    def server_up() -> bool:
+        for k in descendants(p.pid):
+            try:
+                if "uvicorn" in " ".join(k.cmdline()):
+                    return True
+            except psutil.Error:
+                pass
+        return p.poll() is not None
+
+    wait_for(server_up, 300, "the temporary Prefect server")
+    assert p.poll() is None, p.log.read()
+    time.sleep(2)  # its helper and first stage under way
+    kids = descendants(p.pid)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert left_behind(kids) == []

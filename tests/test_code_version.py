@@ -63,3 +63,29 @@ def test_manifests_record_their_code_and_status_calls_other_code_stale(tmp_path)
         store.write_rows([], at.round(1, artifact), {"metrics": {}})
     assert [r.stage for r in status.round_rows(at, 1, None, None, None)][-2:] == ["evaluate", "trace-report"]
     assert [r.stage for r in status.round_rows(at, 1, {"prm": True}, None, None)][-1] == "train-prm"
+
+
+def test_a_library_upgrade_or_a_change_to_the_stage_runner_makes_every_stage_stale(fake_checkout, tmp_path,
+                                                                                    monkeypatch):
+    """The hash covered components/ only: a stage made under transformers X and reused under Y (or by
+    another child entry) looked current. Two installs of a library here: its version goes into every
+    stage's hash, and the manifest says which versions made it."""
+    import sys
+
+    (fake_checkout / "infra").mkdir()
+    (fake_checkout / "infra/__init__.py").write_text("")
+    (fake_checkout / "infra/isolation.py").write_text("def main():\n    pass\n")
+    monkeypatch.setattr(code_version, "LIBRARIES", ("vstar-fake-lib",))
+    for version in ("1.0", "1.1"):
+        dist = tmp_path / f"site-{version}" / f"vstar_fake_lib-{version}.dist-info"
+        dist.mkdir(parents=True)
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vstar-fake-lib\nVersion: {version}\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site-1.0"))
+    old = hash_of("components.stages.a")
+    assert code_version.code_version("components.stages.a")["libraries"] == {"vstar-fake-lib": "1.0"}
+    sys.path.remove(str(tmp_path / "site-1.0"))
+    monkeypatch.syspath_prepend(str(tmp_path / "site-1.1"))
+    upgraded = hash_of("components.stages.a")
+    assert upgraded != old and code_version.code_version("components.stages.a")["libraries"] == {"vstar-fake-lib": "1.1"}
+    (fake_checkout / "infra/isolation.py").write_text("def main():\n    return 1  # the runner changed\n")
+    assert hash_of("components.stages.a") != upgraded

@@ -45,9 +45,9 @@ def test_generated_overrides_give_a_config_error_naming_the_field(assignments):
         cfg = load_config(None, overrides)
     except ConfigError as e:
         check(e, "<defaults>", [k for k, _ in assignments])
-    else:
-        assert isinstance(cfg, RunConfig)
-        cfg.loop_id()  # a config that loads can be used
+    else:  # a config that loads can be used, and comes back as itself from its YAML (the run's config.yaml)
+        again = RunConfig.model_validate(yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json"))))
+        assert again == cfg and again.loop_id() == cfg.loop_id()
 
 
 @FUZZ

@@ -1,12 +1,16 @@
 """Decontamination: train problems that overlap eval problems are dropped, each with its reason."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from components.config_sections import DataConfig, DecontamConfig, FamilyConfig
 from components.data.decontam import counts, decontaminate, normalize
 from components.data.families import get_family
 from test_families_data import gsm8k_dir
+
+ROOT = Path(__file__).resolve().parent.parent
 
 EVAL = ["Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
         "How many clips did Natalia sell altogether in April and May?",
@@ -64,3 +68,48 @@ def test_real_gsm8k_train_against_test(gsm8k):
     # The real overlap (GSM8K's own train vs test) is small but not zero: near-templated problems.
     real = [d for d in dropped if d["problem_id"] not in ("copy", "edit")]
     assert 0 < len(real) < 20
+
+
+def test_nothing_g0_its_tokenizer_or_its_prompts_learn_from_is_an_evaluation_problem(tmp_path):
+    """GSM8K test problems slipped into the train file's head, where the bootstrap split (G_0's gold,
+    the judge's planted traces, SFT's replayed gold) and the worked examples come from: they are
+    dropped and counted there too, and G_0's tokenizer never reads an evaluation problem (before, its
+    corpus held every evaluation prompt)."""
+    import json
+
+    from components.config import load_config
+    from components.config_sections import PromptConfig
+    from components.data.decontam import bootstrap_split
+    from components.data.prompting import PromptedFamily
+    from components.stages import bootstrap
+
+    d = gsm8k_dir()
+    test = (d / "test.jsonl").read_text().splitlines()[:200]
+    planted = json.loads(test[7])
+    planted["question"] += " (Prices are in €.)"  # a symbol only this evaluation problem has
+    test[7] = json.dumps(planted)
+    train = [test[5], test[7], *(d / "train.jsonl").read_text().splitlines()[:8]]
+    (tmp_path / "train.jsonl").write_text("\n".join(train) + "\n")
+    (tmp_path / "test.jsonl").write_text("\n".join(test) + "\n")
+    assert "€" in planted["question"] and not any("€" in line for line in train[2:])
+    cfg = load_config(ROOT / "configs/gsm8k.yaml", [
+        f"family.data.train_uri={tmp_path}/train.jsonl", f"family.data.eval_uri={tmp_path}/test.jsonl",
+        "family.data.bootstrap_size=6", "family.data.eval_size=200", "family.train.size=10",
+        "model.hidden_size=16", "model.layers=1", "model.heads=2", "model.intermediate_size=32",
+        "bootstrap.epochs=1", f"store_uri={tmp_path}/store"])
+    fam = get_family(cfg.family, cfg.seed)
+    questions = {p.meta["question"] for p in fam.problems("eval")}
+    boot, dropped = bootstrap_split(fam, cfg.decontam)
+    assert [p.meta["question"] for p in fam.problems("bootstrap")][:2] == [json.loads(test[5])["question"],
+                                                                          planted["question"]]
+    assert len(boot) == 4 and dropped["decontam/dropped_exact"] == 2 and not questions & {p.meta["question"] for p in boot}
+    shots = PromptedFamily(fam, PromptConfig(shots=2), decontam=cfg.decontam).prompter.shots
+    assert len(shots) == 2 and not any(q.strip() in questions for q, _ in shots)
+    metrics = bootstrap.run(cfg, f"{tmp_path}/store/g0")
+    assert metrics["examples"] == 4 and metrics["decontam/dropped"] == 2
+    from transformers import AutoTokenizer
+
+    from components.infra import store
+
+    vocab = AutoTokenizer.from_pretrained(str(store.fetch_folder(f"{tmp_path}/store/g0"))).get_vocab()
+    assert "€" not in vocab

@@ -69,8 +69,9 @@ def test_family_runs_through_the_round_flow(name, tmp_path, prefect_server):
     assert "decontam/dropped" in r1["sft"] and "decontam/dropped" in r1["prm"]
     if name == "custom":  # the broken row is counted and kept in a quarantine file beside the problems
         assert r0["data"]["train/rows_quarantined"] == 1
-        rows = store.read_rows(r1["filtered_uri"])  # and the round still ran end to end
-        assert isinstance(rows, list)
+        # and the round still ran end to end, never sampling the quarantined row's problem
+        rows = store.read_rows(r1["filtered_uri"].replace("filtered", "candidates"))
+        assert rows and "q9" not in {r["problem_id"] for r in rows}
     if name == "gsm8k":  # too-long questions are quarantined at load, not silently skipped
         assert r0["data"]["train/rows_quarantined"] > 0
         assert r0["data"]["train/rows_accepted"] + r0["data"]["train/rows_quarantined"] == 7473

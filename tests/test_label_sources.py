@@ -8,6 +8,7 @@ from components.stages import prm as prm_stage
 from components.stages import score
 from components.infra import store
 from components.infra.layout import Layout
+from tests.expect import agreement, assert_reported, reported_f1
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +26,14 @@ def test_gold_labels_are_exact_and_mc_audit_reports_its_quality(scored_gold, tin
     assert metrics["label_f1"] == 1.0  # the exact check is the bar
     audited = cfg.model_copy(update={"scoring": cfg.scoring.model_copy(update={"audit_mc": 20})})
     m = score.run(audited, f"{base}/scored-audit", tiny_model_uri, f"{base}/candidates", 1)
-    assert 0.0 <= m["quality/audit_mc/f1"] <= 1.0
-    assert 0.0 <= m["quality/audit_agree/gold_vs_mc/first_error"] <= 1.0  # pairwise agreement on the sample
     assert m["audit_mc_rollouts"] > 0 and "mc_rollouts" not in m  # counted as audit, not as labelling
     # the audit does not change the labels used for filtering
     rows = store.read_rows(f"{base}/scored-audit")
+    # Its figures are those of the audited sample's own labels (recomputed here from the rows).
+    sample = [r for r in rows if r["mc_first_error"] is not None]  # the audit's MC column: its sample only
+    assert 0 < len(sample) <= 20
+    assert_reported(m, "quality/audit_mc/f1", reported_f1(sample, "mc"))
+    assert_reported(m, "quality/audit_agree/gold_vs_mc/first_error", agreement(sample, "gold", "mc"))
     assert {r["label_source"] for r in rows} == {"gold"}
 
 
@@ -85,12 +89,12 @@ def test_binary_search_mc_reports_quality_against_gold_and_mc(scored_gold, tiny_
     cfg, base, _ = scored_gold
     cfg = with_scoring(cfg, label_source="mc_binary", also=["mc", "gold"])
     m = score.run(cfg, f"{base}/scored-bin", tiny_model_uri, f"{base}/candidates", 1)
-    for src in ("mc_binary", "mc"):
-        assert 0.0 <= m[f"quality/{src}/f1"] <= 1.0
     assert m["quality/gold/f1"] == 1.0  # the exact check against itself
-    assert 0.0 <= m["quality/agree/mc_vs_mc_binary/first_error"] <= 1.0
     assert m["mc_estimates"] < m["mc/mc_estimates"]  # bisection estimates fewer prefixes than every step
     rows = store.read_rows(f"{base}/scored-bin")
+    for src in ("mc_binary", "mc"):  # what was reported is what the published labels score
+        assert_reported(m, f"quality/{src}/f1", reported_f1(rows, src))
+    assert_reported(m, "quality/agree/mc_vs_mc_binary/first_error", agreement(rows, "mc", "mc_binary"))
     assert {r["label_source"] for r in rows} == {"mc_binary"}
     assert all(r["step_labels"] == [int(i < r["label_first_error"] or r["label_first_error"] < 0)
                                     for i in range(len(r["steps"]))] for r in rows if r["label_first_error"] is not None)
@@ -103,10 +107,13 @@ def test_judge_and_consensus_partial_labels_train_a_prm(scored_gold, judge_uri, 
     cfg = with_scoring(cfg, label_source="consensus", also=["judge", "gold"], judge=JudgeConfig(**TINY_JUDGE))
     c = cfg
     m = score.run(c, f"{base}/scored-cons", tiny_model_uri, f"{base}/candidates", 1, judge_uri=judge_uri)
-    assert 0.0 <= m["consensus_step_agreement"] <= 1.0
+    assert m["consensus_steps_compared"] > 0
+    assert m["consensus_step_agreement"] == pytest.approx(m["consensus_steps_agreeing"] / m["consensus_steps_compared"])
     assert m["consensus_steps_kept"] <= m["consensus_steps_total"] == m["steps"]
-    assert m["judge_calls"] > 0 and "judge_unparseable" in m and "quality/judge/f1" in m
+    assert m["judge_calls"] > 0 and "judge_unparseable" in m
     rows = store.read_rows(f"{base}/scored-cons")
+    for src in ("judge", "consensus"):
+        assert_reported(m, f"quality/{src}/f1", reported_f1(rows, src))
     # a consensus label is the judge's label too (and MC's); elsewhere the step is left unlabelled
     for r in rows:
         assert all(y is None or jd == y for y, jd in zip(r["step_labels"], r["judge_scores"]))
@@ -188,7 +195,8 @@ def test_label_budget_is_spent_on_set_aside_problems_and_its_prm_scores_others(s
     rows = store.read_rows(f"{base}/scored-labels")
     assert not {r["prompt"] for r in rows} & {r["prompt"] for r in labelled}
     assert {r["label_source"] for r in rows} == {"prm"}  # PRM guesses: never trained on again
-    assert 0.0 <= s["quality/labels/f1"] <= 1.0 and s["quality/gold/f1"] == 1.0
+    assert s["quality/gold/f1"] == 1.0
+    assert_reported(s, "quality/labels/f1", reported_f1(rows, "labels"))
 
 
 def test_confidence_labels_steps_from_the_generators_own_logprobs(scored_gold, tiny_model_uri):
@@ -202,7 +210,7 @@ def test_confidence_labels_steps_from_the_generators_own_logprobs(scored_gold, t
     rejected = [r for r in right if min(s for s in r["step_scores"] if s is not None) < 0.5]
     assert 0.15 <= len(rejected) / len(right) <= 0.35  # a quarter of the right answers, by construction
     assert all(len(r["step_scores"]) == len(r["steps"]) for r in rows)
-    assert 0.0 <= m["quality/confidence/f1"] <= 1.0
+    assert_reported(m, "quality/confidence/f1", reported_f1(rows, "confidence"))
 
 
 def test_the_calculator_overrules_a_source_on_a_slip_it_cannot_see(scored_gold, tiny_model_uri):
@@ -262,9 +270,10 @@ def test_every_source_runs_inside_the_round_flow(scored_gold, judge_uri, prefect
     out = self_improve(cfg)
     r1 = out["rounds"][1]
     metrics = mlflow.MlflowClient(cfg.tracking_uri).get_run(r1["run_id"]).data.metrics
+    rows = store.read_rows(r1["filtered_uri"].replace("filtered", "scored"))  # what MLflow got is what was published
     for src_name in ("labels", "consensus", "mc_binary", "confidence"):
-        assert 0.0 <= metrics[f"score/quality/{src_name}/f1"] <= 1.0
-    assert 0.0 <= metrics["score/quality/agree/consensus_vs_labels/first_error"] <= 1.0
+        assert_reported(metrics, f"score/quality/{src_name}/f1", reported_f1(rows, src_name))
+    assert_reported(metrics, "score/quality/agree/consensus_vs_labels/first_error", agreement(rows, "consensus", "labels"))
     assert metrics["score/consensus/judge_calls"] > 0 and metrics["score/mc_binary/mc_estimates"] > 0
     from components import loop
 

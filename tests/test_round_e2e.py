@@ -14,6 +14,7 @@ from browser import assert_not_blank, render_app  # tests/browser.py
 from components.evaluation.trace_report import REPORT
 from components.infra import store
 from components.infra.layout import Layout
+from tests.expect import assert_reported, first_error_f1, prm_f1
 from tests.procs import stray_files
 
 
@@ -70,7 +71,9 @@ def test_mlflow_parent_has_child_runs_with_eval_metrics(loop_result, s3_cfg):
         r = loop_result["rounds"][int(n)]
         assert m["generate/traces"] == r["generate"]["problems"] * s3_cfg.generation.k
         assert m["filter_traces/kept"] == r["filter"]["kept"]
-        assert 0.0 <= m["score/label_f1"] <= 1.0
+        scored = store.read_rows(r["filtered_uri"].replace("filtered", "scored"))
+        assert_reported(m, "score/label_f1", first_error_f1([x["label_first_error"] for x in scored],
+                                                            [x["gold_first_error"] for x in scored]))
         assert {"evaluate/pass1_n1", "evaluate/maj_at_k_all", "evaluate/bestofk_prm_min_all", "evaluate/prm_f1"} <= set(m)
         # Every selector on one pool (k = 1..N) with its interval, PRM against ORM paired; the plot beside.
         n_pool = s3_cfg.eval.k
@@ -84,12 +87,16 @@ def test_mlflow_parent_has_child_runs_with_eval_metrics(loop_result, s3_cfg):
         assert m["evaluate/cost/generate_flops_per_sample"] > 0 and m["train_orm/train_flops"] > 0
         assert 0 < m["evaluate/cost/orm/score_flops_per_sample"] == m["evaluate/cost/prm_min/score_flops_per_sample"]
         assert m["evaluate/cost/calc/score_flops_per_sample"] == 0  # the calculator: no model
-        assert 0 <= m["evaluate/prm_calc_f1"] <= 1  # the PRM with the calculator, beside the PRM alone
+        # the PRM's first-error F1 on the evaluation samples, alone and with the calculator, as published
+        sampled = [x for x in store.read_rows(Layout.of(s3_cfg).round(int(n), "eval")) if x["gold_first_error"] is not None]
+        assert_reported(m, "evaluate/prm_f1", prm_f1(sampled))
+        assert_reported(m, "evaluate/prm_calc_f1", prm_f1(sampled, calculator=True))
         # The DPO verifier reads each sample twice at the generator's size: itself and its reference.
         assert m["evaluate/cost/dpo/score_flops_per_sample"] == pytest.approx(2 * m["evaluate/cost/generate_flops_per_sample"])
         assert m["train_dpo/train_flops"] > 0
         # PRM-guided beam search beside best-of-k at the same generated tokens.
-        assert 0 <= m["evaluate/beam/accuracy"] <= 1 and m["evaluate/beam/tokens_per_problem"] > 0
+        solved = m["evaluate/beam/accuracy"] * m["evaluate/bok_problems"]  # a count of the pool's problems
+        assert solved == pytest.approx(round(solved)) and m["evaluate/beam/tokens_per_problem"] > 0
         # read off the curves where the search's budget lies within the pool, else not reported
         assert ("evaluate/beam/bestofk_prm_min_equal_tokens" in m) == (m["evaluate/beam/k_equal_tokens"] <= n_pool)
         assert "eval/bestofk.png" in {a.path for a in client.list_artifacts(by_round[n].info.run_id, "eval")}

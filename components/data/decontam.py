@@ -89,3 +89,10 @@ def against_eval(items: list, family, cfg: DecontamConfig) -> tuple[list, dict[s
     (and counted): what every training stage does before it trains."""
     kept, dropped = decontaminate(items, family.problems("eval"), cfg)
     return kept, counts(dropped, kept)
+
+
+def bootstrap_split(family, cfg: DecontamConfig) -> tuple[list, dict[str, int]]:
+    """The bootstrap split less what overlaps evaluation (and its counts): G_0's gold solutions, the
+    tokenizer's corpus, the judge's planted traces and SFT's replayed gold all come from it, so none
+    of them may carry an evaluation problem (GSM8K's train and test files hold near-duplicates)."""
+    return against_eval(family.problems("bootstrap"), family, cfg)

@@ -12,7 +12,7 @@ from dataclasses import replace
 from functools import lru_cache
 
 from components.config import RunConfig
-from components.config_sections import PromptConfig
+from components.config_sections import DecontamConfig, PromptConfig
 from components.data.families import Family, Problem, get_family
 
 
@@ -60,9 +60,12 @@ class PromptedFamily:
     """A family whose problems carry rendered prompts; everything else is the inner family's. The
     worked examples' problems leave every split (a model is never asked what it was shown)."""
 
-    def __init__(self, inner: Family, cfg: PromptConfig, tokenizer=None):
+    def __init__(self, inner: Family, cfg: PromptConfig, tokenizer=None, decontam: DecontamConfig = DecontamConfig()):
+        from components.data.decontam import decontaminate
+
         self.inner = inner
-        examples = inner.problems("bootstrap")[: cfg.shots]
+        # Shown in every prompt, the evaluation's too: never a problem that overlaps evaluation.
+        examples = decontaminate(inner.problems("bootstrap"), inner.problems("eval"), decontam)[0][: cfg.shots]
         if len(examples) < cfg.shots:
             raise ValueError(f"family.prompt.shots={cfg.shots}: only {len(examples)} problems have a reference solution")
         self.shot_ids = {p.id for p in examples}
@@ -101,4 +104,4 @@ def family_of(cfg: RunConfig) -> Family:
         from components.infra.layout import Layout
 
         tok = _tokenizer(str(store.fetch_folder(Layout.of(cfg).bootstrap())))
-    return PromptedFamily(fam, pr, tok)
+    return PromptedFamily(fam, pr, tok, cfg.decontam)

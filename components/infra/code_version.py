@@ -1,8 +1,10 @@
 """Which code made a published artifact: the package version and a hash of the stage's own code.
 
 A stage's code is its module plus every `components` module it imports, directly or through others
-(read from the source, lazy imports inside functions included): a fix to Monte Carlo scoring changes
-the hash of `score` and of nothing that does not import it. Every manifest a stage publishes carries
+(read from the source, lazy imports inside functions included), the child entry that runs it
+(components/infra/isolation.py and what it imports), and the versions of the libraries that compute
+(LIBRARIES: torch, transformers, vLLM, TRL, ...): a fix to Monte Carlo scoring changes the hash of
+`score` and of nothing that does not import it; a transformers upgrade changes every stage's. Every manifest a stage publishes carries
 `code`, and the digests of the `inputs` it was made from (`stamped`), so a rerun or `vstar status` can
 tell an artifact made by other code (stale) from one this checkout would make, and one made from
 inputs that have been made again since (out of date) from a current one.
@@ -19,6 +21,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: `components/` lives here
 PACKAGE = "vstar-flow"
+ENTRY = "components.infra.isolation"  # what runs every stage in its child process
+# The installed distributions whose version can change what a stage computes (pyproject pins them).
+LIBRARIES = ("torch", "transformers", "tokenizers", "accelerate", "peft", "trl", "vllm", "datasets",
+             "safetensors", "gguf", "math-verify", "numpy")
+
+
+def libraries() -> dict[str, str]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
 
 
 def _file(module: str) -> Path | None:
@@ -58,15 +74,18 @@ def closure(module: str) -> tuple[Path, ...]:
 
 @lru_cache(maxsize=None)
 def code_version(module: str) -> dict:
-    """{"package": version, "hash": 12 hex digits over the module's code closure}."""
+    """{"package": version, "hash": 12 hex digits over the module's code closure, its entry's and the
+    LIBRARIES' versions, "libraries": those versions}."""
     digest = hashlib.sha256()
-    for path in closure(module):
+    for path in sorted(set(closure(module)) | set(closure(ENTRY))):
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    libs = libraries()
+    digest.update(repr(sorted(libs.items())).encode())
     try:
         version = metadata.version(PACKAGE)
     except metadata.PackageNotFoundError:
         version = "unknown"
-    return {"package": version, "hash": digest.hexdigest()[:12]}
+    return {"package": version, "hash": digest.hexdigest()[:12], "libraries": libs}
 
 
 # What the stage publishing in this thread or process records in every manifest it writes meanwhile:

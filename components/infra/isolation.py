@@ -24,20 +24,8 @@ from types import ModuleType
 from typing import Callable
 
 from components.config import RunConfig
-from components.infra import code_version, progress
+from components.infra import code_version, orphans, progress
 from components.infra.redact import redact
-
-
-def _die_with_parent() -> None:
-    """Linux: the child is SIGKILLed when its parent dies. A flow-run process killed mid-stage must
-    not leave an orphan that publishes the stage later, behind the back of the rerun."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:  # not glibc Linux: the child may outlive a killed parent
-        pass
 
 
 class StageFailed(RuntimeError):
@@ -82,9 +70,10 @@ def call_isolated(target: str, kwargs: dict, name: str, log_dir: str | Path = ".
             if processes > 1:  # torchrun sets each rank's RANK, WORLD_SIZE, LOCAL_RANK and rendezvous
                 argv[1:2] = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m"]
             proc = _warm_start(argv, log_path, env, name) if processes == 1 else None
-            if proc is None:  # a new Python: it imports torch (and vLLM) itself
-                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=env, preexec_fn=_die_with_parent)
+            if proc is None:  # a new Python: it imports torch (and vLLM) itself, and dies with this process
+                argv, child = ((argv, {**env, orphans.PARENT_ENV: str(os.getpid())}) if processes == 1 else
+                               (orphans.exec_argv(argv), env))  # torchrun: through the launcher
+                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child)
             if on_start:
                 on_start(log_path)
             _wait(proc, events, on_progress)
@@ -130,6 +119,9 @@ def _warm_start(argv: list[str], log_path: Path, env: dict[str, str], name: str)
         return None
 
 
+KILL_WAIT_S = 30.0
+
+
 def _wait(proc: subprocess.Popen, events: str, on_progress) -> None:
     """Wait for the child, handing on its progress events as they come. If the wait itself ends
     (cancellation, Ctrl-C), the child goes too: nothing may publish behind the caller's back."""
@@ -152,7 +144,10 @@ def _wait(proc: subprocess.Popen, events: str, on_progress) -> None:
                 return
     except BaseException:
         proc.kill()
-        proc.wait()
+        try:  # bounded: a child stuck in the kernel (a hung NFS read) must not hang the caller's exit too
+            proc.wait(timeout=KILL_WAIT_S)
+        except subprocess.TimeoutExpired:
+            pass
         raise
 
 
@@ -161,7 +156,7 @@ def _main(target: str, args_path: str, result_path: str) -> None:
     args = json.loads(Path(args_path).read_text())
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # a rank under torchrun: it goes when torchrun goes (killed with the stage's parent)
-        _die_with_parent()
+        orphans.die_with_parent()
     if rank > 0:  # every rank trains; rank 0 alone reports progress, publishes and answers
         os.environ.pop(progress.ENV, None)
         from components.infra import store
@@ -199,4 +194,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    orphans.from_env()  # first: a stage must not outlive the flow process that started it
     main(sys.argv[1:4])

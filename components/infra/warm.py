@@ -66,13 +66,13 @@ class Helper:
             raise RuntimeError(self.error)
 
     def _keep(self, ready: threading.Event) -> None:
-        from components.infra.isolation import _die_with_parent
+        from components.infra import orphans
 
         self.error = None
-        try:
+        try:  # the helper sets its own PDEATHSIG (orphans: no preexec_fn in a threaded process)
             self.proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=self.env,
-                                         cwd=ROOT, preexec_fn=_die_with_parent)
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                         env={**self.env, orphans.PARENT_ENV: str(os.getpid())}, cwd=ROOT)
             first = self.proc.stdout.readline()
             if not first or not json.loads(first).get("ready"):
                 raise RuntimeError(f"warm-start helper did not start (exit {self.proc.poll()})")
@@ -238,9 +238,9 @@ def _child(req: dict) -> None:
     try:
         import ctypes
 
-        from components.infra.isolation import _die_with_parent
+        from components.infra.orphans import die_with_parent
 
-        _die_with_parent()  # with the helper, which dies with the flow process
+        die_with_parent()  # with the helper, which dies with the flow process
         ctypes.CDLL("libc.so.6").prctl(15, f"vstar-{req['name']}"[:15].encode())  # PR_SET_NAME: `ps -o comm`
         log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(log, 1)
@@ -264,4 +264,7 @@ def _child(req: dict) -> None:
 
 
 if __name__ == "__main__":
+    from components.infra import orphans
+
+    orphans.from_env()
     _serve()

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from components.config import RunConfig
+from components.data.decontam import against_eval, bootstrap_split
 from components.data.prompting import family_of
 from components.infra import store
 from components.infra.layout import Layout
@@ -34,9 +35,12 @@ def run(cfg: RunConfig, out_uri: str) -> dict:
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))  # the default ignores the affinity mask
     fam = family_of(cfg)
     t0 = time.perf_counter()
-    pairs = [(p.prompt, fam.gold_solution(p)) for p in fam.problems("bootstrap")]
-    # The tokenizer sees every split's prompts: its vocabulary must cover harder problems too.
-    corpus = [p + c for p, c in pairs] + [p.prompt for s in ("train", "eval") for p in fam.problems(s)]
+    problems, dropped = bootstrap_split(fam, cfg.decontam)
+    pairs = [(p.prompt, fam.gold_solution(p)) for p in problems]
+    # The tokenizer sees the train split's prompts too (its vocabulary must cover harder problems), never
+    # an evaluation problem's: what it cannot spell there is what a model trained here has not seen.
+    train, _ = against_eval(fam.problems("train"), fam, cfg.decontam)
+    corpus = [p + c for p, c in pairs] + [p.prompt for p in train]
     with tempfile.TemporaryDirectory() as tmp:
         tok = train_tokenizer(corpus, tmp)
         model = build_model(cfg.model, tok, cfg.seed)
@@ -48,7 +52,7 @@ def run(cfg: RunConfig, out_uri: str) -> dict:
 
         stats = train_causal_lm(model, tok, pairs, cfg.bootstrap, cfg.seed, log=progress, placement=placement(cfg))
         model.to("cpu").save_pretrained(tmp)
-        metrics = {"params": n_params(model), "examples": len(pairs), "train_seconds": stats["seconds"],
+        metrics = {"params": n_params(model), "examples": len(pairs), "train_seconds": stats["seconds"], **dropped,
                    "loss_first": stats["loss_first"], "loss_last": stats["loss_last"],
                    "seconds": time.perf_counter() - t0}
         store.publish_folder(tmp, out_uri, {"kind": "model", "bootstrap_hash": cfg.bootstrap_hash(),

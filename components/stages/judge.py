@@ -13,6 +13,7 @@ from components.infra import store
 from components.labeling import judge_training
 from components.labeling.judge import make_judge_client
 from components.models import serving
+from components.data.decontam import bootstrap_split
 from components.stages import Stage
 
 STAGE = Stage("train-judge", reads=("bootstrap",), publishes="judge", accelerator=True, data_parallel=True,
@@ -25,7 +26,7 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str) -> dict:
     j = cfg.scoring.judge
     t0 = time.perf_counter()
     rng = random.Random(f"{cfg.seed}/judge")
-    pool = fam.problems("bootstrap")
+    pool, dropped = bootstrap_split(fam, cfg.decontam)
     held_out = judge_training.planted_traces(fam, pool[:300], 300, rng)  # problems the judge never trains on
     examples = judge_training.judge_examples(fam, pool[300:], j.train_examples, rng, j)
     curve: list = []
@@ -37,7 +38,7 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str) -> dict:
                                    max_positions=cfg.model.max_positions, placement=serving.placement(cfg))
         quality = judge_training.judge_accuracy(j, client, fam, [p for p, _ in held_out], [c for _, c in held_out])
         metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))},
-                   **{f"heldout_{k}": v for k, v in quality.items()}, "examples": len(examples),
+                   **{f"heldout_{k}": v for k, v in quality.items()}, "examples": len(examples), **dropped,
                    "seconds": time.perf_counter() - t0, "loss_curve": curve}
         store.publish_folder(tmp, out_uri, {"kind": "judge", "parent": generator_uri, "metrics": metrics})
     return metrics

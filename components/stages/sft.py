@@ -9,7 +9,7 @@ import tempfile
 import time
 
 from components.config import RunConfig
-from components.data.decontam import against_eval
+from components.data.decontam import against_eval, bootstrap_split
 from components.data.prompting import family_of
 from components.infra import store
 from components.infra.layout import Layout
@@ -43,7 +43,8 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, kept_uris:
             "kind": src.get("kind", "model"), "round": round_idx, "parent": model_uri, "data": kept_uris,
             "unchanged": True, "unchanged_from": model_uri, "metrics": metrics})
         return metrics
-    data, n_replay = with_replay(pairs, fam.problems("bootstrap"), cfg.sft.replay_gold,
+    gold, _ = bootstrap_split(fam, cfg.decontam)  # replayed gold: never an evaluation problem either
+    data, n_replay = with_replay(pairs, gold, cfg.sft.replay_gold,
                                  random.Random(f"{cfg.seed}/sft/{round_idx}"), lambda p: (p.prompt, fam.gold_solution(p)))
     # G_n starts from G_{n-1} or from G_0 (sft.init); a LoRA G_{n-1}'s adapter trains on, on its base.
     start_uri = Layout.of(cfg).bootstrap() if cfg.sft.init == "base" else model_uri
