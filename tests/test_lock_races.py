@@ -87,9 +87,14 @@ def test_two_waiters_reclaiming_one_dead_holder_at_once_hold_it_one_after_the_ot
     assert b0 >= a1, f"two holders at once: {out}"
 
 
-def test_a_holder_whose_lease_cannot_be_renewed_stops_with_its_stage(service_stack):
+def test_a_holder_whose_lease_cannot_be_renewed_stops_with_its_stage(tmp_path):
     """The Prefect server goes away under a holder: its lease can no longer be renewed, so another run
     may get the slot. The holder stops (LockLost, one message) and its stage child goes with it."""
+    from components.infra import services
+
+    # A stack of its own: stopping a second server of the session's stack would restore the worker's
+    # environment to before the first (PREFECT_API_URL gone for the tests after this one).
+    service_stack = services.ServiceStack(tmp_path / "lost-lease")
     server = service_stack.prefect_server()
     script = """
 import sys
@@ -115,3 +120,4 @@ with loop_lock(sys.argv[1]):
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
+        service_stack.close()

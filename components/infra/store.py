@@ -252,6 +252,10 @@ def _verify(fs, folder: str, manifest: dict, uri: str, names: list[str]) -> bool
     if want is None and (names != manifest["files"] or "sha256" not in manifest):
         return False  # an older manifest's one sha256 covers all its files together, not a subset
     overall, each = _digests(fs, folder, names)
+    for name in names if want is not None else ():  # a damaged file first, by name
+        if each[name] != want[name]:
+            raise CorruptArtifact(f"{join(uri, name)}: corrupt file, sha256 {each[name]} but its manifest "
+                                  f"recorded {want[name]} (damaged or changed since it was published)")
     if want is not None and names == manifest["files"] and overall != manifest.get("sha256", overall):
         # Each file matches but the whole does not: the manifest names another artifact's digest, which
         # would put these files in that one's cache entry (cache/<sha256[:16]>).
@@ -263,10 +267,6 @@ def _verify(fs, folder: str, manifest: dict, uri: str, names: list[str]) -> bool
             raise CorruptArtifact(f"{uri}: corrupt artifact, sha256 of its files ({shown}) is {overall} but its "
                                   f"manifest recorded {manifest['sha256']} (damaged or changed since it was published)")
         return True
-    for name in names:
-        if each[name] != want[name]:
-            raise CorruptArtifact(f"{join(uri, name)}: corrupt file, sha256 {each[name]} but its manifest "
-                                  f"recorded {want[name]} (damaged or changed since it was published)")
     return True
 
 
