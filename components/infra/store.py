@@ -261,12 +261,10 @@ def _verify(fs, folder: str, manifest: dict, uri: str, names: list[str]) -> bool
         # would put these files in that one's cache entry (cache/<sha256[:16]>).
         raise CorruptArtifact(f"{uri}: corrupt manifest, its files' sha256 is {overall} but its manifest recorded "
                               f"{manifest['sha256']} (another artifact's digest, or changed since it was published)")
-    if want is None:
-        if overall != manifest["sha256"]:  # which file changed is unknown: name them (a few)
-            shown = ", ".join(join(uri, n) for n in names[:4]) + (", ..." if len(names) > 4 else "")
-            raise CorruptArtifact(f"{uri}: corrupt artifact, sha256 of its files ({shown}) is {overall} but its "
-                                  f"manifest recorded {manifest['sha256']} (damaged or changed since it was published)")
-        return True
+    if want is None and overall != manifest["sha256"]:  # which file changed is unknown: name them (a few)
+        shown = ", ".join(join(uri, n) for n in names[:4]) + (", ..." if len(names) > 4 else "")
+        raise CorruptArtifact(f"{uri}: corrupt artifact, sha256 of its files ({shown}) is {overall} but its "
+                              f"manifest recorded {manifest['sha256']} (damaged or changed since it was published)")
     return True
 
 
