@@ -193,17 +193,36 @@ def _reclaim(client, name: str, rec: dict | None, why: str) -> bool:
     else:  # by hand (`vstar unlock --force`) with no record
         _reset_unless_held(client, name, rec)
     _drop_holder(client, name, rec.get("lease_id") if rec else None)
-    if rec and rec.get("flow_run_id"):  # say so in Prefect too: a killed run would look Running forever
-        from prefect.states import Crashed
-
-        try:
-            fr = client.read_flow_run(UUID(rec["flow_run_id"]))
-            if not (fr.state and fr.state.is_final()):
-                client.set_flow_run_state(fr.id, Crashed(message=f"vstar lock reclaimed: {why}"), force=True)
-        except ObjectNotFound:
-            pass
+    _mark_crashed(client, rec, why)
     log.warning("%s: previous holder is dead (%s; %s): lock reclaimed", name, why, describe(rec))
     return True
+
+
+def _mark_crashed(client, rec: dict | None, why: str) -> None:
+    """Say so in Prefect too: a killed run's flow run would look Running forever."""
+    if not (rec and rec.get("flow_run_id")):
+        return
+    from prefect.states import Crashed
+
+    try:
+        fr = client.read_flow_run(UUID(rec["flow_run_id"]))
+        if not (fr.state and fr.state.is_final()):
+            client.set_flow_run_state(fr.id, Crashed(message=f"vstar lock reclaimed: {why}"), force=True)
+    except ObjectNotFound:
+        pass
+
+
+def _expired(client, name: str, rec: dict | None) -> None:
+    """The slot was free, yet a holder is still recorded: the server expired its lease (it died
+    without releasing, and no waiter reclaimed it within `LEASE_S`). Said like a reclaim, and its flow
+    run marked, or how it ended would depend on how long the next run took to start."""
+    alive, why = holder_state(client, rec)
+    if alive:  # lost its lease but runs on: it stops at its next renewal (LockLost)
+        log.warning("%s: the previous holder's lease expired while it runs (%s; %s): it stops at its next "
+                    "renewal", name, why, describe(rec))
+        return
+    _mark_crashed(client, rec, why)
+    log.warning("%s: previous holder is dead (%s; %s): its lease expired, lock reclaimed", name, why, describe(rec))
 
 
 def _reset_unless_held(client, name: str, rec: dict | None) -> None:
@@ -266,6 +285,8 @@ def loop_lock(loop_id: str, wait_s: float = 5.0):
             return
         _ensure_limit(client, name)
         lease_id = _acquire(client, name, loop_id, wait_s)
+        if (prev := read_holder(client, name)) and prev.get("lease_id") != str(lease_id):
+            _expired(client, name, prev)
         rec = _record(lease_id)
         _write_holder(client, name, rec)
         _HELD[name] = rec

@@ -121,3 +121,54 @@ with loop_lock(sys.argv[1]):
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
         service_stack.close()
+
+
+def test_a_dead_holder_whose_lease_expired_is_named_and_its_flow_run_marked(prefect_server):
+    """A SIGKILLed holder that no waiter reclaimed within the lease: the server expires its lease and
+    the next run finds the slot free. Before, it took the loop without a word and the dead run's flow
+    run stayed Running for good (CI: the fault matrix's kill test said nothing on a slow restart).
+    The server's expiry comes after 60 s; the test releases the lease as the server would."""
+    import logging
+    from uuid import UUID
+
+    from prefect import get_client
+    from prefect.concurrency._sync import release_concurrency_slots_with_lease
+
+    from flows import lock
+
+    script = """
+import sys, time
+from prefect import flow
+from flows.lock import loop_lock
+
+@flow
+def hold(loop: str):
+    with loop_lock(loop):
+        print("held", flush=True)
+        time.sleep(600)
+
+hold(sys.argv[1])
+"""
+    loop = f"expired-{os.getpid()}"
+    holder = _python(script, loop)
+    _until_held(holder)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    name = lock.limit_name(loop)
+    with get_client(sync_client=True) as client:
+        rec = lock.read_holder(client, name)
+    release_concurrency_slots_with_lease(UUID(rec["lease_id"]))  # what the server's lease expiry does
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # Prefect's loggers do not propagate to pytest's capture
+    lock.log.addHandler(handler)
+    try:
+        with lock.loop_lock(loop):
+            pass
+    finally:
+        lock.log.removeHandler(handler)
+    said = "\n".join(r.getMessage() for r in records)
+    assert "its lease expired, lock reclaimed" in said and f"process {holder.pid} on this host is gone" in said, said
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(UUID(rec["flow_run_id"])).state
+    assert state.name == "Crashed" and "lock reclaimed" in state.message, state
