@@ -63,12 +63,14 @@ def main() -> None:
     out, console = {"loop": at.loop_id, "rounds": {}}, Console(width=250)
     t = Table(title=f"best-of-k on one pool per problem, loop {at.loop_id} (accuracy %, [95% interval])")
     d = Table(title="paired differences at k = N (points, [95% interval])")
-    b = Table(title="PRM-guided beam search against best-of-k at the same generated tokens (all problems)")
+    b = Table(title="PRM-guided beam search against best-of-k at the same generated tokens, and at the same "
+                    "FLOPs (the PRM's reading counted; all problems)")
     for col in ("round", "problems", "pool", "k", *SHOWN):
         t.add_column(col, justify="right")
     for col in ("round", "problems", "pool", *DIFFERENCES):
         d.add_column(col, justify="right")
-    for col in ("round", "beam accuracy", "tokens = k samples", "best-of-k PRM", "vote", "training (own held-out split)"):
+    for col in ("round", "beam accuracy", "tokens = k samples", "best-of-k PRM", "vote", "FLOPs = k PRM-ranked",
+                "best-of-k PRM", "FLOPs = k voted", "vote", "training (own held-out split)"):
         b.add_column(col, justify="right")
     for n in rounds:
         rows = store.read_rows(at.round(n, "eval"))
@@ -98,6 +100,9 @@ def main() -> None:
             pct = lambda key: "-" if ev.get(key) is None else f"{100 * ev[key]:.1f}"  # noqa: E731
             b.add_row(str(n), pct("beam/accuracy"), f"{ev.get('beam/k_equal_tokens', float('nan')):.1f}",
                       pct("beam/bestofk_prm_min_equal_tokens"), pct("beam/vote_equal_tokens"),
+                      f"{ev.get('beam/k_equal_compute_bestofk_prm_min', float('nan')):.1f}",
+                      pct("beam/bestofk_prm_min_equal_compute"),
+                      f"{ev.get('beam/k_equal_compute_vote', float('nan')):.1f}", pct("beam/vote_equal_compute"),
                       "; ".join(f"{v} {f.replace('heldout_', '')} {x:.2f}" for v, fs in trained.items()
                                 for f, x in fs.items() if x is not None))
     for table in (t, d, b):

@@ -102,6 +102,15 @@ class RunConfig(Strict):
         if f.verifier and f.verifier not in (src, *self.scoring.also):
             raise ValueError(f"filter.verifier {f.verifier!r} ranks by a source's step scores: it must be the "
                              f"label source ({src!r}) or in scoring.also ({', '.join(self.scoring.also) or 'empty'})")
+        mc, g = self.scoring.mc, self.generation
+        if "mc_binary" in (src, *self.scoring.also) and mc.reuse_completion and \
+                (mc.temperature != g.temperature or g.top_p != 1.0):
+            # The candidate's own continuation is a rollout only if rollouts sample as generation did.
+            raise ValueError(f"scoring.mc.reuse_completion counts each candidate's own continuation as one MC "
+                             f"rollout, which holds only when rollouts sample as generation does: "
+                             f"scoring.mc.temperature {mc.temperature} vs generation.temperature {g.temperature}, "
+                             f"rollouts at top_p 1.0 vs generation.top_p {g.top_p}; make them equal or set "
+                             f"scoring.mc.reuse_completion: false")
         pr = self.family.prompt
         if pr.style == "chat" and not self.model.init_uri:
             raise ValueError("family.prompt.style chat renders with the chat template of a pretrained "

@@ -174,13 +174,16 @@ class MCConfig(Strict):
     reuse_completion: bool = True  # the candidate's own continuation counts as one rollout (binary search)
     share_prefixes: bool = True  # one estimate per distinct prefix, shared by every trace that has it
     # Binary search only: draw rollouts this many at a time, stopping at a prefix's first success
-    # (its hard label is then known); 0 draws all at once. Soft scores become hits / rollouts drawn.
+    # (its hard label is then known); 0 draws all at once. Its scores are its hard labels.
     early_stop_chunk: int = Field(0, ge=0, le=64)
 
 
 class ConfidenceConfig(Strict):
     """The `confidence` source (components/labeling/confidence.py)."""
-    window: int = Field(1, ge=1)  # tokens per sliding window inside a step (1: the least likely token)
+    window: int = Field(1, ge=1)  # tokens per sliding window inside a step (1: the least sure position)
+    # DeepConf's k: each token's confidence is -mean of the k largest log-probabilities there (at most
+    # 20, vLLM's default max_logprobs)
+    top_k: int = Field(20, ge=1, le=20)
     quantile: float = Field(0.3, gt=0, lt=1)  # of right-answer traces' confidence: the step threshold
 
 
@@ -352,11 +355,14 @@ class ORMConfig(Strict):
 
 
 class DPOVerifierConfig(Strict):
-    """V-STaR's verifier: the round's generator trained with DPO on (right, wrong) solution pairs of a
-    problem, every generated trace of rounds 1..n, the generator its reference; it scores a solution by
-    DPO's implicit reward beta * log(pi / pi_ref) (components/models/dpo.py). Off by default.
-    lr 5e-4 suits the tiny demo model; pretrained checkpoints want DPO's usual 1e-6..1e-5."""
+    """V-STaR's verifier: a generator trained with DPO on (right, wrong) solution pairs of a problem,
+    every generated trace of rounds 1..n, the model it starts from its reference; it scores a solution
+    by DPO's implicit reward beta * log(pi / pi_ref) (components/models/dpo.py). Off by default.
+    `init: sft` starts from G_0, the model fine-tuned on the bootstrap gold (V-STaR's G_SFT, §3);
+    `generator` from the round's G_n. lr 5e-4 suits the tiny demo model; pretrained checkpoints want
+    DPO's usual 1e-6..1e-5."""
     enabled: bool = False
+    init: Literal["sft", "generator"] = "sft"
     beta: float = Field(0.1, gt=0)
     epochs: float = Field(3.0, gt=0)
     lr: float = Field(5e-4, gt=0, lt=1)
@@ -367,11 +373,13 @@ class DPOVerifierConfig(Strict):
 
 class BeamConfig(Strict):
     """PRM-guided step-level beam search on the evaluation pool's problems (when the round has a PRM),
-    reported beside best-of-k at the same generated tokens."""
+    as search-and-learn runs it (components/evaluation/beam_search.py): N = width x expansions samples
+    per step, reported beside best-of-k at the same generated tokens and at the same compute."""
     enabled: bool = False
-    width: int = Field(4, ge=1)  # beams kept after each step
-    expansions: int = Field(4, ge=1)  # next steps sampled per beam
-    max_steps: int = Field(12, ge=1)
+    width: int = Field(4, ge=1)  # active beams kept after each step (N/M)
+    expansions: int = Field(4, ge=1)  # next steps sampled per kept beam (M)
+    max_steps: int = Field(12, ge=1)  # the last one generates to the end
+    aggregate: Literal["min", "prod", "last", "mean"] = "min"  # a partial trace's score (sal's default: last)
 
 
 class EvalConfig(Strict):

@@ -35,9 +35,43 @@ def test_an_oracle_guided_search_solves_what_greedy_gets_wrong(generator, smoke_
     sampling = Sampling(temperature=0.8, max_tokens=max_tokens, seed=1)
     solved = {}
     for name, scorer in (("oracle", oracle), ("blind", blind)):
-        found, tokens = search(generator, fam, [p.prompt for p in reachable], scorer, width=2, expansions=8,
-                               max_steps=8, sampling=sampling)
-        assert tokens > 0 and len(found) == len(reachable)
-        solved[name] = sum(fam.is_correct(p, t) for p, t in zip(reachable, found))
+        found = search(generator, fam, [p.prompt for p in reachable], scorer, width=2, expansions=8,
+                       max_steps=8, sampling=sampling)
+        assert found.tokens > 0 and len(found.texts) == len(reachable)
+        solved[name] = sum(fam.is_correct(p, t) for p, t in zip(reachable, found.texts))
     # Measured here: the oracle-guided search solved 14 of 35, the blind one 3 (greedy: 0 of them).
     assert solved["oracle"] >= max(len(reachable) // 5, solved["blind"] + 3), solved
+
+
+class Recording:
+    """The real generator, with what each call asked for written down."""
+
+    def __init__(self, gen):
+        self.gen, self.calls = gen, []
+
+    def generate(self, prompts, sampling):
+        self.calls.append((len(prompts), sampling))
+        return self.gen.generate(prompts, sampling)
+
+
+def test_finished_beams_leave_the_active_set_and_the_last_step_finishes_every_beam(generator, smoke_family, smoke_cfg):
+    """search-and-learn's rules: N = width x expansions proposals per problem at every step while a beam
+    is active (finished solutions no longer hold a survivor's slot, and the first step samples N, not
+    M); the last step generates to the end, so no answer is a half-written trace. Before, finished
+    beams kept competing for the `width` slots and a search cut at max_steps answered with unfinished
+    traces, counted wrong."""
+    fam = smoke_family
+    problems = [p for p in fam.problems("eval") if p.difficulty >= 3][:6]
+    sampling = Sampling(temperature=0.8, max_tokens=smoke_cfg.generation.max_tokens, seed=3)
+    recording = Recording(generator)
+    found = search(recording, fam, [p.prompt for p in problems], lambda ps, st: [[0.5] * len(x) for x in st],
+                   width=2, expansions=3, max_steps=2, sampling=sampling, measure=lambda ps, st: len(ps))
+    # Every problem still searching got N = 6 proposals at each step; the first step too.
+    assert found.requested[0] == [6] * len(problems)
+    assert all(r in (0, 6) for step in found.requested for r in step), found.requested
+    # Two steps cannot write a 3-op chain, yet every answer is finished: the last step ran to the end.
+    stops = [s.stop for _, s in recording.calls]
+    assert stops[0] == ("\n",) and stops[-1] == () and set(stops) == {("\n",), ()}, stops
+    assert sum(fam.answer_end(t) is not None for t in found.texts) >= len(problems) - 1, found.texts
+    # The verifier read every proposal: 6 per problem per step (the measure counted one per trace).
+    assert found.scored_tokens == sum(sum(step) for step in found.requested)

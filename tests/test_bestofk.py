@@ -127,10 +127,16 @@ def test_accuracy_at_equal_compute_interpolates_in_log_k():
     from components.stages.evaluate import beam_metrics
 
     full = {**table, "selectors": {**table["selectors"], "prm_min": table["selectors"]["vote"]}}
-    within, past = beam_metrics({"problems": 2, "correct": 1, "tokens": 200}, full, 50), beam_metrics(
-        {"problems": 2, "correct": 1, "tokens": 900}, full, 50)
+    # Equal compute counts the verifier: a PRM-ranked sample costs its generation and its scoring (here
+    # as much again), a voted one its generation alone, so the vote gets twice the samples for the budget.
+    per_sample = {"vote": 2.5e5, "prm_min": 5e5}
+    within, past = (beam_metrics({"problems": 2, "correct": 1, "tokens": 200, "flops": 2e6}, full, 50, per_sample),
+                    beam_metrics({"problems": 2, "correct": 1, "tokens": 900, "flops": 9e6}, full, 50, per_sample))
     assert within["beam/k_equal_tokens"] == 2 and within["beam/vote_equal_tokens"] == pytest.approx(0.6)
+    assert within["beam/k_equal_compute_bestofk_prm_min"] == 2 and within["beam/bestofk_prm_min_equal_compute"] == pytest.approx(0.6)
+    assert within["beam/k_equal_compute_vote"] == 4 and within["beam/vote_equal_compute"] == pytest.approx(0.8)
     assert past["beam/k_equal_tokens"] == 9 and "beam/vote_equal_tokens" not in past
+    assert past["beam/k_equal_compute_vote"] == 18 and "beam/vote_equal_compute" not in past
 
 
 def test_the_dpo_verifier_ranks_by_its_reward_even_past_sigmoids_float_range():

@@ -112,6 +112,19 @@ def test_label_budget_settings_are_checked():
         load_config("configs/demo.yaml", ["scoring.label_source=labels"])
 
 
+def test_reusing_the_candidates_completion_as_a_rollout_needs_rollouts_sampled_like_it():
+    """Binary-search MC counts each candidate's own continuation as one rollout: a draw from the rollout
+    distribution only when rollouts sample at generation's temperature and top_p. Before, a mismatch
+    was accepted and mixed draws of two distributions into one estimate."""
+    binary = ["scoring.label_source=mc_binary"]
+    assert load_config("configs/demo.yaml", binary).scoring.mc.reuse_completion
+    for mismatch in ("scoring.mc.temperature=1.2", "generation.top_p=0.9"):
+        with pytest.raises(ConfigError, match="reuse_completion.*sample as generation does"):
+            load_config("configs/demo.yaml", [*binary, mismatch])
+        load_config("configs/demo.yaml", [*binary, mismatch, "scoring.mc.reuse_completion=false"])  # then it is fine
+        load_config("configs/demo.yaml", ["scoring.label_source=mc", mismatch])  # plain MC never reuses
+
+
 def test_the_calculator_needs_a_family_with_written_arithmetic():
     """`calc` and scoring.calculator recompute what a step states: arith and gsm8k have it, MATH does not."""
     assert load_config("configs/demo.yaml", ["scoring.calculator.enabled=true"]).scoring.calculator.enabled
@@ -125,9 +138,11 @@ def test_the_calculator_needs_a_family_with_written_arithmetic():
 
 def test_features_added_off_or_at_their_neutral_default_keep_published_loop_ids():
     """rationalize (a section, off) and sft.min_kept (at 1: a round that keeps nothing does not train, as
-    before) leave the demo's published loop id as docs/benchmarks.md has it; set, they are the loop's."""
+    before) leave the demo's published loop id as docs/benchmarks.md has it; set, they are the loop's.
+    (fce8091ca7 -> bcfea56129 when the DPO verifier moved to G_SFT as V-STaR trains it, and beam search
+    to search-and-learn's: both change what the demo computes, so its id must change.)"""
     demo = load_config("configs/demo.yaml")
-    assert demo.loop_id() == "demo-fce8091ca7"
+    assert demo.loop_id() == "demo-bcfea56129"
     assert load_config("configs/demo.yaml", ["sft.min_kept=1", "rationalize.k=3"]).loop_id() == demo.loop_id()
     ids = {load_config("configs/demo.yaml", [o]).loop_id() for o in ("sft.min_kept=5", "rationalize.enabled=true")}
     assert len(ids) == 2 and demo.loop_id() not in ids

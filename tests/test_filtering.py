@@ -60,6 +60,9 @@ def test_consensus_rejects_a_trace_whose_first_error_the_sources_dispute():
     r = row("a", "t", True, disputed.scores, gold=2)
     assert disputed.first_error is None and all(y is None for y in disputed.labels)  # no PRM trains on it
     assert select([r], FilterConfig(mode="step"))[0] == []
+    # ...nor at threshold 0, nor under a budget of the `keep` best (before, both let it through)
+    assert select([r], FilterConfig(mode="step", threshold=0.0))[0] == []
+    assert select([r], FilterConfig(mode="step", keep=5))[0] == []
     both = agree(from_first_error(4, 2), from_first_error(4, 2))
     assert both.first_error == 2 and both.labels == [1, 1, 0, 0]
     assert agree(from_first_error(3, -1), from_first_error(3, -1)).labels == [1, 1, 1]

@@ -76,3 +76,42 @@ def test_token_logprobs_agree_across_backends_and_see_a_slip(tiny_model_dir, smo
         assert max(abs(a - b) for a, b in zip(v[1:], t[1:])) < 1e-3
     at = len(tok(p.prompt + first[:-1])["input_ids"])  # the result's last digit
     assert got["vllm"][1][at] < got["vllm"][0][at] - 1.0  # the model does not believe the slip
+
+
+def test_deepconf_token_confidence_is_minus_the_mean_top_k_logprob_on_both_backends(tiny_model_dir, smoke_cfg,
+                                                                                    smoke_family):
+    """DeepConf's token confidence (arXiv 2508.15260 §2): C_i = -mean of the k largest log-probabilities
+    at position i, computed here from the model's logits by hand; vLLM (prompt_logprobs=k, by rank) and
+    transformers give it. The `confidence` source used the sampled token's own log-probability."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    p = smoke_family.problems("eval")[1]
+    ids = tok(p.prompt + smoke_family.gold_solution(p))["input_ids"]
+    with torch.no_grad():
+        logp = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))(torch.tensor([ids])).logits[0].log_softmax(-1)
+    k = 5
+    by_hand = [-sum(sorted(row.tolist(), reverse=True)[:k]) / k for row in logp[:-1]]
+    for name in ("vllm", "transformers"):
+        b = load_backend(name, str(tiny_model_dir), smoke_cfg.generation, smoke_cfg.model.max_positions)
+        got = b.token_logprobs([ids], top_k=k)[0]
+        assert got[0] is None and len(got) == len(ids)
+        assert max(abs(a - c) for a, c in zip(got[1:], by_hand)) < 1e-3, name
+        own = b.token_logprobs([ids])[0]  # the sampled token's log P: another statistic
+        assert max(abs(a + c) for a, c in zip(got[1:], own[1:])) > 0.5
+
+
+def test_a_prompts_samples_do_not_depend_on_the_prompts_beside_it(backend, smoke_family):
+    """The docs promise per-prompt samples (a seed per prompt): the transformers backend seeded a whole
+    batch at once, so a prompt's samples changed with the prompts batched beside it."""
+    probs = smoke_family.problems("eval")
+    lengths = {}
+    for p in probs:  # prompts of one length: no padding, so nothing but the seeding could differ
+        lengths.setdefault(len(backend.tok(p.prompt)["input_ids"]) if hasattr(backend, "tok") else 0, []).append(p.prompt)
+    same = max(lengths.values(), key=len)[:3]
+    sampling = Sampling(n=3, temperature=1.0, max_tokens=48, seed=11)
+    alone = backend.generate(same[:1], sampling)[0]
+    beside = backend.generate(same, sampling)[0]
+    assert [s.text for s in alone] == [s.text for s in beside]
+    assert len({s.text for s in alone}) > 1  # sampled, not one greedy answer thrice

@@ -141,7 +141,7 @@ def test_a_round_labelled_in_shards_is_the_round_labelled_whole(scored_gold, jud
     merged = run_sharded(local, score, f"{base}/scored-sharded", args, code_version.input_digests(args))
     assert store.read_manifest(f"{base}/scored-sharded")["digests"] == store.read_manifest(f"{base}/scored-whole")["digests"]
     assert not store.fs_for(f"{base}/scored-sharded.shards")[0].exists(f"{base}/scored-sharded.shards")  # parts gone
-    assert whole["audit_mc_rollouts"] > 0 and 0 < whole["confidence/confidence_threshold"] < 1
+    assert whole["audit_mc_rollouts"] > 0 and whole["confidence/confidence_threshold"] > 0
     assert merged.keys() - {"shards", "slowest_shard_s"} == whole.keys() and merged["shards"] == 3
     # What differs is the time, and how many engine calls did the work (one per shard and bisection level).
     same = lambda m: {k: v for k, v in m.items()  # noqa: E731
@@ -205,7 +205,7 @@ def test_confidence_labels_steps_from_the_generators_own_logprobs(scored_gold, t
     cfg = with_scoring(cfg, label_source="confidence", confidence={"window": 1, "quantile": 0.25})
     m = score.run(cfg, f"{base}/scored-conf", tiny_model_uri, f"{base}/candidates", 1)
     rows = store.read_rows(f"{base}/scored-conf")
-    assert 0.0 < m["confidence_threshold"] < 1.0 and m["confidence_tokens"] > 0
+    assert m["confidence_threshold"] > 0 and m["confidence_tokens"] > 0  # DeepConf's: -mean top-k log P
     right = [r for r in rows if r["correct"] and r["steps"]]
     rejected = [r for r in right if min(s for s in r["step_scores"] if s is not None) < 0.5]
     assert 0.15 <= len(rejected) / len(right) <= 0.35  # a quarter of the right answers, by construction

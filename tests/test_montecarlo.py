@@ -174,6 +174,8 @@ def test_reusing_the_own_completion_saves_rollouts(engine, smoke_family, sampled
     reused, st_reused = montecarlo.estimate_binary(fam, engine, items, MCConfig(rollouts=4, reuse_completion=True),
                                                    48, seed=0)
     assert st_reused["mc_rollouts"] == 3 * st_reused["mc_estimates"]  # the own completion is the 4th
+    # Its scores are its labels: a soft-target PRM gets no fraction at a probed step beside 0/1 elsewhere.
+    assert all(r.scores == [float(h) for h in r.hard] for r in reused)
     for (p, c), r in zip(items, reused):
         if fam.is_correct(p, c):  # its own completion is a success from every prefix
             assert r.first_error == -1 and all(r.hard)

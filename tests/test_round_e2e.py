@@ -45,6 +45,9 @@ def test_two_rounds_publish_to_s3(loop_result, s3_cfg):
     # round 2 generated with round 1's model and filtered... and the models differ from the bootstrap
     assert store.read_manifest(r2["model_uri"])["parent"] == r1["model_uri"]
     assert store.read_manifest(r1["model_uri"])["sha256"] != store.read_manifest(r2["model_uri"])["sha256"]
+    # V-STaR's verifier starts from, and is measured against, G_SFT (here G_0) in every round, not G_n
+    g0 = loop_result["rounds"][0]["model_uri"]
+    assert [store.read_manifest(r["dpo_uri"])["reference"] for r in (r1, r2)] == [g0, g0]
     # A user reads the filtered data straight from S3 with plain `datasets`.
     manifest = store.read_manifest(r1["filtered_uri"])
     ds = datasets.load_dataset("parquet", data_files=f"{r1['filtered_uri']}/data.parquet", split="train",
@@ -96,6 +99,10 @@ def test_mlflow_parent_has_child_runs_with_eval_metrics(loop_result, s3_cfg):
         assert solved == pytest.approx(round(solved)) and m["evaluate/beam/tokens_per_problem"] > 0
         # read off the curves where the search's budget lies within the pool, else not reported
         assert ("evaluate/beam/bestofk_prm_min_equal_tokens" in m) == (m["evaluate/beam/k_equal_tokens"] <= n_pool)
+        # ...and at the same FLOPs, the PRM's reading of every partial trace counted
+        k_compute = m["evaluate/beam/k_equal_compute_bestofk_prm_min"]
+        assert ("evaluate/beam/bestofk_prm_min_equal_compute" in m) == (k_compute <= n_pool)
+        assert k_compute > 0 and m["evaluate/beam/flops_per_problem"] > 0
         assert "eval/bestofk.png" in {a.path for a in client.list_artifacts(by_round[n].info.run_id, "eval")}
         curve = client.get_metric_history(by_round[n].info.run_id, "train_generator/loss")
         assert len(curve) == len(r["sft"]["loss_curve"]) >= 1  # the SFT loss curve, step by step

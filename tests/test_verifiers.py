@@ -151,3 +151,31 @@ def test_the_calculator_verifier_and_the_prm_with_a_calculator(smoke_cfg, smoke_
     assert heldout.prm_first_error_f1(samples, calculator=True)["f1"] == 1.0
     m = heldout.round_metrics(samples, samples, with_prm=True)
     assert m["prm_calc_f1"] == 1.0 and m["prm_f1"] == 0.0
+
+
+def test_dpo_score_of_a_training_pair_is_the_reward_trl_logs(planted_dpo, tiny_model_dir, smoke_family):
+    """The reward evaluate ranks by is the one DPO trained: TRL's own evaluation of the verifier against
+    its reference logs beta * (log pi - log pi_ref) of each chosen and rejected solution. Before, the
+    score left out the EOS TRL appends to both, off by beta times the EOS's log-ratio."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    model_dir, _ = planted_dpo
+    pairs = dpo.preference_pairs(solutions(smoke_family, smoke_family.problems("eval")[:40], seed=2, per_problem=4),
+                                 per_problem=1, seed=0)[:16]
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok.pad_token = tok.pad_token or tok.eos_token
+    args = DPOConfig(output_dir=str(model_dir.parent / "trl-eval"), beta=dpo.load_beta(model_dir), report_to=[],
+                     per_device_eval_batch_size=len(pairs), use_cpu=True, disable_tqdm=True)
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(str(model_dir)),
+                         ref_model=AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), args=args,
+                         train_dataset=Dataset.from_list(pairs), eval_dataset=Dataset.from_list(pairs),
+                         processing_class=tok)
+    logged = trainer.evaluate()
+    reward, _ = dpo.score(model_dir, tiny_model_dir, None, [p["prompt"] for p in pairs] * 2,
+                          [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
+    n = len(pairs)  # within float32 batching noise (TRL pads chosen and rejected into one batch, we do
+    # not): 1e-4 relative, ~1e-3 here; the EOS left out was ~0.1
+    assert sum(reward[:n]) / n == pytest.approx(logged["eval_rewards/chosen"], rel=1e-4, abs=1e-4), logged
+    assert sum(reward[n:]) / n == pytest.approx(logged["eval_rewards/rejected"], rel=1e-4, abs=1e-4), logged

@@ -3,7 +3,7 @@
     fn(samples, ctx) -> {score name: one score per sample}   (higher = more likely right)
 
 - `confidence`: the generator's own lowest windowed token confidence over the steps (DeepConf, Fu et
-  al. 2025), from one prefill pass: no verifier model at all;
+  al. 2025: -mean top-k log-probability per token), from one prefill pass: no verifier model at all;
 - `prm`: the round's PRM, its step scores aggregated by min, prod, last and mean (each sample keeps
   its step scores too, for the PRM's first-error F1 and the trace report);
 - `orm`: the round's outcome verifier, P(right) read at the trace's last step tag;
@@ -81,21 +81,28 @@ def generation_flops(samples: list[dict], ctx: Context) -> float:
     return ctx.flops["generate"]
 
 
-def _verifier_flops(model_dir, samples: list[dict], steps: list[list[str]]) -> float:
-    """~2 x params x the verifier's input tokens (prompt, steps and their tags), per sample."""
+def input_tokens(model_dir) -> Callable[[list[str], list[list[str]]], list[int]]:
+    """The verifier at `model_dir`'s input length (prompt, steps and their tags) per trace it scores."""
     from transformers import AutoTokenizer
 
     from components.models import prm as prm_model
 
     fmt, tok = prm_model.load_format(model_dir), AutoTokenizer.from_pretrained(str(model_dir))
-    lengths = [len(tok(prm_model.format_input(s["prompt"], st, fmt)).input_ids) for s, st in zip(samples, steps)]
+    return lambda prompts, steps: [len(tok(prm_model.format_input(p, st, fmt)).input_ids)
+                                   for p, st in zip(prompts, steps)]
+
+
+def _verifier_flops(model_dir, samples: list[dict], steps: list[list[str]]) -> float:
+    """~2 x params x the verifier's input tokens, per sample."""
+    lengths = input_tokens(model_dir)([s["prompt"] for s in samples], steps)
     return 2.0 * serving.param_count(model_dir) * _mean(lengths)
 
 
 @verifier("confidence")
 def confidence(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
-    window = ctx.cfg.scoring.confidence.window
-    tokens = ctx.generator.token_logprobs([s["prompt"] for s in samples], [s["completion"] for s in samples])
+    window, top_k = ctx.cfg.scoring.confidence.window, ctx.cfg.scoring.confidence.top_k
+    tokens = ctx.generator.token_logprobs([s["prompt"] for s in samples], [s["completion"] for s in samples],
+                                          top_k=top_k)
     out = []
     for s, t, steps in zip(samples, tokens, _steps(samples, ctx)):
         per_step = [c for c in conf.step_confidence(t, conf.step_spans(s["completion"], steps), window) if c is not None]

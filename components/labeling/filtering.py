@@ -37,7 +37,12 @@ def step_scores(row: dict, cfg: FilterConfig) -> list[float | None]:
 def passes(row: dict, cfg: FilterConfig) -> bool:
     if not row["correct"]:
         return False
-    return cfg.mode == "outcome" or cfg.keep is not None or aggregate(step_scores(row, cfg), cfg.aggregate) >= cfg.threshold
+    if cfg.mode == "outcome":
+        return True
+    scores = step_scores(row, cfg)
+    if all(s is None for s in scores):  # no step labelled (e.g. MC and judge disagreed on every one):
+        return False  # what nobody checked is not kept, at threshold 0 and under a `keep` budget too
+    return cfg.keep is not None or aggregate(scores, cfg.aggregate) >= cfg.threshold
 
 
 def _keep(rows: list[dict], cfg: FilterConfig) -> list[dict]:

@@ -137,9 +137,9 @@ def estimate_binary(family: Family, backend: Backend, items: list[tuple[Problem,
                     max_tokens: int, seed: int) -> tuple[list[MCResult], dict]:
     """Hard MC labels by binary search for the first step whose prefix no rollout rescues.
 
-    Same MCResult semantics as `estimate`: hard = 1 before first_error, 0 from it on. Scores: the
-    estimate at the prefixes the search probed; elsewhere 1.0 before the first error and 0.0 from it
-    on (the label itself: no estimate was made there, so the score is not a fraction of rollouts).
+    Same MCResult semantics as `estimate`: hard = 1 before first_error, 0 from it on. Scores are the
+    hard labels too: the search estimates only the prefixes it probes, so fractions there beside 1.0
+    and 0.0 at every step it skipped would hand a soft-target PRM (`prm.soft`) targets of two kinds.
 
     With `reuse_completion`, the candidate's own completion is one rollout from each of its prefixes:
     a correct trace is a success from every prefix (first_error = -1, no rollouts at all), an incorrect
@@ -151,7 +151,7 @@ def estimate_binary(family: Family, backend: Backend, items: list[tuple[Problem,
     reaches the gold answer, so it is labelled fine; a correct answer after a wrong step gets -1.
     """
     ro = Rollouts(family, backend, cfg, max_tokens, seed, cfg.reuse_completion, cfg.early_stop_chunk)
-    traces = []  # per trace: steps, rollout prefixes, search bounds, probed estimates
+    traces = []  # per trace: steps, rollout prefixes, search bounds
     for t, (p, completion) in enumerate(items):
         steps = family.split_steps(completion)
         prefixes = dict(prefixes_needing_rollouts(family, p, completion))
@@ -163,7 +163,7 @@ def estimate_binary(family: Family, backend: Backend, items: list[tuple[Problem,
         answer_at = len(prefixes) if len(prefixes) < len(steps) else None
         hi = answer_at if answer_at is not None and not correct else len(steps)
         traces.append({"p": p, "steps": steps, "prefixes": prefixes, "correct": correct,
-                       "answer_at": answer_at, "lo": 0, "hi": hi, "probed": {}})
+                       "answer_at": answer_at, "lo": 0, "hi": hi})
 
     levels = 0
     while True:
@@ -180,13 +180,13 @@ def estimate_binary(family: Family, backend: Backend, items: list[tuple[Problem,
             if tr["lo"] < tr["hi"]:
                 mid = (tr["lo"] + tr["hi"]) // 2
                 k = ro.key(t, tr["prefixes"][mid])
-                _settle(tr, mid, ro.hits(k) > 0, ro.score(k))
+                _settle(tr, mid, ro.hits(k) > 0)
 
     results = []
     for tr in traces:
         b, n = tr["lo"], len(tr["steps"])
-        scores = [tr["probed"].get(i, 1.0 if i < b else 0.0) for i in range(n)]
-        results.append(MCResult(scores, [int(i < b) for i in range(n)], -1 if b == n else b))
+        hard = [int(i < b) for i in range(n)]
+        results.append(MCResult([float(h) for h in hard], hard, -1 if b == n else b))
     stats = {**ro.stats, "mc_traces": len(items), "mc_levels": levels}
     return results, stats
 
@@ -198,12 +198,11 @@ def _next_probe(tr: dict) -> int | None:
         mid = (tr["lo"] + tr["hi"]) // 2
         if mid != tr["answer_at"]:
             return mid
-        _settle(tr, mid, tr["correct"], float(tr["correct"]))
+        _settle(tr, mid, tr["correct"])
     return None
 
 
-def _settle(tr: dict, mid: int, recoverable: bool, score: float) -> None:
-    tr["probed"][mid] = score
+def _settle(tr: dict, mid: int, recoverable: bool) -> None:
     if recoverable:
         tr["lo"] = mid + 1  # the first error is after mid
     else:

@@ -246,7 +246,8 @@ def confidence(batch: Batch, cfg: RunConfig, engines: Engines):
     per trace, nothing sampled. Raw: each step's confidence; labels come from `_confidence_labels`."""
     from components.labeling import confidence as conf
 
-    tokens = engines.get("generator").token_logprobs([p.prompt for p in batch.problems], batch.completions)
+    tokens = engines.get("generator").token_logprobs([p.prompt for p in batch.problems], batch.completions,
+                                                     top_k=cfg.scoring.confidence.top_k)
     per_step = [conf.step_confidence(t, conf.step_spans(text, steps), cfg.scoring.confidence.window)
                 for t, text, steps in zip(tokens, batch.completions, batch.steps)]
     return [StepLabels(x, [None] * len(x), None) for x in per_step], {"confidence_tokens": sum(len(t) for t in tokens)}

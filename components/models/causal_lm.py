@@ -21,9 +21,12 @@ def ensure_pad_token(tokenizer):
     return tokenizer
 
 
-def token_logprobs(model, sequences: list[list[int]], pad_id: int, batch_size: int = 32) -> list[list[float | None]]:
+def token_logprobs(model, sequences: list[list[int]], pad_id: int, batch_size: int = 32,
+                   top_k: int = 0) -> list[list[float | None]]:
     """Per sequence: None, then log P(token | the tokens before it) for each later token; right-padded
-    batches of one forward pass each (causal attention leaves the real tokens alone). Reports progress."""
+    batches of one forward pass each (causal attention leaves the real tokens alone). Reports progress.
+    top_k > 0: instead of the token's own, DeepConf's token confidence at each position, -mean of the
+    k largest log-probabilities there (all of them in a vocabulary smaller than k)."""
     import torch
 
     from components.infra import progress
@@ -39,7 +42,9 @@ def token_logprobs(model, sequences: list[list[int]], pad_id: int, batch_size: i
             input_ids[i, : len(ids)], attn[i, : len(ids)] = torch.tensor(ids), 1
         with torch.no_grad():
             logits = model(input_ids=input_ids.to(device), attention_mask=attn.to(device)).logits
-        lp = logits[:, :-1].float().log_softmax(-1).gather(-1, input_ids[:, 1:, None].to(device))[..., 0].cpu()
+        logp = logits[:, :-1].float().log_softmax(-1)
+        lp = (-logp.topk(min(top_k, logp.shape[-1]), dim=-1).values.mean(-1) if top_k
+              else logp.gather(-1, input_ids[:, 1:, None].to(device))[..., 0]).cpu()
         result += [[None] + lp[i, : len(ids) - 1].tolist() for i, ids in enumerate(chunk)]
         progress.report("sequences", len(result), len(sequences))
     return result

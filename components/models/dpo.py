@@ -49,11 +49,14 @@ def preference_pairs(rows: list[dict], per_problem: int, seed: int) -> list[dict
 def completion_logps(model, tok, prompts: list[str], completions: list[str], batch_size: int = 16,
                      counts: list[int] | None = None) -> list[float]:
     """Sum of log P(completion token | what precedes) per pair, the completion starting where the
-    tokenized prompt and prompt + completion part (TRL's rule, so training and scoring agree); each
-    completion's number of tokens is appended to `counts` when given."""
+    tokenized prompt and prompt + completion part, and ending with the tokenizer's EOS (TRL 1.16's
+    DPOTrainer appends it to every chosen and rejected text: scored without it, a verifier's reward
+    would lack the term that tells a finished solution from one cut off); each completion's number of
+    tokens is appended to `counts` when given."""
     from components.models.causal_lm import token_logprobs
 
-    full = [tok(p + c)["input_ids"] for p, c in zip(prompts, completions)]
+    eos = tok.eos_token or ""
+    full = [tok(p + (c if c.endswith(eos) else c + eos))["input_ids"] for p, c in zip(prompts, completions)]
     cut = [max(1, _common_prefix(tok(p)["input_ids"], f)) for p, f in zip(prompts, full)]
     lps = token_logprobs(model, full, tok.pad_token_id or 0, batch_size)
     if counts is not None:

@@ -38,9 +38,10 @@ class Sampling:
 class Backend(Protocol):
     def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Sample]]: ...
 
-    def token_logprobs(self, sequences: list[list[int]], lora_request=None) -> list[list[float | None]]:
+    def token_logprobs(self, sequences: list[list[int]], lora_request=None, top_k: int = 0) -> list[list[float | None]]:
         """log P(token_i | tokens before it) for every token of each sequence (None for the first):
-        one prefill pass, the model's own (untempered) distribution."""
+        one prefill pass, the model's own (untempered) distribution. top_k > 0: DeepConf's token
+        confidence instead, -mean of the k largest log-probabilities at each position."""
         ...
 
 
@@ -102,22 +103,64 @@ class VLLMBackend:
                         _finish(o.finish_reason))
                  for o in out.outputs] for out in outs]
 
-    def token_logprobs(self, sequences: list[list[int]], lora_request=None) -> list[list[float | None]]:
+    def token_logprobs(self, sequences: list[list[int]], lora_request=None, top_k: int = 0) -> list[list[float | None]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        # prompt_logprobs=0: the logprob of each prompt token itself (no alternatives); one token is
-        # generated because a request must, and vLLM wants prompt + 1 within the context.
+        # prompt_logprobs=0: the logprob of each prompt token itself (no alternatives); =k: the k most
+        # likely tokens too, each with its rank (the prompt's own token is there whatever its rank).
+        # One token is generated because a request must, and vLLM wants prompt + 1 within the context.
         limit = self.max_model_len - 1
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=top_k)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids[:limit]) for ids in sequences], params,
                                  use_tqdm=progress.active() and progress.tqdm_class("sequences", len(sequences)),
                                  lora_request=lora_request)
         result = []
         for out, ids in zip(outs, sequences):
-            lps = [None] + [d[t].logprob for d, t in zip(out.prompt_logprobs[1:], ids[1:limit])]
+            lps = [None] + [_top_k_confidence(d, top_k) if top_k else d[t].logprob
+                            for d, t in zip(out.prompt_logprobs[1:], ids[1:limit])]
             result.append(lps + [None] * (len(ids) - len(lps)))  # past the context: unknown
         return result
+
+
+def _top_k_confidence(position: dict, k: int) -> float:
+    """-mean of the k largest log-probabilities among vLLM's ranked ones at a position."""
+    top = [lp.logprob for lp in position.values() if lp.rank is not None and lp.rank <= k]
+    return -sum(top) / len(top)
+
+
+class _RowSampler:
+    """Samples every row's next token with a generator of its own (temperature, then top-p), and
+    leaves only that token for greedy decoding to pick; keeps each pick's log-probability under the
+    tempered, truncated distribution (what transformers' own sampling reported)."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        import torch
+
+        self.gens = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature, self.top_p, self.logps = temperature, top_p, []
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        logits = scores.float() / self.temperature
+        if self.top_p < 1.0:  # the smallest set of tokens whose probability reaches top_p
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) >= self.top_p
+            logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        logp = logits.log_softmax(-1)
+        probs = logp.exp().cpu()
+        picks = torch.tensor([torch.multinomial(probs[r], 1, generator=g).item() for r, g in enumerate(self.gens)],
+                             device=scores.device)
+        self.logps.append(logp.gather(-1, picks[:, None])[:, 0].cpu())
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(-1, picks[:, None], 0.0)
+
+    def chosen(self):
+        import torch
+
+        return torch.stack(self.logps, dim=1)
 
 
 def _finish(reason: str | None) -> str:
@@ -182,18 +225,23 @@ class TransformersBackend:
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
             enc = self.tok(chunk, return_tensors="pt", padding=True).to(self.device)
-            torch.manual_seed(prompt_seed(sampling.seed, "\x00".join(chunk)))
-            greedy = sampling.temperature == 0
+            # Each prompt's samples from its own seeds, as vLLM's per-request seed: the same samples
+            # whichever prompts share its batch (one global seed per batch made them depend on it).
+            sampler = None if sampling.temperature == 0 else _RowSampler(
+                [prompt_seed(sampling.seed, p) * 1000 + j for p in chunk for j in range(sampling.n)],
+                sampling.temperature, sampling.top_p)
+            # n rows per prompt made here, since greedy decoding (which applies the picks) takes one
+            enc = {k: v.repeat_interleave(sampling.n, dim=0) for k, v in enc.items()}
             with torch.no_grad():
                 out = self.model.generate(
-                    **enc, do_sample=not greedy, temperature=None if greedy else sampling.temperature,
-                    top_p=None if greedy else sampling.top_p, top_k=None if greedy else 0,
-                    num_return_sequences=sampling.n,
+                    **enc, do_sample=False,
+                    logits_processor=[sampler] if sampler else None, temperature=None, top_p=None, top_k=None,
                     max_new_tokens=min(sampling.max_tokens, self.max_model_len - enc["input_ids"].shape[1]),
-                    output_scores=True, return_dict_in_generate=True, pad_token_id=self.tok.pad_token_id,
+                    output_scores=sampler is None, return_dict_in_generate=True, pad_token_id=self.tok.pad_token_id,
                     stopping_criteria=_stop_on(self.tok, sampling.stop, enc["input_ids"].shape[1]))
             new = out.sequences[:, enc["input_ids"].shape[1]:]
-            logp = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+            logp = sampler.chosen() if sampler else \
+                self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
             for i in range(len(chunk)):
                 samples = []
                 for j in range(sampling.n):
@@ -209,11 +257,11 @@ class TransformersBackend:
                             **{"tok/s": tokens / max(1e-9, time.monotonic() - t0)})
         return results
 
-    def token_logprobs(self, sequences: list[list[int]], lora_request=None) -> list[list[float | None]]:
+    def token_logprobs(self, sequences: list[list[int]], lora_request=None, top_k: int = 0) -> list[list[float | None]]:
         from components.models.causal_lm import token_logprobs
 
         self._use_adapter(lora_request)
         known = token_logprobs(self.model, [ids[: self.max_model_len] for ids in sequences], self.tok.pad_token_id,
-                               self.batch_size)
+                               self.batch_size, top_k=top_k)
         return [row + [None] * (len(full) - len(row)) for row, full in zip(known, sequences)]  # past the context
 

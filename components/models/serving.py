@@ -62,14 +62,16 @@ class Generator:
                 else self.backend.generate(prompts, sampling, lora_request=self.lora))
         return [[self._finish(s, sampling.stop) for s in samples] for samples in outs]
 
-    def token_logprobs(self, prompts: list[str], completions: list[str]) -> list[list[tuple[int, int, float]]]:
+    def token_logprobs(self, prompts: list[str], completions: list[str],
+                       top_k: int = 0) -> list[list[tuple[int, int, float]]]:
         """Per completion: (start, end, log P) of each of its tokens, character offsets into the
         completion, from one prefill pass of prompt + completion (tokenized as the engine would a text
-        prompt). A token straddling the prompt's end belongs to the prompt and is left out."""
+        prompt). A token straddling the prompt's end belongs to the prompt and is left out.
+        top_k > 0: (start, end, DeepConf's token confidence) instead (Backend.token_logprobs)."""
         tok = self._tokenizer()
         enc = tok([p + c for p, c in zip(prompts, completions)], return_offsets_mapping=True)
-        lps = (self.backend.token_logprobs(enc["input_ids"]) if self.lora is None
-               else self.backend.token_logprobs(enc["input_ids"], lora_request=self.lora))
+        lps = (self.backend.token_logprobs(enc["input_ids"], top_k=top_k) if self.lora is None
+               else self.backend.token_logprobs(enc["input_ids"], lora_request=self.lora, top_k=top_k))
         out = []
         for p, offsets, lp in zip(prompts, enc["offset_mapping"], lps):
             out.append([(a - len(p), b - len(p), x) for (a, b), x in zip(offsets, lp)

@@ -1,8 +1,12 @@
-"""DPO_n, V-STaR's verifier: the round's generator G_n trained with DPO on (right, wrong) solution pairs
-of every problem generated in rounds 1..n (V-STaR keeps all iterations' data), G_n its reference
-policy; it scores a solution by DPO's implicit reward beta * log(pi_dpo / pi_G_n)
-(components/models/dpo.py). What it buys against the PRM, the ORM and the vote is measured on the same
-held-out pool by evaluate (components/evaluation/bestofk.py)."""
+"""DPO_n, V-STaR's verifier (Hosseini et al. 2024, arXiv 2402.06457, §3 and Algorithm 1): G_SFT, the
+generator fine-tuned on the original SFT data, trained further with DPO on (right, wrong) solution pairs
+of every problem generated in rounds 1..n (V-STaR keeps all iterations' data, D_VER), G_SFT its
+reference policy; it scores a solution by DPO's implicit reward beta * log(pi_dpo / pi_G_SFT)
+(components/models/dpo.py). Here G_SFT is G_0, the bootstrap model trained on the bootstrap split's
+gold (`dpo.init: sft`, the default); an imported G_0 was never fine-tuned here, so it stands in as
+is (a deviation, said in the stage's manifest). `dpo.init: generator` starts from, and refers to,
+the round's G_n instead (this project's earlier rule). What it buys against the PRM, the ORM and the
+vote is measured on the same held-out pool by evaluate (components/evaluation/bestofk.py)."""
 from __future__ import annotations
 
 import tempfile
@@ -12,6 +16,7 @@ from components.config import RunConfig
 from components.data.decontam import against_eval
 from components.data.prompting import family_of
 from components.infra import store
+from components.infra.layout import Layout
 from components.models import dpo, serving
 from components.models.sft import adapter_base
 from components.stages import Stage
@@ -31,7 +36,9 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, genera
     if not pairs:
         raise ValueError(f"round {round_idx}: no problem has both a right and a wrong solution in {generated_uris}: "
                          f"no preference pairs to train the DPO verifier on")
-    folder = store.fetch_folder(generator_uri)
+    init_uri = Layout.of(cfg).generator(0) if d.init == "sft" else generator_uri
+    imported = d.init == "sft" and store.read_manifest(init_uri).get("metrics", {}).get("imported")
+    folder = store.fetch_folder(init_uri)
     base = adapter_base(folder)
     curve: list = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,5 +51,8 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, genera
                    "loss_curve": curve}
         # The reference is part of the verifier: its score is a ratio to exactly this model.
         store.publish_folder(tmp, out_uri, {"kind": "dpo", "round": round_idx, "data": generated_uris,
-                                            "reference": generator_uri, "metrics": metrics})
+                                            "reference": init_uri, "init": d.init,
+                                            **({"init_note": "G_0 was imported, not fine-tuned on gold: it stands "
+                                                             "in for V-STaR's G_SFT"} if imported else {}),
+                                            "metrics": metrics})
     return metrics

@@ -55,7 +55,7 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, tag: str, prm_uri: str | N
         verifiers.generation_flops(samples, ctx)
         work["flops"] = {k: v * len(samples) for k, v in ctx.flops.items()}  # ctx.flops: per sample
         if e.beam.enabled and prm_uri:
-            work["beam"] = beam_work(cfg, gen, fam, subset, ctx.scorer(prm_uri))
+            work["beam"] = beam_work(cfg, gen, fam, subset, ctx.scorer(prm_uri), store.fetch_folder(prm_uri))
     if shard is not None:
         store.write_rows(greedy + samples, out_uri, {"stage": "evaluate", "tag": tag, "shard": list(shard), "names": names,
                                                      "work": work, "metrics": {"seconds": time.perf_counter() - t0}})
@@ -93,8 +93,10 @@ def finish(cfg: RunConfig, out_uri: str, greedy: list[dict], samples: list[dict]
     metrics.update(curves)
     beams = [w["beam"] for w in work if "beam" in w]
     if beams:
-        beam = {k: sum(b[k] for b in beams) for k in ("problems", "correct", "tokens")}
-        metrics.update(beam_metrics(beam, table, sum(w["sample_tokens"] for w in work) / max(1, n_samples)))
+        beam = {k: sum(b[k] for b in beams) for k in ("problems", "correct", "tokens", "flops")}
+        tokens_per_sample = sum(w["sample_tokens"] for w in work) / max(1, n_samples)
+        metrics.update(beam_metrics(beam, table, tokens_per_sample, sample_flops(beams[0]["generator_params"], tokens_per_sample, flops),
+                                    cfg.eval.beam.aggregate))
     metrics.update(seconds=seconds, **extra)
     for r in greedy:
         r["scores"] = {v: None for v in names}
@@ -111,24 +113,45 @@ def _pool_order(cfg: RunConfig, problems: list) -> dict[str, int]:
     return {p.id: i for i, p in enumerate(subset)}
 
 
-def beam_work(cfg: RunConfig, gen, fam, problems, scorer) -> dict:
-    """PRM-guided beam search on the pool's problems: how many it solved, and the tokens it generated."""
+def beam_work(cfg: RunConfig, gen, fam, problems, scorer, prm_dir) -> dict:
+    """PRM-guided beam search on the pool's problems: how many it solved, the tokens it generated, and
+    its FLOPs: ~2 x params per token the generator generates and per token the PRM reads (every
+    proposal's whole partial trace, each step)."""
     b, e = cfg.eval.beam, cfg.eval
-    found, tokens = beam_search.search(gen, fam, [p.prompt for p in problems], scorer.score, b.width, b.expansions,
-                                       b.max_steps, Sampling(temperature=e.temperature, max_tokens=cfg.generation.max_tokens,
-                                                             seed=cfg.seed + 199), cfg.family.prompt.step_separator)
-    return {"problems": len(problems), "correct": sum(fam.is_correct(p, t) for p, t in zip(problems, found)),
-            "tokens": tokens}
+    measure = verifiers.input_tokens(prm_dir)
+    found = beam_search.search(gen, fam, [p.prompt for p in problems], scorer.score, b.width, b.expansions,
+                               b.max_steps, Sampling(temperature=e.temperature, max_tokens=cfg.generation.max_tokens,
+                                                     seed=cfg.seed + 199), cfg.family.prompt.step_separator,
+                               b.aggregate, lambda p, s: sum(measure(p, s)))
+    flops = 2.0 * gen.params * found.tokens + 2.0 * serving.param_count(prm_dir) * found.scored_tokens
+    return {"problems": len(problems), "correct": sum(fam.is_correct(p, t) for p, t in zip(problems, found.texts)),
+            "tokens": found.tokens, "flops": flops, "generator_params": gen.params}
 
 
-def beam_metrics(beam: dict, table: dict, tokens_per_sample: float) -> dict:
-    """Beam search against best-of-k by the PRM and the vote at the same generated tokens per problem
-    (k = the search's tokens / one sample's, interpolated on the curves)."""
+def sample_flops(generator_params: int, tokens_per_sample: float, flops: dict) -> dict[str, float]:
+    """What one best-of-k sample costs, counted as the beam is: ~2 x params per generated token (the
+    prompt's prefill is shared, as vLLM caches it for the beam), plus its verifier's scoring (none for the vote)."""
+    gen = 2.0 * generator_params * tokens_per_sample
+    return {"vote": gen, **{name: gen + f for name, f in flops.items() if name.startswith("prm_")}}
+
+
+def beam_metrics(beam: dict, table: dict, tokens_per_sample: float, per_sample: dict[str, float],
+                 aggregate: str = "min") -> dict:
+    """Beam search against best-of-k by the PRM (the search's aggregate) and the vote, at the same
+    generated tokens per problem and at the same FLOPs per problem (k = the search's cost / one
+    sample's, interpolated on the curves; left out where it lies past the pool)."""
     per_problem = beam["tokens"] / max(1, beam["problems"])
-    k_equal = per_problem / max(tokens_per_sample, 1e-9)
-    out = {"beam/accuracy": beam["correct"] / max(1, beam["problems"]),
-           "beam/tokens_per_problem": per_problem, "beam/k_equal_tokens": k_equal}
-    if not table["ks"] or k_equal > table["ks"][-1]:  # the search spent more than the pool holds: no best-of-k to set beside it
-        return out
-    return {**out, "beam/bestofk_prm_min_equal_tokens": bestofk.at_k(table, "prm_min", k_equal),
-            "beam/vote_equal_tokens": bestofk.at_k(table, "vote", k_equal)}
+    flops = beam["flops"] / max(1, beam["problems"])
+    prm = f"prm_{aggregate}"
+    out = {"beam/accuracy": beam["correct"] / max(1, beam["problems"]), "beam/tokens_per_problem": per_problem,
+           "beam/flops_per_problem": flops, "beam/k_equal_tokens": per_problem / max(tokens_per_sample, 1e-9)}
+    for name, key in ((prm, f"bestofk_{prm}"), ("vote", "vote")):
+        if name in per_sample:
+            out[f"beam/k_equal_compute_{key}"] = flops / max(per_sample[name], 1e-9)
+    top = table["ks"][-1] if table["ks"] else 0
+    for name, key in ((prm, f"bestofk_{prm}"), ("vote", "vote")):
+        if out["beam/k_equal_tokens"] <= top:  # the search spent no more than the pool holds
+            out[f"beam/{key}_equal_tokens"] = bestofk.at_k(table, name, out["beam/k_equal_tokens"])
+        if out.get(f"beam/k_equal_compute_{key}", top + 1) <= top:
+            out[f"beam/{key}_equal_compute"] = bestofk.at_k(table, name, out[f"beam/k_equal_compute_{key}"])
+    return out
