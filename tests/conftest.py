@@ -23,6 +23,24 @@ from pathlib import Path
 
 import pytest
 
+
+def _share_the_cores() -> None:
+    """pytest-xdist workers on a machine with no more cores than workers (make test: 2 on 2) each get
+    their share of threads, and vLLM engines a core of their own; what a worker starts inherits it.
+    Torch on 2 threads of 2 cores busy with the other worker's work ran tiny matmuls 5-10x slower than
+    on 1 (docs/benchmarks.md "Test suite"), and every vLLM CPU engine binds its compute thread to core
+    0 when left to choose (it keeps the last core for its scheduler), so two workers' engines shared
+    core 0. Set OMP_NUM_THREADS or VLLM_CPU_OMP_THREADS_BIND yourself to choose otherwise."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cores = sorted(os.sched_getaffinity(0))
+    if not worker.startswith("gw") or count < 2 or len(cores) > count:
+        return
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(cores[int(worker[2:]) % len(cores)]))
+
+
+_share_the_cores()
+
 # prefect.yaml's pull step runs deployments from $VSTAR_HOME: the worker started below inherits it.
 os.environ.setdefault("VSTAR_HOME", str(Path(__file__).resolve().parent.parent))
 

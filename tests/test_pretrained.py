@@ -172,8 +172,7 @@ def _weights(folder: Path) -> dict:
 def test_full_sft_round_with_rationalization_on_smollm2(tmp_path, smollm2_store, smollm2_uri, prefect_server):
     """Generation on vLLM through the chat template; rationalization keeps hinted traces of problems the
     model failed; full SFT changes G_0's weights; the PRM is a Llama token classifier whose
-    transformers and vLLM scores agree. (The ORM trains through the same prm.train_prm into the same
-    architecture; its stage runs in the suite's tiny-model rounds: on this backbone it would add ~60 s.)"""
+    transformers and vLLM scores agree; the ORM is one too (~25 s on 12 examples)."""
     from transformers import AutoConfig
 
     from components.models.prm import load_format
@@ -182,7 +181,8 @@ def test_full_sft_round_with_rationalization_on_smollm2(tmp_path, smollm2_store,
     # Outcome filtering here: the calculator passes few of this model's rationales (docs/benchmarks.md).
     cfg, out = _real_loop(tmp_path, smollm2_store, "smol-full", "rationalize.enabled=true", "rationalize.k=6",
                           "filter.mode=outcome", "prm.enabled=true", "prm.epochs=1", "prm.batch_size=8",
-                          "prm.max_examples=12", "prm.scorer=transformers", "orm.enabled=false")
+                          "prm.max_examples=12", "prm.scorer=transformers", "orm.enabled=true", "orm.epochs=1",
+                          "orm.batch_size=8", "orm.max_examples=12")
     r0, r1 = out["rounds"]
     assert r0["bootstrap"]["imported"] == 1 and r0["bootstrap"]["params"] == 134_515_008
     rows = store.read_rows(r1["filtered_uri"].replace("filtered", "candidates"))
@@ -200,7 +200,7 @@ def test_full_sft_round_with_rationalization_on_smollm2(tmp_path, smollm2_store,
     g0, g1 = _weights(store.fetch_folder(r0["model_uri"])), _weights(store.fetch_folder(r1["model_uri"]))
     assert any((g0[k] - g1[k]).abs().max() > 0 for k in g0)
     # verifiers on its architecture, their format saved with them
-    for uri in (r1["prm_uri"],):
+    for uri in (r1["prm_uri"], r1["orm_uri"]):
         folder = store.fetch_folder(uri)
         assert AutoConfig.from_pretrained(str(folder)).architectures == ["LlamaForTokenClassification"]
         assert load_format(folder)["step_separator"] == "\n"

@@ -75,3 +75,46 @@ def test_prefect_worker_online(prefect_worker):
         workers = client.read_workers_for_work_pool(prefect_worker)
     assert pool.type == "process"
     assert any(w.status.value == "ONLINE" for w in workers), workers
+
+
+def test_setup_requests_outlast_a_busy_server_and_fail_on_a_real_error():
+    """`vstar up` failed on a loaded machine: Prefect's server answered 503 (its SQLite database busy) to
+    the gpu concurrency limit, asked once, right after its health check passed. A server that is busy
+    twice is asked again; a 4xx, or a server busy past the attempts, still fails, naming the status.
+    (A stand-in HTTP server: a real one cannot be made busy on demand.)"""
+    import http.server
+    import json
+    import threading
+    import urllib.error
+
+    import pytest
+
+    from components.infra.processes import http_json
+
+    answers = [503, 503, 200]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            code = answers.pop(0) if answers else 400
+            self.send_response(code)
+            self.end_headers()
+            if code == 200:
+                self.wfile.write(json.dumps({"tag": "gpu"}).encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/concurrency_limits/"
+    try:
+        assert http_json(url, {"tag": "gpu", "concurrency_limit": 1}) == {"tag": "gpu"}
+        assert answers == []
+        with pytest.raises(urllib.error.HTTPError, match="400"):
+            http_json(url, {"tag": "gpu"})
+        answers[:] = [503, 503]
+        with pytest.raises(urllib.error.HTTPError, match="503"):
+            http_json(url, {"tag": "gpu"}, attempts=2)
+    finally:
+        server.shutdown()

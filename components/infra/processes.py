@@ -58,11 +58,23 @@ def http_status(url: str, timeout: float = 2.0, data: bytes | None = None) -> in
         return None
 
 
-def http_json(url: str, body: object | None = None, timeout: float = 5.0):
+BUSY = (502, 503, 504)  # Prefect's server answers 503 while its SQLite database is busy (a loaded machine)
+
+
+def http_json(url: str, body: object | None = None, timeout: float = 5.0, attempts: int = 6):
+    """GET (or POST `body`) and decode the JSON answer. A busy answer (BUSY) is asked again, waiting
+    0.5, 1, 2, 4, 8 s in between, and raised after `attempts`: callers send requests that may be
+    repeated (reads, and upserts like a tag's concurrency limit)."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read() or b"null")
+    for attempt in range(attempts):
+        req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            if e.code not in BUSY or attempt == attempts - 1:
+                raise
+        time.sleep(min(8.0, 0.5 * 2 ** attempt))
 
 
 # --------------------------------------------------------------------------- processes

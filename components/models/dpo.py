@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -108,11 +107,12 @@ def train_dpo(init_dir: str | Path, out_dir: str | Path, pairs: list[dict], beta
     and save it with its tokenizer and FORMAT_FILE. A tenth of the problems is held out: the implicit
     reward's pair accuracy and AUROC (right vs wrong solutions) there are measured on pairs it never saw."""
     import torch
+    from components.models.hardware import cpu_threads
     from datasets import Dataset
     from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
+    torch.set_num_threads(threads or cpu_threads())
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(str(init_dir))
     if tok.pad_token is None:

@@ -9,10 +9,22 @@ inference (vLLM, the transformers fallbacks, PRM scoring) loads the weights in t
 """
 from __future__ import annotations
 
+import os
 import resource
 from dataclasses import dataclass
 
 from components.config_sections import HardwareConfig
+
+
+def cpu_threads() -> int:
+    """Threads for torch's CPU compute: OMP_NUM_THREADS where it is set (the cap OpenMP and torch
+    follow, and what a machine shared with other work should set), else every core this process may
+    run on (torch's own default ignores the affinity mask). Tiny matmuls on 2 threads of 2 busy cores
+    ran 5-10x slower than on 1 (measured here), so sharing machines is where the cap matters."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return max(1, len(os.sched_getaffinity(0)))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -220,10 +219,11 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
     the common one (in the loop's data a trace has at most one first error and many good steps).
     """
     import torch
+    from components.models.hardware import cpu_threads
 
     # All cores we may run on by default; `threads=1` is much faster when other work shares the cores
     # (measured here: tiny matmuls with 2 threads on 2 busy cores ran 5-10x slower than with 1).
-    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
+    torch.set_num_threads(threads or cpu_threads())
     torch.manual_seed(seed)
     init_dir, out_dir = Path(init_dir), Path(out_dir)
     model, tok, fmt = _init_model(init_dir, step_separator, placement)

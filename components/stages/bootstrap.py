@@ -28,11 +28,12 @@ def run(cfg: RunConfig, out_uri: str) -> dict:
     if cfg.model.init_uri:
         return import_model(cfg, cfg.model.init_uri, out_uri)
     import torch
+    from components.models.hardware import cpu_threads
 
     from components.models.causal_lm import train_causal_lm
     from components.models.tiny import build_model, n_params, train_tokenizer
 
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))  # the default ignores the affinity mask
+    torch.set_num_threads(cpu_threads())
     fam = family_of(cfg)
     t0 = time.perf_counter()
     problems, dropped = bootstrap_split(fam, cfg.decontam)
