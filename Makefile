@@ -33,12 +33,14 @@ demo: install
 # worker on free 127.0.0.1 ports: nothing needs to be running beforehand. The HTML trace report is
 # checked in headless Chromium: Debian's package, installed here when missing (CI starts clean).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Two workers (pytest-xdist), a test file each at a time: one process alone leaves a core of two idle
-# ~40% of the time (Prefect and MLflow round trips, service start-ups). TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 2
+# Three workers (pytest-xdist) on 2 cores, a test file each at a time, one torch thread each
+# (tests/conftest.py): two left the cores idle 32% of the time (Prefect and MLflow round trips, process
+# and service start-ups; docs/benchmarks.md "Test suite"). Files in conftest's order (longest first),
+# not xdist's (most tests first). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 3
 test: install
 	command -v chromium >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 bench: install
 	$(PY) benchmarks/generation.py

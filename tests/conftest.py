@@ -25,8 +25,8 @@ import pytest
 
 
 def _share_the_cores() -> None:
-    """pytest-xdist workers on a machine with no more cores than workers (make test: 2 on 2) each get
-    their share of threads, and vLLM engines a core of their own; what a worker starts inherits it.
+    """pytest-xdist workers on a machine with no more cores than workers (make test: 3 on 2) each get
+    one thread, and vLLM engines a core of their own in turn; what a worker starts inherits it.
     Torch on 2 threads of 2 cores busy with the other worker's work ran tiny matmuls 5-10x slower than
     on 1 (docs/benchmarks.md "Test suite"), and every vLLM CPU engine binds its compute thread to core
     0 when left to choose (it keeps the last core for its scheduler), so two workers' engines shared
@@ -164,20 +164,29 @@ TINY_FIXTURES = {"tiny_model_uri", "tiny_model_dir"}
 _TINY: dict = {"needed": False}
 
 
+# The longest modules, in seconds of test time in a clean `make test` (2026-12-07, 3 workers on 2 cores;
+# only the order below depends on these): started first, so the suite does not end on one of them
+# while the other workers have nothing left.
+LONGEST = {"tests/test_pretrained.py": 524, "tests/test_sharding.py": 405, "tests/test_faults.py": 328,
+           "tests/test_label_sources.py": 255, "tests/test_round_e2e.py": 243, "tests/test_operations.py": 119,
+           "tests/test_cli_lock.py": 116, "tests/test_data_parallel.py": 96, "tests/test_judge.py": 87,
+           "tests/test_prm.py": 59}
+
+
 def pytest_collection_modifyitems(session, config, items):
     """Test modules that never use the session's tiny model run first, while it trains in the background
-    (_tiny_model_training): its ~2 minutes overlap them instead of holding up the first test that needs
-    it. A module's tests stay together and in their order (module fixtures are set up once). Under
-    pytest-xdist the workers take whole modules, those with the most tests first (its default order):
-    ordering the longest modules first instead measured slower (19.3 against 17.0 min), two of them
-    then running side by side on the two cores."""
+    (_tiny_model_training): its ~3 minutes overlap them instead of holding up the first test that needs
+    it; within each group the longest modules first. A module's tests stay together and in their order
+    (module fixtures are set up once). pytest-xdist takes whole modules in this order (the Makefile's
+    --no-loadscope-reorder: its default, most tests first, left the tiny model's training to idle
+    workers waiting for it, ~200 s, and the 400-second modules for the end)."""
     def module(item) -> str:
         return item.nodeid.split("::")[0]
 
     uses: dict[str, bool] = {}
     for it in items:
         uses[module(it)] = uses.get(module(it), False) or bool(TINY_FIXTURES & set(it.fixturenames))
-    items[:] = sorted(items, key=lambda it: uses[module(it)])
+    items[:] = sorted(items, key=lambda it: (uses[module(it)], -LONGEST.get(module(it), 0)))
     _TINY["needed"] = any(uses.values())
 
 

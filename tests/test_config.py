@@ -139,10 +139,11 @@ def test_the_calculator_needs_a_family_with_written_arithmetic():
 def test_features_added_off_or_at_their_neutral_default_keep_published_loop_ids():
     """rationalize (a section, off) and sft.min_kept (at 1: a round that keeps nothing does not train, as
     before) leave the demo's published loop id as docs/benchmarks.md has it; set, they are the loop's.
-    (fce8091ca7 -> bcfea56129 when the DPO verifier moved to G_SFT as V-STaR trains it, and beam search
-    to search-and-learn's: both change what the demo computes, so its id must change.)"""
+    (fce8091ca7 -> b72a45f165 when the DPO verifier moved to G_SFT as V-STaR trains it, beam search to
+    search-and-learn's and `confidence` to DeepConf's top-k statistic: each changes what the demo
+    computes, so its id must change.)"""
     demo = load_config("configs/demo.yaml")
-    assert demo.loop_id() == "demo-bcfea56129"
+    assert demo.loop_id() == "demo-b72a45f165"
     assert load_config("configs/demo.yaml", ["sft.min_kept=1", "rationalize.k=3"]).loop_id() == demo.loop_id()
     ids = {load_config("configs/demo.yaml", [o]).loop_id() for o in ("sft.min_kept=5", "rationalize.enabled=true")}
     assert len(ids) == 2 and demo.loop_id() not in ids
