@@ -119,7 +119,8 @@ def test_dataset_reused_by_another_process_on_s3(s3, mlflow_server, smoke_cfg, s
 
     out = store.join(cfg.store_uri, "sft-from-catalog")
     tuned = vstar("sft", "--data", entry["id"], "--model", str(tiny_model_dir), "--store", cfg.store_uri,
-                  "--out", out, "--epochs", "1", "--batch-size", "8", "--lr", "1e-3", cwd=tmp_path)
+                  "--out", out, "--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--tracking-uri", mlflow_server,
+                  "--experiment", cfg.experiment, cwd=tmp_path)
     assert tuned.returncode == 0, tuned.stdout + tuned.stderr
     manifest = store.read_manifest(out)
     assert manifest["data_id"] == entry["id"] and manifest["data_uri"] == filtered
@@ -128,7 +129,10 @@ def test_dataset_reused_by_another_process_on_s3(s3, mlflow_server, smoke_cfg, s
     # The lineage in MLflow: the catalogued dataset is the run's training input; the run names both models.
     c = mlflow.MlflowClient(mlflow_server)
     exp = c.get_experiment_by_name(cfg.experiment).experiment_id
-    (r,) = c.search_runs([exp], f"tags.`vstar.data_id` = '{entry['id']}'")
+    found = c.search_runs([exp], f"tags.`vstar.data_id` = '{entry['id']}'")
+    assert len(found) == 1, ([(x.info.run_name, x.data.tags.get("vstar.data_id")) for x in c.search_runs([exp])],
+                             manifest.get("mlflow_run_id"), tuned.stdout[-2000:])
+    (r,) = found
     assert r.info.status == "FINISHED" and r.info.run_id == manifest["mlflow_run_id"]
     assert r.data.params["data_id"] == entry["id"] and r.data.params["model_uri"] == out
     assert r.data.params["base_model"] == str(tiny_model_dir) and r.data.tags["vstar.data_run_id"] == run

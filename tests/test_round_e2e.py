@@ -14,7 +14,7 @@ from browser import assert_not_blank, render_app  # tests/browser.py
 from components.evaluation.trace_report import REPORT
 from components.infra import store
 from components.infra.layout import Layout
-from tests.expect import assert_reported, first_error_f1
+from tests.expect import assert_reported, first_error_f1, prm_f1
 from tests.procs import stray_files
 
 
@@ -90,7 +90,15 @@ def test_mlflow_parent_has_child_runs_with_eval_metrics(loop_result, s3_cfg):
         assert m["evaluate/cost/generate_flops_per_sample"] > 0 and m["train_orm/train_flops"] > 0
         assert 0 < m["evaluate/cost/orm/score_flops_per_sample"] == m["evaluate/cost/prm_min/score_flops_per_sample"]
         assert m["evaluate/cost/calc/score_flops_per_sample"] == 0  # the calculator: no model
-        assert 0 <= m["evaluate/prm_calc_f1"] <= 1  # the PRM with the calculator, beside the PRM alone
+        # the PRM's first-error F1 on the evaluation's sampled pool, alone and with the calculator, as
+        # published (the greedy rows beside them carry no PRM scores: counted, they read as "no error")
+        from components.data.families import get_family
+
+        fam = get_family(s3_cfg.family, s3_cfg.seed)  # the calculator's verdicts recomputed from each completion
+        sampled = [{**x, "calc_labels": fam.calculator_labels(fam.split_steps(x["completion"]))}
+                   for x in store.read_rows(Layout.of(s3_cfg).round(int(n), "eval")) if x["kind"] == "sample"]
+        assert_reported(m, "evaluate/prm_f1", prm_f1(sampled))
+        assert_reported(m, "evaluate/prm_calc_f1", prm_f1(sampled, calculator=True))
         # The DPO verifier reads each sample twice at the generator's size: itself and its reference.
         assert m["evaluate/cost/dpo/score_flops_per_sample"] == pytest.approx(2 * m["evaluate/cost/generate_flops_per_sample"])
         assert m["train_dpo/train_flops"] > 0

@@ -57,3 +57,23 @@ def test_an_artifact_published_again_reads_back_as_published(s3):
     store.write_rows([{"x": 2, "scores": {"a": 0.25, "b": 1.0}}, {"x": 3, "scores": {"a": 0.0, "b": 0.0}}], uri,
                      {"stage": "test"})
     assert store.read_rows(uri) == [{"x": 2, "scores": {"a": 0.25, "b": 1.0}}, {"x": 3, "scores": {"a": 0.0, "b": 0.0}}]
+
+
+
+def test_an_artifact_another_process_publishes_is_seen_though_its_folder_was_listed_before(s3, tmp_path):
+    """A long-lived process (the flow process, a Prefect worker) whose S3 filesystem had listed an
+    artifact's folder before its manifest was written read it as unpublished for good: s3fs answers
+    from its listing cache ("listed, and no manifest.json there"). Seen in the Ray sharding test: the
+    merged `scored` published, then `filter` in the flow process found no manifest. The other process
+    here is an S3 filesystem of its own, writing the artifact's files and its manifest last."""
+    import fsspec
+
+    local = tmp_path / "artifact"
+    store.write_rows([{"x": 1}], str(local))
+    uri = s3.uri("unit/published-elsewhere")
+    fs, path = store.fs_for(uri)  # this process's filesystem, the one every store call uses
+    elsewhere = fsspec.filesystem("s3", skip_instance_cache=True, **store.storage_options(uri))
+    elsewhere.put_file(str(local / "data.parquet"), f"{path}/data.parquet")  # the writer has begun
+    assert [p.rsplit("/", 1)[1] for p in fs.ls(path)] == ["data.parquet"] and not store.is_published(uri)
+    elsewhere.put_file(str(local / "manifest.json"), f"{path}/manifest.json")  # ... and published
+    assert store.is_published(uri) and store.read_rows(uri) == [{"x": 1}]

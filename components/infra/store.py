@@ -144,6 +144,10 @@ def retry(fn, *args, attempts: int = 4, **kw):
 def read_manifest(uri: str) -> dict:
     fs, path = fs_for(uri)
     mpath = join(path, MANIFEST)
+    # The manifest is the commit point another process may have written a moment ago: never answer
+    # from this process's listing cache (s3fs: a folder listed before its manifest was written read
+    # as unpublished for as long as the process lived).
+    fs.invalidate_cache(path)
     try:
         with fs.open(mpath, "rb") as f:
             raw = f.read()
