@@ -50,8 +50,18 @@ class Recording:
         self.gen, self.calls = gen, []
 
     def generate(self, prompts, sampling):
-        self.calls.append((len(prompts), sampling))
+        self.calls.append((prompts, sampling))
         return self.gen.generate(prompts, sampling)
+
+    def requested(self, problems) -> list[list[int]]:
+        """Per search step (its seed): the proposals asked for each problem (its prompt + a beam)."""
+        steps: dict[int, list[int]] = {}
+        for prompts, sampling in self.calls:
+            row = steps.setdefault(sampling.seed, [0] * len(problems))
+            for text in prompts:
+                row[max((i for i, p in enumerate(problems) if text.startswith(p.prompt)),
+                        key=lambda i: len(problems[i].prompt))] += sampling.n
+        return [steps[k] for k in sorted(steps)]
 
 
 def test_finished_beams_leave_the_active_set_and_the_last_step_finishes_every_beam(generator, smoke_family, smoke_cfg):
@@ -67,11 +77,12 @@ def test_finished_beams_leave_the_active_set_and_the_last_step_finishes_every_be
     found = search(recording, fam, [p.prompt for p in problems], lambda ps, st: [[0.5] * len(x) for x in st],
                    width=2, expansions=3, max_steps=2, sampling=sampling, measure=lambda ps, st: len(ps))
     # Every problem still searching got N = 6 proposals at each step; the first step too.
-    assert found.requested[0] == [6] * len(problems)
-    assert all(r in (0, 6) for step in found.requested for r in step), found.requested
+    requested = recording.requested(problems)
+    assert requested[0] == [6] * len(problems)
+    assert all(r in (0, 6) for step in requested for r in step), requested
     # Two steps cannot write a 3-op chain, yet every answer is finished: the last step ran to the end.
     stops = [s.stop for _, s in recording.calls]
     assert stops[0] == ("\n",) and stops[-1] == () and set(stops) == {("\n",), ()}, stops
     assert sum(fam.answer_end(t) is not None for t in found.texts) >= len(problems) - 1, found.texts
     # The verifier read every proposal: 6 per problem per step (the measure counted one per trace).
-    assert found.scored_tokens == sum(sum(step) for step in found.requested)
+    assert found.scored_tokens == sum(sum(step) for step in requested)

@@ -19,7 +19,7 @@ per-step scores` is any step scorer: the round's PRM, or (in tests) the family's
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from components.labeling.filtering import aggregate
@@ -38,7 +38,6 @@ class Found:
     texts: list[str]  # the answer per prompt
     tokens: int = 0  # generated, all prompts
     scored_tokens: int = 0  # the verifier's input tokens, all prompts (`measure`); 0 without one
-    requested: list[list[int]] = field(default_factory=list)  # per step: proposals asked per prompt
 
 
 def search(gen, family, prompts: list[str], score: Callable[[list[str], list[list[str]]], list[list[float]]],
@@ -62,7 +61,6 @@ def search(gen, family, prompts: list[str], score: Callable[[list[str], list[lis
             for j in range(n):
                 counts[j % len(active[i])] += 1
             asks += [(i, b, c) for b, c in zip(active[i], counts)]
-        found.requested.append([sum(c for k, _, c in asks if k == i) for i in range(len(prompts))])
         outs = _generate(gen, prompts, asks, replace(sampling, stop=() if last else (separator,),
                                                      seed=sampling.seed + depth))
         proposals: list[tuple[int, Beam]] = []
