@@ -38,13 +38,13 @@ def assert_reported(metrics: dict, key: str, value: float) -> None:
         assert metrics[key] == pytest.approx(value), (key, metrics[key], value)
 
 
-def prm_f1(rows: list[dict], calculator: bool = False, threshold: float = 0.5) -> float:
+def prm_f1(rows: list[dict], calculator: bool = False, threshold: float = 0.5, key: str = "prm_scores") -> float:
     """The PRM's first-error F1 on evaluation samples: its first error is the first step scored below
     `threshold` (-1: none); with `calculator`, the earlier of that and the calculator's first wrong
-    step (`calc_labels`: 0 marks one)."""
+    step (`calc_labels`: 0 marks one). `key`: the implicit PRM's step scores instead."""
     pred = []
     for r in rows:
-        e = next((i for i, s in enumerate(r["prm_scores"]) if s < threshold), -1)
+        e = next((i for i, s in enumerate(r[key]) if s < threshold), -1)
         if calculator:
             c = next((i for i, lab in enumerate(r["calc_labels"]) if lab == 0), -1)
             e = min((x for x in (e, c) if x >= 0), default=-1)

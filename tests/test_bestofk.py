@@ -148,7 +148,7 @@ def test_the_dpo_verifier_ranks_by_its_reward_even_past_sigmoids_float_range():
     rewards = [[40.0, 50.0, -800.0, -750.0], [-900.0, 45.0, 38.0, -710.0]]  # the 50 and the 45 are right
     pools = []
     for rs, right in zip(rewards, (1, 1)):
-        scores = dpo_scores(rs, [-0.5] * len(rs))
+        scores = dpo_scores(rs, [-0.5] * len(rs), [[r] for r in rs])
         pools.append([{"answer": "right" if i == right else f"w{i}", "correct": i == right,
                        "scores": {"dpo": scores["dpo"][i]}} for i in range(len(rs))])
     values, exact = b.per_problem(pools, b.selectors(["dpo"]), [4])

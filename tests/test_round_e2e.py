@@ -11,6 +11,7 @@ import pytest
 
 from browser import assert_not_blank, render_app  # tests/browser.py
 
+from components.evaluation import bestofk
 from components.evaluation.trace_report import REPORT
 from components.infra import store
 from components.infra.layout import Layout
@@ -80,7 +81,8 @@ def test_mlflow_parent_has_child_runs_with_eval_metrics(loop_result, s3_cfg):
         assert {"evaluate/pass1_n1", "evaluate/maj_at_k_all", "evaluate/bestofk_prm_min_all", "evaluate/prm_f1"} <= set(m)
         # Every selector on one pool (k = 1..N) with its interval, PRM against ORM paired; the plot beside.
         n_pool = s3_cfg.eval.k
-        for sel in ("vote", "prm_min", "orm", "dpo", "dpo_likelihood", "confidence", "calc", "prm_calc",
+        for sel in ("vote", "prm_min", "orm", "dpo", "dpo_likelihood", "implicit_min", "implicit_mean", "confidence",
+                    "calc", "prm_calc",
                     "weighted_vote/prm_min", "weighted_vote/calc", "pass_at_k"):
             assert m[f"evaluate/bok/{sel}/k{n_pool}/lo"] <= m[f"evaluate/bok/{sel}/k{n_pool}"] <= m[f"evaluate/bok/{sel}/k{n_pool}/hi"]
         assert m["evaluate/bok/vote/k1"] == pytest.approx(m["evaluate/bok/random/k1"])
@@ -99,6 +101,11 @@ def test_mlflow_parent_has_child_runs_with_eval_metrics(loop_result, s3_cfg):
                    for x in store.read_rows(Layout.of(s3_cfg).round(int(n), "eval")) if x["kind"] == "sample"]
         assert_reported(m, "evaluate/prm_f1", prm_f1(sampled))
         assert_reported(m, "evaluate/prm_calc_f1", prm_f1(sampled, calculator=True))
+        # ...and the DPO verifier's, read as an implicit PRM: sigmoid(q_t) per step, the last q_t its reward
+        assert all(len(x["implicit_scores"]) == len(fam.split_steps(x["completion"])) for x in sampled)
+        assert all(bestofk.sigmoid(x["scores"]["dpo"]) == pytest.approx(x["implicit_scores"][-1])
+                   for x in sampled if x["implicit_scores"])
+        assert_reported(m, "evaluate/implicit_f1", prm_f1(sampled, key="implicit_scores"))
         # The DPO verifier reads each sample twice at the generator's size: itself and its reference.
         assert m["evaluate/cost/dpo/score_flops_per_sample"] == pytest.approx(2 * m["evaluate/cost/generate_flops_per_sample"])
         assert m["train_dpo/train_flops"] > 0

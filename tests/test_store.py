@@ -14,6 +14,16 @@ def test_local_publish_and_read_back(tmp_path):
     assert store.read_rows(uri) == [{"a": 1, "s": [0.5, 1.0]}, {"a": 2, "s": []}]
 
 
+def test_a_field_only_later_rows_carry_is_published_not_dropped(tmp_path):
+    """Evaluation rows: greedy ones first, without the verifiers' step scores the sampled ones carry.
+    The field was dropped from every row (datasets takes its columns from the first row alone), so the
+    implicit PRM's published step scores were missing; now the rows without it read None."""
+    uri = str(tmp_path / "loops/x/round-1/eval")
+    store.write_rows([{"kind": "greedy"}, {"kind": "sample", "implicit_scores": [0.2, 0.9]}], uri)
+    assert store.read_rows(uri) == [{"kind": "greedy", "implicit_scores": None},
+                                    {"kind": "sample", "implicit_scores": [0.2, 0.9]}]
+
+
 def test_files_without_manifest_are_not_published(tmp_path):
     """What a writer that died before its manifest leaves behind is not readable as a dataset."""
     uri = str(tmp_path / "half")

@@ -109,7 +109,8 @@ def test_dpo_verifier_ranks_right_above_wrong_on_problems_it_never_saw(planted_d
     # the generator it was trained from. Untrained, the ratio is 0 for every solution: the ranking is learned.
     held = solutions(smoke_family, smoke_family.problems("eval") + smoke_family.problems("train")[:200], seed=1,
                      per_problem=4)
-    reward, logp = dpo.score(model_dir, tiny_model_dir, None, [r["prompt"] for r in held], [r["completion"] for r in held])
+    scored = dpo.score(model_dir, tiny_model_dir, None, [r["prompt"] for r in held], [r["completion"] for r in held])
+    reward, logp = scored.reward, scored.mean_logp
     right, groups = [r["correct"] for r in held], [r["prompt"] for r in held]
     within = prm.within_auroc(reward, right, groups)
     print(f"DPO held-out within-problem AUROC {within:.3f}, across problems {prm.auroc(reward, right):.3f}; "
@@ -173,9 +174,71 @@ def test_dpo_score_of_a_training_pair_is_the_reward_trl_logs(planted_dpo, tiny_m
                          train_dataset=Dataset.from_list(pairs), eval_dataset=Dataset.from_list(pairs),
                          processing_class=tok)
     logged = trainer.evaluate()
-    reward, _ = dpo.score(model_dir, tiny_model_dir, None, [p["prompt"] for p in pairs] * 2,
-                          [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
+    reward = dpo.score(model_dir, tiny_model_dir, None, [p["prompt"] for p in pairs] * 2,
+                       [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]).reward
     n = len(pairs)  # within float32 batching noise (TRL pads chosen and rejected into one batch, we do
     # not): 1e-4 relative, ~1e-3 here; the EOS left out was ~0.1
     assert sum(reward[:n]) / n == pytest.approx(logged["eval_rewards/chosen"], rel=1e-4, abs=1e-4), logged
     assert sum(reward[n:]) / n == pytest.approx(logged["eval_rewards/rejected"], rel=1e-4, abs=1e-4), logged
+
+
+def _logp_by_hand(model, tok, prompt: str, text: str) -> float:
+    """log P(text | prompt): the text's tokens after the prompt's, one forward pass, no batching."""
+    import torch
+
+    ids, n = tok(prompt + text)["input_ids"], len(tok(prompt)["input_ids"])
+    with torch.no_grad():
+        logp = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    return sum(logp[i - 1, ids[i]].item() for i in range(n, len(ids)))
+
+
+def test_the_implicit_prms_step_scores_are_the_summed_token_log_ratios(planted_dpo, tiny_model_dir, smoke_family):
+    """Yuan et al. 2024's q_t = beta * log(pi(y_<=t) / pi_ref(y_<=t)): each step's score is the log-ratio
+    of the solution up to the end of that step, computed here by hand from the two models on the text's
+    prefixes (the tiny tokenizer cuts a prefix as it cuts the whole); the last step's is the DPO reward
+    r, EOS included."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir, _ = planted_dpo
+    rows = solutions(smoke_family, smoke_family.problems("eval")[:6], seed=5, per_problem=2)
+    steps = [smoke_family.split_steps(r["completion"]) for r in rows]
+    got = dpo.score(model_dir, tiny_model_dir, None, [r["prompt"] for r in rows], [r["completion"] for r in rows],
+                    steps=steps)
+    tok, beta = AutoTokenizer.from_pretrained(str(model_dir)), dpo.load_beta(model_dir)
+    pi, ref = (AutoModelForCausalLM.from_pretrained(str(d)).eval() for d in (model_dir, tiny_model_dir))
+    for r, st, q, reward in zip(rows, steps, got.steps, got.reward):
+        ends = [r["completion"].index(s) + len(s) for s in st]
+        prefixes = [r["completion"][:e] for e in ends[:-1]] + [r["completion"] + tok.eos_token]
+        want = [beta * (_logp_by_hand(pi, tok, r["prompt"], x) - _logp_by_hand(ref, tok, r["prompt"], x)) for x in prefixes]
+        assert len(q) == len(st) >= 2 and q == pytest.approx(want, rel=1e-4, abs=1e-5), (q, want)
+        assert q[-1] == pytest.approx(reward, rel=1e-6)
+    assert any(abs(a - b) > 1e-3 for q in got.steps for a, b in zip(q, q[1:]))  # the steps do differ
+
+
+def test_the_implicit_prms_worst_step_tells_right_from_wrong_solutions_it_never_saw(planted_dpo, tiny_model_dir,
+                                                                                    smoke_family):
+    """Process rewards without process labels: the DPO verifier, trained only on which answer was right,
+    ranks held-out solutions by their worst step's q_t (`implicit_min`) with right ones above those with a
+    slip (an untrained verifier's ratio is 0 everywhere: AUROC 0.5). Its first-error F1 at the PRM's
+    fixed threshold is printed, not asserted: here (2 steps a trace) q_t is already below 0 after the
+    first step of right solutions too, DPO having lowered their likelihood as well, so sigmoid(q_t) < 0.5
+    calls nearly every step wrong; a threshold chosen on labelled traces is #31's item 3."""
+    from components.evaluation.bestofk import sigmoid
+    from components.evaluation.heldout import prm_first_error_f1
+    from components.evaluation.verifiers import dpo_scores
+    from tests.test_prm import planted_trace
+
+    model_dir, _ = planted_dpo
+    rng = random.Random(7)
+    traces = [planted_trace(smoke_family, p, rng, p_clean=1 / 2) for p in smoke_family.problems("eval")]
+    texts = [smoke_family.steps_text(t["steps"]) for t in traces]
+    got = dpo.score(model_dir, tiny_model_dir, None, [t["prompt"] for t in traces], texts,
+                    steps=[t["steps"] for t in traces])
+    right = [t["first_error"] < 0 for t in traces]
+    assert 0.3 < sum(right) / len(right) < 0.8  # both kinds
+    auroc = prm.auroc(dpo_scores(got.reward, got.mean_logp, got.steps)["implicit_min"], right)
+    f1 = prm_first_error_f1([{"implicit_scores": [sigmoid(x) for x in q], "gold_first_error": t["first_error"]}
+                             for q, t in zip(got.steps, traces)], key="implicit_scores")
+    print(f"implicit PRM on {len(traces)} held-out planted traces: implicit_min AUROC {auroc:.3f}; "
+          f"first-error F1 at sigmoid(q) = 0.5: {f1}")
+    assert auroc >= 0.85, auroc

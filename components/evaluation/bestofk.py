@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 MAX_SUBSETS = 20_000
-HEADLINE = ("prm_min", "prm_calc", "orm", "dpo", "confidence", "calc")  # compared pairwise; every verifier is compared with the vote
+HEADLINE = ("prm_min", "prm_calc", "orm", "dpo", "implicit_min", "confidence", "calc")  # compared pairwise; every verifier is compared with the vote
 
 
 def ks_for(n: int) -> list[int]:
@@ -112,7 +112,7 @@ class Selector:
     vote: Callable[[dict], float] | None = None
 
 
-LOGIT_SCORES = ("dpo",)  # scores that are rewards on the real line: a vote weighs them by their sigmoid
+LOGIT_SCORES = ("dpo", "implicit_min", "implicit_mean")  # scores that are rewards on the real line: a vote weighs them by their sigmoid
 
 
 def sigmoid(x: float) -> float:

@@ -5,7 +5,8 @@
   family's own equivalence.
 - best-of-k by PRM: the sample with the highest aggregate step score (min, prod, last), against
   majority vote and against a random pick (the mean accuracy of the samples).
-- PRM first-error F1 against the gold step labels (ProcessBench definition).
+- PRM first-error F1 against the gold step labels (ProcessBench definition), and the implicit PRM's
+  (the DPO verifier's step scores) where it scored the samples.
 """
 from __future__ import annotations
 
@@ -54,9 +55,11 @@ def sampled_metrics(groups: list[list[dict]], with_prm: bool,
     return out
 
 
-def prm_first_error_f1(samples: list[dict], threshold: float = 0.5, calculator: bool = False) -> dict[str, float]:
-    """`calculator`: the PRM's first error or the calculator's (`calc_labels`), whichever comes first."""
-    pred = [first_error_from_scores(x["prm_scores"], threshold) for x in samples]
+def prm_first_error_f1(samples: list[dict], threshold: float = 0.5, calculator: bool = False,
+                       key: str = "prm_scores") -> dict[str, float]:
+    """`calculator`: the PRM's first error or the calculator's (`calc_labels`), whichever comes first.
+    `key`: which step scores, the PRM's or the implicit PRM's (`implicit_scores`)."""
+    pred = [first_error_from_scores(x[key], threshold) for x in samples]
     if calculator:
         pred = [min((e for e in (p, first_error_of(x["calc_labels"])) if e >= 0), default=-1) for p, x in zip(pred, samples)]
     return first_error_f1(pred, [x["gold_first_error"] for x in samples])
@@ -78,14 +81,17 @@ def round_metrics(greedy: list[dict], samples: list[dict], with_prm: bool,
         metrics.update({f"{k}_n{n}": v for k, v in sampled_metrics(groups, with_prm, same).items()})
     metrics["pass1_all"] = sum(r["correct"] for r in greedy) / len(greedy)
     metrics.update({f"{k}_all": v for k, v in sampled_metrics(list(by_problem.values()), with_prm, same).items()})
-    if with_prm:  # the PRM alone, and with the family's calculator on top where the samples carry its verdict
-        calc = bool(samples) and all("calc_labels" in s for s in samples)
-        for name, with_calc in [("prm", False)] + ([("prm_calc", True)] if calc else []):
-            metrics.update({f"{name}_{k}": v for k, v in prm_first_error_f1(samples, calculator=with_calc).items()})
-            for n in levels:  # per difficulty: is the PRM right where the generator is being pushed?
-                at = [s for s in samples if s["difficulty"] == n]
-                if at:
-                    metrics[f"{name}_f1_n{n}"] = prm_first_error_f1(at, calculator=with_calc)["f1"]
+    # The PRM alone, with the family's calculator on top where the samples carry its verdict, and the
+    # DPO verifier read as an implicit PRM where it scored them.
+    calc = bool(samples) and all("calc_labels" in s for s in samples)
+    implicit = bool(samples) and all("implicit_scores" in s for s in samples)
+    for name, with_calc, key in ([("prm", False, "prm_scores")] + ([("prm_calc", True, "prm_scores")] if calc else [])
+                                 if with_prm else []) + ([("implicit", False, "implicit_scores")] if implicit else []):
+        metrics.update({f"{name}_{k}": v for k, v in prm_first_error_f1(samples, calculator=with_calc, key=key).items()})
+        for n in levels:  # per difficulty: is the PRM right where the generator is being pushed?
+            at = [s for s in samples if s["difficulty"] == n]
+            if at:
+                metrics[f"{name}_f1_n{n}"] = prm_first_error_f1(at, calculator=with_calc, key=key)["f1"]
     # An undefined metric (NaN: F1 with one side empty) is left out, as MLflow leaves it out; NaN
     # would also make two identical results compare unequal.
     return {k: v for k, v in metrics.items() if v == v}

@@ -101,9 +101,9 @@ def comparison_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[
     return ["loop", "round"] + keys, rows
 
 
-SELECTORS = ("pass_at_k", "vote", "prm_min", "prm_calc", "orm", "dpo", "confidence", "calc")  # the headline ones; the rest are in MLflow
+SELECTORS = ("pass_at_k", "vote", "prm_min", "prm_calc", "orm", "dpo", "implicit_min", "confidence", "calc")  # the headline ones; the rest are in MLflow
 DIFFERENCES = ("prm_min-orm", "prm_min-dpo", "orm-dpo", "prm_min-vote", "orm-vote", "dpo-vote",
-               "prm_min-prm_calc", "prm_calc-vote", "calc-vote")
+               "prm_min-implicit_min", "implicit_min-vote", "prm_min-prm_calc", "prm_calc-vote", "calc-vote")
 
 
 def verifier_rows(loops: dict[str, list[dict]], differences: bool = False) -> tuple[list[str], list[list[str]]]:

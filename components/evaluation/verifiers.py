@@ -11,7 +11,9 @@
   was trained from, r itself (`dpo`: ranked by r; as sigmoid(r), every r past ~37 was 1.0 in floats and
   tied, and r < -709 overflowed); a vote weighted by it uses sigmoid(r), the Bradley-Terry probability
   that the solution is preferred to one the reference likes as much (bestofk.LOGIT_SCORES); and the
-  verifier's own likelihood per token, exp(mean log pi_dpo) (`dpo_likelihood`), for comparison.
+  verifier's own likelihood per token, exp(mean log pi_dpo) (`dpo_likelihood`), for comparison;
+  and, from the same passes, the implicit PRM (Yuan et al. 2024; components/models/dpo.py): each step's
+  q_t, ranked by the worst step (`implicit_min`) or the mean (`implicit_mean`); the last step's q is r.
 - `calc`: the family's calculator (arith, gsm8k), no model: 1 when no step's stated arithmetic is
   wrong, else 0 (as a weighted vote: the vote among the samples it passes); with a PRM also `prm_calc`,
   the PRM's min step score, 0 where the calculator finds a wrong step (a PRM with a tool).
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from components.config import RunConfig
+from components.evaluation.bestofk import sigmoid
 from components.labeling import confidence as conf
 from components.infra import store
 from components.labeling.filtering import AGGREGATES
@@ -139,18 +142,26 @@ def dpo(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
     reference = store.read_manifest(ctx.models["dpo"])["reference"]  # the generator it was trained against
     ref_dir = store.fetch_folder(reference)
     base = adapter_base(ref_dir)
-    reward, logp = dpo_model.score(store.fetch_folder(ctx.models["dpo"]), ref_dir, store.fetch_folder(base) if base else None,
-                                   [s["prompt"] for s in samples], [s["completion"] for s in samples],
-                                   serving.placement(ctx.cfg))
-    # Two forward passes of the generator's size (the verifier, and its reference) per sample.
-    ctx.flops["dpo"] = 2 * generation_flops(samples, ctx)
-    ctx.flops["dpo_likelihood"] = generation_flops(samples, ctx)  # (read off the same pass)
-    return dpo_scores(reward, logp)
+    out = dpo_model.score(store.fetch_folder(ctx.models["dpo"]), ref_dir, store.fetch_folder(base) if base else None,
+                          [s["prompt"] for s in samples], [s["completion"] for s in samples],
+                          serving.placement(ctx.cfg), steps=_steps(samples, ctx))
+    for s, q in zip(samples, out.steps):
+        s["implicit_scores"] = [sigmoid(x) for x in q]  # P(right | the first t steps), for first-error F1
+    # Two forward passes of the generator's size (the verifier, and its reference) per sample; the
+    # implicit PRM's step scores and the likelihood are read off the same passes.
+    cost = 2 * generation_flops(samples, ctx)
+    ctx.flops.update({"dpo": cost, "implicit_min": cost, "implicit_mean": cost,
+                      "dpo_likelihood": generation_flops(samples, ctx)})
+    return dpo_scores(out.reward, out.mean_logp, out.steps)
 
 
-def dpo_scores(reward: list[float], logp: list[float]) -> dict[str, list[float]]:
-    """The DPO verifier's scores from its rewards r and mean token log-likelihoods (module docstring)."""
-    return {"dpo": [float(r) for r in reward], "dpo_likelihood": [math.exp(x) for x in logp]}
+def dpo_scores(reward: list[float], logp: list[float], steps: list[list[float]]) -> dict[str, list[float]]:
+    """The DPO verifier's scores from its rewards r, mean token log-likelihoods and the implicit PRM's
+    q_t per step (module docstring): `implicit_min` and `implicit_mean` rank by the worst and the mean
+    step; the last step's q is r itself, `dpo`."""
+    return {"dpo": [float(r) for r in reward], "dpo_likelihood": [math.exp(x) for x in logp],
+            "implicit_min": [min(q) if q else 0.0 for q in steps],
+            "implicit_mean": [sum(q) / len(q) if q else 0.0 for q in steps]}
 
 
 @verifier("calc", when=lambda ctx: hasattr(ctx.family, "calculator_labels"))

@@ -322,11 +322,16 @@ def _datasets():
 
 
 def write_rows(rows: list[dict], uri: str, meta: dict[str, Any] | None = None) -> dict:
-    """Publish rows as one parquet file plus a manifest with the row count."""
+    """Publish rows as one parquet file plus a manifest with the row count. Every key of any row is a
+    column (None where a row lacks it): `datasets.Dataset.from_list` takes its columns from the first
+    row alone and drops, silently, a key only later rows carry (evaluate's sampled rows follow greedy
+    ones that have no verifier scores)."""
     datasets = _datasets()
 
+    columns = list(dict.fromkeys(k for r in rows for k in r))
     with tempfile.TemporaryDirectory() as tmp:
-        ds = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({})
+        ds = (datasets.Dataset.from_list([{k: r.get(k) for k in columns} for r in rows]) if rows
+              else datasets.Dataset.from_dict({}))
         ds.to_parquet(str(Path(tmp) / "data.parquet"))
         return publish_folder(tmp, uri, {"rows": len(rows), "kind": "dataset", **(meta or {})})
 

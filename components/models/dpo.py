@@ -9,6 +9,15 @@ read where this was written, so its own wording of the rule is unchecked), so no
 likelihood per token is also reported, so the two readings can be compared on the same pool
 (components/evaluation/verifiers.py: `dpo`, `dpo_likelihood`).
 
+The same model is an implicit PRM (Yuan et al. 2024, "Free Process Rewards without Process Labels",
+arXiv 2412.01981, eq. 2-3): with r parameterised as that log-ratio, the Q-value of a prefix y_<=t is
+
+    q_t = sum_{i <= t} beta * log(pi_dpo(y_i | x, y_<i) / pi_ref(y_i | x, y_<i))
+
+so each step's score is q at the step's last token, cumulative from the solution's start (the last
+step's is r itself: it takes the tokens after its text too, the EOS among them), and sigmoid(q_t) reads
+as P(the solution is right | its first t steps), thresholded at 0.5 like a PRM's step score.
+
 Training is TRL's DPOTrainer (sigmoid loss). The reference log-probabilities are computed once before
 training (`precompute_ref_log_probs`), so only one copy of the weights is held while it trains.
 """
@@ -18,6 +27,7 @@ import itertools
 import json
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -45,22 +55,33 @@ def preference_pairs(rows: list[dict], per_problem: int, seed: int) -> list[dict
     return pairs
 
 
-def completion_logps(model, tok, prompts: list[str], completions: list[str], batch_size: int = 16,
-                     counts: list[int] | None = None) -> list[float]:
-    """Sum of log P(completion token | what precedes) per pair, the completion starting where the
-    tokenized prompt and prompt + completion part, and ending with the tokenizer's EOS (TRL 1.16's
-    DPOTrainer appends it to every chosen and rejected text: scored without it, a verifier's reward
-    would lack the term that tells a finished solution from one cut off); each completion's number of
-    tokens is appended to `counts` when given."""
+def encode(tok, prompts: list[str], completions: list[str]) -> list[tuple[list[int], int, list[tuple[int, int]]]]:
+    """Per pair: (ids of prompt + completion + EOS, where the completion's tokens start: where the
+    tokenized prompt and prompt + completion part, each completion token's character span in the
+    completion). The EOS is TRL 1.16's: its DPOTrainer appends it to every chosen and rejected text;
+    scored without it, a verifier's reward would lack the term that tells a finished solution from one
+    cut off."""
+    eos = tok.eos_token or ""
+    out = []
+    for p, c in zip(prompts, completions):
+        enc = tok(p + (c if c.endswith(eos) else c + eos), return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        cut = max(1, _common_prefix(tok(p)["input_ids"], ids))
+        out.append((ids, cut, [(a - len(p), b - len(p)) for a, b in enc["offset_mapping"][cut:]]))
+    return out
+
+
+def token_logps(model, tok, encoded: list[tuple[list[int], int, list]], batch_size: int = 16) -> list[list[float]]:
+    """log P(token | what precedes) for each completion token of each `encode`d pair."""
     from components.models.causal_lm import token_logprobs
 
-    eos = tok.eos_token or ""
-    full = [tok(p + (c if c.endswith(eos) else c + eos))["input_ids"] for p, c in zip(prompts, completions)]
-    cut = [max(1, _common_prefix(tok(p)["input_ids"], f)) for p, f in zip(prompts, full)]
-    lps = token_logprobs(model, full, tok.pad_token_id or 0, batch_size)
-    if counts is not None:
-        counts += [len(f) - c for f, c in zip(full, cut)]
-    return [sum(lp[c:]) for lp, c in zip(lps, cut)]
+    lps = token_logprobs(model, [ids for ids, _, _ in encoded], tok.pad_token_id or 0, batch_size)
+    return [lp[cut:] for lp, (_, cut, _) in zip(lps, encoded)]
+
+
+def completion_logps(model, tok, prompts: list[str], completions: list[str], batch_size: int = 16) -> list[float]:
+    """Sum of log P(completion token | what precedes) per pair, EOS included (`encode`)."""
+    return [sum(lp) for lp in token_logps(model, tok, encode(tok, prompts, completions), batch_size)]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -83,20 +104,46 @@ def load_policy(init_dir: str | Path, base_dir: str | Path | None, load_args: di
     return PeftModel.from_pretrained(base, str(init_dir)).merge_and_unload()
 
 
+@dataclass
+class Scores:
+    reward: list[float]  # r = beta * (log pi - log pi_ref) per solution, over its tokens and the EOS
+    mean_logp: list[float]  # the verifier's mean token log-probability per solution
+    steps: list[list[float]]  # the implicit PRM's q_t per step (module docstring); [] without `steps`
+
+
 def score(verifier_dir: str | Path, reference_dir: str | Path, reference_base_dir: str | Path | None,
-          prompts: list[str], completions: list[str], placement: Placement = CPU) -> tuple[list[float], list[float]]:
-    """(DPO's implicit reward beta * (log pi - log pi_ref), the verifier's mean token log-probability) per
-    solution; the reference is the generator the verifier was trained from (a LoRA adapter on its base)."""
+          prompts: list[str], completions: list[str], placement: Placement = CPU,
+          steps: list[list[str]] | None = None) -> Scores:
+    """The DPO verifier's scores of each solution; the reference is the generator it was trained from
+    (a LoRA adapter on its base). `steps`: each solution's steps (stripped pieces of its text, in
+    order), for the implicit PRM's step scores."""
     from transformers import AutoTokenizer
 
     beta, tok = load_beta(verifier_dir), AutoTokenizer.from_pretrained(str(verifier_dir))
-    counts: list[int] = []
+    encoded = encode(tok, prompts, completions)
     model = load_policy(verifier_dir, None, placement.load_args()).to(placement.device)
-    logp = completion_logps(model, tok, prompts, completions, counts=counts)
+    logp = token_logps(model, tok, encoded)
     del model  # one model in memory at a time
     model = load_policy(reference_dir, reference_base_dir, placement.load_args()).to(placement.device)
-    ref = completion_logps(model, tok, prompts, completions)
-    return [beta * (a - b) for a, b in zip(logp, ref)], [x / max(1, n) for x, n in zip(logp, counts)]
+    ratios = [[beta * (a - b) for a, b in zip(lp, ref)] for lp, ref in zip(logp, token_logps(model, tok, encoded))]
+    q = [] if steps is None else [step_q(c, st, spans, r) for c, st, (_, _, spans), r
+                                 in zip(completions, steps, encoded, ratios)]
+    return Scores([sum(r) for r in ratios], [sum(lp) / max(1, len(lp)) for lp in logp], q)
+
+
+def step_q(completion: str, steps: list[str], spans: list[tuple[int, int]], ratios: list[float]) -> list[float]:
+    """The implicit PRM's q_t for each step: the summed token log-ratios (already times beta) of every
+    token that starts before the step's text ends; the last step's takes every token. A step not found
+    in the text gets the q of the one before it."""
+    from components.labeling.confidence import step_spans
+
+    out, i, q = [], 0, 0.0
+    for t, span in enumerate(step_spans(completion, steps)):
+        end = float("inf") if t == len(steps) - 1 else (span[1] if span else None)
+        while end is not None and i < len(ratios) and spans[i][0] < end:
+            q, i = q + ratios[i], i + 1
+        out.append(q)
+    return out
 
 
 def train_dpo(init_dir: str | Path, out_dir: str | Path, pairs: list[dict], beta: float, epochs: float, lr: float,
