@@ -329,6 +329,15 @@ class SFTConfig(TrainConfig):
     min_kept: int = Field(1, ge=1)
 
 
+class CalibrateConfig(Strict):
+    """The PRM as a label source (`prm`, `prm+mc`, `labels`) calls a step wrong below the threshold its
+    training chose on its held-back traces (the one maximising their first-error F1 against their
+    labels; saved in the checkpoint's prm_format.json, in MLflow as train_prm/calibrated_threshold),
+    instead of the fixed 0.5 (off). Its scores are mapped so that threshold falls at 0.5: the filter,
+    `prm_unsure` and the quality report read them as before. Evaluation reports the PRM's F1 at both."""
+    enabled: bool = False
+
+
 class PRMConfig(Strict):
     enabled: bool = True
     init_from: Literal["generator", "previous"] = "generator"
@@ -339,6 +348,7 @@ class PRMConfig(Strict):
     soft: bool = True  # train on MC fractions as floats (BCE) rather than hard labels
     balance: bool = False  # weigh bad steps n_good / n_bad in the loss (they are rare)
     scorer: Literal["transformers", "vllm"] = "transformers"
+    calibrate: CalibrateConfig = CalibrateConfig()
 
 
 class ORMConfig(Strict):

@@ -56,6 +56,46 @@ def test_prm_and_prm_plus_mc_sources(scored_gold, tiny_model_uri):
         prm_stage.run(c, f"{base}/prm2", tiny_model_uri, 2, [f"{base}/scored-prm"])
 
 
+def test_a_calibrated_prm_labels_steps_at_the_threshold_its_training_chose(scored_gold, tiny_model_uri, tmp_path):
+    """`prm.calibrate`: a step is wrong below the PRM's own calibrated threshold (saved with it), and
+    its scores are centred there so the filter reads them at 0.5; off, the fixed 0.5."""
+    import json
+    import shutil
+    import statistics
+
+    from components.labeling.step_labels import centred, first_error_from_scores
+    from components.models import prm
+
+    cfg, base, _ = scored_gold
+    if not store.is_published(f"{base}/prm"):
+        prm_stage.run(cfg, f"{base}/prm", tiny_model_uri, 1, [f"{base}/scored-gold"])
+    plain = with_scoring(cfg, label_source="prm")
+    score.run(plain, f"{base}/scored-prm-fixed", tiny_model_uri, f"{base}/candidates", 2, prm_uri=f"{base}/prm")
+    raw = {(r["problem_id"], r["sample"]): r for r in store.read_rows(f"{base}/scored-prm-fixed") if r["steps"]}
+    assert all(r["label_first_error"] == first_error_from_scores(r["step_scores"]) for r in raw.values())
+    # A PRM whose training chose the median of these scores: most first errors move.
+    t = statistics.median(x for r in raw.values() for x in r["step_scores"])
+    folder = tmp_path / "prm-t"
+    shutil.copytree(store.fetch_folder(f"{base}/prm"), folder)
+    fmt = prm.load_format(folder)
+    (folder / prm.FORMAT_FILE).write_text(json.dumps({**fmt, "threshold": t}))
+    store.publish_folder(folder, f"{base}/prm-t", {"kind": "prm"})
+    on = plain.model_copy(update={"prm": plain.prm.model_copy(update={"calibrate": {"enabled": True}})})
+    on = type(plain).model_validate(on.model_dump())
+    m = score.run(on, f"{base}/scored-prm-t", tiny_model_uri, f"{base}/candidates", 2, prm_uri=f"{base}/prm-t")
+    assert m["prm_threshold"] == t
+    rows = [r for r in store.read_rows(f"{base}/scored-prm-t") if r["steps"]]
+    assert len(rows) == len(raw)
+    moved = 0
+    for r in rows:
+        before = raw[(r["problem_id"], r["sample"])]
+        assert r["label_first_error"] == first_error_from_scores(before["step_scores"], t)
+        assert r["step_scores"] == pytest.approx([centred(x, t) for x in before["step_scores"]])
+        assert r["step_labels"] == [int(x >= t) for x in before["step_scores"]]
+        moved += r["label_first_error"] != before["label_first_error"]
+    assert moved > 0
+
+
 # ------------------------------------------------------------- the sources of the PRM literature
 
 TINY_JUDGE = {"first_error_template": "{problem}\n{steps}\n==", "step_line": "{index} {step}",

@@ -80,6 +80,46 @@ def test_learns_planted_first_error(planted_prm, smoke_family):
     assert q["f1"] >= 0.8, q
 
 
+def test_a_threshold_is_calibrated_only_on_enough_labelled_traces():
+    from components.labeling.quality import calibrate_threshold
+
+    # Wrong steps score 0.6-0.7, right ones 0.8-0.95: at 0.5 no error is found (F1 0); between the two
+    # bands every first error is.
+    good, bad = [0.8, 0.9, 0.95], [0.6, 0.65, 0.7]
+    scores = [[good[i % 3], bad[i % 3], 0.3] for i in range(6)] + [[good[i % 3], good[(i + 1) % 3]] for i in range(6)]
+    gold = [1] * 6 + [-1] * 6
+    cal = calibrate_threshold(scores, gold)
+    assert cal["f1_default"] == 0.0 and cal["f1"] == 1.0 and cal["calibrated"] == 1.0
+    assert 0.7 < cal["threshold"] <= 0.8
+    # Four erroneous traces are too few to move it (min_each=5): the default stays, and says so.
+    few = calibrate_threshold(scores[2:], gold[2:])
+    assert few["threshold"] == 0.5 and few["calibrated"] == 0.0 and few["n_erroneous"] == 4
+
+
+def test_the_threshold_chosen_on_held_back_traces_finds_first_errors_at_0_5_missed(tiny_model_dir, smoke_family, tmp_path):
+    """Monte Carlo's soft labels from a weak generator: rollouts from a right step reach the answer
+    a fraction of the time (here 30%), from a wrong one never. The PRM learns just that, so at the fixed
+    0.5 it calls every trace wrong from its first step; the threshold its training chose on its own
+    held-back traces (against their labels' first errors) names the first errors of traces it never saw."""
+    rng = random.Random(3)
+    train = [dict(t, labels=[0.3 * y for y in t["labels"]])
+             for t in (planted_trace(smoke_family, p, rng) for p in smoke_family.problems("bootstrap")[:1200])]
+    stats = prm.train_prm(tiny_model_dir, tmp_path / "mc", train, epochs=4, lr=2e-3, batch_size=32, seed=0,
+                          soft=True, threads=THREADS)
+    t = prm.load_format(tmp_path / "mc")["threshold"]
+    assert t == stats["calibrated_threshold"] < 0.3, stats
+    assert stats["heldout_f1"] < 0.3 and stats["heldout_f1_calibrated"] >= 0.8, stats
+
+    traces = held_out_traces(smoke_family, seed=1)
+    scores = prm_scoring.load_scorer("transformers", tmp_path / "mc").score([x["prompt"] for x in traces],
+                                                                            [x["steps"] for x in traces])
+    gold = [x["first_error"] for x in traces]
+    at = {th: first_error_f1([first_error_from_scores(s, th) for s in scores], gold)["f1"] for th in (0.5, t)}
+    print(f"calibrated on held-back traces: {t:.4g}; F1 there {stats['heldout_f1']:.3f} -> "
+          f"{stats['heldout_f1_calibrated']:.3f}; on {len(traces)} unseen traces {at}")
+    assert at[0.5] < 0.3 and at[t] >= 0.8, at
+
+
 def test_auroc_by_ranks():
     assert prm.auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75
     assert prm.auroc([0.5, 0.5, 0.5], [True, False, True]) == 0.5  # ties count half
@@ -137,11 +177,14 @@ def test_unlabeled_steps_are_not_trained_on(tiny_model_dir, smoke_family, tmp_pa
 def test_format_file_is_the_source_of_truth(planted_prm, tmp_path):
     from transformers import AutoTokenizer
 
-    model_dir, _ = planted_prm
+    model_dir, stats = planted_prm
     fmt = json.loads((model_dir / prm.FORMAT_FILE).read_text())
     tag_id = AutoTokenizer.from_pretrained(str(model_dir)).convert_tokens_to_ids("<step>")
+    calibrated = {k: fmt.pop(k) for k in ("threshold", "threshold_heldout_f1")}
     assert fmt == {"step_tag": "<step>", "step_tag_id": tag_id, "template": "{step}<step>\n", "step_separator": "\n",
                    "label_convention": "class 1 = good; soft labels = P(good)", "positive_class": 1}
+    assert calibrated == {"threshold": stats["calibrated_threshold"], "threshold_heldout_f1": stats["heldout_f1_calibrated"]}
+    fmt.update(calibrated)
     assert prm.load_format(model_dir) == fmt == prm_scoring.load_scorer("transformers", model_dir).fmt
     assert prm.format_input("1 +1\n", ["1+1=2", "Answer: 2"]) == "1 +1\n1+1=2<step>\nAnswer: 2<step>\n"
 
@@ -162,7 +205,8 @@ def test_format_file_is_the_source_of_truth(planted_prm, tmp_path):
     again = tmp_path / "again"
     prm.train_prm(model_dir, again, [{"prompt": "1 +1\n", "steps": ["1+1=2", "Answer: 2"], "labels": [1, 1]}],
                   1, 1e-4, 4, 0, soft=False, heldout_fraction=0, threads=THREADS)
-    assert prm.load_format(again) == fmt
+    # nothing held back: nothing to calibrate on, so the fixed 0.5
+    assert prm.load_format(again) == {**fmt, "threshold": 0.5, "threshold_heldout_f1": None}
     assert len(AutoTokenizer.from_pretrained(str(again))) == len(AutoTokenizer.from_pretrained(str(model_dir)))
 
 

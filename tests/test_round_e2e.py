@@ -101,6 +101,12 @@ def test_mlflow_parent_has_child_runs_with_eval_metrics(loop_result, s3_cfg):
                    for x in store.read_rows(Layout.of(s3_cfg).round(int(n), "eval")) if x["kind"] == "sample"]
         assert_reported(m, "evaluate/prm_f1", prm_f1(sampled))
         assert_reported(m, "evaluate/prm_calc_f1", prm_f1(sampled, calculator=True))
+        # ...and at the threshold the PRM's training chose on its held-back traces (saved with it)
+        from components.models import prm
+
+        t = prm.load_format(store.fetch_folder(store.read_manifest(Layout.of(s3_cfg).round(int(n), "eval"))["prm"]))["threshold"]
+        assert t == m["train_prm/calibrated_threshold"]
+        assert_reported(m, "evaluate/prm_f1_calibrated", prm_f1(sampled, threshold=t))
         # ...and the DPO verifier's, read as an implicit PRM: sigmoid(q_t) per step, the last q_t its reward
         assert all(len(x["implicit_scores"]) == len(fam.split_steps(x["completion"])) for x in sampled)
         assert all(bestofk.sigmoid(x["scores"]["dpo"]) == pytest.approx(x["implicit_scores"][-1])

@@ -97,8 +97,14 @@ def planted_dpo(tiny_model_dir, smoke_family, tmp_path_factory):
     out = tmp_path_factory.mktemp("dpo") / "planted"
     # lr 5e-4, 3 epochs, ~850 pairs: held-out within-problem AUROC 0.98-0.995 for 4 of 4 seeds here;
     # at 1e-3 and at 2e-3 with half the pairs one seed each stalled near 0.8.
+    # Labelled traces of other problems (the train split's), which choose the implicit PRM's threshold.
+    from tests.test_prm import planted_trace
+
+    rng = random.Random(11)
+    calibration = [dict(t, completion=smoke_family.steps_text(t["steps"]))
+                   for t in (planted_trace(smoke_family, p, rng, p_clean=1 / 2) for p in smoke_family.problems("train")[:200])]
     stats = dpo.train_dpo(tiny_model_dir, out, dpo.preference_pairs(rows, per_problem=2, seed=0), beta=0.1,
-                          epochs=3, lr=5e-4, batch_size=16, seed=0, threads=THREADS)
+                          epochs=3, lr=5e-4, batch_size=16, seed=0, threads=THREADS, calibration=calibration)
     return out, stats
 
 
@@ -177,9 +183,10 @@ def test_dpo_score_of_a_training_pair_is_the_reward_trl_logs(planted_dpo, tiny_m
     reward = dpo.score(model_dir, tiny_model_dir, None, [p["prompt"] for p in pairs] * 2,
                        [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]).reward
     n = len(pairs)  # within float32 batching noise (TRL pads chosen and rejected into one batch, we do
-    # not): 1e-4 relative, ~1e-3 here; the EOS left out was ~0.1
-    assert sum(reward[:n]) / n == pytest.approx(logged["eval_rewards/chosen"], rel=1e-4, abs=1e-4), logged
-    assert sum(reward[n:]) / n == pytest.approx(logged["eval_rewards/rejected"], rel=1e-4, abs=1e-4), logged
+    # not): measured 1.2e-4 and 3.0e-4 relative (mean rewards -2.9 and -8.4, two trainings of the verifier),
+    # which failed the 1e-4 bar this had; the EOS left out was ~0.1, 1-3% of such rewards
+    assert sum(reward[:n]) / n == pytest.approx(logged["eval_rewards/chosen"], rel=1e-3, abs=1e-4), logged
+    assert sum(reward[n:]) / n == pytest.approx(logged["eval_rewards/rejected"], rel=1e-3, abs=1e-4), logged
 
 
 def _logp_by_hand(model, tok, prompt: str, text: str) -> float:
@@ -220,15 +227,15 @@ def test_the_implicit_prms_worst_step_tells_right_from_wrong_solutions_it_never_
     """Process rewards without process labels: the DPO verifier, trained only on which answer was right,
     ranks held-out solutions by their worst step's q_t (`implicit_min`) with right ones above those with a
     slip (an untrained verifier's ratio is 0 everywhere: AUROC 0.5). Its first-error F1 at the PRM's
-    fixed threshold is printed, not asserted: here (2 steps a trace) q_t is already below 0 after the
-    first step of right solutions too, DPO having lowered their likelihood as well, so sigmoid(q_t) < 0.5
-    calls nearly every step wrong; a threshold chosen on labelled traces is #31's item 3."""
+    fixed threshold is poor: here q_t is already below 0 after the first step of right solutions too,
+    DPO having lowered their likelihood as well, so sigmoid(q_t) < 0.5 calls nearly every step wrong.
+    The threshold its training chose on labelled traces of other problems does better on these."""
     from components.evaluation.bestofk import sigmoid
     from components.evaluation.heldout import prm_first_error_f1
     from components.evaluation.verifiers import dpo_scores
     from tests.test_prm import planted_trace
 
-    model_dir, _ = planted_dpo
+    model_dir, stats = planted_dpo
     rng = random.Random(7)
     traces = [planted_trace(smoke_family, p, rng, p_clean=1 / 2) for p in smoke_family.problems("eval")]
     texts = [smoke_family.steps_text(t["steps"]) for t in traces]
@@ -237,8 +244,12 @@ def test_the_implicit_prms_worst_step_tells_right_from_wrong_solutions_it_never_
     right = [t["first_error"] < 0 for t in traces]
     assert 0.3 < sum(right) / len(right) < 0.8  # both kinds
     auroc = prm.auroc(dpo_scores(got.reward, got.mean_logp, got.steps)["implicit_min"], right)
-    f1 = prm_first_error_f1([{"implicit_scores": [sigmoid(x) for x in q], "gold_first_error": t["first_error"]}
-                             for q, t in zip(got.steps, traces)], key="implicit_scores")
+    rows = [{"implicit_scores": [sigmoid(x) for x in q], "gold_first_error": t["first_error"]} for q, t in zip(got.steps, traces)]
+    t = dpo.step_threshold(model_dir)
+    f1 = {th: prm_first_error_f1(rows, th, key="implicit_scores")["f1"] for th in (0.5, t)}
     print(f"implicit PRM on {len(traces)} held-out planted traces: implicit_min AUROC {auroc:.3f}; "
-          f"first-error F1 at sigmoid(q) = 0.5: {f1}")
+          f"first-error F1 at sigmoid(q) = 0.5 and at the calibrated {t:.4g}: {f1}; training's {stats}")
     assert auroc >= 0.85, auroc
+    # (the train split's traces on prompts the bootstrap's pairs also hold are left out: 80 of 200 here)
+    assert t == stats["implicit_threshold"] and 0 < stats["calibration_traces"] <= 200
+    assert f1[t] >= f1[0.5] + 0.2, f1  # measured 0.27 against 0.0

@@ -66,9 +66,11 @@ def prm_first_error_f1(samples: list[dict], threshold: float = 0.5, calculator: 
 
 
 def round_metrics(greedy: list[dict], samples: list[dict], with_prm: bool,
-                  same: Callable[[str, str], bool] = operator.eq) -> dict[str, float]:
+                  same: Callable[[str, str], bool] = operator.eq,
+                  thresholds: dict[str, float] | None = None) -> dict[str, float]:
     """pass@1 per difficulty and overall from the greedy rows; maj@k, best-of-k (and PRM F1) from the
-    sampled rows, grouped by problem, per difficulty and overall."""
+    sampled rows, grouped by problem, per difficulty and overall. `thresholds`: a verifier's calibrated
+    step threshold by its scores' key ("prm_scores"): its F1 at it too (`prm_f1_calibrated`)."""
     levels = sorted({r["difficulty"] for r in greedy})
     by_problem: dict[str, list[dict]] = {}
     for s in samples:
@@ -88,6 +90,8 @@ def round_metrics(greedy: list[dict], samples: list[dict], with_prm: bool,
     for name, with_calc, key in ([("prm", False, "prm_scores")] + ([("prm_calc", True, "prm_scores")] if calc else [])
                                  if with_prm else []) + ([("implicit", False, "implicit_scores")] if implicit else []):
         metrics.update({f"{name}_{k}": v for k, v in prm_first_error_f1(samples, calculator=with_calc, key=key).items()})
+        if key in (thresholds or {}):
+            metrics[f"{name}_f1_calibrated"] = prm_first_error_f1(samples, thresholds[key], with_calc, key)["f1"]
         for n in levels:  # per difficulty: is the PRM right where the generator is being pushed?
             at = [s for s in samples if s["difficulty"] == n]
             if at:

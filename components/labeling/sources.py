@@ -24,7 +24,8 @@ from typing import Callable
 
 from components.config import RunConfig
 from components.data.families import Family, Problem
-from components.labeling.step_labels import StepLabels, first_error_from_scores, first_error_of, from_first_error
+from components.labeling.step_labels import StepLabels, centred, first_error_from_scores, first_error_of, from_first_error
+from components.models import prm as prm_model
 
 
 @dataclass
@@ -91,7 +92,7 @@ def source(name: str, needs: tuple[str, ...] = (), uses_prm: bool = False, impor
 # How a source's stats add up over the parts of a round (a stage split by problem): counts add (the
 # default), these do not. A ratio is recomputed from its counts; None (e.g. judge_tokens of a remote
 # judge that does not count) stays None.
-MAX_STATS = frozenset({"mc_levels"})
+MAX_STATS = frozenset({"mc_levels", "prm_threshold"})  # the same in every part, or a maximum
 RATIO_STATS = {"consensus_step_agreement": ("consensus_steps_agreeing", "consensus_steps_compared")}
 
 
@@ -297,9 +298,13 @@ def _unsure(labels: list[StepLabels], cfg: RunConfig) -> list[int]:
 
 @source("prm", needs=("prm",), uses_prm=True)
 def prm(batch: Batch, cfg: RunConfig, engines: Engines):
-    scores = engines.get("prm").score([p.prompt for p in batch.problems], batch.steps)
-    out = [StepLabels(list(s), [int(x >= 0.5) for x in s], first_error_from_scores(s)) for s in scores]
-    return out, {"prm_unsure": len(_unsure(out, cfg))}
+    """`prm.calibrate`: a step is wrong below the threshold the PRM's training chose on held-back
+    traces (its scores centred on it), else below 0.5."""
+    scorer = engines.get("prm")
+    t = prm_model.threshold(scorer.fmt) if cfg.prm.calibrate.enabled else 0.5
+    scores = [[centred(x, t) for x in s] for s in scorer.score([p.prompt for p in batch.problems], batch.steps)]
+    out = [StepLabels(s, [int(x >= 0.5) for x in s], first_error_from_scores(s)) for s in scores]
+    return out, {"prm_unsure": len(_unsure(out, cfg)), "prm_threshold": t}
 
 
 # A PRM trained on imported human labels scores the traces.
@@ -309,11 +314,11 @@ source("labels", needs=("prm",), uses_prm=True, imported=True)(prm)
 @source("prm+mc", needs=("prm", "generator"), uses_prm=True)
 def prm_mc(batch: Batch, cfg: RunConfig, engines: Engines):
     """The PRM's scores, replaced by Monte Carlo's on traces where the PRM is unsure."""
-    out, _ = prm(batch, cfg, engines)
+    out, prm_stats = prm(batch, cfg, engines)
     unsure = _unsure(out, cfg)
     stats: dict = {}
     if unsure:
         mc, stats = label("mc", batch.subset(unsure), cfg, engines)
         for i, lab in zip(unsure, mc):
             out[i] = lab
-    return out, {**stats, "prm_unsure": len(unsure)}
+    return out, {**stats, **prm_stats, "prm_unsure": len(unsure)}

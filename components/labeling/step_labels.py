@@ -29,3 +29,11 @@ def first_error_of(labels: list[int | None]) -> int:
 def first_error_from_scores(scores: list[float], threshold: float = 0.5) -> int:
     """Index of the first step with P(good) < threshold, or -1 (ProcessBench's "no error")."""
     return next((i for i, s in enumerate(scores) if s < threshold), -1)
+
+
+def centred(score: float, threshold: float) -> float:
+    """A step score mapped monotonically so `threshold` falls at 0.5 ([0, t] -> [0, 0.5], [t, 1] ->
+    [0.5, 1]): a source with its own threshold hands the filter scores it reads at 0.5 like any."""
+    if score < threshold:
+        return 0.5 * score / threshold
+    return 1.0 if threshold >= 1 else 0.5 + 0.5 * (score - threshold) / (1 - threshold)

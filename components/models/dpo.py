@@ -16,7 +16,10 @@ arXiv 2412.01981, eq. 2-3): with r parameterised as that log-ratio, the Q-value 
 
 so each step's score is q at the step's last token, cumulative from the solution's start (the last
 step's is r itself: it takes the tokens after its text too, the EOS among them), and sigmoid(q_t) reads
-as P(the solution is right | its first t steps), thresholded at 0.5 like a PRM's step score.
+as P(the solution is right | its first t steps). Thresholded at 0.5 it names almost every step wrong
+(q_t < 0 from the first steps on, right solutions included: tests/test_verifiers.py), so training also
+chooses the threshold on sigmoid(q_t) that names the first errors of labelled traces of problems it
+never trained on best (`calibration`; components/labeling/quality.py), saved with the verifier.
 
 Training is TRL's DPOTrainer (sigmoid loss). The reference log-probabilities are computed once before
 training (`precompute_ref_log_probs`), so only one copy of the weights is held while it trains.
@@ -31,11 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from components.evaluation.bestofk import sigmoid
+from components.labeling.quality import calibrate_threshold
 from components.models.causal_lm import progress_callback, warmup_steps
 from components.models.hardware import CPU, Placement, data_parallel_size, per_process_batch
 from components.models.prm import _heldout_prompts, auroc, within_auroc
 
 FORMAT_FILE = "dpo_verifier.json"
+CALIBRATION_TRACES = 512  # labelled traces that choose the implicit PRM's threshold, at most
 
 
 def preference_pairs(rows: list[dict], per_problem: int, seed: int) -> list[dict]:
@@ -149,10 +155,12 @@ def step_q(completion: str, steps: list[str], spans: list[tuple[int, int]], rati
 def train_dpo(init_dir: str | Path, out_dir: str | Path, pairs: list[dict], beta: float, epochs: float, lr: float,
               batch_size: int, seed: int, base_dir: str | Path | None = None, heldout_fraction: float = 0.1,
               log: Callable[[int, dict], None] | None = None, placement: Placement = CPU,
-              threads: int | None = None) -> dict:
+              threads: int | None = None, calibration: list[dict] | None = None) -> dict:
     """Train the verifier from the generator in `init_dir` (a LoRA adapter on `base_dir`) on `pairs`
     and save it with its tokenizer and FORMAT_FILE. A tenth of the problems is held out: the implicit
-    reward's pair accuracy and AUROC (right vs wrong solutions) there are measured on pairs it never saw."""
+    reward's pair accuracy and AUROC (right vs wrong solutions) there are measured on pairs it never saw.
+    `calibration`: labelled traces {prompt, completion, steps, first_error}; those of problems it does
+    not train on (up to CALIBRATION_TRACES) choose the implicit PRM's step threshold."""
     import torch
     from components.models.hardware import cpu_threads
     from datasets import Dataset
@@ -177,6 +185,10 @@ def train_dpo(init_dir: str | Path, out_dir: str | Path, pairs: list[dict], beta
                                 [p["chosen"] for p in test] + [p["rejected"] for p in test])
 
     ref = logps(model) if test else []
+    trained_on = {p["prompt"] for p in train}
+    cal = [r for r in calibration or [] if r["prompt"] not in trained_on and r["steps"]][:CALIBRATION_TRACES]
+    cal_enc = encode(tok, [r["prompt"] for r in cal], [r["completion"] for r in cal])
+    cal_ref = token_logps(model.eval(), tok, cal_enc) if cal else []
     steps = max(1, int(len(train) * epochs / batch_size + 0.999))
     points: list[tuple[int, float]] = []
 
@@ -206,12 +218,15 @@ def train_dpo(init_dir: str | Path, out_dir: str | Path, pairs: list[dict], beta
     model.config.use_cache = True  # the Trainer turned the KV cache off for training
     rewards = [beta * (a - b) for a, b in zip(logps(model), ref)]
     n = len(test)
+    q = [step_q(r["completion"], r["steps"], spans, [beta * (a - b) for a, b in zip(lp, lr)])
+         for r, (_, _, spans), lp, lr in zip(cal, cal_enc, token_logps(model.eval(), tok, cal_enc) if cal else [], cal_ref)]
+    threshold = calibrate_threshold([[sigmoid(x) for x in qs] for qs in q], [r["first_error"] for r in cal])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to("cpu").save_pretrained(str(out_dir))
     tok.save_pretrained(str(out_dir))
-    (out_dir / FORMAT_FILE).write_text(json.dumps({"kind": "dpo", "beta": beta, "score": "beta * (log pi - log pi_ref)"},
-                                                  indent=2) + "\n")
+    (out_dir / FORMAT_FILE).write_text(json.dumps({"kind": "dpo", "beta": beta, "score": "beta * (log pi - log pi_ref)",
+                                                   "step_threshold": threshold["threshold"]}, indent=2) + "\n")
     shutil.rmtree(out_dir / "_trainer", ignore_errors=True)
     params, tokens = model.num_parameters(), int(trainer.state.num_input_tokens_seen)
     losses = [loss for _, loss in points] or [float("nan")]
@@ -220,12 +235,20 @@ def train_dpo(init_dir: str | Path, out_dir: str | Path, pairs: list[dict], beta
             "params": params, "train_tokens": tokens,
             # 6 x params x tokens to train, plus one reference forward pass (2 x) over the same tokens
             "train_flops": 8.0 * params * tokens, "loss_curve": points,
-            "n_train": len(train), "n_heldout": n,
+            "n_train": len(train), "n_heldout": n, "calibration_traces": len(cal),
+            # the implicit PRM's first-error F1 on those traces at sigmoid(q) 0.5 and at the chosen threshold
+            "heldout_implicit_f1": threshold["f1_default"], "heldout_implicit_f1_calibrated": threshold["f1"],
+            "implicit_threshold": threshold["threshold"],
             "heldout_pair_accuracy": sum(c > r for c, r in zip(rewards[:n], rewards[n:])) / n if n else float("nan"),
             # Across problems too: DPO's reward is a ratio per problem, not a calibrated P(right).
             "heldout_auroc": auroc(rewards, [True] * n + [False] * n) if n else float("nan"),
             "heldout_within_auroc": within_auroc(rewards, [True] * n + [False] * n, [p["prompt"] for p in test] * 2)
             if n else float("nan")}
+
+
+def step_threshold(model_dir: str | Path) -> float:
+    """The implicit PRM's calibrated threshold on sigmoid(q_t) (0.5 for a verifier saved without one)."""
+    return float(json.loads((Path(model_dir) / FORMAT_FILE).read_text()).get("step_threshold", 0.5))
 
 
 def load_beta(model_dir: str | Path) -> float:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from components.infra import progress
+from components.labeling.quality import calibrate_threshold
 from components.models.causal_lm import ensure_pad_token, fit
 from components.models.hardware import CPU, Placement
 
@@ -171,6 +172,22 @@ def _heldout_prompts(prompts: list[str], fraction: float, seed: int) -> set[str]
     return set(distinct[: max(0, n)])
 
 
+def labelled_first_error(labels: list[float]) -> int | None:
+    """A trace's first error by its labels (P(good) < 0.5), -1 for none; None when an unlabelled step
+    (NaN) comes first, so the first error is not known."""
+    for i, y in enumerate(labels):
+        if math.isnan(y):
+            return None
+        if y < 0.5:
+            return i
+    return -1
+
+
+def threshold(fmt: dict) -> float:
+    """The calibrated step threshold a checkpoint carries (0.5 for one trained before it was saved)."""
+    return float(fmt.get("threshold", 0.5))
+
+
 def auroc(scores: list[float], positives: list[bool]) -> float:
     """Mann-Whitney AUROC with average ranks for ties; NaN when one class is absent."""
     n_pos = sum(positives)
@@ -213,7 +230,9 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
               placement: Placement = CPU, step_separator: str = "\n", balance: bool = False) -> dict:
     """Train a PRM from a generator (causal LM) or a previous PRM dir; save model, tokenizer, format.
 
-    examples: {"prompt", "steps", "labels"} with one label per step (float P(good), None = unlabeled).
+    examples: {"prompt", "steps", "labels"} with one label per step (float P(good), None = unlabeled),
+    and optionally "first_error", the labeller's own verdict (a soft Monte Carlo label of a good step
+    may be under 0.5), which the threshold is calibrated against; else the labels' first one under 0.5.
     soft=True: cross-entropy against [1-y, y]; soft=False: labels must be 0/1 (plain cross-entropy).
     balance: bad steps (y < 0.5) weigh n_good / n_bad in the loss, so the rare class counts as much as
     the common one (in the loop's data a trace has at most one first error and many good steps).
@@ -273,12 +292,19 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
                        [examples[i]["steps"] for i in held_idx], batch_size, placement=placement)
     flat = [(p, y) for i, ps in zip(held_idx, probs) for p, y in zip(ps, labels[i]) if not math.isnan(y)]
     acc = sum((p >= 0.5) == (y >= 0.5) for p, y in flat) / len(flat) if flat else math.nan
+    # The step threshold that names the first error best on these held-back traces, against their
+    # labels (never the traces it is then used on): saved with the checkpoint for `prm.calibrate`.
+    gold = [examples[i]["first_error"] if "first_error" in examples[i] else labelled_first_error(labels[i]) for i in held_idx]
+    cal = calibrate_threshold(probs, gold)
+    fmt = {**fmt, "threshold": cal["threshold"], "threshold_heldout_f1": None if math.isnan(cal["f1"]) else cal["f1"]}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to("cpu").save_pretrained(str(out_dir))
     tok.save_pretrained(str(out_dir))
     (out_dir / FORMAT_FILE).write_text(json.dumps(fmt, indent=2) + "\n")
     return {**stats, "heldout_auroc": auroc([p for p, _ in flat], [y >= 0.5 for _, y in flat]),
+            "heldout_f1": cal["f1_default"], "heldout_f1_calibrated": cal["f1"], "calibrated_threshold": cal["threshold"],
+            "heldout_erroneous": cal["n_erroneous"], "heldout_correct": cal["n_correct"],
             "heldout_step_accuracy": acc, "n_train": len(train_idx), "n_heldout": len(held_idx),
             "n_train_steps": sum(len(pairs) for _, pairs in data), "bad_step_weight": w_bad,
             "bad_step_share": n_bad / max(1, n_bad + n_good)}

@@ -24,7 +24,16 @@ from components.stages import Stage
 STAGE = Stage("train-dpo", reads=("candidates", "model"), publishes="dpo", accelerator=True, data_parallel=True, isolated=True,
               metrics="train_dpo",
               summary=("{pairs:,} pairs", "loss {loss_first:.3f} -> {loss_last:.3f}",
-                       "held-out pairs ranked right {heldout_pair_accuracy:.0%}"))
+                       "held-out pairs ranked right {heldout_pair_accuracy:.0%}",
+                       "implicit PRM F1 {heldout_implicit_f1:.2f} at 0.5, {heldout_implicit_f1_calibrated:.2f} at {implicit_threshold:.3g}"))
+
+
+def calibration_traces(rows: list[dict]) -> list[dict]:
+    """The traces whose first error the round's label source named (a PRM's guesses left out, as the PRM
+    leaves them out of its training): the implicit PRM's threshold is chosen on those of problems the
+    verifier does not train on (components/models/dpo.py)."""
+    return [{"prompt": r["prompt"], "completion": r["completion"], "steps": r["steps"], "first_error": r["label_first_error"]}
+            for r in rows if r.get("label_first_error") is not None and r.get("label_source") != "prm"]
 
 
 def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, generated_uris: list[str]) -> dict:
@@ -45,7 +54,7 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, genera
         stats = dpo.train_dpo(folder, tmp, pairs, beta=d.beta, epochs=d.epochs, lr=d.lr, batch_size=d.batch_size,
                               seed=cfg.seed + round_idx, base_dir=store.fetch_folder(base) if base else None,
                               log=lambda step, m: curve.append((step, m["train_loss"])),
-                              placement=serving.placement(cfg))
+                              placement=serving.placement(cfg), calibration=calibration_traces(rows))
         metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))}, **dropped, "pairs": len(pairs),
                    "problems": len({p["prompt"] for p in pairs}), "seconds": time.perf_counter() - t0,
                    "loss_curve": curve}

@@ -12,7 +12,7 @@ from components.data.prompting import family_of
 from components.evaluation import beam_search, bestofk, verifiers
 from components.evaluation.heldout import round_metrics
 from components.infra import shards, store
-from components.models import serving
+from components.models import dpo, prm, serving
 from components.models.generation import Sampling
 from components.stages import Stage
 from components.stages.generate import problem_row
@@ -20,7 +20,7 @@ from components.stages.generate import problem_row
 STAGE = Stage("evaluate", reads=("model", "prm", "orm", "dpo"), publishes="eval", accelerator=True, isolated=True,
               shardable=True,
               summary=("pass@1 {pass1_all:.1%}", "maj@k {maj_at_k_all:.1%}", "best-of-k by PRM {bestofk_prm_min_all:.1%}",
-                       "PRM F1 {prm_f1:.2f}"))
+                       "PRM F1 {prm_f1:.2f}", "at its calibrated threshold {prm_f1_calibrated:.2f}"))
 
 
 def run(cfg: RunConfig, out_uri: str, model_uri: str, tag: str, prm_uri: str | None = None,
@@ -85,7 +85,12 @@ def finish(cfg: RunConfig, out_uri: str, greedy: list[dict], samples: list[dict]
     n_samples = sum(w["samples"] for w in work)
     flops = {k: sum(w["flops"].get(k, 0.0) for w in work) / max(1, n_samples)
              for k in dict.fromkeys(k for w in work for k in w["flops"])}
-    metrics = round_metrics(greedy, samples, bool(prm_uri), fam.same_answer)
+    # The threshold the PRM's training calibrated on its held-back traces (never these): its F1 at it too.
+    # The implicit PRM's, on labelled traces of problems the DPO verifier did not train on.
+    thresholds = {**({"prm_scores": prm.threshold(prm.load_format(store.fetch_folder(prm_uri)))} if prm_uri else {}),
+                  **({"implicit_scores": dpo.step_threshold(store.fetch_folder(verifier_uris["dpo"]))}
+                     if "dpo" in (verifier_uris or {}) else {})}
+    metrics = round_metrics(greedy, samples, bool(prm_uri), fam.same_answer, thresholds)
     pools: dict[str, list[dict]] = {}
     for s in samples:
         pools.setdefault(s["problem_id"], []).append(s)

@@ -17,7 +17,8 @@ from components.stages import Stage
 
 STAGE = Stage("train-prm", reads=("scored", "labels", "model", "prm"), publishes="prm", accelerator=True,
               data_parallel=True, isolated=True, metrics="train_prm",
-              summary=("{examples:,} examples", "{steps:,} steps", "loss {loss_first:.3f} -> {loss_last:.3f}", "held-out AUROC {heldout_auroc:.2f}"))
+              summary=("{examples:,} examples", "{steps:,} steps", "loss {loss_first:.3f} -> {loss_last:.3f}", "held-out AUROC {heldout_auroc:.2f}",
+                       "first-error F1 {heldout_f1:.2f} at 0.5, {heldout_f1_calibrated:.2f} at {calibrated_threshold:.3g}"))
 
 
 def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, scored_uris: list[str],
@@ -31,7 +32,8 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, scored
     random.Random(f"{cfg.seed}/prm/{round_idx}").shuffle(rows)
     soft = cfg.prm.soft
     examples = [{"prompt": r["prompt"], "steps": r["steps"],
-                 "labels": [None if x is None else float(x) for x in (r["step_scores"] if soft else r["step_labels"])]}
+                 "labels": [None if x is None else float(x) for x in (r["step_scores"] if soft else r["step_labels"])],
+                 **({"first_error": r["label_first_error"]} if "label_first_error" in r else {})}
                 for r in rows[: cfg.prm.max_examples]]
     if not examples:
         raise ValueError(f"round {round_idx}: no labelled steps to train the PRM on in {scored_uris}")
