@@ -12,6 +12,8 @@ Every arm is the config's loop with its step labels (or filter) replaced, sharin
     confidence+calc  the confidence labels, overruled by the calculator (`scoring.calculator`)
     mc          Monte Carlo rollouts (Math-Shepherd)
     labels      a PRM trained on a labelling budget (`scoring.labels.budget`, 1,000 traces)
+    implicit    the previous round's DPO verifier read as an implicit PRM, at its calibrated threshold
+                (round 1, before there is one: the calculator)
     outcome     outcome-only filtering (STaR): the answer check alone
 
 The verifiers the demo trains for evaluation only (ORM, DPO, beam search, a pool of 16) are off here:
@@ -48,6 +50,9 @@ ARMS = {
     "confidence+calc": ["scoring.label_source=confidence", "scoring.calculator.enabled=true", "filter.mode=step"],
     "mc": ["scoring.label_source=mc", "filter.mode=step"],
     "labels": ["scoring.label_source=labels", "scoring.labels.budget=1000", "filter.mode=step"],
+    # the DPO verifier of the round before as an implicit PRM; round 1 (none yet) on the calculator
+    "implicit": ["scoring.label_source=implicit", "scoring.first_round_source=calc", "dpo.enabled=true",
+                 "filter.mode=step"],
     "outcome": ["filter.mode=outcome"],
 }
 

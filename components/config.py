@@ -78,7 +78,7 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
-        from components.labeling.sources import prm0_from_imports
+        from components.labeling.sources import SOURCES, prm0_from_imports
 
         src = self.scoring.label_source
         lab = self.scoring.labels
@@ -91,6 +91,10 @@ class RunConfig(Strict):
                              f"the arith family has ({self.family.name!r}: import human labels with scoring.labels.uri)")
         if prm0_from_imports(self) and not self.prm.enabled:
             raise ValueError(f"scoring.label_source {src!r} scores with a PRM trained on them: prm.enabled must be true")
+        uses = SOURCES[src].uses  # the verifier of the round before it labels with: it must be trained
+        if uses and not getattr(self, uses).enabled:
+            raise ValueError(f"scoring.label_source {src!r} labels with the {uses} verifier of the round before, "
+                             f"which is off: {uses}.enabled must be true")
         from components.data.families import FAMILIES
 
         fam_cls = FAMILIES.get(self.family.name)

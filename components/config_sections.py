@@ -260,7 +260,8 @@ class ScoringConfig(Strict):
     scores with a PRM trained on imported human labels (round 1: on those alone; later rounds: on
     those plus the loop's own labelled steps);
     `prm` uses the previous round's PRM (round 1, which has none, uses `first_round_source`);
-    `prm+mc` runs MC only on traces the PRM is unsure about; `calc` the family's calculator alone
+    `prm+mc` runs MC only on traces the PRM is unsure about; `implicit` the previous round's DPO
+    verifier read as an implicit PRM (needs `dpo.enabled`); `calc` the family's calculator alone
     (`calculator` below: the same check on top of any source). `also` names extra sources scored on
     the same traces for the label-quality report (agreement, F1 vs gold) without filtering on them."""
     label_source: str = "mc"  # names are validated against the registry (components/labeling/sources.py)

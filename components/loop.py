@@ -21,6 +21,7 @@ class RoundInputs:
     judge_uri: str | None = None
     generated_uris: list[str] = ()  # scored data of rounds 1..n-1 alone: every generated trace (the ORM's)
     target_why: str = ""  # how the curriculum chose `target`
+    dpo_uri: str | None = None  # DPO_{n-1} where the label source reads it (the implicit PRM), else None
 
 
 def round_inputs(cfg: RunConfig, n: int) -> RoundInputs:
@@ -45,8 +46,11 @@ def round_inputs(cfg: RunConfig, n: int) -> RoundInputs:
     earlier = range(1, n)
     imported = [labels_uri(cfg)] if labels_uri(cfg) else []
     generated = [at.round(r, "scored") for r in earlier]
+    dpo = at.round(prev, "dpo") if prev > 0 and sources.SOURCES[cfg.scoring.label_source].uses == "dpo" else None
+    if dpo and not store.is_published(dpo):
+        raise store.NotPublished(f"round {n} needs round {prev}'s DPO verifier, not published at {dpo}")
     return RoundInputs(generator, prm, target, [at.round(r, "filtered") for r in earlier], imported + generated,
-                       judge_uri(cfg), generated, why)
+                       judge_uri(cfg), generated, why, dpo)
 
 
 def judge_uri(cfg: RunConfig) -> str | None:

@@ -5,6 +5,7 @@
     y'_j ~ G_{n-1}(x, hint = answer(x)) where no y_j is right; right ones kept as y (rationalize, when on)
     s_i(y)    = label of step i: MC | binary-search MC | judge | MC∧judge | exact check
                 | PRM_{n-1} (trained on own and/or imported human labels) | PRM+MC     (score)
+                | implicit PRM of DPO_{n-1} (outcome-trained; Yuan et al. 2024)
     D_n       = {y : answer(y) right and min_i s_i(y) >= tau}                      (filter)
     G_n       = SFT(G_{n-1}, D_1..D_n + replayed gold)                             (sft)
     PRM_n     = train on the scored steps of rounds 1..n                           (train-prm)
@@ -39,7 +40,7 @@ def run_round(config: RunConfig, round_idx: int) -> dict:
         inp = round_inputs(config, n)
         get_run_logger().info("round %d samples level %s: %s", n, inp.target, inp.target_why)
         candidates, gen = generate_task(config, inp.generator_uri, n, inp.target, run_id)
-        scored, scores = score_task(config, inp.generator_uri, candidates, n, run_id, inp.prm_uri, inp.judge_uri)
+        scored, scores = score_task(config, inp.generator_uri, candidates, n, run_id, inp.prm_uri, inp.judge_uri, inp.dpo_uri)
         filtered, kept = filter_task(config, scored, n, run_id)
         model, sft = sft_task(config, inp.generator_uri, inp.kept_uris + [filtered], n, run_id)
         warn_if_learned_nothing(config, n, run_id, gen, kept, sft)  # G_n = G_{n-1}: said, never silent

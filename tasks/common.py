@@ -31,6 +31,10 @@ def run_stage(cfg: RunConfig, stage: ModuleType, out_uri: str, run_id: str | Non
     inputs = code_version.input_digests(kwargs)
     reused = _reuse(cfg, stage, out_uri, inputs, run_id, log)
     if reused is not None:
+        # Its metrics on the round's run all the same: a loop copied to another store or tracked on a new
+        # MLflow server, or a run that died between publishing and logging, would show a round without them.
+        if run_id:
+            tracking.log_metrics(cfg, run_id, reused, prefix=prefix or stage.STAGE.metrics_prefix)
         return reused
     t0 = time.monotonic()
     if stage.STAGE.shardable and cfg.execution.shards > 1:  # split by problem, maybe over a Ray cluster

@@ -96,6 +96,42 @@ def test_a_calibrated_prm_labels_steps_at_the_threshold_its_training_chose(score
     assert moved > 0
 
 
+def test_the_implicit_prm_labels_steps_having_learnt_from_outcomes_alone(scored_gold, tiny_model_uri):
+    """`implicit`: the DPO verifier of the round before (trained on right-vs-wrong pairs only) labels
+    each step by sigmoid(q_t) against the threshold its training calibrated on labelled traces of the
+    problems it did not train on; a PRM never trains on those labels; round 1 (no verifier yet) falls
+    back; a config that turns the DPO verifier off is refused naming the field."""
+    from components.config import ConfigError, load_config
+    from components.evaluation.bestofk import sigmoid
+    from components.labeling.step_labels import first_error_from_scores
+    from components.models import dpo, serving
+    from components.stages import dpo as dpo_stage
+
+    cfg, base, _ = scored_gold
+    on = type(cfg).model_validate({**cfg.model_dump(), "dpo": {"enabled": True},
+                                   "scoring": {**cfg.scoring.model_dump(), "label_source": "implicit",
+                                               "first_round_source": "gold"}})
+    m = dpo_stage.run(on, f"{base}/dpo", tiny_model_uri, 1, [f"{base}/scored-gold"])
+    t = dpo.step_threshold(store.fetch_folder(f"{base}/dpo"))
+    assert m["calibration_traces"] > 0 and t == m["implicit_threshold"]  # chosen on the gold labels' traces
+
+    got = score.run(on, f"{base}/scored-implicit", tiny_model_uri, f"{base}/candidates", 2, dpo_uri=f"{base}/dpo")
+    assert got["implicit_threshold"] == t
+    rows = [r for r in store.read_rows(f"{base}/scored-implicit") if r["steps"]]
+    assert {r["label_source"] for r in rows} == {"implicit"}
+    q = serving.dpo_verifier_scores(on, f"{base}/dpo", [r["prompt"] for r in rows], [r["completion"] for r in rows],
+                                    [r["steps"] for r in rows]).steps
+    assert [r["label_first_error"] for r in rows] == [first_error_from_scores([sigmoid(x) for x in qs], t) for qs in q]
+    assert len({r["label_first_error"] for r in rows}) > 1  # it does tell traces apart
+    with pytest.raises(ValueError, match="no labelled steps"):  # a verifier's guesses train no PRM
+        prm_stage.run(on, f"{base}/prm-implicit", tiny_model_uri, 2, [f"{base}/scored-implicit"])
+    first = score.run(on, f"{base}/scored-implicit-1", tiny_model_uri, f"{base}/candidates", 1)
+    assert store.read_manifest(f"{base}/scored-implicit-1")["label_source"] == "gold"
+    assert "implicit_threshold" not in first
+    with pytest.raises(ConfigError, match="dpo.enabled must be true"):
+        load_config("configs/smoke.yaml", ["scoring.label_source=implicit"])
+
+
 # ------------------------------------------------------------- the sources of the PRM literature
 
 TINY_JUDGE = {"first_error_template": "{problem}\n{steps}\n==", "step_line": "{index} {step}",

@@ -44,16 +44,16 @@ def loop(tmp_path, prefect_server):
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
 
     @flow(persist_result=False)
-    def two_stages(overrides: list[str], root: str) -> dict:
+    def two_stages(overrides: list[str], root: str, tracking_uri: str) -> dict:
         cfg = load_config(None, [f"store_uri={root}", f"tracking_uri={tracking_uri}", *overrides])
         run_id = tracking.round_run(cfg, tracking.loop_run(cfg), 1)
         a, b = f"{root}/filtered", f"{root}/model"
         return {"filter": run_stage(cfg, filt, a, run_id), "sft": run_stage(cfg, sft, b, run_id, filtered_uri=a),
                 "run_id": run_id}
 
-    def run(*overrides, root=f"{tmp_path}/store"):
+    def run(*overrides, root=f"{tmp_path}/store", tracking=tracking_uri):
         calls.clear()
-        out = two_stages(list(overrides), root)
+        out = two_stages(list(overrides), root, tracking)
         return list(calls), out
 
     return run, rows, a, b, tracking_uri
@@ -87,6 +87,18 @@ def test_reuse_recompute_and_out_of_date_inputs(loop, caplog):
     # The loop copied to another store (the store is not the loop's identity) is current there too.
     shutil.copytree(Path(a).parent, Path(a).parent.with_name("copy"))
     assert run(root=str(Path(a).parent.with_name("copy")))[0] == []
+
+
+def test_a_reused_stage_shows_its_metrics_on_the_rounds_mlflow_run(loop, tmp_path):
+    """The loop's stages published, tracked on another MLflow server (a store copied to another machine,
+    a new tracking database): the round's run there still has every stage's metrics, from its manifest."""
+    run, *_ = loop
+    run()
+    elsewhere = f"sqlite:///{tmp_path}/elsewhere.db"
+    calls, out = run(tracking=elsewhere)
+    assert calls == []  # reused...
+    metrics = mlflow.MlflowClient(elsewhere).get_run(out["run_id"]).data.metrics
+    assert metrics["filter/kept"] == 2 and metrics["sft/examples"] == 2  # ...and reported
 
 
 def test_stale_code_is_reused_loudly_or_recomputed_on_request(loop, caplog, monkeypatch):

@@ -136,15 +136,8 @@ def orm(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
 
 @verifier("dpo", when=lambda ctx: "dpo" in ctx.models)
 def dpo(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
-    from components.models import dpo as dpo_model
-    from components.models.sft import adapter_base
-
-    reference = store.read_manifest(ctx.models["dpo"])["reference"]  # the generator it was trained against
-    ref_dir = store.fetch_folder(reference)
-    base = adapter_base(ref_dir)
-    out = dpo_model.score(store.fetch_folder(ctx.models["dpo"]), ref_dir, store.fetch_folder(base) if base else None,
-                          [s["prompt"] for s in samples], [s["completion"] for s in samples],
-                          serving.placement(ctx.cfg), steps=_steps(samples, ctx))
+    out = serving.dpo_verifier_scores(ctx.cfg, ctx.models["dpo"], [s["prompt"] for s in samples],
+                                      [s["completion"] for s in samples], _steps(samples, ctx))
     for s, q in zip(samples, out.steps):
         s["implicit_scores"] = [sigmoid(x) for x in q]  # P(right | the first t steps), for first-error F1
     # Two forward passes of the generator's size (the verifier, and its reference) per sample; the

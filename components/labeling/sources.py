@@ -12,10 +12,12 @@ origin, what round 1 uses when it needs a PRM that does not exist yet, and combi
     prm         the previous round's PRM
     labels      a PRM trained on imported human labels (PRM_0; later rounds add the loop's own)
     prm+mc      the PRM, and Monte Carlo where the PRM is unsure (`scoring.prm_unsure`)
+    implicit    the previous round's DPO verifier as an implicit PRM (Yuan et al. 2024), at the step
+                threshold its training calibrated: process labels from outcome labels alone
     calc        the family's calculator: the arithmetic each step states, recomputed from the trace
                 alone (`scoring.calculator` applies the same check on top of any source: `overrule`)
 
-Engines (generator for rollouts, judge, PRM) start on first use, once per stage.
+Engines (generator for rollouts, judge, PRM, DPO verifier) start on first use, once per stage.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Callable
 from components.config import RunConfig
 from components.data.families import Family, Problem
 from components.labeling.step_labels import StepLabels, centred, first_error_from_scores, first_error_of, from_first_error
+from components.evaluation.bestofk import sigmoid
 from components.models import prm as prm_model
 
 
@@ -45,10 +48,11 @@ class Batch:
 
 class Engines:
     """What sources run on, created lazily: rollouts need the generator, `judge` a judge model,
-    `prm`/`labels` the PRM. Handed in by the score stage, which knows the URIs."""
+    `prm`/`labels` the PRM, `implicit` the DPO verifier. Handed in by the score stage, which knows the URIs."""
 
-    def __init__(self, make_generator: Callable, make_judge: Callable, make_prm: Callable, seed: int):
-        self._make = {"generator": make_generator, "judge": make_judge, "prm": make_prm}
+    def __init__(self, make_generator: Callable, make_judge: Callable, make_prm: Callable, seed: int,
+                 make_dpo: Callable | None = None):
+        self._make = {"generator": make_generator, "judge": make_judge, "prm": make_prm, "dpo": make_dpo}
         self._made: dict = {}
         self.seed = seed
 
@@ -64,8 +68,10 @@ LabelFn = Callable[[Batch, RunConfig, Engines], tuple[list[StepLabels], dict]]
 @dataclass(frozen=True)
 class Source:
     fn: LabelFn
-    needs: frozenset[str]  # engines it runs on: generator, judge, prm
-    uses_prm: bool = False  # scores with a PRM: round 1 (none yet) falls back to `first_round_source`
+    needs: frozenset[str]  # engines it runs on: generator, judge, prm, dpo
+    # The learned verifier of the round before it scores with ("prm", or "dpo": the implicit PRM): round
+    # 1 (none yet) falls back to `first_round_source`; its labels are that verifier's guesses.
+    uses: str = ""
     imported: bool = False  # its PRM is trained on imported human labels first (PRM_0)
     # A source whose labels need the whole round (a quantile of its traces): `fn` measures trace by
     # trace (StepLabels with raw per-step values in `scores`, no labels), `pooled(raw, correct, cfg)`
@@ -74,17 +80,21 @@ class Source:
 
     @property
     def origin(self) -> str:
-        """What a row labelled by it records: a PRM's guesses say "prm" (a PRM never trains on them)."""
-        return "prm" if self.uses_prm else ""
+        """What a row labelled by it records: a PRM's guesses say "prm", the implicit PRM's "implicit"
+        (GUESSES: no verifier trains or calibrates on them)."""
+        return {"prm": "prm", "dpo": "implicit"}.get(self.uses, "")
+
+
+GUESSES = frozenset({"prm", "implicit"})  # rows' label_source when a learned verifier labelled them
 
 
 SOURCES: dict[str, Source] = {}
 
 
-def source(name: str, needs: tuple[str, ...] = (), uses_prm: bool = False, imported: bool = False,
+def source(name: str, needs: tuple[str, ...] = (), uses: str = "", imported: bool = False,
            pooled: Callable | None = None):
     def deco(fn: LabelFn) -> LabelFn:
-        SOURCES[name] = Source(fn, frozenset(needs), uses_prm, imported, pooled)
+        SOURCES[name] = Source(fn, frozenset(needs), uses, imported, pooled)
         return fn
     return deco
 
@@ -92,7 +102,7 @@ def source(name: str, needs: tuple[str, ...] = (), uses_prm: bool = False, impor
 # How a source's stats add up over the parts of a round (a stage split by problem): counts add (the
 # default), these do not. A ratio is recomputed from its counts; None (e.g. judge_tokens of a remote
 # judge that does not count) stays None.
-MAX_STATS = frozenset({"mc_levels", "prm_threshold"})  # the same in every part, or a maximum
+MAX_STATS = frozenset({"mc_levels", "prm_threshold", "implicit_threshold"})  # the same in every part, or a maximum
 RATIO_STATS = {"consensus_step_agreement": ("consensus_steps_agreeing", "consensus_steps_compared")}
 
 
@@ -120,9 +130,9 @@ def check_name(name: str, standalone: bool = False) -> str:
     """Config validation: a registered source; `standalone` ones run without a PRM (round 1, `also`)."""
     if name not in SOURCES:
         raise ValueError(f"unknown label source {name!r}; known: {', '.join(sorted(SOURCES))}")
-    if standalone and SOURCES[name].uses_prm:
-        ok = sorted(k for k, s in SOURCES.items() if not s.uses_prm)
-        raise ValueError(f"{name!r} needs a trained PRM; use one of {', '.join(ok)}")
+    if standalone and SOURCES[name].uses:
+        ok = sorted(k for k, s in SOURCES.items() if not s.uses)
+        raise ValueError(f"{name!r} needs a verifier trained in an earlier round; use one of {', '.join(ok)}")
     return name
 
 
@@ -139,10 +149,12 @@ def prm0_from_imports(cfg: RunConfig) -> bool:
     return SOURCES[cfg.scoring.label_source].imported
 
 
-def for_round(cfg: RunConfig, has_prm: bool) -> str:
-    """The source a round actually labels with: one that needs a PRM falls back while none exists."""
+def for_round(cfg: RunConfig, verifiers: set[str]) -> str:
+    """The source a round actually labels with: one that needs a verifier of an earlier round falls
+    back while none exists (`verifiers`: those published, "prm", "dpo")."""
     name = cfg.scoring.label_source
-    return cfg.scoring.first_round_source if SOURCES[name].uses_prm and not has_prm else name
+    uses = SOURCES[name].uses
+    return cfg.scoring.first_round_source if uses and uses not in verifiers else name
 
 
 def label(name: str, batch: Batch, cfg: RunConfig, engines: Engines) -> tuple[list[StepLabels], dict]:
@@ -296,7 +308,7 @@ def _unsure(labels: list[StepLabels], cfg: RunConfig) -> list[int]:
     return [i for i, s in enumerate(labels) if s.scores and lo < min(s.scores) < hi]
 
 
-@source("prm", needs=("prm",), uses_prm=True)
+@source("prm", needs=("prm",), uses="prm")
 def prm(batch: Batch, cfg: RunConfig, engines: Engines):
     """`prm.calibrate`: a step is wrong below the threshold the PRM's training chose on held-back
     traces (its scores centred on it), else below 0.5."""
@@ -308,10 +320,10 @@ def prm(batch: Batch, cfg: RunConfig, engines: Engines):
 
 
 # A PRM trained on imported human labels scores the traces.
-source("labels", needs=("prm",), uses_prm=True, imported=True)(prm)
+source("labels", needs=("prm",), uses="prm", imported=True)(prm)
 
 
-@source("prm+mc", needs=("prm", "generator"), uses_prm=True)
+@source("prm+mc", needs=("prm", "generator"), uses="prm")
 def prm_mc(batch: Batch, cfg: RunConfig, engines: Engines):
     """The PRM's scores, replaced by Monte Carlo's on traces where the PRM is unsure."""
     out, prm_stats = prm(batch, cfg, engines)
@@ -322,3 +334,16 @@ def prm_mc(batch: Batch, cfg: RunConfig, engines: Engines):
         for i, lab in zip(unsure, mc):
             out[i] = lab
     return out, {**stats, **prm_stats, "prm_unsure": len(unsure)}
+
+
+@source("implicit", needs=("dpo",), uses="dpo")
+def implicit(batch: Batch, cfg: RunConfig, engines: Engines):
+    """The previous round's DPO verifier read as an implicit PRM (Yuan et al. 2024, arXiv 2412.01981:
+    q_t = beta * sum over the tokens up to step t's end of log pi/pi_ref; components/models/dpo.py):
+    a step is wrong where sigmoid(q_t) is below the threshold its training calibrated on labelled
+    traces of problems it did not train on; scores centred on that threshold."""
+    scorer = engines.get("dpo")
+    q = scorer.step_q([p.prompt for p in batch.problems], batch.completions, batch.steps)
+    t = scorer.threshold
+    scores = [[centred(sigmoid(x), t) for x in qs] for qs in q]
+    return [StepLabels(s, [int(x >= 0.5) for x in s], first_error_from_scores(s)) for s in scores], {"implicit_threshold": t}

@@ -144,6 +144,32 @@ def prm_scorer(cfg: RunConfig, prm_uri: str, scorer: str | None = None):
                        placement=placement(cfg), step_separator=cfg.family.prompt.step_separator)
 
 
+def dpo_verifier_scores(cfg: RunConfig, dpo_uri: str, prompts: list[str], completions: list[str],
+                        steps: list[list[str]] | None = None):
+    """The DPO verifier at `dpo_uri` scored against the generator it was trained from (its manifest's
+    `reference`, a LoRA adapter on its base where it is one): components/models/dpo.py's Scores."""
+    from components.models import dpo
+
+    ref_dir = store.fetch_folder(store.read_manifest(dpo_uri)["reference"])
+    base = adapter_base(ref_dir)
+    return dpo.score(store.fetch_folder(dpo_uri), ref_dir, store.fetch_folder(base) if base else None,
+                     prompts, completions, placement(cfg), steps=steps)
+
+
+class ImplicitPRM:
+    """The DPO verifier as a step scorer (the `implicit` label source): q_t per step, and the
+    threshold on sigmoid(q_t) its training calibrated."""
+
+    def __init__(self, cfg: RunConfig, dpo_uri: str):
+        from components.models import dpo
+
+        self.cfg, self.uri = cfg, dpo_uri
+        self.threshold = dpo.step_threshold(store.fetch_folder(dpo_uri))
+
+    def step_q(self, prompts: list[str], completions: list[str], steps: list[list[str]]) -> list[list[float]]:
+        return dpo_verifier_scores(self.cfg, self.uri, prompts, completions, steps).steps
+
+
 def judge_client(cfg: RunConfig, judge_uri: str | None):
     """The configured judge: a local model (given, or the one the loop trained) or a remote endpoint."""
     from components.labeling.judge import make_judge_client

@@ -17,6 +17,7 @@ from components.data.decontam import against_eval
 from components.data.prompting import family_of
 from components.infra import store
 from components.infra.layout import Layout
+from components.labeling.sources import GUESSES
 from components.models import dpo, serving
 from components.models.sft import adapter_base
 from components.stages import Stage
@@ -29,11 +30,11 @@ STAGE = Stage("train-dpo", reads=("candidates", "model"), publishes="dpo", accel
 
 
 def calibration_traces(rows: list[dict]) -> list[dict]:
-    """The traces whose first error the round's label source named (a PRM's guesses left out, as the PRM
-    leaves them out of its training): the implicit PRM's threshold is chosen on those of problems the
-    verifier does not train on (components/models/dpo.py)."""
+    """The traces whose first error the round's label source named (a learned verifier's guesses left
+    out, as the PRM leaves them out of its training): the implicit PRM's threshold is chosen on those of
+    problems the verifier does not train on (components/models/dpo.py)."""
     return [{"prompt": r["prompt"], "completion": r["completion"], "steps": r["steps"], "first_error": r["label_first_error"]}
-            for r in rows if r.get("label_first_error") is not None and r.get("label_source") != "prm"]
+            for r in rows if r.get("label_first_error") is not None and r.get("label_source") not in GUESSES]
 
 
 def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, generated_uris: list[str]) -> dict:

@@ -1,6 +1,6 @@
 """PRM_n: trained on the scored steps of every round so far (V-STaR keeps all iterations' data), plus
-imported human labels when configured. Steps a PRM labelled are left out: a PRM does not learn from
-its own guesses."""
+imported human labels when configured. Steps a PRM (or the implicit PRM) labelled are left out: a PRM
+does not learn from a verifier's guesses."""
 from __future__ import annotations
 
 import random
@@ -11,6 +11,7 @@ from components.config import RunConfig
 from components.data.decontam import against_eval
 from components.data.prompting import family_of
 from components.infra import store
+from components.labeling.sources import GUESSES
 from components.loop import labels_uri
 from components.models import prm, serving
 from components.stages import Stage
@@ -27,7 +28,7 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, scored
     imported = labels_uri(cfg)
     if imported and not cfg.scoring.labels.with_generated:
         scored_uris = [u for u in scored_uris if u == imported]  # imported human labels only
-    rows = [r for u in scored_uris for r in store.read_rows(u) if r.get("label_source", "mc") != "prm" and r["steps"]]
+    rows = [r for u in scored_uris for r in store.read_rows(u) if r.get("label_source", "mc") not in GUESSES and r["steps"]]
     rows, dropped = against_eval(rows, family_of(cfg), cfg.decontam)
     random.Random(f"{cfg.seed}/prm/{round_idx}").shuffle(rows)
     soft = cfg.prm.soft

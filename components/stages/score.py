@@ -20,29 +20,37 @@ from components.labeling.step_labels import StepLabels
 from components.models import serving
 from components.stages import Stage
 
-STAGE = Stage("score", reads=("candidates", "model", "prm", "judge"), publishes="scored", accelerator=True,
+STAGE = Stage("score", reads=("candidates", "model", "prm", "judge", "dpo"), publishes="scored", accelerator=True,
               isolated=True, shardable=True,
               summary=("{traces:,} traces", "{steps:,} steps labelled", "label F1 {label_f1:.2f}"))
 AUDIT = "mc"  # the audit sample's source: its columns are set on the sampled rows only
 
 
-def engines(cfg: RunConfig, fam, model_uri: str, prm_uri: str | None, judge_uri: str | None, seed: int) -> Engines:
+def engines(cfg: RunConfig, fam, model_uri: str, prm_uri: str | None, judge_uri: str | None, seed: int,
+            dpo_uri: str | None = None) -> Engines:
     def prm():
         if not prm_uri:
             raise ValueError("this label source needs a PRM and none is published yet")
         return serving.prm_scorer(cfg, prm_uri)
 
-    return Engines(lambda: serving.Generator(cfg, model_uri, fam), lambda: serving.judge_client(cfg, judge_uri), prm, seed)
+    def dpo():
+        if not dpo_uri:
+            raise ValueError("this label source needs a DPO verifier and none is published yet")
+        return serving.ImplicitPRM(cfg, dpo_uri)
+
+    return Engines(lambda: serving.Generator(cfg, model_uri, fam), lambda: serving.judge_client(cfg, judge_uri), prm, seed,
+                   dpo)
 
 
 def run(cfg: RunConfig, out_uri: str, model_uri: str, candidates_uri: str, round_idx: int,
-        prm_uri: str | None = None, judge_uri: str | None = None, shard: list[int] | None = None) -> dict:
+        prm_uri: str | None = None, judge_uri: str | None = None, shard: list[int] | None = None,
+        dpo_uri: str | None = None) -> dict:
     """`shard` (i, n): label only the i-th of n blocks of the round's problems, published as a part."""
     fam = family_of(cfg)
     rows = store.read_rows(candidates_uri)
     t0 = time.perf_counter()
-    source, names = _sources(cfg, prm_uri)
-    eng = engines(cfg, fam, model_uri, prm_uri, judge_uri, cfg.generation.seed + 1000 * round_idx + 7)
+    source, names = _sources(cfg, prm_uri, dpo_uri)
+    eng = engines(cfg, fam, model_uri, prm_uri, judge_uri, cfg.generation.seed + 1000 * round_idx + 7, dpo_uri)
     # The audit sample is drawn over the whole round, before it is split: every shard audits its share.
     audit = set(random.Random(eng.seed).sample(range(len(rows)), min(cfg.scoring.audit_mc, len(rows)))
                 if _audits(cfg, names) else ())
@@ -71,22 +79,24 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, candidates_uri: str, round
         store.write_rows(rows, out_uri, {"stage": "score", "round": round_idx, "shard": list(shard),
                                          "metrics": {**stats, "seconds": time.perf_counter() - t0}})
         return stats
-    return finish(cfg, out_uri, rows, [stats], round_idx, prm_uri, time.perf_counter() - t0)
+    return finish(cfg, out_uri, rows, [stats], round_idx, prm_uri, time.perf_counter() - t0, dpo_uri=dpo_uri)
 
 
 def merge(cfg: RunConfig, out_uri: str, parts: list[str], model_uri: str, candidates_uri: str, round_idx: int,
-          prm_uri: str | None = None, judge_uri: str | None = None, seconds: float = 0.0) -> dict:
+          prm_uri: str | None = None, judge_uri: str | None = None, seconds: float = 0.0,
+          dpo_uri: str | None = None) -> dict:
     """Publish the round's scored traces from its shards' parts (in shard order)."""
     rows, manifests = shards.gather(parts)
     each = [{k: v for k, v in m.get("metrics", {}).items() if k != "seconds"} for m in manifests]
-    return finish(cfg, out_uri, rows, each, round_idx, prm_uri, seconds, **shards.sharding_metrics(manifests))
+    return finish(cfg, out_uri, rows, each, round_idx, prm_uri, seconds, dpo_uri=dpo_uri,
+                  **shards.sharding_metrics(manifests))
 
 
 def finish(cfg: RunConfig, out_uri: str, rows: list[dict], stats: list[dict], round_idx: int,
-           prm_uri: str | None, seconds: float, **extra) -> dict:
+           prm_uri: str | None, seconds: float, dpo_uri: str | None = None, **extra) -> dict:
     """The decisions over the whole round, from the labelled rows, and the artifact (`extra`: metrics
     of a sharded stage, e.g. `shards`)."""
-    source, names = _sources(cfg, prm_uri)
+    source, names = _sources(cfg, prm_uri, dpo_uri)
     stats = sources.add_stats(stats)
     by_source = {}
     for name in names:
@@ -122,9 +132,9 @@ def finish(cfg: RunConfig, out_uri: str, rows: list[dict], stats: list[dict], ro
     return metrics
 
 
-def _sources(cfg: RunConfig, prm_uri: str | None) -> tuple[str, list[str]]:
-    """The round's source (one that needs a PRM falls back in round 1) and every source it labels with."""
-    source = sources.for_round(cfg, has_prm=bool(prm_uri))
+def _sources(cfg: RunConfig, prm_uri: str | None, dpo_uri: str | None = None) -> tuple[str, list[str]]:
+    """The round's source (one that needs a verifier falls back in round 1) and every source it labels with."""
+    source = sources.for_round(cfg, {v for v, uri in (("prm", prm_uri), ("dpo", dpo_uri)) if uri})
     calc = ["calc"] if cfg.scoring.calculator.enabled else []  # its own verdict: reported, and what overrules
     return source, [source, *(x for x in dict.fromkeys([*cfg.scoring.also, *calc]) if x != source)]
 
