@@ -339,6 +339,21 @@ class CalibrateConfig(Strict):
     enabled: bool = False
 
 
+class BackboneConfig(Strict):
+    """The PRM's own backbone instead of the generator's: a Hugging Face causal-LM folder (local or any
+    fsspec URI), a .gguf file or `package:<dist>` (converted once and published, as for model.init_uri),
+    with its own tokenizer: a verifier reads a trace's text, never the generator's token ids. Every
+    round's PRM starts from it (`init_from: previous`: from PRM_{n-1} once there is one)."""
+    enabled: bool = False
+    uri: str | None = None
+
+    @model_validator(mode="after")
+    def _named(self):
+        if self.enabled and not self.uri:
+            raise ValueError("prm.backbone.uri: a backbone needs a folder, a .gguf file or package:<dist>")
+        return self
+
+
 class PRMConfig(Strict):
     enabled: bool = True
     init_from: Literal["generator", "previous"] = "generator"
@@ -350,6 +365,7 @@ class PRMConfig(Strict):
     balance: bool = False  # weigh bad steps n_good / n_bad in the loss (they are rare)
     scorer: Literal["transformers", "vllm"] = "transformers"
     calibrate: CalibrateConfig = CalibrateConfig()
+    backbone: BackboneConfig = BackboneConfig()
 
 
 class ORMConfig(Strict):

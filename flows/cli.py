@@ -508,7 +508,8 @@ def print_summary(result: dict, seconds: float) -> None:
         if k > 1:  # the pool's verifiers against the vote at the largest k (curves and intervals: MLflow)
             picks = {v: e[f"bok/{v}/k{k}"] for v in SELECTORS[1:] if f"bok/{v}/k{k}" in e}
             f1s = {n: e[m] for n, m in (("PRM", "prm_f1"), ("PRM at its calibrated threshold", "prm_f1_calibrated"),
-                                        ("PRM with the calculator", "prm_calc_f1"), ("implicit PRM", "implicit_f1")) if m in e}
+                                        ("PRM with the calculator", "prm_calc_f1"), ("implicit PRM", "implicit_f1"),
+                                        ("implicit PRM calibrated", "implicit_f1_calibrated")) if m in e}
             console.print(f"  best-of-{k}: " + ", ".join(f"{v} {_pct(x)}" for v, x in picks.items())
                           + "".join(f"; {n} F1 {x:.2f}" for n, x in f1s.items()))
     data = rounds[0].get("data") or {}

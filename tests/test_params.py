@@ -167,13 +167,13 @@ def test_every_input_uri_is_found_and_must_be_allowed(monkeypatch, no_allowlist)
     assert params.input_uris(RunConfig()) == {}  # unset inputs are None
     walked = params.input_uris(load_config(None, ["family.data.train_uri=a", "family.data.eval_uri=b",
                                                   "model.init_uri=c", "scoring.judge.model_uri=d",
-                                                  "scoring.labels.uri=e"]))
+                                                  "scoring.labels.uri=e", "prm.backbone.uri=f"]))
     assert walked == {"family.data.train_uri": "a", "family.data.eval_uri": "b", "model.init_uri": "c",
-                      "scoring.judge.model_uri": "d", "scoring.labels.uri": "e"}
+                      "scoring.judge.model_uri": "d", "scoring.labels.uri": "e", "prm.backbone.uri": "f"}
     # Read with the worker's credentials, rejected rows copied into the store's quarantine: refused.
     for override in ("family.data.train_uri=file:///etc/passwd", "family.data.eval_uri=/etc/shadow",
                      "model.init_uri=s3://other-bucket/x", "scoring.judge.model_uri=../../../models/x",
-                     "scoring.labels.uri=s3://KEY:SECRET@other/labels.jsonl"):
+                     "scoring.labels.uri=s3://KEY:SECRET@other/labels.jsonl", "prm.backbone.uri=s3://other-bucket/m"):
         field, uri = override.split("=", 1)
         msg = refused(rf"overrides: {re.escape(field)} .* is not an allowed input \(the config file's own, or under "
                       r"\$VSTAR_ALLOWED_INPUTS or an allowed store: \.vstar/store\)", SMOKE, [override])

@@ -251,3 +251,37 @@ def test_vllm_scorer_falls_back_to_transformers_where_vllm_lacks_the_architectur
     with caplog.at_level("WARNING"):
         assert isinstance(prm_scoring.load_scorer("vllm", odd, 256), prm_scoring.TransformersPRM)
     assert "scoring with transformers instead" in caplog.text
+
+
+def test_a_prm_on_a_backbone_of_its_own_scores_another_tokenizers_traces(pretrained_dir, smoke_cfg, tiny_model_uri,
+                                                                         smoke_family, tmp_path):
+    """`prm.backbone`: the PRM of the char-level tiny generator's loop starts from a pretrained BPE model
+    (the stand-in) instead of the generator: it reads the traces' text with its own tokenizer, learns
+    their planted slips, and its manifest names what it started from."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from components.models import prm, prm_scoring
+    from components.stages import prm as prm_stage
+    from tests.test_prm import planted_trace
+
+    rng = random.Random(0)
+    rows = [{**t, "step_scores": [float(y) for y in t["labels"]], "step_labels": t["labels"], "label_first_error": t["first_error"],
+             "label_source": "gold", "problem_id": p.id, "completion": smoke_family.steps_text(t["steps"])}
+            for p in smoke_family.problems("bootstrap")[:1200] for t in [planted_trace(smoke_family, p, rng)]]
+    store.write_rows(rows, f"{tmp_path}/scored", {"stage": "score"})
+    cfg = type(smoke_cfg).model_validate({**smoke_cfg.model_dump(), "prm": {
+        **smoke_cfg.prm.model_dump(), "epochs": 4, "lr": 3e-3, "max_examples": 1200, "backbone": {"enabled": True, "uri": str(pretrained_dir)}}})
+    m = prm_stage.run(cfg, f"{tmp_path}/prm", tiny_model_uri, 1, [f"{tmp_path}/scored"])
+    assert store.read_manifest(f"{tmp_path}/prm")["init"] == str(pretrained_dir)
+    folder = store.fetch_folder(f"{tmp_path}/prm")
+    tok, generator_tok = (AutoTokenizer.from_pretrained(str(d)) for d in (folder, store.fetch_folder(tiny_model_uri)))
+    assert type(tok).__name__ == "Qwen2Tokenizer" and len(tok) != len(generator_tok)  # BPE, not the char vocabulary
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "qwen2"
+    traces = [planted_trace(smoke_family, p, rng) for p in smoke_family.problems("eval")]
+    scores = prm_scoring.load_scorer("transformers", folder).score([t["prompt"] for t in traces], [t["steps"] for t in traces])
+    assert [len(s) for s in scores] == [len(t["steps"]) for t in traces]
+    auroc = prm.auroc([x for s in scores for x in s], [bool(y) for t in traces for y in t["labels"]])
+    print(f"PRM on the stand-in's backbone: held-out step AUROC {m['heldout_auroc']:.3f}, on eval traces {auroc:.3f}")
+    assert auroc >= 0.8, auroc

@@ -11,6 +11,7 @@ from components.config import RunConfig
 from components.data.decontam import against_eval
 from components.data.prompting import family_of
 from components.infra import store
+from components.infra.redact import redact
 from components.labeling.sources import GUESSES
 from components.loop import labels_uri
 from components.models import prm, serving
@@ -38,16 +39,44 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, scored
                 for r in rows[: cfg.prm.max_examples]]
     if not examples:
         raise ValueError(f"round {round_idx}: no labelled steps to train the PRM on in {scored_uris}")
-    init_uri = previous_prm_uri if cfg.prm.init_from == "previous" and previous_prm_uri else serving.base_of(generator_uri)
     curve: list = []
-    with tempfile.TemporaryDirectory() as tmp:
-        stats = prm.train_prm(str(store.fetch_folder(init_uri)), tmp, examples, epochs=cfg.prm.epochs, lr=cfg.prm.lr,
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as fetched:
+        init_dir, init = _init(cfg, generator_uri, previous_prm_uri, fetched)
+        stats = prm.train_prm(init_dir, tmp, examples, epochs=cfg.prm.epochs, lr=cfg.prm.lr,
                               batch_size=cfg.prm.batch_size, seed=cfg.seed + round_idx, soft=soft,
                               log=lambda step, m: curve.append((step, m["train_loss"])),
                               placement=serving.placement(cfg), step_separator=cfg.family.prompt.step_separator,
                               balance=cfg.prm.balance)
         metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))}, **dropped,
                    "examples": len(examples), "seconds": time.perf_counter() - t0, "loss_curve": curve}
-        store.publish_folder(tmp, out_uri, {"kind": "prm", "round": round_idx, "data": scored_uris,
+        store.publish_folder(tmp, out_uri, {"kind": "prm", "round": round_idx, "data": scored_uris, "init": init,
                                             "metrics": metrics})
     return metrics
+
+
+def _init(cfg: RunConfig, generator_uri: str, previous_prm_uri: str | None, scratch: str) -> tuple[str, str]:
+    """The folder the PRM starts from, and what it is (for the manifest): PRM_{n-1} (`init_from:
+    previous`), else the configured backbone (`prm.backbone`: a folder, or a GGUF file converted once),
+    else the round's generator."""
+    if cfg.prm.init_from == "previous" and previous_prm_uri:
+        return str(store.fetch_folder(previous_prm_uri)), previous_prm_uri
+    if not cfg.prm.backbone.enabled:
+        base = serving.base_of(generator_uri)
+        return str(store.fetch_folder(base)), base
+    import fsspec
+
+    from components.models import checkpoint
+    from components.stages.bootstrap import converted
+
+    src = checkpoint.resolve(cfg.prm.backbone.uri)
+    if checkpoint.is_gguf(src):
+        uri = converted(cfg.store_uri, src)[0]
+        return str(store.fetch_folder(uri)), redact(cfg.prm.backbone.uri)
+    fs, path = fsspec.core.url_to_fs(src)
+    if not fs.isfile(f"{path.rstrip('/')}/config.json"):
+        raise FileNotFoundError(f"prm.backbone.uri: {redact(src)} is not a Hugging Face model folder (no config.json) "
+                                f"nor a .gguf file")
+    if store.is_local(src):
+        return path, redact(cfg.prm.backbone.uri)
+    fs.get(path.rstrip("/") + "/", scratch, recursive=True)  # read-only use: no copy kept
+    return scratch, redact(cfg.prm.backbone.uri)
