@@ -218,7 +218,9 @@ def test_vllm_matches_transformers(planted_prm, smoke_family):
     steps = [t["steps"] for t in traces] + [[], ["12+3=15"]]  # no step at all; a trace cut short
     assert len({len(s) for s in steps}) >= 4
     hf = prm_scoring.load_scorer("transformers", model_dir).score(prompts, steps)
-    engine = prm_scoring.load_scorer("vllm", model_dir, max_model_len=256, kv_cache_bytes=32 << 20)
+    # A cache too small for one 256-token trace (~0.75 MB here): the scorer sizes it up rather than
+    # let vLLM refuse to start (configs/gsm8k-pretrained.yaml's 2,112-token PRM engine did, at 64 MB).
+    engine = prm_scoring.load_scorer("vllm", model_dir, max_model_len=256, kv_cache_bytes=1 << 16)
     try:
         vl = engine.score(prompts, steps)
     finally:

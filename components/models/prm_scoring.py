@@ -42,6 +42,9 @@ class VLLMPRM:
         from components.models.generation import configure_vllm_env
 
         self.fmt = load_format(model_dir)  # before starting an engine: a bad checkpoint fails fast
+        # At least one longest trace's keys and values: a GSM8K-length context on a 135M model needs
+        # ~97 MB in float32, and vLLM refuses to start with less (on a GPU it sizes the cache itself).
+        kv_cache_bytes = max(kv_cache_bytes, int(1.25 * sequence_kv_bytes(model_dir, max_model_len, placement.dtype)) + (16 << 20))
         configure_vllm_env()
         from vllm import LLM
         from vllm.config import PoolerConfig
@@ -73,6 +76,14 @@ class VLLMPRM:
 
 
 SCORERS = {"transformers": TransformersPRM, "vllm": VLLMPRM}
+
+
+def sequence_kv_bytes(model_dir: str | Path, tokens: int, dtype: str) -> int:
+    """Bytes of KV cache one sequence of `tokens` takes: keys and values at every layer, from config.json."""
+    c = json.loads((Path(model_dir) / "config.json").read_text())
+    heads = c["num_attention_heads"]
+    head_dim = c.get("head_dim") or c["hidden_size"] // heads
+    return 2 * c["num_hidden_layers"] * (c.get("num_key_value_heads") or heads) * head_dim * tokens * (4 if dtype == "float32" else 2)
 
 
 def vllm_can_pool(model_dir: str | Path) -> bool:
