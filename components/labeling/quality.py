@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 
+from components.labeling.step_labels import first_error_from_scores
+
 
 def first_error_f1(predicted: list[int], gold: list[int | None]) -> dict[str, float]:
     """Traces whose gold is unknown (None: a family without an exact step check) are left out."""
@@ -61,23 +63,21 @@ def calibrate_threshold(scores: list[list[float]], gold: list[int | None], defau
     Ties go to the threshold nearest `default`; with fewer than `min_each` traces on either side
     (erroneous, correct) F1 says too little to move it, and `default` stays (`calibrated: 0`).
     Returns threshold, f1 at it, f1_default, and the counts the choice rests on."""
-    from components.labeling.step_labels import first_error_from_scores
-
     def f1_at(t: float) -> float:
         return first_error_f1([first_error_from_scores(s, t) for s in scores], gold)["f1"]
 
     base = first_error_f1([first_error_from_scores(s, default) for s in scores], gold)
     out = {"threshold": default, "f1": base["f1"], "f1_default": base["f1"], "calibrated": 0.0,
            "n_erroneous": base["n_erroneous"], "n_correct": base["n_correct"]}
-    if min(base["n_erroneous"], base["n_correct"]) < min_each:
+    points = sorted({x for s in scores for x in s})
+    if min(base["n_erroneous"], base["n_correct"]) < min_each or not points:
         return out
     # Only the scores themselves change a verdict ("s < t" flips as t passes s): each distinct score,
     # and one above them all (every step wrong), are every threshold that behaves differently.
-    points = sorted({x for s in scores for x in s})
     if len(points) > 512:  # bounded work on a large held-back set: evenly spaced ranks of the scores
         points = sorted({points[i * (len(points) - 1) // 511] for i in range(512)})
-    candidates = points + [points[-1] + 1e-6] if points else []
-    best = max(candidates, key=lambda t: (f1_at(t), -abs(t - default)), default=default)
-    if f1_at(best) > base["f1"]:
-        out.update(threshold=float(best), f1=f1_at(best), calibrated=1.0)
+    candidates = points + [points[-1] + 1e-6]
+    f1, best = max(((f1_at(t), t) for t in candidates), key=lambda x: (x[0], -abs(x[1] - default)))
+    if f1 > base["f1"]:
+        out.update(threshold=float(best), f1=f1, calibrated=1.0)
     return out

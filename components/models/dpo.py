@@ -131,10 +131,19 @@ def score(verifier_dir: str | Path, reference_dir: str | Path, reference_base_di
     logp = token_logps(model, tok, encoded)
     del model  # one model in memory at a time
     model = load_policy(reference_dir, reference_base_dir, placement.load_args()).to(placement.device)
-    ratios = [[beta * (a - b) for a, b in zip(lp, ref)] for lp, ref in zip(logp, token_logps(model, tok, encoded))]
-    q = [] if steps is None else [step_q(c, st, spans, r) for c, st, (_, _, spans), r
-                                 in zip(completions, steps, encoded, ratios)]
+    ratios = log_ratios(logp, token_logps(model, tok, encoded), beta)
+    q = [] if steps is None else implicit_q(completions, steps, encoded, ratios)
     return Scores([sum(r) for r in ratios], [sum(lp) / max(1, len(lp)) for lp in logp], q)
+
+
+def log_ratios(logp: list[list[float]], ref: list[list[float]], beta: float) -> list[list[float]]:
+    """beta * (log pi - log pi_ref) per completion token: DPO's reward is their sum, q_t a partial sum."""
+    return [[beta * (a - b) for a, b in zip(lp, lr)] for lp, lr in zip(logp, ref)]
+
+
+def implicit_q(completions: list[str], steps: list[list[str]], encoded: list[tuple], ratios: list[list[float]]) -> list[list[float]]:
+    """The implicit PRM's q_t per step of each `encode`d solution (`step_q`)."""
+    return [step_q(c, st, spans, r) for c, st, (_, _, spans), r in zip(completions, steps, encoded, ratios)]
 
 
 def step_q(completion: str, steps: list[str], spans: list[tuple[int, int]], ratios: list[float]) -> list[float]:
@@ -188,7 +197,7 @@ def train_dpo(init_dir: str | Path, out_dir: str | Path, pairs: list[dict], beta
     trained_on = {p["prompt"] for p in train}
     cal = [r for r in calibration or [] if r["prompt"] not in trained_on and r["steps"]][:CALIBRATION_TRACES]
     cal_enc = encode(tok, [r["prompt"] for r in cal], [r["completion"] for r in cal])
-    cal_ref = token_logps(model.eval(), tok, cal_enc) if cal else []
+    cal_ref = token_logps(model.eval(), tok, cal_enc)
     steps = max(1, int(len(train) * epochs / batch_size + 0.999))
     points: list[tuple[int, float]] = []
 
@@ -218,8 +227,8 @@ def train_dpo(init_dir: str | Path, out_dir: str | Path, pairs: list[dict], beta
     model.config.use_cache = True  # the Trainer turned the KV cache off for training
     rewards = [beta * (a - b) for a, b in zip(logps(model), ref)]
     n = len(test)
-    q = [step_q(r["completion"], r["steps"], spans, [beta * (a - b) for a, b in zip(lp, lr)])
-         for r, (_, _, spans), lp, lr in zip(cal, cal_enc, token_logps(model.eval(), tok, cal_enc) if cal else [], cal_ref)]
+    q = implicit_q([r["completion"] for r in cal], [r["steps"] for r in cal], cal_enc,
+                   log_ratios(token_logps(model.eval(), tok, cal_enc), cal_ref, beta))
     threshold = calibrate_threshold([[sigmoid(x) for x in qs] for qs in q], [r["first_error"] for r in cal])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
