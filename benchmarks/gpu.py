@@ -7,13 +7,18 @@ For random-init Qwen2 models (a byte-level BPE tokenizer trained on the data's t
         113M non-embedding; 131M with GSM8K's BPE vocab of 23.6k, 138M with 32k)
   500m  hidden 896, 24 layers, 14 heads, 2 KV heads, MLP 4864                 (Qwen2.5-0.5B's dims: 358M
         non-embedding; Qwen2.5's 494M includes a 152k vocab, here 379M / 387M with 23.6k / 32k)
-four measurements, each one after the other in this process, peak memory reset in between:
+five measurements, each one after the other in this process, peak memory reset in between, each
+training one (and prm-score) once per --layouts entry (padded | packed | packed+fused: hardware.packing
+and hardware.fused_loss, LAYOUTS below):
   sft        TRL's SFTTrainer from components.models.sft.make_trainer(...).train(); the first --warmup
              steps are outside the timed window (a TrainerCallback syncs and clocks step boundaries;
-             a forward pre-hook counts the non-pad tokens of each batch inside the window).
+             a forward pre-hook counts the real tokens of each batch inside the window: by the
+             attention mask when padded, by where the position ids restart when packed).
+  lm-train   components.models.causal_lm.train_causal_lm, the bootstrap's path (fit, the Trainer):
+             where the fused loss applies (TRL's SFT always computes its loss in chunks).
   prm-train  components.models.prm.train_prm on (question, answer lines, random soft labels); timed
              from the end of fit's first step to the end of its last (fit's own log calls; tokens
-             counted by wrapping prm._pad, which builds every training batch).
+             counted by wrapping packing.layout, which builds every training batch of fit).
   prm-score  components.models.prm_scoring.TransformersPRM(<trained PRM>).score; one untimed warm-up call.
   generate   components.models.generation.TransformersBackend(<base model>).generate with
              Sampling(n, temperature=0.8, max_tokens); one untimed warm-up call; generated ids counted.
@@ -33,11 +38,13 @@ synthetic arithmetic word problems in the same shape, with pseudo-words so the B
     .venv/bin/python benchmarks/gpu.py                        # on a GPU: 125m and 500m (sized for < 6 min on an H100)
     .venv/bin/python benchmarks/gpu.py --size tiny            # CPU smoke run (the default on a CPU)
     .venv/bin/python benchmarks/gpu.py --size 500m --steps 10 --data /path/to/gsm8k/train.jsonl
+    .venv/bin/python benchmarks/gpu.py --layouts packed+fused --max-tokens-per-batch 16384   # batches in tokens
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import gc
 import json
@@ -72,6 +79,10 @@ SIZES = {
              "gen_prompts": 32, "gen_n": 4, "max_tokens": 128},
 }
 GPU_SIZES = ("125m", "500m")
+# How a training batch is laid out (hardware.packing, hardware.fused_loss): (packed, fused loss).
+# TRL's SFTTrainer computes its loss through its chunked LM head whatever the layout; fit (lm-train,
+# the bootstrap's path) only when fused; the PRM's 2-way head has no vocabulary to fuse over.
+LAYOUTS = {"padded": (False, False), "packed": (True, False), "packed+fused": (True, True)}
 
 # Dense bf16 peak FLOP/s by card (no sparsity). Matched on torch.cuda.get_device_name(), in order.
 PEAKS = [  # (all substrings that must appear, peak, label)
@@ -239,6 +250,21 @@ def sync(placement) -> None:
         torch.cuda.synchronize()
 
 
+def sequence_lengths(inputs: dict):
+    """The real sequences' lengths in a batch of model inputs: by the attention mask when padded, by
+    where the position ids restart when packed (one row, components/models/packing.py), else rows."""
+    import torch
+
+    ids, mask, pos = inputs.get("input_ids"), inputs.get("attention_mask"), inputs.get("position_ids")
+    if mask is not None:
+        return mask.sum(dim=1)
+    if pos is not None:
+        starts = torch.nonzero(pos.reshape(-1) == 0).reshape(-1)
+        ends = torch.cat([starts[1:], torch.tensor([pos.numel()], device=pos.device)])
+        return ends - starts
+    return torch.full((ids.shape[0],), ids.shape[1], device=ids.device)
+
+
 def finish(row: dict, shape: dict, n_matmul: int, train: bool, peak: float | None) -> dict:
     """tokens/s, T_eff, FLOPs/token and MFU of a measured row (tokens, sq_tokens, padded, seconds)."""
     sec = max(row["seconds"], 1e-9)
@@ -257,7 +283,8 @@ def finish(row: dict, shape: dict, n_matmul: int, train: bool, peak: float | Non
 
 # ------------------------------------------------------------------------------------- measurements
 
-def measure_sft(base_dir: Path, work: Path, rows: list[dict], spec: dict, placement, seed: int) -> dict:
+def measure_sft(base_dir: Path, work: Path, rows: list[dict], spec: dict, placement, seed: int,
+                max_tokens: int | None = None) -> dict:
     import torch
     from transformers import TrainerCallback
 
@@ -268,7 +295,7 @@ def measure_sft(base_dir: Path, work: Path, rows: list[dict], spec: dict, placem
     reset_memory(placement)
     t0 = time.perf_counter()
     trainer = make_trainer(base_dir, work / "sft-out", pairs, epochs=1.0, lr=1e-4, batch_size=batch, seed=seed,
-                           placement=placement)
+                           placement=placement, max_tokens_per_batch=max_tokens)
     setup_s = time.perf_counter() - t0
 
     class Window(TrainerCallback):
@@ -291,12 +318,7 @@ def measure_sft(base_dir: Path, work: Path, rows: list[dict], spec: dict, placem
         def hook(self, module, args, kwargs):
             if not self.active:
                 return
-            mask = kwargs.get("attention_mask")
-            ids = kwargs.get("input_ids")
-            if mask is None:  # no padding: every position is a token
-                lens = torch.full((ids.shape[0],), ids.shape[1], device=ids.device)
-            else:
-                lens = mask.sum(dim=1)
+            lens, ids = sequence_lengths(kwargs), kwargs.get("input_ids")
             self.tokens = self.tokens + lens.sum()
             self.sq = self.sq + (lens.double() ** 2).sum()
             self.padded += ids.numel()
@@ -322,60 +344,84 @@ def measure_sft(base_dir: Path, work: Path, rows: list[dict], spec: dict, placem
 
 
 def measure_prm_train(base_dir: Path, prm_dir: Path, rows: list[dict], spec: dict, placement, seed: int,
-                      threads: int | None) -> dict:
+                      threads: int | None, max_tokens: int | None = None) -> dict:
     from components.models import prm
 
     batch, steps = spec["batch"], spec["steps"]
     # fit runs ceil(n_train / batch) steps for one epoch; n_train is ~90% of the examples (held-out 10%).
     n = math.ceil((steps + 1) * batch / 0.9) + 1
     examples = prm_examples(need(rows, n), seed)
-    counts = {"tokens": 0, "sq": 0, "padded": 0, "batches": 0}
     marks: list[tuple[int, float, dict]] = []  # (step, time, counts) at each of fit's log calls
-    orig_pad = getattr(prm, "_pad", None)
-
-    def counting_pad(batch_ids, pad_id):
-        out = orig_pad(batch_ids, pad_id)
-        lens = [len(ids) for ids in batch_ids]
-        counts["tokens"] += sum(lens)
-        counts["sq"] += sum(x * x for x in lens)
-        counts["padded"] += out[0].numel()
-        counts["batches"] += 1
-        return out
-
-    def log(step, metrics):  # fit calls this right after loss.item(): the device has finished the step
-        marks.append((step, time.perf_counter(), dict(counts)))
-
     reset_memory(placement)
-    if orig_pad is not None:
-        prm._pad = counting_pad
-    try:
+    with counted_batches() as counts:
         t0 = time.perf_counter()
         stats = prm.train_prm(base_dir, prm_dir, examples, epochs=1.0, lr=1e-4, batch_size=batch, seed=seed,
-                              soft=True, heldout_fraction=0.1, log=log, threads=threads, placement=placement,
-                              step_separator="\n")
+                              soft=True, heldout_fraction=0.1, threads=threads, placement=placement,
+                              log=lambda step, m: marks.append((step, time.perf_counter(), dict(counts))),
+                              step_separator="\n", max_tokens_per_batch=max_tokens)
         total_s = time.perf_counter() - t0
-    finally:
-        if orig_pad is not None:
-            prm._pad = orig_pad
     mem = memory_mb(placement)
     (s0, t_first, c0), (s1, t_last, c1) = marks[0], marks[-1]
     row = {"measure": "prm-train", "batch": batch, "steps": stats["steps"], "warmup_steps": 1,
            "timed_steps": s1 - s0, "seconds": t_last - t_first, "fit_seconds": stats["seconds"],
            "total_s": total_s, "n_train": stats.get("n_train"), "loss_first": stats.get("loss_first"),
            "loss_last": stats.get("loss_last"), **mem}
-    if orig_pad is not None:
-        row.update(tokens=c1["tokens"] - c0["tokens"], sq_tokens=c1["sq"] - c0["sq"],
-                   padded_tokens=c1["padded"] - c0["padded"], tokens_counted="exact (prm._pad)")
-    else:  # the private helper is gone: estimate from the examples' lengths
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(prm_dir))
-        fmt = prm.load_format(prm_dir)
-        lens = [len(tok(prm.format_input(e["prompt"], e["steps"], fmt))["input_ids"]) for e in examples]
-        per = sum(lens) / len(lens) * batch * (s1 - s0)
-        row.update(tokens=int(per), sq_tokens=per * sum(x * x for x in lens) / sum(lens), padded_tokens=None,
-                   tokens_counted="estimated (no prm._pad to count batches)")
+    row.update(tokens=c1["tokens"] - c0["tokens"], sq_tokens=c1["sq"] - c0["sq"],
+               padded_tokens=c1["padded"] - c0["padded"], tokens_counted="exact (packing.layout)")
     return row
+
+
+def measure_lm_train(base_dir: Path, rows: list[dict], spec: dict, placement, seed: int,
+                     max_tokens: int | None = None) -> dict:
+    """The bootstrap's path: components.models.causal_lm.train_causal_lm (fit, the model's own loss or
+    the fused one), timed like prm-train from the end of its first step to the end of its last."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from components.config_sections import TrainConfig
+    from components.models.causal_lm import train_causal_lm
+
+    batch, steps = spec["batch"], spec["steps"]
+    pairs = [(r["question"] + "\n", r["answer"]) for r in need(rows, batch * (steps + 1))]
+    reset_memory(placement)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), **placement.train_load_args()).to(placement.device)
+    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    marks: list[tuple[int, float, dict]] = []
+    cfg = TrainConfig(epochs=1.0, lr=1e-4, batch_size=batch, max_tokens_per_batch=max_tokens)
+    with counted_batches() as counts:
+        stats = train_causal_lm(model, tok, pairs, cfg, seed, placement=placement,
+                                log=lambda step, m: marks.append((step, time.perf_counter(), dict(counts))))
+    (s0, t_first, c0), (s1, t_last, c1) = marks[0], marks[-1]
+    row = {"measure": "lm-train", "batch": batch, "steps": stats["steps"], "warmup_steps": 1,
+           "timed_steps": s1 - s0, "seconds": t_last - t_first, "fit_seconds": stats["seconds"],
+           "loss_first": stats["loss_first"], "loss_last": stats["loss_last"], **memory_mb(placement),
+           "tokens": c1["tokens"] - c0["tokens"], "sq_tokens": c1["sq"] - c0["sq"],
+           "padded_tokens": c1["padded"] - c0["padded"], "tokens_counted": "exact (packing.layout)"}
+    del model
+    return row
+
+
+@contextlib.contextmanager
+def counted_batches():
+    """Counts the real tokens, their squares and the positions computed of every training batch fit
+    builds (they all go through components.models.packing.layout), while the block runs."""
+    from components.models import packing
+
+    counts = {"tokens": 0, "sq": 0, "padded": 0, "batches": 0}
+    orig = packing.layout
+
+    def counting(seqs, *a, **kw):
+        out = orig(seqs, *a, **kw)
+        counts["tokens"] += sum(map(len, seqs))
+        counts["sq"] += sum(len(x) ** 2 for x in seqs)
+        counts["padded"] += out["input_ids"].numel()
+        counts["batches"] += 1
+        return out
+
+    packing.layout = counting
+    try:
+        yield counts
+    finally:
+        packing.layout = orig
 
 
 def measure_prm_score(prm_dir: Path, rows: list[dict], spec: dict, placement, max_len: int, seed: int) -> dict:
@@ -450,35 +496,40 @@ def run_size(name: str, spec: dict, rows: list[dict], corpus: list[str], work: P
     prm_matmul = shape["non_embedding_params"] + 2 * shape["hidden"]  # + the 2-way head; embedding = lookup
     max_len = spec["max_positions"]
     res = {"size": name, "spec": spec, "model": shape, "build_s": build_s, "rows": []}
-    steps = [("sft", lambda: finish(measure_sft(base_dir, work, rows, spec, placement, args.seed),
-                                    shape, lm_matmul, True, peak)),
-             ("prm-train", lambda: finish(measure_prm_train(base_dir, prm_dir, rows, spec, placement, args.seed,
-                                                            args.threads), shape, prm_matmul, True, peak)),
-             ("prm-score", lambda: finish(measure_prm_score(prm_dir, rows, spec, placement, max_len, args.seed),
-                                          shape, prm_matmul, False, peak)),
-             ("generate", lambda: finish(measure_generate(base_dir, rows, spec, placement, max_len, args.seed),
-                                         shape, lm_matmul, False, None))]
-    for what, fn in steps:
-        if what not in args.measure:
-            continue
-        if what == "prm-score" and not (prm_dir / "config.json").is_file():
-            print(f"[{name}] prm-score skipped: needs the PRM that prm-train writes", flush=True)
-            continue
-        try:
-            row = fn()
-        except Exception as e:  # noqa: BLE001 - one broken measurement must not lose the others
-            if args.fail_fast:
-                raise
-            import traceback
+    for n_layout, layout in enumerate(args.layouts):
+        pl = dataclasses.replace(placement, packing=LAYOUTS[layout][0], fused_loss=LAYOUTS[layout][1])
+        budget = args.max_tokens_per_batch
+        steps = [("sft", lambda: finish(measure_sft(base_dir, work, rows, spec, pl, args.seed, budget),
+                                        shape, lm_matmul, True, peak)),
+                 ("lm-train", lambda: finish(measure_lm_train(base_dir, rows, spec, pl, args.seed, budget),
+                                             shape, lm_matmul, True, peak)),
+                 ("prm-train", lambda: finish(measure_prm_train(base_dir, prm_dir, rows, spec, pl, args.seed,
+                                                                args.threads, budget), shape, prm_matmul, True, peak)),
+                 ("prm-score", lambda: finish(measure_prm_score(prm_dir, rows, spec, pl, max_len, args.seed),
+                                              shape, prm_matmul, False, peak)),
+                 ("generate", lambda: finish(measure_generate(base_dir, rows, spec, pl, max_len, args.seed),
+                                             shape, lm_matmul, False, None))]
+        for what, fn in steps:
+            if what not in args.measure or (what == "generate" and n_layout):  # generation has no layout
+                continue
+            if what == "prm-score" and not (prm_dir / "config.json").is_file():
+                print(f"[{name}] prm-score skipped: needs the PRM that prm-train writes", flush=True)
+                continue
+            try:
+                row = {"layout": layout, **fn()}
+            except Exception as e:  # noqa: BLE001 - one broken measurement must not lose the others
+                if args.fail_fast:
+                    raise
+                import traceback
 
-            traceback.print_exc()
-            row = {"measure": what, "error": f"{type(e).__name__}: {e}"}
-        res["rows"].append(row)
-        if "error" not in row:
-            mfu = f", MFU {row['mfu']:.1%}" if row.get("mfu") is not None else ""
-            print(f"[{name}] {what}: {row['tokens']:,} tokens in {row['seconds']:.2f} s = "
-                  f"{row['tokens_per_s']:,.0f} tokens/s{mfu}", flush=True)
-        reset_memory(placement)
+                traceback.print_exc()
+                row = {"layout": layout, "measure": what, "error": f"{type(e).__name__}: {e}"}
+            res["rows"].append(row)
+            if "error" not in row:
+                mfu = f", MFU {row['mfu']:.1%}" if row.get("mfu") is not None else ""
+                print(f"[{name}] {what} {layout}: {row['tokens']:,} tokens in {row['seconds']:.2f} s = "
+                      f"{row['tokens_per_s']:,.0f} tokens/s{mfu}", flush=True)
+            reset_memory(placement)
     return res
 
 
@@ -498,7 +549,7 @@ def print_table(report: dict) -> None:
                        + ("torch.cuda.max_memory_allocated per measurement." if dev.get("cuda") else
                           "peak RSS of the process so far (monotone, not per measurement).")),
               caption_justify="left")
-    for col in ["size", "params", "vocab", "measure", "batch", "timed", "tokens", "pad%", "T_eff", "seconds",
+    for col in ["size", "params", "vocab", "measure", "layout", "batch", "timed", "tokens", "pad%", "T_eff", "seconds",
                 "tokens/s", "MFU", "target", "peak MiB", "loss"]:
         t.add_column(col, justify="left" if col in ("size", "measure") else "right")
     for r in report["results"]:
@@ -508,20 +559,21 @@ def print_table(report: dict) -> None:
             lead = ([r["size"], f"{m['params'] / 1e6:.1f}M", f"{m['vocab']:,}"] if first else ["", "", ""])
             first = False
             if "error" in row:
-                t.add_row(*lead, row["measure"], *[""] * 10, "[red]" + row["error"][:60])
+                t.add_row(*lead, row["measure"], row["layout"], *[""] * 10, "[red]" + row["error"][:60])
                 continue
             timed = {"sft": f"{row.get('timed_steps')} st", "prm-train": f"{row.get('timed_steps')} st",
+                     "lm-train": f"{row.get('timed_steps')} st",
                      "prm-score": f"{row.get('traces')} tr",
                      "generate": f"{row.get('sequences')} seq"}[row["measure"]]
             batch = (f"{row['prompts']}x{row['n']}" if row["measure"] == "generate" else str(row.get("batch")))
             pad = (f"{1 - row['tokens'] / row['padded_tokens']:.0%}" if row.get("padded_tokens") else "")
             mfu = ("n/a" if not dev.get("cuda") or row["measure"] == "generate"
                    else (f"{row['mfu']:.1%}" if row.get("mfu") is not None else "?"))
-            target = f">= {TARGET_MFU:.0%}" if row["measure"] in ("sft", "prm-train") else ""
+            target = f">= {TARGET_MFU:.0%}" if row["measure"] in ("sft", "lm-train", "prm-train") else ""
             mem = row.get("peak_gpu_mb", row.get("peak_rss_mb"))
             loss = (f"{row['loss_first']:.2f}->{row['loss_last']:.2f}"
                     if row.get("loss_first") is not None and row.get("loss_last") is not None else "")
-            t.add_row(*lead, row["measure"], batch, timed, f"{row['tokens']:,}", pad,
+            t.add_row(*lead, row["measure"], row["layout"], batch, timed, f"{row['tokens']:,}", pad,
                       f"{row['t_eff']:.0f}" if row.get("t_eff") else "", f"{row['seconds']:.2f}",
                       f"{row['tokens_per_s']:,.0f}", mfu, target, f"{mem:,.0f}" if mem else "", loss)
         t.add_section()
@@ -545,7 +597,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--gen-n", type=int, help="samples per prompt; default per size")
     ap.add_argument("--max-tokens", type=int, help="generated tokens per sample at most; default per size")
     ap.add_argument("--vocab", type=int, help="BPE vocab asked for (reached if the corpus allows); default per size")
-    ap.add_argument("--measure", default="sft,prm-train,prm-score,generate", help="measurements, comma-separated")
+    ap.add_argument("--measure", default="sft,lm-train,prm-train,prm-score,generate",
+                    help="measurements, comma-separated")
+    ap.add_argument("--layouts", default="padded,packed,packed+fused",
+                    help=f"training batch layouts, comma-separated, of {', '.join(LAYOUTS)}")
+    ap.add_argument("--max-tokens-per-batch", type=int,
+                    help="training batches sized in tokens (the configs' max_tokens_per_batch) instead of --batch-size")
     ap.add_argument("--peak-tflops", type=float, help="the card's dense bf16 peak, for a card not in the table")
     ap.add_argument("--threads", type=int, help="torch threads for the PRM training (train_prm's threads)")
     ap.add_argument("--work-dir", help="where model folders go (kept); default a temporary folder (removed)")
@@ -556,9 +613,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", help="JSON results; default benchmarks/results/gpu-<host>.json")
     args = ap.parse_args(argv)
     args.measure = [m.strip() for m in args.measure.split(",") if m.strip()]
-    bad = set(args.measure) - {"sft", "prm-train", "prm-score", "generate"}
+    bad = set(args.measure) - {"sft", "lm-train", "prm-train", "prm-score", "generate"}
     if bad:
         ap.error(f"--measure: unknown {sorted(bad)}")
+    args.layouts = [x.strip() for x in args.layouts.split(",") if x.strip()]
+    if set(args.layouts) - set(LAYOUTS) or not args.layouts:
+        ap.error(f"--layouts: of {', '.join(LAYOUTS)}")
     return args
 
 
@@ -603,7 +663,9 @@ def main(argv=None) -> dict:
                            "peak_flops": peak, "peak_note": peak_note, "target_mfu": TARGET_MFU,
                            "data": data_name, "data_name": Path(data_name).parent.name if data_name != "synthetic"
                            else "synthetic", "rows": len(rows), "measure": args.measure, "seed": args.seed,
-                           "threads_prm": args.threads, "group_by_length": args.group_by_length},
+                           "threads_prm": args.threads, "group_by_length": args.group_by_length,
+                           "layouts": args.layouts, "attention": placement.attention,
+                           "max_tokens_per_batch": args.max_tokens_per_batch},
               "total_s": time.perf_counter() - t_start, "results": results}
     out = Path(args.out or f"benchmarks/results/gpu-{socket.gethostname()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

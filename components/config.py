@@ -35,6 +35,8 @@ NOT_IDENTITY = ("rounds", "store_uri", "tracking_uri", "experiment", "hardware",
 # Fields added after loops were published, whose default computes what those loops computed: at that
 # default they are left out of the identity (as a switched-off section is), so those loop ids stay.
 NEUTRAL_DEFAULTS = {("sft", "min_kept"): 1}
+# The same, for a field of whichever section has it (TrainConfig's and the verifiers' token budgets).
+NEUTRAL_FIELDS = {"max_tokens_per_batch": None}
 
 
 class RunConfig(Strict):
@@ -129,7 +131,7 @@ class RunConfig(Strict):
         for (section, field), neutral in NEUTRAL_DEFAULTS.items():
             if tree[section].get(field) == neutral:
                 del tree[section][field]
-        return _switched_on(tree)
+        return _switched_on(_without_neutral(tree))
 
     def config_hash(self) -> str:
         return stable_hash(self.identity())
@@ -141,7 +143,7 @@ class RunConfig(Strict):
         """What the bootstrap model depends on, and nothing else: later stages may change freely."""
         return stable_hash({"seed": self.seed, "family": self.family.model_dump(mode="json"),
                             "model": self.model.model_dump(mode="json"),
-                            "bootstrap": self.bootstrap.model_dump(mode="json")})
+                            "bootstrap": _without_neutral(self.bootstrap.model_dump(mode="json"))})
 
     def flat_params(self) -> dict[str, str]:
         """What MLflow shows as params: credentials in URIs masked (components/infra/redact.py)."""
@@ -154,6 +156,13 @@ def _switched_on(tree: Any) -> Any:
     if not isinstance(tree, dict):
         return tree
     return {k: _switched_on(v) for k, v in tree.items() if not (isinstance(v, dict) and v.get("enabled") is False)}
+
+
+def _without_neutral(tree: Any) -> Any:
+    """The tree without the NEUTRAL_FIELDS at their neutral value, at any depth."""
+    if not isinstance(tree, dict):
+        return tree
+    return {k: _without_neutral(v) for k, v in tree.items() if not (k in NEUTRAL_FIELDS and v == NEUTRAL_FIELDS[k])}
 
 
 def stable_hash(obj: Any) -> str:

@@ -126,6 +126,14 @@ class HardwareConfig(Strict):
     # training: batches of similar lengths (transformers' LengthGroupedSampler idea), so less of each
     # batch is padding; off by default: it changes batch composition, hence results (docs/benchmarks.md)
     group_by_length: bool = False
+    # training: padding-free packed batches (components/models/packing.py): the same loss and gradients
+    # as padded ones, without computing on pads. auto: on where the attention runs packed rows in
+    # linear memory (FlashAttention-2 or -4 varlen on CUDA); on forces it anywhere (sdpa then masks the pack
+    # block-diagonally, quadratic in its length: slower than padding on a CPU, docs/benchmarks.md).
+    packing: Literal["auto", "on", "off"] = "auto"
+    # training a causal LM: the loss through TRL's chunked LM head, so float32 logits over the whole
+    # vocabulary are never materialised (SFT through TRL always does this). auto: on with CUDA.
+    fused_loss: Literal["auto", "on", "off"] = "auto"
 
 
 class ExecutionConfig(Strict):
@@ -155,6 +163,10 @@ class TrainConfig(Strict):
     lr: float = Field(2e-3, gt=0, lt=1)
     batch_size: int = Field(64, ge=1)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    # Batches sized in tokens instead of `batch_size` examples: each optimizer step takes sequences
+    # up to this many tokens in all (global over data-parallel processes, as batch_size is). None: by
+    # examples. A sequence longer than the budget is refused.
+    max_tokens_per_batch: int | None = Field(None, ge=1)
 
 
 class GenerationConfig(Strict):
@@ -360,6 +372,7 @@ class PRMConfig(Strict):
     epochs: float = Field(2.0, gt=0)
     lr: float = Field(1e-3, gt=0, lt=1)
     batch_size: int = Field(64, ge=1)
+    max_tokens_per_batch: int | None = Field(None, ge=1)  # as TrainConfig's
     max_examples: int = Field(4000, ge=1)
     soft: bool = True  # train on MC fractions as floats (BCE) rather than hard labels
     balance: bool = False  # weigh bad steps n_good / n_bad in the loss (they are rare)
@@ -376,6 +389,7 @@ class ORMConfig(Strict):
     epochs: float = Field(2.0, gt=0)
     lr: float = Field(1e-3, gt=0, lt=1)
     batch_size: int = Field(64, ge=1)
+    max_tokens_per_batch: int | None = Field(None, ge=1)  # as TrainConfig's
     max_examples: int = Field(4000, ge=1)
     balance: bool = True  # wrong traces weigh n_right / n_wrong (or the reverse share): either may be rare
     scorer: Literal["transformers", "vllm"] = "transformers"

@@ -17,7 +17,7 @@ from components.config import load_config
 from components.config_sections import HardwareConfig
 from components.infra import store
 from components.infra.layout import Layout
-from components.models.hardware import Placement, resolve
+from components.models.hardware import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM = "Solve step by step, one step per line, then give the answer."
@@ -47,7 +47,12 @@ def test_auto_placement_is_cuda_bf16_with_a_gpu_and_cpu_fp32_without():
     # transformers fallbacks (generation, PRM scoring)
     import torch
 
-    assert gpu.load_args() == {"dtype": torch.bfloat16} and cpu.load_args() == {"dtype": torch.float32}
+    assert gpu.load_args()["dtype"] == torch.bfloat16 and cpu.load_args()["dtype"] == torch.float32
+    # Padding-free batches where the attention reads packed rows in linear memory (FlashAttention-2,
+    # when installed); a CPU pads, and a GPU trains a causal LM through the chunked (fused) loss.
+    assert (cpu.attention, cpu.packing, cpu.fused_loss) == ("sdpa", False, False)
+    assert gpu.fused_loss and gpu.packing == (gpu.attention == "flash_attention_2")
+    assert resolve(HardwareConfig(packing="on"), cuda=False).packing
     assert resolve(HardwareConfig(dtype="float16"), cuda=True).trainer_args()["fp16"] is True
     with pytest.raises(RuntimeError, match="hardware.device is cuda but torch sees no CUDA device"):
         resolve(HardwareConfig(device="cuda"), cuda=False)
@@ -92,7 +97,7 @@ def test_every_accelerated_stage_resolves_the_run_placement(monkeypatch):
     for m in accelerated:
         src = Path(m.__file__).read_text()
         assert "serving.placement(cfg)" in src or "placement(cfg)" in src or "serving.Generator(" in src, m.__name__
-    assert serving.placement(cfg) == Placement("cuda", "bfloat16")
+    assert (serving.placement(cfg).device, serving.placement(cfg).dtype) == ("cuda", "bfloat16")
     hard_coded = re.compile(r"use_cpu=True|\bdtype=torch\.float32|\bdtype=\"float32\"|enforce_eager=True|"
                             r"LlamaForTokenClassification")
     offenders = [f"{p.relative_to(ROOT)}:{i}" for p in (ROOT / "components").rglob("*.py") if p.name != "hardware.py"

@@ -114,7 +114,7 @@ def train_judge(base_model_dir: str | Path, out_dir: str | Path, examples: list[
 
     stats = sft(base_model_dir, out_dir, examples, epochs=train_cfg.epochs, lr=train_cfg.lr,
                 batch_size=train_cfg.batch_size, seed=seed, log=log, warmup_ratio=train_cfg.warmup_ratio,
-                placement=placement)
+                placement=placement, max_tokens_per_batch=train_cfg.max_tokens_per_batch)
     return {**stats, "examples": len(examples), "examples_no_error": sum(not c.strip().isdigit() for _, c in examples)}
 
 

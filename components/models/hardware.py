@@ -35,6 +35,9 @@ class Placement:
     tensor_parallel_size: int = 1
     gradient_checkpointing: bool = False
     group_by_length: bool = False
+    packing: bool = False  # training batches padding-free (components/models/packing.py)
+    fused_loss: bool = False  # a causal LM's training loss through TRL's chunked LM head
+    attention: str = "sdpa"  # transformers' attn_implementation
 
     @property
     def cuda(self) -> bool:
@@ -76,14 +79,14 @@ class Placement:
 
     def load_args(self) -> dict:
         """from_pretrained arguments for an inference model (moved with `.to(placement.device)`)."""
-        return {"dtype": self.torch_dtype}
+        return {"dtype": self.torch_dtype, "attn_implementation": self.attention}
 
     def train_load_args(self) -> dict:
         """from_pretrained arguments for weights to train: float32 masters, whatever the compute dtype
         (bf16 weights would lose small updates; autocast runs the matmuls in the dtype)."""
         import torch
 
-        return {"dtype": torch.float32}
+        return {"dtype": torch.float32, "attn_implementation": self.attention}
 
 
 CPU = Placement("cpu", "float32")  # the default of components called outside a stage (tests, notebooks)
@@ -108,8 +111,29 @@ def resolve(hw: HardwareConfig, cuda: bool | None = None) -> Placement:
     if device == "cpu" and dtype == "float16":
         raise RuntimeError("hardware.dtype float16 on the CPU: torch has no fast float16 kernels there; "
                            "use float32 (or bfloat16)")
+    attention = _attention(device, dtype)
+    packing = hw.packing == "on" or (hw.packing == "auto" and attention.startswith("flash_attention"))
+    fused_loss = hw.fused_loss == "on" or (hw.fused_loss == "auto" and device == "cuda")
     return Placement(device, dtype, hw.gpu_memory_utilization, hw.tensor_parallel_size, hw.gradient_checkpointing,
-                     hw.group_by_length)
+                     hw.group_by_length, packing, fused_loss, attention)
+
+
+def _attention(device: str, dtype: str) -> str:
+    """FlashAttention where it is installed and can run (CUDA, 16-bit compute): it reads a packed row
+    by its position ids (varlen kernels), in memory and time linear in its length. FlashAttention-2
+    is a source build (no binary wheel); flash-attn-4 a pure wheel for Hopper and Blackwell cards.
+    Else torch's sdpa, which runs a packed row through a block-diagonal mask."""
+    if device != "cuda" or dtype == "float32":
+        return "sdpa"
+    from transformers.utils import is_flash_attn_2_available, is_flash_attn_4_available
+
+    import torch
+
+    if is_flash_attn_2_available():
+        return "flash_attention_2"
+    if is_flash_attn_4_available() and torch.cuda.get_device_capability()[0] >= 9:
+        return "flash_attention_4"
+    return "sdpa"
 
 
 def _bf16_supported() -> bool:

@@ -22,6 +22,7 @@ from typing import Callable
 
 from components.infra import progress
 from components.labeling.quality import calibrate_threshold
+from components.models import packing
 from components.models.causal_lm import ensure_pad_token, fit
 from components.models.hardware import CPU, Placement
 
@@ -73,19 +74,14 @@ def _encode(tok, fmt: dict, prompt: str, steps: list[str]) -> tuple[list[int], l
 
 def _pad(batch: list[list[int]], pad_id: int):
     """Right padding: with causal attention, positions before the padding are unaffected by it."""
-    import torch
-
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, ids in enumerate(batch):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attn[i, : len(ids)] = 1
-    return input_ids, attn
+    out = packing.pad(batch, [[0] * len(ids) for ids in batch], pad_id, 0)
+    return out["input_ids"], out["attention_mask"]
 
 
 def step_probs(model, tok, fmt: dict, prompts: list[str], steps: list[list[str]], batch_size: int = 32,
                max_len: int | None = None, placement: Placement = CPU) -> list[list[float]]:
+    """P(good) at each step's tag; batches packed without padding when `placement.packing` (the scores
+    are the same: a tag sees only its own trace either way)."""
     import torch
 
     enc = [_encode(tok, fmt, p, s) for p, s in zip(prompts, steps)]
@@ -98,9 +94,18 @@ def step_probs(model, tok, fmt: dict, prompts: list[str], steps: list[list[str]]
     with torch.no_grad(), placement.autocast():
         for start in range(0, len(enc), batch_size):
             chunk = enc[start : start + batch_size]
-            input_ids, attn = (t.to(placement.device) for t in _pad([ids for ids, _ in chunk], tok.pad_token_id))
-            probs = model(input_ids=input_ids, attention_mask=attn).logits.float().softmax(-1).cpu()
-            out += [probs[i, pos, fmt["positive_class"]].tolist() for i, (_, pos) in enumerate(chunk)]
+            seqs = [ids for ids, _ in chunk]
+            if placement.packing:  # one row; each trace's tags sit at its start + their positions
+                inputs = packing.pack(seqs, [[0] * len(ids) for ids in seqs], 0, shifted=False)
+                del inputs["labels"]
+                rows = [(0, at) for at in packing.starts(seqs)]
+            else:
+                input_ids, attn = _pad(seqs, tok.pad_token_id)
+                inputs, rows = {"input_ids": input_ids, "attention_mask": attn}, [(i, 0) for i in range(len(chunk))]
+            inputs = {k: v.to(placement.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+            probs = model(**inputs).logits.float().softmax(-1).cpu()
+            out += [probs[row, [at + p for p in pos], fmt["positive_class"]].tolist()
+                    for (row, at), (_, pos) in zip(rows, chunk)]
             progress.report("traces", len(out), len(enc))
     return out
 
@@ -224,10 +229,36 @@ def within_auroc(scores: list[float], positives: list[bool], groups: list) -> fl
     return wins / total if total else math.nan
 
 
+def training_batch(items: list[tuple[list[int], list[tuple[int, float]]]], packed: bool, pad_id: int) -> dict:
+    """(ids, [(tag position, label)]) per trace -> ids, packed or right-padded, and labels: the target
+    P(good) at each labelled tag, -100 elsewhere (a float: a Monte Carlo 0.7 stays 0.7)."""
+    targets = []
+    for ids, pairs in items:
+        row = [-100.0] * len(ids)
+        for pos, y in pairs:
+            row[pos] = y
+        targets.append(row)
+    return packing.layout([ids for ids, _ in items], targets, pad_id, -100.0, packed)
+
+
+def tag_loss(logits, labels, w_bad: float = 1.0, positive_class: int = POSITIVE):
+    """The weighted mean cross-entropy at the labelled tags against probability targets: for a soft y
+    BCE on the logit difference, for y in {0, 1} exactly plain cross-entropy (one formula, and the
+    float target is never rounded). Bad steps (y < 0.5) weigh `w_bad`."""
+    import torch
+
+    at = labels >= 0
+    logits, y = logits[at].float(), labels[at].float()  # [labelled tags, 2], [labelled tags]
+    target = torch.stack([1 - y, y], dim=-1) if positive_class == 1 else torch.stack([y, 1 - y], dim=-1)
+    w = torch.where(y < 0.5, w_bad, 1.0)
+    return (torch.nn.functional.cross_entropy(logits, target, reduction="none") * w).sum() / w.sum()
+
+
 def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], epochs: float, lr: float,
               batch_size: int, seed: int, soft: bool, heldout_fraction: float = 0.1,
               log: Callable[[int, dict], None] | None = None, threads: int | None = None,
-              placement: Placement = CPU, step_separator: str = "\n", balance: bool = False) -> dict:
+              placement: Placement = CPU, step_separator: str = "\n", balance: bool = False,
+              max_tokens_per_batch: int | None = None) -> dict:
     """Train a PRM from a generator (causal LM) or a previous PRM dir; save model, tokenizer, format.
 
     examples: {"prompt", "steps", "labels"} with one label per step (float P(good), None = unlabeled),
@@ -262,30 +293,18 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
         raise ValueError(f"no labeled steps to train on among {len(train_idx)} training traces "
                          f"(labels None/NaN mean unlabeled)")
 
-    def batch(items: list) -> dict:
-        """Right-padded ids; labels: the soft target P(good) at each labelled tag, -100 elsewhere."""
-        input_ids, attn = _pad([ids for ids, _ in items], tok.pad_token_id)
-        labels = torch.full(input_ids.shape, -100.0)
-        for b, (_, pairs) in enumerate(items):
-            for pos, y in pairs:
-                labels[b, pos] = y
-        return {"input_ids": input_ids, "attention_mask": attn, "labels": labels}
-
     n_bad = sum(y < 0.5 for _, pairs in data for _, y in pairs)
     n_good = sum(len(pairs) for _, pairs in data) - n_bad
     w_bad = n_good / n_bad if balance and n_bad else 1.0
 
-    def tag_loss(outputs, labels, num_items_in_batch=None):
-        # Probability targets: for soft y this is BCE on the logit difference; for y in {0, 1} it is
-        # exactly plain cross-entropy. One formula, and the float target is never rounded.
-        at = labels >= 0
-        logits, y = outputs.logits[at].float(), labels[at].float()  # [labelled tags, 2], [labelled tags]
-        target = torch.stack([1 - y, y], dim=-1) if fmt["positive_class"] == 1 else torch.stack([y, 1 - y], dim=-1)
-        w = torch.where(y < 0.5, w_bad, 1.0)
-        return (torch.nn.functional.cross_entropy(logits, target, reduction="none") * w).sum() / w.sum()
+    def batch(items: list, packed: bool) -> dict:
+        return training_batch(items, packed, tok.pad_token_id)
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        return tag_loss(outputs.logits, labels, w_bad, fmt["positive_class"])
 
     stats = fit(model, data, batch, epochs, lr, batch_size, seed, WARMUP_RATIO, log, placement=placement,
-                compute_loss=tag_loss)
+                compute_loss=loss, max_tokens_per_batch=max_tokens_per_batch)
 
     # Held-out quality, on labeled steps only; a soft label counts as positive when P(good) >= 0.5.
     probs = step_probs(model, tok, fmt, [examples[i]["prompt"] for i in held_idx],

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from components.models.causal_lm import progress_callback, warmup_steps
-from components.models.hardware import CPU, Placement, per_process_batch
+from components.models.hardware import CPU, Placement, data_parallel_size, per_process_batch
 
 ADAPTER_BASE = "adapter_base.json"
 
@@ -43,9 +43,12 @@ def _lora_config(lora: dict):
 
 def make_trainer(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[str, str]], epochs: float, lr: float,
                  batch_size: int, seed: int, lora: dict | None = None, log: Callable[[int, dict], None] | None = None,
-                 warmup_ratio: float = 0.05, placement: Placement = CPU, adapter_dir: str | Path | None = None):
+                 warmup_ratio: float = 0.05, placement: Placement = CPU, adapter_dir: str | Path | None = None,
+                 max_tokens_per_batch: int | None = None):
     """An SFTTrainer ready to `.train()`; its `train_dataset` is already tokenized (tests inspect it).
-    `adapter_dir`: a LoRA adapter (on `base_dir`) whose training goes on, instead of a new one."""
+    `adapter_dir`: a LoRA adapter (on `base_dir`) whose training goes on, instead of a new one.
+    `placement.packing`: each batch flattened into one row (TRL's padding_free); `max_tokens_per_batch`:
+    TRL's best-fit-decreasing packs of that many tokens, one per process and step."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -61,17 +64,27 @@ def make_trainer(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[st
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
-    steps = max(1, math.ceil(len(pairs) * epochs / batch_size))
+    if max_tokens_per_batch:
+        budget = max_tokens_per_batch // data_parallel_size()
+        _refuse_longer_than(tok, pairs, budget)
+        # Packs are what a step takes; their number is known once TRL has packed (warmup is set then).
+        per_device, steps, sizing = 1, 1, {"packing": True, "packing_strategy": "bfd", "max_length": budget}
+    else:
+        per_device, steps = per_process_batch(batch_size), max(1, math.ceil(len(pairs) * epochs / batch_size))
+        # Longer sequences than the model's positions can't be trained on; TRL truncates (keep_start).
+        # A padding-free batch is one row whose positions restart at each sequence: nothing to truncate
+        # (and TRL refuses a max_length there); the loop's traces are far shorter than the positions.
+        sizing = ({"padding_free": True, "max_length": None} if placement.packing
+                  else {"max_length": model.config.max_position_embeddings})
     args = SFTConfig(
-        output_dir=str(out_dir), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=per_process_batch(batch_size),
+        output_dir=str(out_dir), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=per_device,
         seed=seed, data_seed=seed, lr_scheduler_type="cosine", warmup_steps=warmup_steps(steps, warmup_ratio),
         **placement.trainer_args(), report_to=[], save_strategy="no", dataloader_num_workers=0,
         # ~50 points per curve however long the run; a loss point costs nothing beyond the step itself.
         logging_steps=max(1, steps // 50), logging_first_step=True, disable_tqdm=True,
         completion_only_loss=True,
-        train_sampling_strategy="group_by_length" if placement.group_by_length else "random",
-        # Longer sequences than the model's positions can't be trained on; TRL truncates (keep_start).
-        max_length=model.config.max_position_embeddings,
+        train_sampling_strategy="group_by_length" if placement.group_by_length and not max_tokens_per_batch else "random",
+        **sizing,
     )
     callbacks = [progress_callback()]
     if log is not None:
@@ -85,8 +98,21 @@ def make_trainer(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[st
 
         callbacks.append(_Stream())
     data = Dataset.from_list([{"prompt": p, "completion": c} for p, c in pairs])
-    return SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
-                      peft_config=peft_config, callbacks=callbacks)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
+                         peft_config=peft_config, callbacks=callbacks)
+    if max_tokens_per_batch:
+        steps = max(1, math.ceil(len(trainer.train_dataset) * epochs / data_parallel_size()))
+        trainer.args.warmup_steps, trainer.args.logging_steps = warmup_steps(steps, warmup_ratio), max(1, steps // 50)
+    return trainer
+
+
+def _refuse_longer_than(tok, pairs: list[tuple[str, str]], budget: int) -> None:
+    """TRL's packing would cut a sequence longer than a pack and train on the rest: refuse instead."""
+    lengths = [len(ids) + 1 for ids in tok([p + c for p, c in pairs])["input_ids"]]  # + the EOS TRL appends
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[longest] > budget:
+        raise ValueError(f"max_tokens_per_batch {budget} (per process) is shorter than training pair {longest} "
+                         f"({lengths[longest]} tokens): raise it")
 
 
 def adapter_base(folder: str | Path) -> str | None:
@@ -98,7 +124,7 @@ def adapter_base(folder: str | Path) -> str | None:
 def sft(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[str, str]], epochs: float, lr: float,
         batch_size: int, seed: int, lora: dict | None = None, log: Callable[[int, dict], None] | None = None,
         warmup_ratio: float = 0.05, base_uri: str | None = None, placement: Placement = CPU,
-        adapter_dir: str | Path | None = None) -> dict:
+        adapter_dir: str | Path | None = None, max_tokens_per_batch: int | None = None) -> dict:
     """Fine-tune the model in `base_dir` on `pairs` and save the result to `out_dir`.
 
     Full fine-tuning saves model + tokenizer. With `lora` ({"r", "alpha", "dropout", "target_modules"}) only the
@@ -108,7 +134,7 @@ def sft(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[str, str]],
     """
     out_dir = Path(out_dir)
     trainer = make_trainer(base_dir, out_dir, pairs, epochs, lr, batch_size, seed, lora, log, warmup_ratio, placement,
-                           adapter_dir)
+                           adapter_dir, max_tokens_per_batch)
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0

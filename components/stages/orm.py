@@ -44,7 +44,7 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, genera
                               lr=o.lr, batch_size=o.batch_size, seed=cfg.seed + round_idx, soft=False,
                               log=lambda step, m: curve.append((step, m["train_loss"])),
                               placement=serving.placement(cfg), step_separator=cfg.family.prompt.step_separator,
-                              balance=o.balance)
+                              balance=o.balance, max_tokens_per_batch=o.max_tokens_per_batch)
         metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))}, **dropped,
                    "examples": len(examples), "right_share": sum(e["labels"][-1] for e in examples) / len(examples),
                    "seconds": time.perf_counter() - t0, "loss_curve": curve}

@@ -46,7 +46,7 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, scored
                               batch_size=cfg.prm.batch_size, seed=cfg.seed + round_idx, soft=soft,
                               log=lambda step, m: curve.append((step, m["train_loss"])),
                               placement=serving.placement(cfg), step_separator=cfg.family.prompt.step_separator,
-                              balance=cfg.prm.balance)
+                              balance=cfg.prm.balance, max_tokens_per_batch=cfg.prm.max_tokens_per_batch)
         metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))}, **dropped,
                    "examples": len(examples), "seconds": time.perf_counter() - t0, "loss_curve": curve}
         store.publish_folder(tmp, out_uri, {"kind": "prm", "round": round_idx, "data": scored_uris, "init": init,

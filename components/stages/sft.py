@@ -56,10 +56,12 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, kept_uris:
         stats = sft(str(store.fetch_folder(base_uri)), tmp, data, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
                     batch_size=cfg.sft.batch_size, seed=cfg.seed + round_idx, lora=lora, base_uri=base_uri,
                     log=lambda step, m: curve.append((step, m["train_loss"])), warmup_ratio=cfg.sft.warmup_ratio,
-                    placement=serving.placement(cfg), adapter_dir=adapter)
+                    placement=serving.placement(cfg), adapter_dir=adapter,
+                    max_tokens_per_batch=cfg.sft.max_tokens_per_batch)
         metrics = {"examples": len(data), "kept_examples": len(pairs), "replay_examples": n_replay, **dict(dropped),
                    "started_from": 0 if start_uri == Layout.of(cfg).bootstrap() else round_idx - 1,
                    "loss_first": stats["loss_first"], "loss_last": stats["loss_last"], "steps": stats["steps"],
+                   "examples_per_step": len(data) * cfg.sft.epochs / max(1, stats["steps"]),
                    "seconds": time.perf_counter() - t0, "loss_curve": curve}
         store.publish_folder(tmp, out_uri, {"kind": "lora" if lora else "model", "round": round_idx,
                                             "parent": model_uri, "data": kept_uris, "metrics": metrics})
