@@ -135,6 +135,12 @@ class HardwareConfig(Strict):
     # vocabulary are never materialised (SFT through TRL always does this). auto: on with CUDA.
     fused_loss: Literal["auto", "on", "off"] = "auto"
 
+    @field_validator("packing", "fused_loss", mode="before")
+    @classmethod
+    def _yaml_switch(cls, v):
+        """YAML reads a bare on/off as true/false: take them as the words they were."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
 
 class ExecutionConfig(Strict):
     """Where the stages that split by problem (generate, score, evaluate) run their work: `local`, one

@@ -206,3 +206,11 @@ def test_sft_in_packs_of_a_token_budget_keeps_every_token_and_refuses_a_longer_p
     with pytest.raises(ValueError, match=r"max_tokens_per_batch 200 \(per process\) is shorter than training pair"):
         make_trainer(qwen, tmp_path / "d", pairs, epochs=1, lr=1e-3, batch_size=16, seed=0, placement=PACKED,
                      max_tokens_per_batch=200)
+
+
+def test_packing_switched_on_as_yaml_writes_it():
+    """`hardware.packing: on` in a YAML file (or --set hardware.packing=on) is YAML's true."""
+    from components.config import load_config
+
+    assert load_config(None, ["hardware.packing=on", "hardware.fused_loss=off"]).hardware.packing == "on"
+    assert load_config(None, ["hardware.fused_loss=off"]).hardware.fused_loss == "off"
