@@ -37,6 +37,7 @@ NOT_IDENTITY = ("rounds", "store_uri", "tracking_uri", "experiment", "hardware",
 NEUTRAL_DEFAULTS = {("sft", "min_kept"): 1}
 # The same, for a field of whichever section has it (TrainConfig's and the verifiers' token budgets).
 NEUTRAL_FIELDS = {"max_tokens_per_batch": None}
+NEUTRAL_DEFAULTS[("orm", "labels")] = "outcome"
 
 
 class RunConfig(Strict):

@@ -392,6 +392,12 @@ class ORMConfig(Strict):
     answer right?), read at the trace's last step tag; trained on every generated trace of rounds 1..n
     (V-STaR keeps all iterations' data). Off by default: the PRM-vs-ORM comparison turns it on."""
     enabled: bool = False
+    # outcome: every generated trace, labelled by the family's answer check. prm: PRM vs ORM at one
+    # label budget: exactly the rows PRM_n trains on, each labelled by its last step's label alone, so
+    # the two differ only in how many of those labels they learn from. With Monte Carlo labels the
+    # last step's is the trace's own outcome (its rollouts are the trace); with another source it is
+    # what that source says of the last step (the calculator: its arithmetic).
+    labels: Literal["outcome", "prm"] = "outcome"
     epochs: float = Field(2.0, gt=0)
     lr: float = Field(1e-3, gt=0, lt=1)
     batch_size: int = Field(64, ge=1)

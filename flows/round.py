@@ -10,6 +10,7 @@
     G_n       = SFT(G_{n-1}, D_1..D_n + replayed gold)                             (sft)
     PRM_n     = train on the scored steps of rounds 1..n                           (train-prm)
     ORM_n     = train on the outcomes of every trace generated in rounds 1..n      (train-orm, when on)
+                | on PRM_n's rows, their last step's label alone (one label budget)
     DPO_n     = DPO(G_SFT = G_0; right > wrong pairs of every problem of rounds 1..n) (train-dpo, when on)
     report    pass@1; one pool of N samples per held-out problem ranked by vote,   (evaluate)
               PRM_n, ORM_n, DPO_n, confidence: best-of-k curves with intervals; PRM_n F1

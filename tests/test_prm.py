@@ -120,6 +120,25 @@ def test_the_threshold_chosen_on_held_back_traces_finds_first_errors_at_0_5_miss
     assert at[0.5] < 0.3 and at[t] >= 0.8, at
 
 
+def test_a_threshold_measured_on_the_problems_that_chose_it_is_refused(tiny_model_dir, smoke_family, tmp_path):
+    """evaluate reports F1 at the calibrated threshold only on problems it was not chosen on: plant one
+    of the PRM's held-back problems among those evaluated and the stage refuses, naming the PRM."""
+    from components.infra import store
+    from components.stages.evaluate import calibrated_thresholds
+
+    rng = random.Random(5)
+    train = [planted_trace(smoke_family, p, rng) for p in smoke_family.problems("bootstrap")[:200]]
+    prm.train_prm(tiny_model_dir, tmp_path / "prm", train, epochs=1, lr=2e-3, batch_size=32, seed=0, soft=True,
+                  threads=THREADS)
+    uri = str(tmp_path / "store" / "prm")
+    store.publish_folder(tmp_path / "prm", uri, {"kind": "prm"})
+    unseen = [x["prompt"] for x in held_out_traces(smoke_family, seed=1)]
+    assert calibrated_thresholds(uri, None, unseen) == {"prm_scores": prm.load_format(tmp_path / "prm")["threshold"]}
+    held = sorted(prm._heldout_prompts([t["prompt"] for t in train], 0.1, 0))
+    with pytest.raises(ValueError, match=rf"{uri}: its step threshold was calibrated on 1 of the {len(unseen) + 1} problems"):
+        calibrated_thresholds(uri, None, unseen + held[:1])
+
+
 def test_auroc_by_ranks():
     assert prm.auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75
     assert prm.auroc([0.5, 0.5, 0.5], [True, False, True]) == 0.5  # ties count half

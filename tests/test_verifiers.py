@@ -39,6 +39,35 @@ def test_outcome_examples_label_the_last_step_only(smoke_family):
         assert e["labels"][:-1] == [None] * (len(r["steps"]) - 1) and e["labels"][-1] == float(r["correct"])
 
 
+def test_the_equal_budget_orm_sees_only_the_last_step_labels_of_the_prms_rows(smoke_cfg, smoke_family, tmp_path):
+    """`orm.labels: prm`: PRM vs ORM at one label budget. The ORM takes exactly the rows the PRM
+    trains on, in its order, each with its last step's label alone, never the answer check's verdict
+    (planted here to disagree) nor a row whose last step is unlabelled."""
+    from components.infra import store
+    from components.stages import orm, prm as train_prm_stage
+
+    rows = outcome_rows(smoke_family, smoke_family.problems("train")[:60], seed=4)
+    for i, r in enumerate(rows):  # Monte Carlo-like soft scores; every 7th last step unlabelled
+        r["step_scores"] = [round(0.2 + 0.6 * ((i + k) % 3) / 2, 2) for k in range(len(r["steps"]))]
+        r["step_scores"][-1] = None if i % 7 == 0 else (0.0 if r["correct"] else 1.0)
+        r["step_labels"] = [None if x is None else float(x >= 0.5) for x in r["step_scores"]]
+    uri = str(tmp_path / "scored")
+    store.write_rows(rows, uri, {"stage": "score"})
+    cfg = smoke_cfg.model_copy(update={"orm": smoke_cfg.orm.model_copy(update={"enabled": True, "labels": "prm"}),
+                                       "prm": smoke_cfg.prm.model_copy(update={"max_examples": 40})})
+    prm_rows, _ = train_prm_stage.training_rows(cfg, 1, [uri])
+    examples, counts = orm.training_examples(cfg, 1, [uri])
+    assert len(prm_rows) == 40 == counts["prm_rows"]
+    expected = [r for r in prm_rows if r["step_scores"][-1] is not None]
+    assert 0 < len(expected) < 40 and [e["prompt"] for e in examples] == [r["prompt"] for r in expected]
+    for e, r in zip(examples, expected):
+        assert e["steps"] == r["steps"] and e["labels"][:-1] == [None] * (len(r["steps"]) - 1)
+        assert e["labels"][-1] == r["step_scores"][-1] == (0.0 if r["correct"] else 1.0)  # the PRM's, not the check's
+    outcome = cfg.model_copy(update={"orm": cfg.orm.model_copy(update={"labels": "outcome"})})
+    by_check, _ = orm.training_examples(outcome, 1, [uri])
+    assert len(by_check) == 60 and all(e["labels"][-1] in (0.0, 1.0) for e in by_check)
+
+
 def test_orm_separates_right_from_wrong_traces_it_never_saw(planted_orm, smoke_family):
     model_dir, stats, train_rows = planted_orm
     assert 0.3 < sum(r["correct"] for r in train_rows) / len(train_rows) < 0.8  # both kinds, neither rare

@@ -56,6 +56,30 @@ def quality(by_source: dict[str, list], gold_first_errors: list[int | None]) -> 
     return {k: v for k, v in out.items() if v == v}  # undefined (NaN) values are left out, as MLflow does
 
 
+def fingerprint(prompt: str) -> str:
+    """A short hash of a problem's prompt."""
+    import hashlib
+
+    return hashlib.sha256(prompt.encode()).hexdigest()[:16]
+
+
+def fingerprints(prompts) -> list[str]:
+    """The distinct problems (prompts) a threshold was calibrated on, hashed: saved with it, so whoever
+    uses it can tell whether it is being measured on the problems that chose it."""
+    return sorted({fingerprint(p) for p in prompts})
+
+
+def refuse_leak(calibrated_on: list[str], prompts, where: str) -> None:
+    """A threshold chosen on some problems and then measured on them reports the F1 it was picked
+    for, not one it would reach on new problems: refuse, naming the artifact and the overlap."""
+    prompts, chosen_on = list(dict.fromkeys(prompts)), set(calibrated_on)
+    leaked = [p for p in prompts if fingerprint(p) in chosen_on]
+    if leaked:
+        raise ValueError(f"{where}: its step threshold was calibrated on {len(leaked)} of the {len(prompts)} "
+                         f"problems it is now measured on (e.g. {leaked[0][:80]!r}); a threshold is chosen on "
+                         f"traces held back from those it is used on: evaluate on problems it never saw")
+
+
 def calibrate_threshold(scores: list[list[float]], gold: list[int | None], default: float = 0.5,
                         min_each: int = 5) -> dict[str, float]:
     """The step threshold (a step is wrong when its score is below it) that maximises first-error F1

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from components.evaluation.bestofk import sigmoid
-from components.labeling.quality import calibrate_threshold
+from components.labeling.quality import calibrate_threshold, fingerprints
 from components.models.causal_lm import progress_callback, warmup_steps
 from components.models.hardware import CPU, Placement, data_parallel_size, per_process_batch
 from components.models.prm import _heldout_prompts, auroc, within_auroc
@@ -235,7 +235,8 @@ def train_dpo(init_dir: str | Path, out_dir: str | Path, pairs: list[dict], beta
     model.to("cpu").save_pretrained(str(out_dir))
     tok.save_pretrained(str(out_dir))
     (out_dir / FORMAT_FILE).write_text(json.dumps({"kind": "dpo", "beta": beta, "score": "beta * (log pi - log pi_ref)",
-                                                   "step_threshold": threshold["threshold"]}, indent=2) + "\n")
+                                                   "step_threshold": threshold["threshold"],
+                                                   "calibrated_on": fingerprints(r["prompt"] for r in cal)}, indent=2) + "\n")
     shutil.rmtree(out_dir / "_trainer", ignore_errors=True)
     params, tokens = model.num_parameters(), int(trainer.state.num_input_tokens_seen)
     losses = [loss for _, loss in points] or [float("nan")]
@@ -258,6 +259,11 @@ def train_dpo(init_dir: str | Path, out_dir: str | Path, pairs: list[dict], beta
 def step_threshold(model_dir: str | Path) -> float:
     """The implicit PRM's calibrated threshold on sigmoid(q_t) (0.5 for a verifier saved without one)."""
     return float(json.loads((Path(model_dir) / FORMAT_FILE).read_text()).get("step_threshold", 0.5))
+
+
+def calibrated_on(model_dir: str | Path) -> list[str]:
+    """The fingerprints of the problems that threshold was chosen on (quality.fingerprints)."""
+    return list(json.loads((Path(model_dir) / FORMAT_FILE).read_text()).get("calibrated_on", []))
 
 
 def load_beta(model_dir: str | Path) -> float:

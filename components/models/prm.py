@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from components.infra import progress
-from components.labeling.quality import calibrate_threshold
+from components.labeling.quality import calibrate_threshold, fingerprints
 from components.models import packing
 from components.models.causal_lm import ensure_pad_token, fit
 from components.models.hardware import CPU, Placement
@@ -193,6 +193,11 @@ def threshold(fmt: dict) -> float:
     return float(fmt.get("threshold", 0.5))
 
 
+def calibrated_on(fmt: dict) -> list[str]:
+    """The fingerprints of the problems its threshold was chosen on (quality.fingerprints)."""
+    return list(fmt.get("calibrated_on", []))
+
+
 def auroc(scores: list[float], positives: list[bool]) -> float:
     """Mann-Whitney AUROC with average ranks for ties; NaN when one class is absent."""
     n_pos = sum(positives)
@@ -315,7 +320,8 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
     # labels (never the traces it is then used on): saved with the checkpoint for `prm.calibrate`.
     gold = [examples[i]["first_error"] if "first_error" in examples[i] else labelled_first_error(labels[i]) for i in held_idx]
     cal = calibrate_threshold(probs, gold)
-    fmt = {**fmt, "threshold": cal["threshold"], "threshold_heldout_f1": None if math.isnan(cal["f1"]) else cal["f1"]}
+    fmt = {**fmt, "threshold": cal["threshold"], "threshold_heldout_f1": None if math.isnan(cal["f1"]) else cal["f1"],
+           "calibrated_on": fingerprints(examples[i]["prompt"] for i in held_idx)}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to("cpu").save_pretrained(str(out_dir))

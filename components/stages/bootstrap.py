@@ -55,6 +55,7 @@ def run(cfg: RunConfig, out_uri: str) -> dict:
         model.to("cpu").save_pretrained(tmp)
         metrics = {"params": n_params(model), "examples": len(pairs), "train_seconds": stats["seconds"], **dropped,
                    "loss_first": stats["loss_first"], "loss_last": stats["loss_last"],
+                   **{k: stats[k] for k in ("steps", "examples_per_step", "padding_share", "packed")},
                    "seconds": time.perf_counter() - t0}
         store.publish_folder(tmp, out_uri, {"kind": "model", "bootstrap_hash": cfg.bootstrap_hash(),
                                             "metrics": metrics, "loss_curve": losses})

@@ -12,6 +12,7 @@ from components.data.prompting import family_of
 from components.evaluation import beam_search, bestofk, verifiers
 from components.evaluation.heldout import round_metrics
 from components.infra import shards, store
+from components.labeling.quality import refuse_leak
 from components.models import dpo, prm, serving
 from components.models.generation import Sampling
 from components.stages import Stage
@@ -85,11 +86,7 @@ def finish(cfg: RunConfig, out_uri: str, greedy: list[dict], samples: list[dict]
     n_samples = sum(w["samples"] for w in work)
     flops = {k: sum(w["flops"].get(k, 0.0) for w in work) / max(1, n_samples)
              for k in dict.fromkeys(k for w in work for k in w["flops"])}
-    # The threshold the PRM's training calibrated on its held-back traces (never these): its F1 at it too.
-    # The implicit PRM's, on labelled traces of problems the DPO verifier did not train on.
-    thresholds = {**({"prm_scores": prm.threshold(prm.load_format(store.fetch_folder(prm_uri)))} if prm_uri else {}),
-                  **({"implicit_scores": dpo.step_threshold(store.fetch_folder(verifier_uris["dpo"]))}
-                     if "dpo" in (verifier_uris or {}) else {})}
+    thresholds = calibrated_thresholds(prm_uri, (verifier_uris or {}).get("dpo"), [r["prompt"] for r in greedy + samples])
     metrics = round_metrics(greedy, samples, bool(prm_uri), fam.same_answer, thresholds)
     pools: dict[str, list[dict]] = {}
     for s in samples:
@@ -108,6 +105,22 @@ def finish(cfg: RunConfig, out_uri: str, greedy: list[dict], samples: list[dict]
     store.write_rows(greedy + samples, out_uri, {"stage": "evaluate", "tag": tag, "model": model_uri,
                                                  "prm": prm_uri, "verifiers": verifier_uris or {}, "metrics": metrics, "bestofk": table})
     return metrics
+
+
+def calibrated_thresholds(prm_uri: str | None, dpo_uri: str | None, prompts: list[str]) -> dict[str, float]:
+    """The step thresholds F1 is also reported at: the one the PRM's training calibrated on its
+    held-back traces, the implicit PRM's on labelled traces of problems the DPO verifier did not train
+    on. Either was chosen on problems other than these, or it is refused (quality.refuse_leak)."""
+    out = {}
+    if prm_uri:
+        fmt = prm.load_format(store.fetch_folder(prm_uri))
+        refuse_leak(prm.calibrated_on(fmt), prompts, prm_uri)
+        out["prm_scores"] = prm.threshold(fmt)
+    if dpo_uri:
+        folder = store.fetch_folder(dpo_uri)
+        refuse_leak(dpo.calibrated_on(folder), prompts, dpo_uri)
+        out["implicit_scores"] = dpo.step_threshold(folder)
+    return out
 
 
 def _pool_order(cfg: RunConfig, problems: list) -> dict[str, int]:

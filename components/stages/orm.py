@@ -13,8 +13,10 @@ from components.config import RunConfig
 from components.data.decontam import against_eval
 from components.data.prompting import family_of
 from components.infra import store
+from components.loop import labels_uri
 from components.models import prm, serving
 from components.stages import Stage
+from components.stages import prm as train_prm_stage
 
 STAGE = Stage("train-orm", reads=("scored", "model"), publishes="orm", accelerator=True, data_parallel=True, isolated=True,
               metrics="train_orm",
@@ -29,24 +31,47 @@ def outcome_examples(rows: list[dict]) -> list[dict]:
             for r in rows if r["steps"]]
 
 
-def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, generated_uris: list[str]) -> dict:
-    t0 = time.perf_counter()
+def last_step_examples(cfg: RunConfig, rows: list[dict]) -> list[dict]:
+    """PRM_n's rows with their last step's label alone (PRM vs ORM at one label budget); a row whose
+    last step has no label gives the ORM nothing to learn."""
+    out = []
+    for r in rows:
+        last = train_prm_stage.step_labels(cfg, r)[-1]
+        if last is not None:
+            out.append({"prompt": r["prompt"], "steps": r["steps"], "labels": [None] * (len(r["steps"]) - 1) + [last]})
+    return out
+
+
+def training_examples(cfg: RunConfig, round_idx: int, generated_uris: list[str]) -> tuple[list[dict], dict]:
+    """What ORM_n trains on (`orm.labels`), and what decontamination dropped."""
+    if cfg.orm.labels == "prm":
+        imported = [labels_uri(cfg)] if labels_uri(cfg) else []  # the PRM's data: round_inputs' scored_uris
+        rows, dropped = train_prm_stage.training_rows(cfg, round_idx, imported + list(generated_uris))
+        return last_step_examples(cfg, rows), {**dropped, "prm_rows": len(rows)}
     rows = [r for u in generated_uris for r in store.read_rows(u)]
     rows, dropped = against_eval(rows, family_of(cfg), cfg.decontam)
     random.Random(f"{cfg.seed}/orm/{round_idx}").shuffle(rows)
-    examples = outcome_examples(rows)[: cfg.orm.max_examples]
+    return outcome_examples(rows)[: cfg.orm.max_examples], dropped
+
+
+def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, generated_uris: list[str]) -> dict:
+    t0 = time.perf_counter()
+    examples, dropped = training_examples(cfg, round_idx, generated_uris)
     if not examples:
-        raise ValueError(f"round {round_idx}: no generated traces with steps to train the ORM on in {generated_uris}")
+        raise ValueError(f"round {round_idx}: no traces with a labelled last step to train the ORM on in "
+                         f"{generated_uris} (orm.labels: {cfg.orm.labels})")
     o = cfg.orm
     curve: list = []
     with tempfile.TemporaryDirectory() as tmp:
         stats = prm.train_prm(str(store.fetch_folder(serving.base_of(generator_uri))), tmp, examples, epochs=o.epochs,
-                              lr=o.lr, batch_size=o.batch_size, seed=cfg.seed + round_idx, soft=False,
+                              lr=o.lr, batch_size=o.batch_size, seed=cfg.seed + round_idx,
+                              soft=cfg.prm.soft and o.labels == "prm",
                               log=lambda step, m: curve.append((step, m["train_loss"])),
                               placement=serving.placement(cfg), step_separator=cfg.family.prompt.step_separator,
                               balance=o.balance, max_tokens_per_batch=o.max_tokens_per_batch)
         metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))}, **dropped,
-                   "examples": len(examples), "right_share": sum(e["labels"][-1] for e in examples) / len(examples),
+                   "examples": len(examples), "labels": len(examples),
+                   "right_share": sum(e["labels"][-1] >= 0.5 for e in examples) / len(examples),
                    "seconds": time.perf_counter() - t0, "loss_curve": curve}
         store.publish_folder(tmp, out_uri, {"kind": "orm", "round": round_idx, "data": generated_uris,
                                             "metrics": metrics})

@@ -26,17 +26,10 @@ STAGE = Stage("train-prm", reads=("scored", "labels", "model", "prm"), publishes
 def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, scored_uris: list[str],
         previous_prm_uri: str | None = None) -> dict:
     t0 = time.perf_counter()
-    imported = labels_uri(cfg)
-    if imported and not cfg.scoring.labels.with_generated:
-        scored_uris = [u for u in scored_uris if u == imported]  # imported human labels only
-    rows = [r for u in scored_uris for r in store.read_rows(u) if r.get("label_source", "mc") not in GUESSES and r["steps"]]
-    rows, dropped = against_eval(rows, family_of(cfg), cfg.decontam)
-    random.Random(f"{cfg.seed}/prm/{round_idx}").shuffle(rows)
+    rows, dropped = training_rows(cfg, round_idx, scored_uris)
     soft = cfg.prm.soft
-    examples = [{"prompt": r["prompt"], "steps": r["steps"],
-                 "labels": [None if x is None else float(x) for x in (r["step_scores"] if soft else r["step_labels"])],
-                 **({"first_error": r["label_first_error"]} if "label_first_error" in r else {})}
-                for r in rows[: cfg.prm.max_examples]]
+    examples = [{"prompt": r["prompt"], "steps": r["steps"], "labels": step_labels(cfg, r),
+                 **({"first_error": r["label_first_error"]} if "label_first_error" in r else {})} for r in rows]
     if not examples:
         raise ValueError(f"round {round_idx}: no labelled steps to train the PRM on in {scored_uris}")
     curve: list = []
@@ -52,6 +45,23 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, scored
         store.publish_folder(tmp, out_uri, {"kind": "prm", "round": round_idx, "data": scored_uris, "init": init,
                                             "metrics": metrics})
     return metrics
+
+
+def training_rows(cfg: RunConfig, round_idx: int, scored_uris: list[str]) -> tuple[list[dict], dict]:
+    """The scored rows PRM_n trains on, in its order (at most prm.max_examples), and what decontamination
+    dropped: the equal-budget ORM (`orm.labels: prm`) takes the same rows."""
+    imported = labels_uri(cfg)
+    if imported and not cfg.scoring.labels.with_generated:
+        scored_uris = [u for u in scored_uris if u == imported]  # imported human labels only
+    rows = [r for u in scored_uris for r in store.read_rows(u) if r.get("label_source", "mc") not in GUESSES and r["steps"]]
+    rows, dropped = against_eval(rows, family_of(cfg), cfg.decontam)
+    random.Random(f"{cfg.seed}/prm/{round_idx}").shuffle(rows)
+    return rows[: cfg.prm.max_examples], dropped
+
+
+def step_labels(cfg: RunConfig, row: dict) -> list[float | None]:
+    """A row's labels as the PRM trains on them: soft scores (P(good)) or hard 0/1, None = unlabelled."""
+    return [None if x is None else float(x) for x in (row["step_scores"] if cfg.prm.soft else row["step_labels"])]
 
 
 def _init(cfg: RunConfig, generator_uri: str, previous_prm_uri: str | None, scratch: str) -> tuple[str, str]:
