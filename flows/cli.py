@@ -230,7 +230,10 @@ def compare(loops: list[str] = typer.Argument(..., help="Loop ids, e.g. demo-aac
                report.verifier_rows(rounds)),
               ("paired differences of best-of-N on the same pool (points [95% interval, each alone: of 20 "
                "such intervals about 1 excludes 0 by chance])",
-               report.verifier_rows(rounds, differences=True))]
+               report.verifier_rows(rounds, differences=True)),
+              # PRM vs ORM at one label budget (orm.labels: prm): the same labels, their cost, what each bought
+              ("what each learned verifier cost and bought (labels: step labels learned from; label TFLOPs: "
+               "the Monte Carlo rollouts behind them)", report.cost_rows(rounds))]
     for title, (header, rows) in tables:
         if not rows:
             continue

@@ -282,3 +282,23 @@ def test_the_implicit_prms_worst_step_tells_right_from_wrong_solutions_it_never_
     # (the train split's traces on prompts the bootstrap's pairs also hold are left out: 80 of 200 here)
     assert t == stats["implicit_threshold"] and 0 < stats["calibration_traces"] <= 200
     assert f1[t] >= f1[0.5] + 0.2, f1  # measured 0.27 against 0.0
+
+
+def test_compare_shows_what_each_verifier_cost_and_bought():
+    """`vstar compare`'s cost table, from the round metrics MLflow holds: the labels each learned from,
+    the rollouts behind them (2 x generator params x rollout tokens), training FLOPs, and the points
+    best-of-N gained over the vote per training TFLOP."""
+    from components.evaluation.report import cost_rows
+
+    ev = {"bok_pool": 16, "bok_diff/prm_min-vote/k16": 0.04, "bok_diff/prm_min-vote/k16/lo": -0.01,
+          "bok_diff/prm_min-vote/k16/hi": 0.09, "bok_diff/orm-vote/k16": -0.02, "bok_diff/orm-vote/k16/lo": -0.06,
+          "bok_diff/orm-vote/k16/hi": 0.02}
+    rounds = [{"round": 0, "evaluate": {}, "bootstrap": {"params": 1_000_000}},
+              {"round": 1, "evaluate": ev, "score": {"mc_rollout_tokens": 3e6},
+               "train_prm": {"n_train_steps": 9000, "train_flops": 2e12},
+               "train_orm": {"n_train_steps": 3000, "train_flops": 1e12}}]
+    header, rows = cost_rows({"loop-a": rounds})
+    assert header[2:] == ["verifier", "labels learned", "label TFLOPs", "train TFLOPs", "best-of-N - vote (points)",
+                          "points / train TFLOP"]
+    assert rows == [["loop-a", "1", "prm_min", "9,000", "6", "2", "+4 [-1, +9]", "+2"],
+                    ["loop-a", "1", "orm", "3,000", "6", "1", "-2 [-6, +2]", "-2"]]

@@ -135,6 +135,38 @@ def verifier_rows(loops: dict[str, list[dict]], differences: bool = False) -> tu
     return ["loop", "round", "pool x problems", *names], rows
 
 
+COSTED = {"prm_min": "train_prm", "orm": "train_orm"}  # verifier selector -> the stage that trained it
+
+
+def cost_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
+    """Per loop, round and learned verifier (PRM, ORM): the labels it learned from, what those labels
+    cost (Monte Carlo rollouts: 2 x generator params x rollout tokens, the same for a PRM and an ORM
+    trained on the PRM's rows, `orm.labels: prm`), its training FLOPs, and what it bought: best-of-N
+    over the vote on the round's pool, in points [95% interval], and points per training TFLOP."""
+    rows = []
+    for loop, rounds in loops.items():
+        params = next((r["bootstrap"]["params"] for r in rounds if "params" in r.get("bootstrap", {})), None)
+        for r in rounds:
+            ev, n = r["evaluate"], r["evaluate"].get("bok_pool")
+            rollout_tokens = r.get("score", {}).get("mc_rollout_tokens")
+            label_flops = 2.0 * params * rollout_tokens if params and rollout_tokens else None
+            for sel, stage in COSTED.items():
+                trained = r.get(stage, {})
+                if "train_flops" not in trained:
+                    continue
+                key = f"bok_diff/{sel}-vote/k{int(n)}" if n else None
+                gain = ev.get(key) if key else None
+                cell = (f"{100 * gain:+.0f} [{100 * ev[key + '/lo']:+.0f}, {100 * ev[key + '/hi']:+.0f}]"
+                        if gain is not None else "-")
+                per = (f"{100 * gain / (trained['train_flops'] / 1e12):+.3g}" if gain is not None and trained["train_flops"]
+                       else "-")
+                rows.append([loop, str(r["round"]), sel, f"{int(trained.get('n_train_steps', 0)):,}",
+                             f"{label_flops / 1e12:.3g}" if label_flops else "-", f"{trained['train_flops'] / 1e12:.3g}",
+                             cell, per])
+    return ["loop", "round", "verifier", "labels learned", "label TFLOPs", "train TFLOPs",
+            "best-of-N - vote (points)", "points / train TFLOP"], rows
+
+
 def plot_comparison(loops: dict[str, list[dict]], path: str | Path) -> Path:
     import matplotlib
 
