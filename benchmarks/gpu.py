@@ -609,6 +609,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--fail-fast", action="store_true", help="stop at the first failing measurement")
     ap.add_argument("--group-by-length", action="store_true",
                     help="training batches of similar lengths (hardware.group_by_length): less padding")
+    ap.add_argument("--attention", default="auto", help="hardware.attention: auto, sdpa, eager, flex_attention, "
+                    "flash_attention_2, flash_attention_4 (what a packed row runs through)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="JSON results; default benchmarks/results/gpu-<host>.json")
     args = ap.parse_args(argv)
@@ -632,7 +634,7 @@ def main(argv=None) -> dict:
     from components.config_sections import HardwareConfig
     from components.models.hardware import resolve
 
-    placement = resolve(HardwareConfig(group_by_length=args.group_by_length))
+    placement = resolve(HardwareConfig(group_by_length=args.group_by_length, attention=args.attention))
     dev = device_info()
     size = args.size or ("all" if placement.cuda else "tiny")
     names = list(GPU_SIZES) if size == "all" else [size]

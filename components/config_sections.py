@@ -131,6 +131,10 @@ class HardwareConfig(Strict):
     # linear memory (FlashAttention-2 or -4 varlen on CUDA); on forces it anywhere (sdpa then masks the pack
     # block-diagonally, quadratic in its length: slower than padding on a CPU, docs/benchmarks.md).
     packing: Literal["auto", "on", "off"] = "auto"
+    # transformers' attn_implementation. auto: FlashAttention-2 where installed, else flash-attn-4 on
+    # Hopper and later, else sdpa. flex_attention (torch's, compiled) skips the blocks a packed row's
+    # mask removes: the choice for packing on a GPU without FlashAttention (not measured here yet).
+    attention: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_4"] = "auto"
     # training a causal LM: the loss through TRL's chunked LM head, so float32 logits over the whole
     # vocabulary are never materialised (SFT through TRL always does this). auto: on with CUDA.
     fused_loss: Literal["auto", "on", "off"] = "auto"

@@ -214,3 +214,12 @@ def test_packing_switched_on_as_yaml_writes_it():
 
     assert load_config(None, ["hardware.packing=on", "hardware.fused_loss=off"]).hardware.packing == "on"
     assert load_config(None, ["hardware.fused_loss=off"]).hardware.fused_loss == "off"
+
+
+def test_packing_follows_an_attention_that_reads_packed_rows():
+    """auto packs where the attention skips what the pack's mask removes (FlashAttention's varlen
+    kernels, flex_attention's block mask), not where sdpa would mask a dense square."""
+    gpu = lambda **kw: resolve(HardwareConfig(**kw), cuda=True)  # noqa: E731
+    assert gpu(attention="flex_attention").packing and gpu(attention="flash_attention_2").packing
+    assert not gpu(attention="sdpa").packing and gpu(attention="sdpa", packing="on").packing
+    assert gpu(attention="flex_attention").load_args()["attn_implementation"] == "flex_attention"
