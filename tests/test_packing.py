@@ -227,3 +227,13 @@ def test_packing_follows_an_attention_that_reads_packed_rows():
     assert gpu(attention="flex_attention").packing and gpu(attention="flash_attention_2").packing
     assert not gpu(attention="sdpa").packing and gpu(attention="sdpa", packing="on").packing
     assert gpu(attention="flex_attention").load_args()["attn_implementation"] == "flex_attention"
+
+
+def test_fit_trains_through_the_placements_attention(qwen):
+    """A model built from a config (the bootstrap's) trains through the attention the placement chose,
+    as one loaded by from_pretrained (load_args) does."""
+    model, tok = causal_lm(qwen)
+    assert model.config._attn_implementation == "sdpa"
+    eager = resolve(HardwareConfig(attention="eager", packing="on"), cuda=False)
+    train_causal_lm(model, tok, gsm8k_pairs(8), TrainConfig(epochs=1, lr=1e-3, batch_size=8), seed=0, placement=eager)
+    assert model.config._attn_implementation == "eager"

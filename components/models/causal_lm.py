@@ -161,6 +161,8 @@ def fit(model, items: list, collate: Callable[[list, bool], dict], epochs: float
 
     if threads:
         torch.set_num_threads(threads)
+    if getattr(model.config, "_attn_implementation", placement.attention) != placement.attention:
+        model.set_attn_implementation(placement.attention)  # a model built from a config (the bootstrap's)
     points: list[tuple[int, float, float]] = []
     positions = {"real": 0, "computed": 0}
 
