@@ -199,10 +199,13 @@ def test_format_file_is_the_source_of_truth(planted_prm, tmp_path):
     model_dir, stats = planted_prm
     fmt = json.loads((model_dir / prm.FORMAT_FILE).read_text())
     tag_id = AutoTokenizer.from_pretrained(str(model_dir)).convert_tokens_to_ids("<step>")
-    calibrated = {k: fmt.pop(k) for k in ("threshold", "threshold_heldout_f1")}
+    calibrated = {k: fmt.pop(k) for k in ("threshold", "threshold_heldout_f1", "calibrated_on")}
     assert fmt == {"step_tag": "<step>", "step_tag_id": tag_id, "template": "{step}<step>\n", "step_separator": "\n",
                    "label_convention": "class 1 = good; soft labels = P(good)", "positive_class": 1}
+    chosen_on = calibrated.pop("calibrated_on")  # the held-back problems, hashed: one per problem
     assert calibrated == {"threshold": stats["calibrated_threshold"], "threshold_heldout_f1": stats["heldout_f1_calibrated"]}
+    assert len(chosen_on) == len(set(chosen_on)) > 0 and all(len(h) == 16 for h in chosen_on)
+    calibrated["calibrated_on"] = chosen_on
     fmt.update(calibrated)
     assert prm.load_format(model_dir) == fmt == prm_scoring.load_scorer("transformers", model_dir).fmt
     assert prm.format_input("1 +1\n", ["1+1=2", "Answer: 2"]) == "1 +1\n1+1=2<step>\nAnswer: 2<step>\n"
@@ -225,7 +228,7 @@ def test_format_file_is_the_source_of_truth(planted_prm, tmp_path):
     prm.train_prm(model_dir, again, [{"prompt": "1 +1\n", "steps": ["1+1=2", "Answer: 2"], "labels": [1, 1]}],
                   1, 1e-4, 4, 0, soft=False, heldout_fraction=0, threads=THREADS)
     # nothing held back: nothing to calibrate on, so the fixed 0.5
-    assert prm.load_format(again) == {**fmt, "threshold": 0.5, "threshold_heldout_f1": None}
+    assert prm.load_format(again) == {**fmt, "threshold": 0.5, "threshold_heldout_f1": None, "calibrated_on": []}
     assert len(AutoTokenizer.from_pretrained(str(again))) == len(AutoTokenizer.from_pretrained(str(model_dir)))
 
 

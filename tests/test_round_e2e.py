@@ -13,7 +13,7 @@ from browser import assert_not_blank, render_app  # tests/browser.py
 
 from components.evaluation import bestofk
 from components.evaluation.trace_report import REPORT
-from components.infra import store
+from components.infra import store, tracking
 from components.infra.layout import Layout
 from tests.expect import assert_reported, first_error_f1, prm_f1
 from tests.procs import stray_files
@@ -263,10 +263,18 @@ def test_compare_reads_rounds_from_mlflow_server(loop_result, s3_cfg, tmp_path):
     assert len(rows) == 3 and all(re.search(r"\d+% \[\d+, \d+\]", ln) for ln in rows), verifiers_table
     head = next(ln for ln in differences_table.splitlines() if "prm_min-orm" in ln)
     assert all(name in head for name in ("prm_min-dpo", "orm-vote", "dpo-vote", "calc-vote")), differences_table
+    differences_table, cost_table = differences_table.split("what each learned verifier cost and bought")
     # Every round, the bootstrap's too: the calculator needs no trained verifier.
     rows = [ln for ln in differences_table.splitlines() if loop_result["loop_id"] in ln]
     assert len(rows) == 3 and all(re.search(r"[+-]\d+ \[[+-]?\d+, [+-]?\d+\]", ln) for ln in rows), differences_table
     client = mlflow.MlflowClient(s3_cfg.tracking_uri)
+    # The cost table: a row per round and verifier MLflow holds a training of, its FLOPs in TFLOPs.
+    _, children = tracking.loop_runs(client, "vstar", loop_result["loop_id"])
+    trained = {(c.data.tags["vstar.round"], sel, c.data.metrics[f"{stage}/train_flops"]) for c in children
+               for sel, stage in (("prm_min", "train_prm"), ("orm", "train_orm")) if f"{stage}/train_flops" in c.data.metrics}
+    cells = [[x.strip() for x in ln.split("│")[1:-1]] for ln in cost_table.splitlines() if loop_result["loop_id"] in ln]
+    assert trained and {(c[1], c[2]) for c in cells} == {(r, sel) for r, sel, _ in trained}, cost_table
+    assert all(f"{f / 1e12:.3g}" in [c[5] for c in cells if (c[1], c[2]) == (r, sel)] for r, sel, f in trained), cost_table
     assert "compare/cmp.png" in {a.path for a in client.list_artifacts(loop_result["parent_run_id"], "compare")}
     missing = subprocess.run([vstar, "compare", "no-such-loop", "--tracking-uri", s3_cfg.tracking_uri],
                              capture_output=True, text=True, timeout=300)
