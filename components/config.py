@@ -34,10 +34,9 @@ class ConfigError(ValueError):
 NOT_IDENTITY = ("rounds", "store_uri", "tracking_uri", "experiment", "hardware", "execution", "recompute")
 # Fields added after loops were published, whose default computes what those loops computed: at that
 # default they are left out of the identity (as a switched-off section is), so those loop ids stay.
-NEUTRAL_DEFAULTS = {("sft", "min_kept"): 1}
+NEUTRAL_DEFAULTS = {("sft", "min_kept"): 1, ("orm", "labels"): "outcome"}
 # The same, for a field of whichever section has it (TrainConfig's and the verifiers' token budgets).
 NEUTRAL_FIELDS = {"max_tokens_per_batch": None}
-NEUTRAL_DEFAULTS[("orm", "labels")] = "outcome"
 
 
 class RunConfig(Strict):

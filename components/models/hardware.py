@@ -113,7 +113,7 @@ def resolve(hw: HardwareConfig, cuda: bool | None = None) -> Placement:
                            "use float32 (or bfloat16)")
     attention = _attention(device, dtype) if hw.attention == "auto" else hw.attention
     # auto: packed where the attention runs a packed row in time and memory linear in its length
-    packing = hw.packing == "on" or (hw.packing == "auto" and attention != "sdpa" and attention != "eager")
+    packing = hw.packing == "on" or (hw.packing == "auto" and attention not in ("sdpa", "eager"))
     fused_loss = hw.fused_loss == "on" or (hw.fused_loss == "auto" and device == "cuda")
     return Placement(device, dtype, hw.gpu_memory_utilization, hw.tensor_parallel_size, hw.gradient_checkpointing,
                      hw.group_by_length, packing, fused_loss, attention)

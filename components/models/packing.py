@@ -87,9 +87,3 @@ def token_batches(lengths: list[int], max_tokens: int, seed: int) -> list[list[i
         used += lengths[i]
     return batches + ([current] if current else [])
 
-
-def padding_share(batches: list[list[int]]) -> float:
-    """The share of positions that padded batches of these sequence lengths would spend on padding."""
-    real = sum(sum(b) for b in batches)
-    padded = sum(len(b) * max(b) for b in batches if b)
-    return 1 - real / padded if padded else 0.0

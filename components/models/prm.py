@@ -72,12 +72,6 @@ def _encode(tok, fmt: dict, prompt: str, steps: list[str]) -> tuple[list[int], l
     return ids, pos
 
 
-def _pad(batch: list[list[int]], pad_id: int):
-    """Right padding: with causal attention, positions before the padding are unaffected by it."""
-    out = packing.pad(batch, [[0] * len(ids) for ids in batch], pad_id, 0)
-    return out["input_ids"], out["attention_mask"]
-
-
 def step_probs(model, tok, fmt: dict, prompts: list[str], steps: list[list[str]], batch_size: int = 32,
                max_len: int | None = None, placement: Placement = CPU) -> list[list[float]]:
     """P(good) at each step's tag; batches packed without padding when `placement.packing` (the scores
@@ -95,13 +89,10 @@ def step_probs(model, tok, fmt: dict, prompts: list[str], steps: list[list[str]]
         for start in range(0, len(enc), batch_size):
             chunk = enc[start : start + batch_size]
             seqs = [ids for ids, _ in chunk]
-            if placement.packing:  # one row; each trace's tags sit at its start + their positions
-                inputs = packing.pack(seqs, [[0] * len(ids) for ids in seqs], 0, shifted=False)
-                del inputs["labels"]
-                rows = [(0, at) for at in packing.starts(seqs)]
-            else:
-                input_ids, attn = _pad(seqs, tok.pad_token_id)
-                inputs, rows = {"input_ids": input_ids, "attention_mask": attn}, [(i, 0) for i in range(len(chunk))]
+            inputs = packing.layout(seqs, [[0] * len(ids) for ids in seqs], tok.pad_token_id, 0, placement.packing)
+            del inputs["labels"]
+            # packed: one row, each trace's tags at its start + their positions; padded: a row per trace
+            rows = ([(0, at) for at in packing.starts(seqs)] if placement.packing else [(i, 0) for i in range(len(chunk))])
             inputs = {k: v.to(placement.device) if hasattr(v, "to") else v for k, v in inputs.items()}
             probs = model(**inputs).logits.float().softmax(-1).cpu()
             out += [probs[row, [at + p for p in pos], fmt["positive_class"]].tolist()

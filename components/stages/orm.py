@@ -70,7 +70,7 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, genera
                               placement=serving.placement(cfg), step_separator=cfg.family.prompt.step_separator,
                               balance=o.balance, max_tokens_per_batch=o.max_tokens_per_batch)
         metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))}, **dropped,
-                   "examples": len(examples), "labels": len(examples),
+                   "examples": len(examples),
                    "right_share": sum(e["labels"][-1] >= 0.5 for e in examples) / len(examples),
                    "seconds": time.perf_counter() - t0, "loss_curve": curve}
         store.publish_folder(tmp, out_uri, {"kind": "orm", "round": round_idx, "data": generated_uris,
