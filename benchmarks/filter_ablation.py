@@ -39,7 +39,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.common import pct, write_results  # noqa: E402
-from components.config import load_config  # noqa: E402
+from components.checks import load_config  # noqa: E402
 
 EVAL_ONLY_OFF = ["orm.enabled=false", "dpo.enabled=false", "eval.beam.enabled=false", "eval.k=4",
                  "eval.sampled_per_level=30"]

@@ -302,7 +302,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from components.config import load_config
+    from components.checks import load_config
     from components.data.families import get_family
     from components.infra.isolation import StageFailed, call_isolated
 

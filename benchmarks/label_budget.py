@@ -29,7 +29,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from components.config import load_config  # noqa: E402
+from components.checks import load_config  # noqa: E402
 from components.infra import store  # noqa: E402
 from components.infra.layout import Layout  # noqa: E402
 

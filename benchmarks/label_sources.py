@@ -31,7 +31,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from components.infra import store  # noqa: E402
-from components.config import load_config  # noqa: E402
+from components.checks import load_config  # noqa: E402
 from components.loop import judge_uri  # noqa: E402
 
 

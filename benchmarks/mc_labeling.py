@@ -121,7 +121,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from benchmarks.generation import bootstrap_dir, machine_info
-    from components.config import ConfigError, load_config
+    from components.checks import load_config
+    from components.config import ConfigError
     from components.data.families import get_family
     from components.models.generation import load_backend
 

@@ -32,7 +32,7 @@ from rich.table import Table  # noqa: E402
 
 from components.infra import store  # noqa: E402
 from components.infra.layout import Layout
-from components.config import load_config  # noqa: E402
+from components.checks import load_config  # noqa: E402
 
 STAGES = ("generate", "score", "filter", "sft", "prm", "evaluate")
 

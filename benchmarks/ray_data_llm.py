@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.orchestration import _seed_store  # noqa: E402
-from components.config import load_config  # noqa: E402
+from components.checks import load_config  # noqa: E402
 from components.data.curriculum import round_problems  # noqa: E402
 from components.data.prompting import family_of  # noqa: E402
 from components.infra import store  # noqa: E402

@@ -25,7 +25,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.common import pct, write_results  # noqa: E402
-from components.config import load_config  # noqa: E402
+from components.checks import load_config  # noqa: E402
 
 ARMS = {"calc": [], "calc+rationalize": ["rationalize.enabled=true"]}
 STAGES = ("generate", "score", "filter", "sft", "evaluate")

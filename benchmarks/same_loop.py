@@ -24,7 +24,6 @@ from rich.table import Table  # noqa: E402
 from components.evaluation import report  # noqa: E402
 from components.infra import tracking  # noqa: E402
 
-SELECTORS = ("vote", "prm_min", "orm", "dpo", "implicit_min", "calc")
 STAGES = ("train_generator", "train_prm", "train_orm", "train_dpo", "evaluate")
 
 
@@ -39,7 +38,7 @@ def row(r: dict, levels: list[int]) -> dict:
     ev, n = r["evaluate"], int(r["evaluate"].get("bok_pool") or 0)
     out = {f"pass1_n{lv}": ev.get(f"pass1_n{lv}") for lv in levels}
     out["maj_at_k_all"] = ev.get("maj_at_k_all")
-    for s in SELECTORS:
+    for s in report.selectors()[1:]:
         key = f"bok/{s}/k{n}"
         if key in ev:
             out[f"bok16/{s}"] = [ev[key], ev[key + "/lo"], ev[key + "/hi"]]

@@ -34,7 +34,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.orchestration import _seed_store  # noqa: E402
-from components.config import load_config  # noqa: E402
+from components.checks import load_config  # noqa: E402
 from components.infra import services, store  # noqa: E402
 from components.infra.layout import Layout  # noqa: E402
 

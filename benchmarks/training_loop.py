@@ -274,7 +274,8 @@ def main(argv=None) -> dict:
     import torch
 
     from benchmarks.generation import machine_info
-    from components.config import ConfigError, load_config
+    from components.checks import load_config
+    from components.config import ConfigError
     from components.config_sections import TrainConfig
     from components.data.families import get_family
     from components.models.tiny import build_model, n_params, train_tokenizer

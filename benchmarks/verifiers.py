@@ -25,10 +25,10 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from components.config import load_config  # noqa: E402
+from components.checks import load_config  # noqa: E402
 from components.data.prompting import family_of  # noqa: E402
 from components.evaluation import bestofk  # noqa: E402
-from components.evaluation.report import DIFFERENCES  # noqa: E402
+from components.round_table import differences  # noqa: E402
 from components.infra import store  # noqa: E402
 from components.infra.layout import Layout  # noqa: E402
 
@@ -67,7 +67,7 @@ def main() -> None:
                     "FLOPs (the PRM's reading counted; all problems)")
     for col in ("round", "problems", "pool", "k", *SHOWN):
         t.add_column(col, justify="right")
-    for col in ("round", "problems", "pool", *DIFFERENCES):
+    for col in ("round", "problems", "pool", *differences()):
         d.add_column(col, justify="right")
     for col in ("round", "beam accuracy", "tokens = k samples", "best-of-k PRM", "vote", "FLOPs = k PRM-ranked",
                 "best-of-k PRM", "FLOPs = k voted", "vote", "training (own held-out split)"):
@@ -90,7 +90,7 @@ def main() -> None:
                 v = table["differences"].get(x)
                 return "-" if v is None else f"{100 * v[0]:+.1f} [{100 * v[1]:+.0f}, {100 * v[2]:+.0f}]"
             if table["differences"]:
-                d.add_row(str(n), name, f"{size} x {table['problems']}", *map(diff, DIFFERENCES))
+                d.add_row(str(n), name, f"{size} x {table['problems']}", *map(diff, differences()))
         ev = store.read_manifest(at.round(n, "eval")).get("metrics", {})
         trained = {v: {f: store.read_manifest(at.round(n, v))["metrics"].get(f) for f in fields}
                    for v, fields in TRAINING.items() if n > 0 and store.is_published(at.round(n, v))}

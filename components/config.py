@@ -14,10 +14,11 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from components.config_sections import (CurriculumConfig, DecontamConfig, DPOVerifierConfig, EvalConfig,
-                                        ExecutionConfig, FamilyConfig, FilterConfig, GenerationConfig,
-                                        HardwareConfig, ModelConfig, ORMConfig, PRMConfig, RationalizeConfig,
-                                        ScoringConfig, SFTConfig, Strict, TrainConfig)
+from components.config_scoring import FilterConfig, ScoringConfig
+from components.config_sections import (CurriculumConfig, DecontamConfig, EvalConfig, ExecutionConfig, FamilyConfig,
+                                        GenerationConfig, HardwareConfig, ModelConfig, RationalizeConfig, Strict,
+                                        TrainConfig)
+from components.config_training import DPOVerifierConfig, ORMConfig, PRMConfig, SFTConfig
 from components.infra.redact import redact, redact_tree
 
 
@@ -34,13 +35,16 @@ class ConfigError(ValueError):
 NOT_IDENTITY = ("rounds", "store_uri", "tracking_uri", "experiment", "hardware", "execution", "recompute")
 # Fields added after loops were published, whose default computes what those loops computed: at that
 # default they are left out of the identity (as a switched-off section is), so those loop ids stay.
-NEUTRAL_DEFAULTS = {("sft", "min_kept"): 1, ("orm", "labels"): "outcome"}
+# The verifiers' warmup_ratio came with their sections' extending TrainConfig: 0.05 is what they used.
+NEUTRAL_DEFAULTS = {("sft", "min_kept"): 1, ("orm", "labels"): "outcome", **{
+    (verifier, "warmup_ratio"): 0.05 for verifier in ("prm", "orm", "dpo")}}
 # The same, for a field of whichever section has it (TrainConfig's and the verifiers' token budgets).
 NEUTRAL_FIELDS = {"max_tokens_per_batch": None}
 
 
 class RunConfig(Strict):
-    """The whole run. Cross-field rules live in `_consistent` so a bad combination fails at load."""
+    """The whole run. Cross-field rules live in `_consistent` so a bad combination fails at load; the
+    rules that need a registry (a family, a label source, a stage) in components/checks.py."""
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
@@ -65,46 +69,18 @@ class RunConfig(Strict):
     eval: EvalConfig = EvalConfig()
     decontam: DecontamConfig = DecontamConfig()
     # Published stages to make again rather than reuse (and what was made from them): stage names
-    # (components/stages: NAMES), or `stale` for every stage published by other code than this checkout's.
+    # (components/round_table.py), or `stale` for every stage published by other code than this checkout's.
     recompute: list[str] = []
-
-    @field_validator("recompute")
-    @classmethod
-    def _stage_names(cls, names: list[str]) -> list[str]:
-        from components.stages import NAMES
-
-        unknown = [n for n in names if n not in (*NAMES, "stale")]
-        if unknown:
-            raise ValueError(f"unknown stage {', '.join(map(repr, unknown))}; known: {', '.join(NAMES)}, stale")
-        return names
 
     @model_validator(mode="after")
     def _consistent(self):
-        from components.labeling.sources import SOURCES, prm0_from_imports
-
-        src = self.scoring.label_source
         lab = self.scoring.labels
-        if prm0_from_imports(self) and not (lab.uri or lab.budget):
-            raise ValueError(f"scoring.label_source is {src!r} but neither scoring.labels.uri nor scoring.labels.budget is set")
         if lab.uri and lab.budget:
             raise ValueError("scoring.labels: set uri (a labels file) or budget (traces labelled here), not both")
         if lab.budget and self.family.name != "arith":
             raise ValueError(f"scoring.labels.budget labels traces with the family's exact step check, which only "
                              f"the arith family has ({self.family.name!r}: import human labels with scoring.labels.uri)")
-        if prm0_from_imports(self) and not self.prm.enabled:
-            raise ValueError(f"scoring.label_source {src!r} scores with a PRM trained on them: prm.enabled must be true")
-        uses = SOURCES[src].uses  # the verifier of the round before it labels with: it must be trained
-        if uses and not getattr(self, uses).enabled:
-            raise ValueError(f"scoring.label_source {src!r} labels with the {uses} verifier of the round before, "
-                             f"which is off: {uses}.enabled must be true")
-        from components.data.families import FAMILIES
-
-        fam_cls = FAMILIES.get(self.family.name)
-        if (self.scoring.calculator.enabled or "calc" in (src, *self.scoring.also)) and fam_cls \
-                and not hasattr(fam_cls, "calculator_labels"):
-            raise ValueError(f"scoring: the calculator (`calc`, scoring.calculator) reads the arithmetic a step "
-                             f"states; the {self.family.name!r} family has no such check (arith and gsm8k do)")
-        f = self.filter
+        f, src = self.filter, self.scoring.label_source
         if f.verifier and f.verifier not in (src, *self.scoring.also):
             raise ValueError(f"filter.verifier {f.verifier!r} ranks by a source's step scores: it must be the "
                              f"label source ({src!r}) or in scoring.also ({', '.join(self.scoring.also) or 'empty'})")
@@ -196,17 +172,15 @@ def apply_override(data: dict, assignment: str) -> None:
         raise ConfigError(f"--set {key}: the value is not valid YAML ({str(e).splitlines()[0]}): {redact(raw)!r}") from None
 
 
-def _describe(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid config"]
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
-        lines.append(f"  {source}: {field}: {msg}")
-    return "\n".join(lines)
+def describe(source: str, problems: list[tuple[str, str]]) -> str:
+    """A config error's text: the file, then each bad field with what is wrong, a line each."""
+    return "\n".join([f"{source}: invalid config", *(f"  {source}: {field}: {msg}" for field, msg in problems)])
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Load YAML (or the embedded defaults when path is None), apply `a.b=v` overrides, validate."""
+def parse_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> tuple[RunConfig, str]:
+    """Read YAML (or the embedded defaults when path is None), apply `a.b=v` overrides, validate the
+    types: the config and the name errors are reported under. components/checks.load_config adds the
+    rules that need the registries: load through it."""
     source = str(path) if path else "<defaults>"
     data: dict = {}
     if path is not None:
@@ -226,9 +200,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if overrides:  # error text is printed and logged: no credentials from an override's URI
         source += " (with --set " + ", ".join(redact(o) for o in overrides) + ")"
     try:
-        return RunConfig.model_validate(data)
+        return RunConfig.model_validate(data), source
     except ValidationError as e:
-        raise ConfigError(_describe(e, source)) from None
+        problems = [(".".join(str(p) for p in err["loc"]) or "(top level)",
+                     "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, "))
+                    for err in e.errors()]
+        raise ConfigError(describe(source, problems)) from None
 
 
 def dump_yaml(cfg: RunConfig) -> str:

@@ -1,4 +1,9 @@
-"""The typed sections of the run config (components/config.py composes them into RunConfig)."""
+"""The typed sections of the run config (components/config.py composes them into RunConfig): data,
+model, hardware, execution, generation, curriculum, evaluation. Scoring and filtering are in
+config_scoring.py, generator and verifier training in config_training.py.
+
+The config is the ground floor: these modules import nothing of the project. Rules that need a
+registry (a family, a label source, a stage by name) are components/checks.py's, which the loaders call."""
 from __future__ import annotations
 
 from typing import Literal
@@ -83,15 +88,6 @@ class FamilyConfig(Strict):
     train: SplitConfig = SplitConfig(min_ops=4, max_ops=4, size=600)
     eval: EvalSplitConfig = EvalSplitConfig(min_ops=1, max_ops=6, per_level=100)
     prompt: PromptConfig = PromptConfig()
-
-    @field_validator("name")
-    @classmethod
-    def _registered(cls, name: str) -> str:
-        from components.data.families import FAMILIES  # the registry imports this module: ask at validation
-
-        if name not in FAMILIES:
-            raise ValueError(f"unknown family {name!r}; known: {', '.join(sorted(FAMILIES))}")
-        return name
 
 
 class ModelConfig(Strict):
@@ -190,137 +186,6 @@ class GenerationConfig(Strict):
     prefix_caching: bool = True
 
 
-class MCConfig(Strict):
-    rollouts: int = Field(8, ge=1, le=64)
-    temperature: float = Field(0.8, ge=0)
-    reuse_completion: bool = True  # the candidate's own continuation counts as one rollout (binary search)
-    share_prefixes: bool = True  # one estimate per distinct prefix, shared by every trace that has it
-    # Binary search only: draw rollouts this many at a time, stopping at a prefix's first success
-    # (its hard label is then known); 0 draws all at once. Its scores are its hard labels.
-    early_stop_chunk: int = Field(0, ge=0, le=64)
-
-
-class ConfidenceConfig(Strict):
-    """The `confidence` source (components/labeling/confidence.py)."""
-    window: int = Field(1, ge=1)  # tokens per sliding window inside a step (1: the least sure position)
-    # DeepConf's k: each token's confidence is -mean of the k largest log-probabilities there (at most
-    # 20, vLLM's default max_logprobs)
-    top_k: int = Field(20, ge=1, le=20)
-    quantile: float = Field(0.3, gt=0, lt=1)  # of right-answer traces' confidence: the step threshold
-
-
-class CalculatorConfig(Strict):
-    """`scoring.calculator`: the family's calculator (arith: each `a<op>c=r` recomputed and chained;
-    gsm8k: its `<<48/2=24>>` annotations) overrules the label source: a step whose stated arithmetic
-    is wrong, and every step after it, is labelled wrong whatever the source said. It reads the trace
-    alone, never the problem's answer or a reference: a tool check any task with written arithmetic
-    has, not an oracle. A section, so that leaving it off keeps every loop id as it was."""
-    enabled: bool = False
-
-
-class RemoteJudgeConfig(Strict):
-    """An OpenAI-compatible /v1/completions endpoint (`vllm serve`, hosted models; the judge is
-    prompted as a base model, no chat template). The key is read from the environment variable
-    named here, never from config."""
-    base_url: str = "http://127.0.0.1:8000/v1"
-    model: str = "judge"
-    api_key_env: str = "VSTAR_JUDGE_API_KEY"
-    timeout_s: float = Field(60.0, gt=0)
-    retries: int = Field(4, ge=0)
-    backoff_s: float = Field(0.5, ge=0)
-    concurrency: int = Field(8, ge=1)
-
-
-FIRST_ERROR_TEMPLATE = (
-    "Problem:\n{problem}\nSolution steps:\n{steps}\n"
-    "Which step is the first incorrect one? Answer with its number, or none if every step is correct.\n"
-    "Verdict:")
-PER_STEP_TEMPLATE = (
-    "Problem:\n{problem}\nEarlier steps:\n{steps}\nStep {index}: {step}\n"
-    "Is this step correct? Answer yes or no.\nVerdict:")
-
-
-class JudgeConfig(Strict):
-    """LLM-as-judge (ProcessBench protocol). `model_uri` None: the loop trains a small judge of its
-    own from planted-error traces of the family (no instruct model on CPU); `backend: remote` asks
-    an HTTP endpoint instead. Templates take {problem}, {steps} (numbered from 1), {index}, {step}."""
-    backend: Literal["local", "remote"] = "local"
-    model_uri: str | None = None
-    mode: Literal["first_error", "per_step"] = "first_error"
-    first_error_template: str = FIRST_ERROR_TEMPLATE
-    per_step_template: str = PER_STEP_TEMPLATE
-    step_line: str = "Step {index}: {step}"  # one numbered step in {steps}
-    # What the judge the loop trains writes when every step is right; the parser always accepts
-    # none / no error / all correct / -1 (ProcessBench). A char-level tiny judge needs "-1".
-    none_verdict: str = "none"
-    max_tokens: int = Field(8, ge=1)
-    temperature: float = Field(0.0, ge=0)
-    remote: RemoteJudgeConfig = RemoteJudgeConfig()
-    train_examples: int = Field(20000, ge=1)  # planted-error examples for the judge the loop trains
-    train: TrainConfig = TrainConfig(epochs=1.0, lr=1e-3, batch_size=64)
-
-
-class LabelsConfig(Strict):
-    """Existing human step labels (PRM800K or Math-Shepherd format) imported from any fsspec URI, or
-    a labelling budget: `budget` traces of G_0 on problems set aside for labelling (disjoint from every
-    round's and from evaluation), labelled once by the family's exact step check in place of human
-    annotators, written as PRM800K and imported through the same path (so scoring never sees gold)."""
-    uri: str | None = None
-    budget: int = Field(0, ge=0)  # labelled traces (0: none; needs a family with an exact step check)
-    format: Literal["prm800k", "math_shepherd"] = "prm800k"
-    neutral: Literal["correct", "wrong", "skip"] = "correct"  # PRM800K rating 0 (TRL counted it wrong)
-    strict: bool = False
-    with_generated: bool = True  # PRM trains on imported plus generated traces (False: imported only)
-
-
-class ScoringConfig(Strict):
-    """Where step labels for filtering come from. `gold` is the exact step check of a verifiable
-    family (the bar the others are measured by); `mc` Monte Carlo rollouts per step, `mc_binary`
-    binary search for the first error (OmegaPRM); `confidence` the generator's own per-step token
-    confidence (DeepConf; free: one prefill pass); `judge` an LLM judge; `consensus` keeps a trace's
-    labels only where MC and the judge name the same first error (others are never kept); `labels`
-    scores with a PRM trained on imported human labels (round 1: on those alone; later rounds: on
-    those plus the loop's own labelled steps);
-    `prm` uses the previous round's PRM (round 1, which has none, uses `first_round_source`);
-    `prm+mc` runs MC only on traces the PRM is unsure about; `implicit` the previous round's DPO
-    verifier read as an implicit PRM (needs `dpo.enabled`); `calc` the family's calculator alone
-    (`calculator` below: the same check on top of any source). `also` names extra sources scored on
-    the same traces for the label-quality report (agreement, F1 vs gold) without filtering on them."""
-    label_source: str = "mc"  # names are validated against the registry (components/labeling/sources.py)
-    first_round_source: str = "mc"
-    also: list[str] = []
-    mc: MCConfig = MCConfig()
-    confidence: ConfidenceConfig = ConfidenceConfig()
-    calculator: CalculatorConfig = CalculatorConfig()
-    judge: JudgeConfig = JudgeConfig()
-    labels: LabelsConfig = LabelsConfig()
-    prm_unsure: tuple[float, float] = (0.2, 0.8)
-    audit_mc: int = Field(0, ge=0)  # traces also scored by MC to report its label quality (0 = off)
-
-    @field_validator("label_source", "first_round_source", "also")
-    @classmethod
-    def _registered(cls, value, info):
-        from components.labeling.sources import check_name  # the registry imports this module
-
-        names = value if isinstance(value, list) else [value]
-        for name in names:
-            check_name(name, standalone=info.field_name != "label_source")
-        return value
-
-
-class FilterConfig(Strict):
-    mode: Literal["step", "outcome"] = "step"
-    aggregate: Literal["min", "prod", "last", "mean"] = "min"
-    threshold: float = Field(0.5, ge=0, le=1)
-    max_per_problem: int = Field(2, ge=1)
-    # Whose step scores rank the traces: the label source's (None), or a source scored beside it in
-    # scoring.also (`confidence`, `mc_binary`, ...), so "which verifier filters best" is one flag.
-    verifier: str | None = None
-    # A fixed budget: the `keep` best-scored right traces in all (no threshold), so filters that
-    # differ only in their verifier keep as many traces and compare on what they keep.
-    keep: int | None = Field(None, ge=1)
-
-
 class CurriculumConfig(Strict):
     """Which train problems a round samples: one level past the longest chain the current generator
     already solves (greedy pass@1 >= promote_at), plus a share one level easier (Lee et al. 2025)."""
@@ -328,104 +193,6 @@ class CurriculumConfig(Strict):
     promote_at: float = Field(0.8, gt=0, le=1)
     problems: int = Field(400, ge=1)
     easier_share: float = Field(0.25, ge=0, lt=1)
-
-
-class LoraConfig(Strict):
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
-
-
-class SFTConfig(TrainConfig):
-    epochs: float = Field(3.0, gt=0)
-    lr: float = Field(1e-3, gt=0, lt=1)
-    replay_gold: float = Field(1.0, ge=0)  # bootstrap gold examples mixed in per kept trace
-    keep_history: bool = True  # earlier rounds' kept traces join this round's
-    max_examples: int = Field(6000, ge=1)
-    lora: LoraConfig | None = None
-    # Where G_n starts: G_{n-1} (previous; with LoRA, G_{n-1}'s adapter trains on) or G_0 (base:
-    # V-STaR retrains from the base model every round, on all data so far; with LoRA, a new adapter).
-    init: Literal["previous", "base"] = "previous"
-    # A round that kept fewer traces (after decontamination) learns nothing: no SFT on replayed gold
-    # alone (that would be plain SFT on references, not self-improvement), G_n = G_{n-1} published as
-    # unchanged, and a warning says what was generated, what was right and what to try.
-    min_kept: int = Field(1, ge=1)
-
-
-class CalibrateConfig(Strict):
-    """The PRM as a label source (`prm`, `prm+mc`, `labels`) calls a step wrong below the threshold its
-    training chose on its held-back traces (the one maximising their first-error F1 against their
-    labels; saved in the checkpoint's prm_format.json, in MLflow as train_prm/calibrated_threshold),
-    instead of the fixed 0.5 (off). Its scores are mapped so that threshold falls at 0.5: the filter,
-    `prm_unsure` and the quality report read them as before. Evaluation reports the PRM's F1 at both."""
-    enabled: bool = False
-
-
-class BackboneConfig(Strict):
-    """The PRM's own backbone instead of the generator's: a Hugging Face causal-LM folder (local or any
-    fsspec URI), a .gguf file or `package:<dist>` (converted once and published, as for model.init_uri),
-    with its own tokenizer: a verifier reads a trace's text, never the generator's token ids. Every
-    round's PRM starts from it (`init_from: previous`: from PRM_{n-1} once there is one)."""
-    enabled: bool = False
-    uri: str | None = None
-
-    @model_validator(mode="after")
-    def _named(self):
-        if self.enabled and not self.uri:
-            raise ValueError("prm.backbone.uri: a backbone needs a folder, a .gguf file or package:<dist>")
-        return self
-
-
-class PRMConfig(Strict):
-    enabled: bool = True
-    init_from: Literal["generator", "previous"] = "generator"
-    epochs: float = Field(2.0, gt=0)
-    lr: float = Field(1e-3, gt=0, lt=1)
-    batch_size: int = Field(64, ge=1)
-    max_tokens_per_batch: int | None = Field(None, ge=1)  # as TrainConfig's
-    max_examples: int = Field(4000, ge=1)
-    soft: bool = True  # train on MC fractions as floats (BCE) rather than hard labels
-    balance: bool = False  # weigh bad steps n_good / n_bad in the loss (they are rare)
-    scorer: Literal["transformers", "vllm"] = "transformers"
-    calibrate: CalibrateConfig = CalibrateConfig()
-    backbone: BackboneConfig = BackboneConfig()
-
-
-class ORMConfig(Strict):
-    """The outcome verifier: the PRM's model and format, trained on one label per trace (is its final
-    answer right?), read at the trace's last step tag; trained on every generated trace of rounds 1..n
-    (V-STaR keeps all iterations' data). Off by default: the PRM-vs-ORM comparison turns it on."""
-    enabled: bool = False
-    # outcome: every generated trace, labelled by the family's answer check. prm: PRM vs ORM at one
-    # label budget: exactly the rows PRM_n trains on, each labelled by its last step's label alone, so
-    # the two differ only in how many of those labels they learn from. With Monte Carlo labels the
-    # last step's is the trace's own outcome (its rollouts are the trace); with another source it is
-    # what that source says of the last step (the calculator: its arithmetic).
-    labels: Literal["outcome", "prm"] = "outcome"
-    epochs: float = Field(2.0, gt=0)
-    lr: float = Field(1e-3, gt=0, lt=1)
-    batch_size: int = Field(64, ge=1)
-    max_tokens_per_batch: int | None = Field(None, ge=1)  # as TrainConfig's
-    max_examples: int = Field(4000, ge=1)
-    balance: bool = True  # wrong traces weigh n_right / n_wrong (or the reverse share): either may be rare
-    scorer: Literal["transformers", "vllm"] = "transformers"
-
-
-class DPOVerifierConfig(Strict):
-    """V-STaR's verifier: a generator trained with DPO on (right, wrong) solution pairs of a problem,
-    every generated trace of rounds 1..n, the model it starts from its reference; it scores a solution
-    by DPO's implicit reward beta * log(pi / pi_ref) (components/models/dpo.py). Off by default.
-    `init: sft` starts from G_0, the model fine-tuned on the bootstrap gold (V-STaR's G_SFT, §3);
-    `generator` from the round's G_n. lr 5e-4 suits the tiny demo model; pretrained checkpoints want
-    DPO's usual 1e-6..1e-5."""
-    enabled: bool = False
-    init: Literal["sft", "generator"] = "sft"
-    beta: float = Field(0.1, gt=0)
-    epochs: float = Field(3.0, gt=0)
-    lr: float = Field(5e-4, gt=0, lt=1)
-    batch_size: int = Field(16, ge=1)
-    pairs_per_problem: int = Field(2, ge=1)  # of all right x wrong pairings of a problem's solutions
-    max_pairs: int = Field(2000, ge=1)
 
 
 class BeamConfig(Strict):

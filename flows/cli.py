@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from components.config import ConfigError, dump_yaml, load_config
+from components.checks import load_config
+from components.config import ConfigError, dump_yaml
 from components.infra.redact import redact
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -470,7 +471,7 @@ def describe_g0(model_uri: str) -> str:
 
 
 def print_summary(result: dict, seconds: float) -> None:
-    from components.evaluation.report import SELECTORS
+    from components.evaluation.report import selectors
 
     rounds = result["rounds"]
     console.print(f"bootstrap model: {describe_g0(rounds[0]['model_uri'])}", markup=False)
@@ -509,7 +510,7 @@ def print_summary(result: dict, seconds: float) -> None:
         e = r["evaluate"]
         k = max((int(x.rsplit("/k", 1)[1]) for x in e if x.startswith("bok/vote/k") and x.count("/") == 2), default=0)
         if k > 1:  # the pool's verifiers against the vote at the largest k (curves and intervals: MLflow)
-            picks = {v: e[f"bok/{v}/k{k}"] for v in SELECTORS[1:] if f"bok/{v}/k{k}" in e}
+            picks = {v: e[f"bok/{v}/k{k}"] for v in selectors()[1:] if f"bok/{v}/k{k}" in e}
             f1s = {n: e[m] for n, m in (("PRM", "prm_f1"), ("PRM at its calibrated threshold", "prm_f1_calibrated"),
                                         ("PRM with the calculator", "prm_calc_f1"), ("implicit PRM", "implicit_f1"),
                                         ("implicit PRM calibrated", "implicit_f1_calibrated")) if m in e}

@@ -27,7 +27,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from components.config import ConfigError, RunConfig, load_config
+from components.checks import check, load_config
+from components.config import ConfigError, RunConfig
 from components.infra.redact import redact
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout the worker runs from
@@ -187,7 +188,11 @@ def check_inputs(cfg: RunConfig, reference: RunConfig, file_store: str | None, p
 
 def check_typed(cfg: RunConfig) -> None:
     """The typed deployment's config (a form in the Prefect UI, no file): an allowed store and inputs,
-    the defaults' endpoints and execution."""
+    the defaults' endpoints and execution, and the registries' rules a file would be checked by."""
+    try:
+        check(cfg)
+    except ConfigError as e:
+        raise ParameterError("; ".join(s.strip() for s in str(e).splitlines()[1:])) from None
     check_store(cfg, None, "config")
     check_pinned(cfg, RunConfig(), "config")
     check_inputs(cfg, RunConfig(), None, "config")

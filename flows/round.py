@@ -31,7 +31,7 @@ from tasks.filter import filter_task
 from tasks.generate import generate_task
 from tasks.report import round_artifact_task, trace_report_task
 from tasks.score import score_task
-from tasks.train import VERIFIER_TASKS, prm_task, sft_task, warn_if_learned_nothing
+from tasks.train import prm_task, sft_task, train_verifiers, warn_if_learned_nothing
 
 
 @flow(name="vstar-round", persist_result=False)  # the manifests record what is done
@@ -47,8 +47,7 @@ def run_round(config: RunConfig, round_idx: int) -> dict:
         warn_if_learned_nothing(config, n, run_id, gen, kept, sft)  # G_n = G_{n-1}: said, never silent
         prm, prm_metrics = (prm_task(config, model, inp.scored_uris + [scored], inp.prm_uri, n, run_id)
                             if config.prm.enabled else (None, {}))
-        verifiers = {name: train(config, model, [*inp.generated_uris, scored], n, run_id)
-                     for name, train in VERIFIER_TASKS.items() if getattr(config, name).enabled}
+        verifiers = train_verifiers(config, model, [*inp.generated_uris, scored], n, run_id)  # ORM_n, DPO_n, ...
         _, evaluation = evaluate_task(config, model, n, run_id, prm, verifier_uris={v: u for v, (u, _) in verifiers.items()})
         result = {"round": n, "run_id": run_id, "target": inp.target, "model_uri": model, "prm_uri": prm,
                   **{f"{v}_uri": u for v, (u, _) in verifiers.items()}, "filtered_uri": filtered, "generate": gen,

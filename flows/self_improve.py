@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from components import round_table
 from components.infra import isolation, store, tracking
-from components.config import RunConfig, load_config, stable_hash
+from components.checks import load_config
+from components.config import RunConfig, stable_hash
 from components.infra.layout import Layout
 from components.labeling.sources import prm0_from_imports
 from components.loop import judge_uri, labels_uri, last_round
@@ -25,7 +27,7 @@ from flows.round import run_round
 from tasks.bootstrap import bootstrap_task
 from tasks.evaluate import evaluate_task
 from tasks.labels import judge_task, labels_task
-from tasks.train import VERIFIER_TASKS, prm_task
+from tasks.train import prm_task
 from tasks.data import data_task
 from tasks.report import report_task
 
@@ -122,7 +124,8 @@ def reevaluate(config_path: str = "configs/demo.yaml", overrides: list[str] | No
         raise store.NotPublished(f"loop {loop} has no published model for round {round} ({model})")
     prm = at.round(round, "prm") if round > 0 else None
     prm = prm if prm and store.is_published(prm) else None
-    verifier_uris = {v: at.round(round, v) for v in VERIFIER_TASKS if round > 0 and store.is_published(at.round(round, v))}
+    verifier_uris = {r.verifier: at.round(round, r.artifact) for r in round_table.on_generated()
+                     if round > 0 and store.is_published(at.round(round, r.artifact))}
     ev = load_config(path, (overrides or []) + (eval_overrides or []))
     tag = f"eval-{stable_hash(ev.eval.model_dump(mode='json'))[:8]}" if eval_overrides else "eval"
     run_id = tracking.round_run(config, tracking.loop_run(config), round)

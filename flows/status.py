@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 from components.infra import code_version, progress, store, tracking
 from components.infra.layout import Layout, is_safe_id
-from components.stages import dpo, evaluate, filter as filter_stage, generate, orm, prm, report, score, sft
+from components import round_table
 
-ROUND_STAGES = (generate, score, filter_stage, sft, prm, orm, dpo, evaluate, report)  # in the order a round runs them
-OPTIONAL = ("prm", "orm", "dpo")  # artifacts a config switches on or off (its section's `enabled`)
-BY_ARTIFACT = {m.STAGE.publishes: m for m in ROUND_STAGES}
+# Artifacts a config switches on or off (its section's `enabled`), and each round artifact's stage
+# module, in the order a round runs them.
+OPTIONAL = tuple(r.artifact for r in round_table.round_rows() if r.section)
+BY_ARTIFACT = {r.artifact: r.stage() for r in round_table.round_rows()}
 
 
 @dataclass

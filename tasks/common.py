@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import time
-from types import ModuleType
 
 from prefect import get_run_logger
 from prefect.cache_policies import NO_CACHE
@@ -20,10 +19,11 @@ from components.infra import code_version, progress, store, tracking
 from components.infra.isolation import run_isolated
 from components.infra.redact import redact
 from components.models.hardware import peak_memory
+from components.stages import StageModule, refusal
 from tasks.shards import run_sharded
 
 
-def run_stage(cfg: RunConfig, stage: ModuleType, out_uri: str, run_id: str | None, prefix: str | None = None,
+def run_stage(cfg: RunConfig, stage: StageModule, out_uri: str, run_id: str | None, prefix: str | None = None,
               **kwargs) -> dict:
     """Metrics of the published stage output at `out_uri`, computing it first if needed.
     Light stages run in this process: a child would cost more to start than to run."""
@@ -59,43 +59,27 @@ def run_stage(cfg: RunConfig, stage: ModuleType, out_uri: str, run_id: str | Non
     return metrics
 
 
-def _reuse(cfg: RunConfig, stage: ModuleType, out_uri: str, inputs: dict, run_id: str | None, log) -> dict | None:
+def _reuse(cfg: RunConfig, stage: StageModule, out_uri: str, inputs: dict, run_id: str | None, log) -> dict | None:
     """The published output's metrics if it may be reused, else None (and the log says why not)."""
     name = stage.STAGE.name
     try:
         manifest = store.read_manifest(out_uri)
     except store.NotPublished:
         return None
-    stale = code_version.is_stale(manifest, stage.__name__)
-    made, here = (manifest.get("code") or {}).get("hash"), code_version.code_version(stage.__name__)["hash"]
-    changed = _changed_inputs(manifest.get("inputs"), inputs)
-    why = ("asked to (recompute)" if name in cfg.recompute
-           else f"made by other code ({made}; this checkout: {here}) and recompute names `stale`"
-           if stale and "stale" in cfg.recompute
-           else f"its inputs changed since ({', '.join(map(redact, changed))})" if changed else None)
+    why = refusal(cfg, stage, manifest, inputs, stale_reused=True)
     if why:
-        log.info("%s: published at %s, but %s: recomputing", name, redact(out_uri), why)
+        log.info("%s: published at %s, but %s: recomputing", name, redact(out_uri), redact(why))
         return None
     metrics = manifest.get("metrics", {})
     log.info("%s  (published at %s: skipped)", progress.summary(name, metrics, stage.STAGE.summary,
                                                                 metrics.get("seconds", 0)), redact(out_uri))
-    if stale:  # reused, but never silently: the log, `vstar status` and a tag on the round's MLflow run say so
+    if code_version.is_stale(manifest, stage.__name__):  # reused, but never silently: the log, `vstar status` and a tag say so
+        made, here = (manifest.get("code") or {}).get("hash"), code_version.code_version(stage.__name__)["hash"]
         log.warning("%s: published by other code (%s; this checkout: %s): reused; `vstar status` lists every "
                     "stale stage, `--recompute %s` (or `stale`) makes it again", name, made, here, name)
         if run_id:
             tracking.set_tag(cfg, run_id, f"vstar.stale.{name}", f"{made} (this checkout: {here})")
     return metrics
-
-
-def _changed_inputs(recorded: dict | None, inputs: dict) -> list[str]:
-    """The inputs whose content differs from what the output was made from (none when it does not say).
-    Compared by digest, not by URI: a loop copied to another store (same loop id) is still current."""
-    if recorded is None:
-        return []
-    made_from = sorted(map(str, recorded.values()))
-    if made_from == sorted(map(str, inputs.values())):
-        return []
-    return sorted(u for u, d in inputs.items() if str(d) not in made_from) or sorted(inputs) or ["(its inputs)"]
 
 
 def _both(*watchers):
@@ -135,7 +119,7 @@ class PrefectProgress:
             update_progress_artifact(self.id, pct, description=text)
 
 
-def stage_task(stage: ModuleType) -> dict:
+def stage_task(stage: StageModule) -> dict:
     """@task options for a stage: its name, its tags ("gpu" when it wants an accelerator), and no Prefect
     cache or persisted result: the store's manifests are the one record of what is done (a rerun finds a
     published stage there and skips it), so no second cache can hand back old metrics after a stage is

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from prefect import task
 
+from components import round_table
 from components.config import RunConfig
 from components.evaluation import report
 from components.evaluation.trace_report import REPORT
@@ -42,7 +43,7 @@ def round_artifact_task(cfg: RunConfig, result: dict) -> str:
     from prefect.artifacts import create_markdown_artifact
 
     n = result["round"]
-    rows = [(stage, k, v) for stage in ("generate", "score", "filter", "sft", "prm", "orm", "dpo", "evaluate")
+    rows = [(stage, k, v) for stage in (r.key for r in round_table.round_rows())
             for k, v in (result.get(stage) or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     uris = {k: redact(v) for k, v in result.items() if k.endswith("_uri") and v}
     md = "\n".join([f"# {cfg.loop_id()} round {n}", "", _mlflow_link(cfg, result["run_id"]), "",

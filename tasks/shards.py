@@ -14,7 +14,6 @@ import contextlib
 import importlib
 import os
 import time
-from types import ModuleType
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -25,6 +24,7 @@ from components.infra import code_version, shards, store
 from components.infra.isolation import run_isolated
 from components.infra.layout import Layout
 from components.infra.redact import redact
+from components.stages import ShardableStage, refusal
 
 # What a shard's child needs from this process's environment on a Ray worker, which does not inherit
 # it: the store's credentials and endpoint, and vstar's own switches. Sent only to a cluster on this
@@ -58,17 +58,15 @@ def shard_task(cfg: RunConfig, stage_module: str, part_uri: str, shard: list[int
                                                                      shard[1], path))
 
 
-def reusable_part(cfg: RunConfig, stage: ModuleType, part_uri: str, inputs: dict) -> dict | None:
+def reusable_part(cfg: RunConfig, stage: ShardableStage, part_uri: str, inputs: dict) -> dict | None:
     """The manifest of a part left by an earlier run if it is what this run would make, else None:
     parts are found again only after a crash (a finished stage removes them), and the inputs may have
-    changed since."""
+    changed since; one made by other code is never reused."""
     try:
         manifest = store.read_manifest(part_uri)
     except store.NotPublished:
         return None
-    ok = (manifest.get("inputs") == inputs and not code_version.is_stale(manifest, stage.__name__)
-          and stage.STAGE.name not in cfg.recompute)
-    return manifest if ok else None
+    return None if refusal(cfg, stage, manifest, inputs, stale_reused=False) else manifest
 
 
 @flow(name="vstar-shards", persist_result=False)  # the parts' manifests record what is done
@@ -84,7 +82,7 @@ def shards_flow(cfg: RunConfig, stage_module: str, out_uri: str, kwargs: dict, i
     return parts
 
 
-def run_sharded(cfg: RunConfig, stage: ModuleType, out_uri: str, kwargs: dict, inputs: dict) -> dict:
+def run_sharded(cfg: RunConfig, stage: ShardableStage, out_uri: str, kwargs: dict, inputs: dict) -> dict:
     """The stage's metrics, its artifact published at `out_uri` from `execution.shards` shards."""
     t0 = time.monotonic()
     runner = _task_runner(cfg)

@@ -1,12 +1,13 @@
-from types import ModuleType
+from functools import cache
 
 from prefect import get_run_logger, task
 
+from components import round_table
 from components.config import RunConfig
 from components.infra import tracking
 from components.infra.layout import Layout
 from components.loop import learned_nothing
-from components.stages import dpo, orm, prm, sft
+from components.stages import prm, sft
 from tasks.common import run_stage, stage_task
 
 
@@ -38,17 +39,24 @@ def prm_task(cfg: RunConfig, generator_uri: str, scored_uris: list[str], previou
                           scored_uris=scored_uris, previous_prm_uri=previous_prm_uri)
 
 
-def _verifier_task(stage: ModuleType):
+@cache
+def verifier_task(row: round_table.Row):
+    """The Prefect task training the verifier of `row` (round_table.on_generated) on the outcomes of
+    every trace generated in rounds 1..n -> round-<n>/<its artifact>."""
+    stage = row.stage()
+
     @task(**stage_task(stage))
     def train_verifier(cfg: RunConfig, generator_uri: str, generated_uris: list[str], round_idx: int,
                        run_id: str | None) -> tuple[str, dict]:
-        """Train the verifier on the outcomes of every trace generated in rounds 1..n -> round-<n>/<its name>."""
-        uri = Layout.of(cfg).round(round_idx, stage.STAGE.publishes)
+        uri = Layout.of(cfg).round(round_idx, row.artifact)
         return uri, run_stage(cfg, stage, uri, run_id, generator_uri=generator_uri, round_idx=round_idx,
                               generated_uris=generated_uris)
     return train_verifier
 
 
-# The verifiers trained on the outcomes of every trace generated in rounds 1..n, by name: their config
-# section (`orm:`, `dpo:`, each with `enabled`) and their artifact in the round's folder.
-VERIFIER_TASKS = {m.STAGE.publishes: _verifier_task(m) for m in (orm, dpo)}
+def train_verifiers(cfg: RunConfig, generator_uri: str, generated_uris: list[str], round_idx: int,
+                    run_id: str | None) -> dict[str, tuple[str, dict]]:
+    """Every verifier of the round table trained on generated traces that the config switches on:
+    name -> (its URI, its metrics)."""
+    return {row.verifier: verifier_task(row)(cfg, generator_uri, generated_uris, round_idx, run_id)
+            for row in round_table.on_generated() if row.enabled(cfg)}

@@ -145,7 +145,7 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session")
 def smoke_cfg(tmp_path_factory):
-    from components.config import load_config
+    from components.checks import load_config
 
     # VSTAR_TEST_STORE (developers only, unset in CI): a store kept between sessions, so the tiny
     # model below is trained once rather than per session. The workers of one session share theirs.

@@ -143,7 +143,7 @@ def test_the_dpo_verifier_ranks_by_its_reward_even_past_sigmoids_float_range():
     """V-STaR ranks by r = beta log(pi/pi_ref). As sigmoid(r), rewards of 40 and 50 were both 1.0 and
     tied (a coin flip between a right and a wrong answer), and r = -800 raised OverflowError, which
     ended the evaluation."""
-    from components.evaluation.verifiers import dpo_scores
+    from components.evaluation.scorers import dpo_scores
 
     rewards = [[40.0, 50.0, -800.0, -750.0], [-900.0, 45.0, 38.0, -710.0]]  # the 50 and the 45 are right
     pools = []

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.config import load_config
+from components.checks import load_config
 from components.infra import store
 from components.infra.layout import Layout
 from components.models.checkpoint import CheckpointError, smollm2_gguf

@@ -107,7 +107,7 @@ def test_a_round_that_learns_nothing_says_so(user, tiny_model_uri, smoke_cfg):
     assert "G_1 is G_0, unchanged. Try: rationalize.enabled=true" in warning[0]
     assert "round 1: G_1 = G_0, unchanged" in out  # again under the end table
     assert "bootstrap model: trained here: " in out
-    from components.config import load_config
+    from components.checks import load_config
 
     loop = load_config(ROOT / "configs/smoke.yaml", [a for a in args if a != "--set"]).loop_id()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")

@@ -1,6 +1,7 @@
 import pytest
 
-from components.config import ConfigError, RunConfig, load_config
+from components.checks import load_config
+from components.config import ConfigError, RunConfig
 
 
 def write(tmp_path, text):

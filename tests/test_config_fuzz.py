@@ -9,7 +9,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from components.config import ConfigError, RunConfig, load_config
+from components.checks import load_config
+from components.config import ConfigError, RunConfig
 
 FIELDS = sorted(k.replace("/", ".") for k in RunConfig().flat_params())  # every leaf, dotted
 SECTIONS = sorted({f.rsplit(".", 1)[0] for f in FIELDS if "." in f})

@@ -77,7 +77,7 @@ def test_nothing_g0_its_tokenizer_or_its_prompts_learn_from_is_an_evaluation_pro
     corpus held every evaluation prompt)."""
     import json
 
-    from components.config import load_config
+    from components.checks import load_config
     from components.config_sections import PromptConfig
     from components.data.decontam import bootstrap_split
     from components.data.prompting import PromptedFamily

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from components.infra import store
-from components.config import load_config
+from components.checks import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = Path(__file__).parent / "fixtures" / "data"

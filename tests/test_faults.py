@@ -32,7 +32,7 @@ import mlflow
 import psutil
 import pytest
 
-from components.config import load_config
+from components.checks import load_config
 from components.infra import services, store, tracking
 from components.infra.layout import Layout
 from tests.procs import (PublishedWatcher, assert_live_progress, freeze, one_line_error, stage_child, stray_files,

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from components.config_sections import FilterConfig
+from components.config_scoring import FilterConfig
 from components.labeling.filtering import aggregate, select
 from components.labeling.quality import first_error_f1
 
@@ -100,7 +100,8 @@ def test_any_source_can_filter_and_a_budget_keeps_the_best_m():
 
 
 def test_the_filter_verifier_must_be_scored(tmp_path):
-    from components.config import ConfigError, load_config
+    from components.checks import load_config
+    from components.config import ConfigError
 
     with pytest.raises(ConfigError, match="filter.verifier 'prm'.*scoring.also"):
         load_config("configs/smoke.yaml", ["filter.verifier=prm"])

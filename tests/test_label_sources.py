@@ -101,7 +101,8 @@ def test_the_implicit_prm_labels_steps_having_learnt_from_outcomes_alone(scored_
     each step by sigmoid(q_t) against the threshold its training calibrated on labelled traces of the
     problems it did not train on; a PRM never trains on those labels; round 1 (no verifier yet) falls
     back; a config that turns the DPO verifier off is refused naming the field."""
-    from components.config import ConfigError, load_config
+    from components.checks import load_config
+    from components.config import ConfigError
     from components.evaluation.bestofk import sigmoid
     from components.labeling.step_labels import first_error_from_scores
     from components.models import dpo, serving
@@ -145,7 +146,7 @@ def with_scoring(cfg, **update):
 
 @pytest.fixture(scope="module")
 def judge_uri(scored_gold, tiny_model_uri):
-    from components.config_sections import JudgeConfig
+    from components.config_scoring import JudgeConfig
     from components.loop import judge_uri as trained_judge
 
     cfg, base, _ = scored_gold
@@ -177,7 +178,7 @@ def test_binary_search_mc_reports_quality_against_gold_and_mc(scored_gold, tiny_
 
 
 def test_judge_and_consensus_partial_labels_train_a_prm(scored_gold, judge_uri, tiny_model_uri):
-    from components.config_sections import JudgeConfig
+    from components.config_scoring import JudgeConfig
 
     cfg, base, _ = scored_gold
     cfg = with_scoring(cfg, label_source="consensus", also=["judge", "gold"], judge=JudgeConfig(**TINY_JUDGE))
@@ -204,7 +205,7 @@ def test_a_round_labelled_in_shards_is_the_round_labelled_whole(scored_gold, jud
     machine (execution.engine=local), each in its own process, put together by `merge`. Consensus (its
     agreement a ratio), the generator's confidence (its threshold a quantile over the whole round) and
     an MC audit sample drawn over the whole round give the bytes and metrics of the unsharded stage."""
-    from components.config_sections import JudgeConfig
+    from components.config_scoring import JudgeConfig
     from components.infra import code_version
     from tasks.shards import run_sharded
 
@@ -331,7 +332,7 @@ def test_every_source_runs_inside_the_round_flow(scored_gold, judge_uri, prefect
     generator's confidence are scored beside it for the label-quality report in MLflow."""
     import mlflow
 
-    from components.config import load_config
+    from components.checks import load_config
     from flows.self_improve import self_improve
 
     cfg = scored_gold[0]

@@ -7,7 +7,7 @@ or hold for any model (counts, bisection invariants)."""
 import pytest
 
 from components.labeling import montecarlo
-from components.config_sections import MCConfig
+from components.config_scoring import MCConfig
 from components.models.generation import Sampling, load_backend
 
 GREEDY = Sampling(n=1, temperature=0.0, max_tokens=48)

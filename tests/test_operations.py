@@ -13,7 +13,7 @@ import pytest
 
 from components.infra import catalog, store
 from components.infra.layout import Layout
-from components.config import load_config
+from components.checks import load_config
 from tests.procs import PublishedWatcher
 
 ROOT = Path(__file__).resolve().parent.parent

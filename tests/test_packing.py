@@ -185,7 +185,7 @@ def test_prm_step_scores_are_the_same_packed_or_padded(qwen, tmp_path):
 
 
 def test_a_token_budget_left_unset_keeps_every_loop_id():
-    from components.config import load_config
+    from components.checks import load_config
 
     demo = load_config(Path(__file__).resolve().parents[1] / "configs/demo.yaml")
     budgeted = load_config(Path(__file__).resolve().parents[1] / "configs/demo.yaml",
@@ -214,7 +214,7 @@ def test_sft_in_packs_of_a_token_budget_keeps_every_token_and_refuses_a_longer_p
 
 def test_packing_switched_on_as_yaml_writes_it():
     """`hardware.packing: on` in a YAML file (or --set hardware.packing=on) is YAML's true."""
-    from components.config import load_config
+    from components.checks import load_config
 
     assert load_config(None, ["hardware.packing=on", "hardware.fused_loss=off"]).hardware.packing == "on"
     assert load_config(None, ["hardware.fused_loss=off"]).hardware.fused_loss == "off"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from components.config import ConfigError, RunConfig, load_config
+from components.checks import load_config
+from components.config import ConfigError, RunConfig
 from flows import params
 from flows.params import ParameterError, check_typed, deployment_config
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.config import load_config
+from components.checks import load_config
 from components.config_sections import HardwareConfig
 from components.infra import store
 from components.infra.layout import Layout

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from components.config import ConfigError, load_config
+from components.checks import load_config
+from components.config import ConfigError
 from components.config_sections import DataConfig, FamilyConfig, PromptConfig
 from components.data.families import get_family
 from components.data.prompting import PromptedFamily, problem_text

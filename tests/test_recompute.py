@@ -11,7 +11,7 @@ import mlflow
 import pytest
 from prefect import flow
 
-from components.config import load_config
+from components.checks import load_config
 from components.infra import code_version, store, tracking
 from components.stages import Stage
 from tasks.common import run_stage
@@ -19,7 +19,7 @@ from tasks.common import run_stage
 
 def stage(name: str, run) -> types.ModuleType:
     mod = types.ModuleType(f"tests.fake_{name.replace('-', '_')}")
-    mod.STAGE, mod.run = Stage(name, reads=(), publishes=name), run
+    mod.STAGE, mod.run = Stage(name, publishes=name), run
     return mod
 
 

@@ -21,7 +21,7 @@ from tests.procs import stray_files
 
 @pytest.fixture(scope="module")
 def s3_cfg(s3, mlflow_server, tiny_model_dir):
-    from components.config import load_config
+    from components.checks import load_config
 
     # With V-STaR's DPO verifier too (off in smoke.yaml: ~10 s a round the other tests need not pay).
     # Rounds as short as they get (as in tests/test_faults.py): what is tested is the loop on S3 and MLflow.

@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from components.config import load_config
+from components.checks import load_config
 from components.infra.redact import redact
 from tests.test_config import JUDGE_KEY, SECRET_OVERRIDES, secrets_in
 
@@ -71,7 +71,7 @@ class _EchoAuth(BaseHTTPRequestHandler):
 
 @pytest.mark.parametrize("userinfo", ["", "judge-user:base-SECRET-5@"])
 def test_remote_judge_never_shows_its_key_or_password(monkeypatch, userinfo):
-    from components.config_sections import JudgeConfig, RemoteJudgeConfig
+    from components.config_scoring import JudgeConfig, RemoteJudgeConfig
     from components.labeling.judge import JudgeError, make_judge_client
 
     class Capture(logging.Handler):

@@ -37,7 +37,7 @@ def ray_head(service_stack):
 
 
 def _cfg(smoke_cfg, store_uri: str, **execution):
-    from components.config import load_config
+    from components.checks import load_config
 
     sets = [f"{k}={v}" for k, v in OVERRIDES.items()] + [f"execution.{k}={v}" for k, v in execution.items()]
     return load_config("configs/smoke.yaml", [f"store_uri={store_uri}", *sets])

@@ -12,7 +12,7 @@ from components.stages import filter as filter_stage
 from components.stages import score
 from components.infra import store
 from components.infra.layout import Layout
-from components.config_sections import FilterConfig
+from components.config_scoring import FilterConfig
 from components.data.families.arith import APPLY
 from components.labeling.filtering import select
 from components.evaluation.trace_report import REPORT, reasons, render, trace_report

@@ -166,7 +166,7 @@ def test_the_calculator_verifier_and_the_prm_with_a_calculator(smoke_cfg, smoke_
     """`calc` scores what a calculator sees; `prm_calc` is the PRM overruled by it. A PRM that calls
     every step good misses the slip the calculator finds: the pair's first-error F1 is the calculator's."""
     from components.data.families.arith import gold_lines
-    from components.evaluation import heldout, verifiers
+    from components.evaluation import heldout, scorers
 
     samples = []
     for p in smoke_family.problems("eval")[:40]:
@@ -178,8 +178,8 @@ def test_the_calculator_verifier_and_the_prm_with_a_calculator(smoke_cfg, smoke_
         samples.append({"problem_id": p.id, "prompt": p.prompt, "completion": text, "difficulty": p.difficulty,
                         "correct": smoke_family.is_correct(p, text), "gold_first_error": smoke_family.first_error(p, text),
                         "answer": smoke_family.extract_answer(text), "prm_scores": [0.9] * len(lines)})
-    ctx = verifiers.Context(smoke_cfg, smoke_family, generator=None, flops={"prm_min": 5.0})
-    out = verifiers.calc(samples, ctx)
+    ctx = scorers.Context(smoke_cfg, smoke_family, generator=None, flops={"prm_min": 5.0})
+    out = scorers.calc(samples, ctx)
     slipped = [s["gold_first_error"] == 0 for s in samples]
     assert out["calc"] == [0.0 if x else 1.0 for x in slipped]
     assert out["prm_calc"] == [0.0 if x else 0.9 for x in slipped] and ctx.flops["prm_calc"] == 5.0
@@ -261,7 +261,7 @@ def test_the_implicit_prms_worst_step_tells_right_from_wrong_solutions_it_never_
     The threshold its training chose on labelled traces of other problems does better on these."""
     from components.evaluation.bestofk import sigmoid
     from components.evaluation.heldout import prm_first_error_f1
-    from components.evaluation.verifiers import dpo_scores
+    from components.evaluation.scorers import dpo_scores
     from tests.test_prm import planted_trace
 
     model_dir, stats = planted_dpo

@@ -96,7 +96,7 @@ def test_the_plain_way_when_warm_starts_are_off(probe, tmp_path, monkeypatch):
 def test_the_helper_leaves_vllm_out_when_the_run_uses_no_vllm_engine(probe, tmp_path, monkeypatch):
     """A run on the transformers backend (generation, PRM and ORM scorers) does not pay vLLM's import
     (~9 s of CPU) in every flow process; one that uses a vLLM engine keeps it preloaded."""
-    from components.config import load_config
+    from components.checks import load_config
     from components.infra.isolation import warm_up
 
     monkeypatch.setenv("VSTAR_TEST_PROBE", "no-vllm")  # a helper of this test's own

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import fsspec
 
-from components.config_sections import LabelsConfig
+from components.config_scoring import LabelsConfig
 from components.data.ingest import BadInput, Quarantine, read_records
 
 __all__ = ["import_labels", "write_prm800k", "write_math_shepherd", "IMPORTERS", "EXPORTERS", "BadInput"]

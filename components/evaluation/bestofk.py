@@ -24,8 +24,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from components import round_table
+
 MAX_SUBSETS = 20_000
-HEADLINE = ("prm_min", "prm_calc", "orm", "dpo", "implicit_min", "confidence", "calc")  # compared pairwise; every verifier is compared with the vote
 
 
 def ks_for(n: int) -> list[int]:
@@ -189,7 +190,7 @@ def curve_metrics(pools: Sequence[Sequence[dict]], verifiers: Sequence[str], sam
                   n_boot: int = 1000, flops: dict[str, float] | None = None) -> tuple[dict[str, float], dict]:
     """MLflow-ready metrics `bok/<selector>/k<k>` (with `/lo`, `/hi`: 95% bootstrap interval) for
     k = 1, 2, 4, ..., N, paired differences `bok_diff/<a>-<b>/k<N>` of each verifier against the vote
-    and between the HEADLINE verifiers, and the table as JSON (for the manifest and the plot).
+    and between the headline verifiers (components/round_table.py: selectors), and the table as JSON (for the manifest and the plot).
     `flops`: mean FLOPs per sample to generate it ("generate") and to score it (per verifier score),
     logged as `cost/...` and kept in the table for the accuracy-against-compute plot.
     N is the largest pool: a problem with fewer samples (a quarantined or lost sample) is left out and
@@ -214,7 +215,7 @@ def curve_metrics(pools: Sequence[Sequence[dict]], verifiers: Sequence[str], sam
         metrics.update({f"bok/{name}/k{k}": mean, f"bok/{name}/k{k}/lo": lo, f"bok/{name}/k{k}/hi": hi})
         table["selectors"].setdefault(name, {})[k] = [mean, lo, hi]
     # Each verifier against the vote, and the headline verifiers against each other (PRM - ORM first).
-    headline = [v for v in HEADLINE if v in verifiers]
+    headline = [v for v in round_table.selectors() if v in verifiers]
     pairs = [(v, "vote") for v in verifiers] + list(itertools.combinations(headline, 2))
     for a, b in pairs:
         mean, lo, hi = paired_difference(values[(a, n)], values[(b, n)], n_boot, seed)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from components import round_table
+
 
 def key_metrics(rounds: list[dict]) -> tuple[list[int], dict[str, list[float | None]]]:
     """Per round: pass@1 at each difficulty, best-of-k by PRM vs vote, PRM F1, kept."""
@@ -101,9 +103,9 @@ def comparison_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[
     return ["loop", "round"] + keys, rows
 
 
-SELECTORS = ("pass_at_k", "vote", "prm_min", "prm_calc", "orm", "dpo", "implicit_min", "confidence", "calc")  # the headline ones; the rest are in MLflow
-DIFFERENCES = ("prm_min-orm", "prm_min-dpo", "orm-dpo", "prm_min-vote", "orm-vote", "dpo-vote",
-               "prm_min-implicit_min", "implicit_min-vote", "prm_min-prm_calc", "prm_calc-vote", "calc-vote")
+def selectors() -> tuple[str, ...]:
+    """The headline selectors (the rest are in MLflow): pass@k, the vote, then the round table's."""
+    return ("pass_at_k", "vote", *round_table.selectors())
 
 
 def verifier_rows(loops: dict[str, list[dict]], differences: bool = False) -> tuple[list[str], list[list[str]]]:
@@ -111,8 +113,8 @@ def verifier_rows(loops: dict[str, list[dict]], differences: bool = False) -> tu
     best-of-N accuracy with its 95% interval, or (`differences`) the paired differences of the PRM,
     ORM and DPO verifier with each other and with the vote (evaluate's `bok/`, `bok_diff/` metrics)."""
     keys = {k for rounds in loops.values() for r in rounds for k in r["evaluate"]}
-    names = ([d for d in DIFFERENCES if any(k.startswith(f"bok_diff/{d}/") for k in keys)] if differences
-             else [s for s in SELECTORS if any(k.startswith(f"bok/{s}/k") for k in keys)])
+    names = ([d for d in round_table.differences() if any(k.startswith(f"bok_diff/{d}/") for k in keys)] if differences
+             else [s for s in selectors() if any(k.startswith(f"bok/{s}/k") for k in keys)])
     rows = []
     for loop, rounds in loops.items():
         for r in rounds:

@@ -17,7 +17,7 @@ from pathlib import Path
 from components.infra import store
 from components.infra.redact import redact
 from components.config import RunConfig
-from components.config_sections import FilterConfig
+from components.config_scoring import FilterConfig
 from components.labeling.filtering import aggregate, passes, select
 
 REPORT = "report.html"

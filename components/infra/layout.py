@@ -17,11 +17,10 @@ import operator
 import re
 from dataclasses import dataclass
 
+from components import round_table
 from components.config import RunConfig, stable_hash
 from components.infra.store import UnsafePath, join
 
-# What a round publishes, in the order its stages run.
-ROUND_ARTIFACTS = ("candidates", "scored", "filtered", "model", "prm", "orm", "dpo", "eval", "report")
 
 # Loop ids (`demo-f03bfe2bb7`), catalog ids (`demo-f03bfe2bb7-r1-1a2b3c4d`) and hashes become one path
 # component each; they also come from users and from store listings and entries, so they are checked.
@@ -94,8 +93,9 @@ class Layout:
 
     def round(self, n: int, artifact: str) -> str:
         """Round n's artifact; `eval-<hash>` names a re-evaluation beside `eval`."""
-        if artifact not in ROUND_ARTIFACTS and not (artifact.startswith("eval-") and is_safe_id(artifact)):
-            raise ValueError(f"unknown round artifact {artifact!r}; known: {', '.join(ROUND_ARTIFACTS)}")
+        known = round_table.artifacts()  # what a round publishes, in the order its stages run
+        if artifact not in known and not (artifact.startswith("eval-") and is_safe_id(artifact)):
+            raise ValueError(f"unknown round artifact {artifact!r}; known: {', '.join(known)}")
         return join(self.loop(), f"round-{operator.index(n)}", artifact)
 
     def generator(self, n: int) -> str:

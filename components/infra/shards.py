@@ -3,11 +3,13 @@
 A shard is a contiguous block of the stage's problems (in the order the unsharded stage takes them),
 so its rows, concatenated in shard order, are the rows the unsharded stage writes: with seeds per
 prompt (components/models/generation.py) the artifact is the same, byte for byte. Each part is
-published on its own (Layout.shard); the stage's `merge` publishes the artifact from them, once.
+published on its own (Layout.shard); the stage's `merge` publishes the artifact from them
+(`gathered`), once.
 Where the shards run (this machine, a Ray cluster) is tasks/shards.py's business.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence, TypeVar
 
 from components.infra import store
@@ -26,26 +28,35 @@ def part(items: Sequence[T], shard: Sequence[int] | None) -> list[T]:
     return list(items[i * len(items) // n:(i + 1) * len(items) // n])
 
 
-def gather(parts: list[str]) -> tuple[list[dict], list[dict]]:
-    """The published parts' rows, concatenated in order, and each part's manifest."""
-    rows, manifests = [], []
+@dataclass
+class Gathered:
+    """A sharded stage's parts read back, in shard order: what every stage's `merge` starts from."""
+    rows: list[dict]  # the parts' rows, concatenated: the rows of the unsharded stage
+    manifests: list[dict]  # each part's manifest
+
+    @property
+    def metrics(self) -> list[dict]:
+        """Each part's own metrics, without its `seconds` (the stage's wall time is the merge's to say)."""
+        return [{k: v for k, v in m.get("metrics", {}).items() if k != "seconds"} for m in self.manifests]
+
+    def total(self, key: str) -> float:
+        return sum(m.get(key, 0) for m in self.metrics)
+
+    @property
+    def sharding(self) -> dict:
+        """What a sharded stage records beside its own metrics: how many shards, and the slowest shard's
+        own time (the stage's wall time beyond it is what sharding cost)."""
+        return {"shards": len(self.manifests),
+                "slowest_shard_s": max(m.get("metrics", {}).get("seconds", 0.0) for m in self.manifests)}
+
+
+def gathered(parts: list[str], out_uri: str) -> Gathered:
+    """The published parts' rows and manifests; their quarantined rows, in order, in one file beside
+    the artifact at `out_uri` (none: no file), so the merged stage quarantines what the parts did."""
+    rows, manifests, bodies = [], [], []
     for uri in parts:
         rows.extend(store.read_rows(uri))
         manifests.append(store.read_manifest(uri))
-    return rows, manifests
-
-
-def sharding_metrics(manifests: list[dict]) -> dict:
-    """What a sharded stage records beside its own metrics: how many shards, and the slowest shard's
-    own time (the stage's wall time beyond it is what sharding cost)."""
-    return {"shards": len(manifests),
-            "slowest_shard_s": max(m.get("metrics", {}).get("seconds", 0.0) for m in manifests)}
-
-
-def gather_quarantine(parts: list[str], out_uri: str) -> None:
-    """The parts' quarantined rows, in order, in one file beside the artifact (none: no file)."""
-    bodies = []
-    for uri in parts:
         fs, path = store.fs_for(store.join(uri, QUARANTINE))
         if fs.exists(path):
             bodies.append(fs.cat_file(path))
@@ -53,6 +64,7 @@ def gather_quarantine(parts: list[str], out_uri: str) -> None:
         fs, path = store.fs_for(store.join(out_uri, QUARANTINE))
         fs.makedirs(fs._parent(path), exist_ok=True)
         fs.pipe_file(path, b"".join(bodies))
+    return Gathered(rows, manifests)
 
 
 def remove(parts: list[str]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from components.config_sections import FilterConfig
+from components.config_scoring import FilterConfig
 
 AGGREGATES = {
     "min": lambda s: min(s),

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from components.config_sections import GenerationConfig, JudgeConfig, RemoteJudgeConfig
+from components.config_scoring import JudgeConfig, RemoteJudgeConfig
+from components.config_sections import GenerationConfig
 from components.infra.log import get_logger
 from components.infra.redact import protect_loggers, redact
 from components.labeling.step_labels import from_first_error

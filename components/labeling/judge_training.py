@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from components.config_sections import JudgeConfig, TrainConfig
+from components.config_scoring import JudgeConfig
+from components.config_sections import TrainConfig
 from components.data.prompting import problem_text
 from components.labeling.judge import judge_prompt, judge_traces
 from components.models.hardware import CPU, Placement

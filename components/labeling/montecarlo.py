@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.config_sections import MCConfig
+from components.config_scoring import MCConfig
 from components.data.families import Family, Problem
 from components.models.generation import Backend, Sampling
 

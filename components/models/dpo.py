@@ -7,7 +7,7 @@ generator itself as the reference policy. A solution's score is DPO's implicit r
 the quantity the DPO loss ranks a pair by (Rafailov et al., eq. 5; V-STaR's full text could not be
 read where this was written, so its own wording of the rule is unchecked), so no head is added and no label but "is the final answer right?" is needed. The verifier's plain
 likelihood per token is also reported, so the two readings can be compared on the same pool
-(components/evaluation/verifiers.py: `dpo`, `dpo_likelihood`).
+(components/evaluation/scorers.py: `dpo`, `dpo_likelihood`).
 
 The same model is an implicit PRM (Yuan et al. 2024, "Free Process Rewards without Process Labels",
 arXiv 2412.01981, eq. 2-3): with r parameterised as that log-ratio, the Q-value of a prefix y_<=t is
@@ -164,7 +164,7 @@ def step_q(completion: str, steps: list[str], spans: list[tuple[int, int]], rati
 def train_dpo(init_dir: str | Path, out_dir: str | Path, pairs: list[dict], beta: float, epochs: float, lr: float,
               batch_size: int, seed: int, base_dir: str | Path | None = None, heldout_fraction: float = 0.1,
               log: Callable[[int, dict], None] | None = None, placement: Placement = CPU,
-              threads: int | None = None, calibration: list[dict] | None = None) -> dict:
+              threads: int | None = None, calibration: list[dict] | None = None, warmup_ratio: float = 0.05) -> dict:
     """Train the verifier from the generator in `init_dir` (a LoRA adapter on `base_dir`) on `pairs`
     and save it with its tokenizer and FORMAT_FILE. A tenth of the problems is held out: the implicit
     reward's pair accuracy and AUROC (right vs wrong solutions) there are measured on pairs it never saw.
@@ -211,7 +211,7 @@ def train_dpo(init_dir: str | Path, out_dir: str | Path, pairs: list[dict], beta
     args = DPOConfig(
         output_dir=str(Path(out_dir) / "_trainer"), num_train_epochs=epochs, learning_rate=lr,
         per_device_train_batch_size=per_process_batch(batch_size), seed=seed, data_seed=seed, lr_scheduler_type="cosine",
-        warmup_steps=warmup_steps(steps, 0.05), beta=beta, **placement.trainer_args(),
+        warmup_steps=warmup_steps(steps, warmup_ratio), beta=beta, **placement.trainer_args(),
         # The reference's log-probabilities once, before training; not when data-parallel: TRL 1.16 caches
         # them in a file under the in-memory dataset's temporary folder, which is each process's own, so
         # the other ranks never find rank 0's file. Then the reference scores every batch as it trains.

@@ -254,7 +254,7 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
               batch_size: int, seed: int, soft: bool, heldout_fraction: float = 0.1,
               log: Callable[[int, dict], None] | None = None, threads: int | None = None,
               placement: Placement = CPU, step_separator: str = "\n", balance: bool = False,
-              max_tokens_per_batch: int | None = None) -> dict:
+              max_tokens_per_batch: int | None = None, warmup_ratio: float = WARMUP_RATIO) -> dict:
     """Train a PRM from a generator (causal LM) or a previous PRM dir; save model, tokenizer, format.
 
     examples: {"prompt", "steps", "labels"} with one label per step (float P(good), None = unlabeled),
@@ -299,7 +299,7 @@ def train_prm(init_dir: str | Path, out_dir: str | Path, examples: list[dict], e
     def loss(outputs, labels, num_items_in_batch=None):
         return tag_loss(outputs.logits, labels, w_bad, fmt["positive_class"])
 
-    stats = fit(model, data, batch, epochs, lr, batch_size, seed, WARMUP_RATIO, log, placement=placement,
+    stats = fit(model, data, batch, epochs, lr, batch_size, seed, warmup_ratio, log, placement=placement,
                 compute_loss=loss, max_tokens_per_batch=max_tokens_per_batch)
 
     # Held-out quality, on labeled steps only; a soft label counts as positive when P(good) >= 0.5.

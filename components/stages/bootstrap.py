@@ -20,7 +20,7 @@ from components.models.serving import placement
 from components.stages import Stage
 
 log = get_logger(__name__)
-STAGE = Stage("bootstrap", reads=(), publishes="bootstrap", accelerator=True, data_parallel=True, isolated=True,
+STAGE = Stage.of(__name__, accelerator=True, data_parallel=True, isolated=True,
               summary=("{params:,} params", "{examples:,} examples", "{steps:,} steps", "loss {loss_first:.3f} -> {loss_last:.3f}"))
 
 

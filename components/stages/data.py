@@ -8,7 +8,7 @@ from components.infra import store
 from components.infra.layout import Layout
 from components.stages import Stage
 
-STAGE = Stage("prepare-data", reads=(), publishes="data", metrics="prepare_data")
+STAGE = Stage.of(__name__, metrics="prepare_data")
 
 
 def run(cfg: RunConfig, out_uri: str) -> dict:

@@ -9,7 +9,6 @@ the round's G_n instead (this project's earlier rule). What it buys against the 
 vote is measured on the same held-out pool by evaluate (components/evaluation/bestofk.py)."""
 from __future__ import annotations
 
-import tempfile
 import time
 
 from components.config import RunConfig
@@ -21,8 +20,9 @@ from components.labeling.sources import GUESSES
 from components.models import dpo, serving
 from components.models.sft import adapter_base
 from components.stages import Stage
+from components.stages.training import scalars, train_and_publish
 
-STAGE = Stage("train-dpo", reads=("candidates", "model"), publishes="dpo", accelerator=True, data_parallel=True, isolated=True,
+STAGE = Stage.of(__name__, accelerator=True, data_parallel=True, isolated=True,
               metrics="train_dpo",
               summary=("{pairs:,} pairs", "loss {loss_first:.3f} -> {loss_last:.3f}",
                        "held-out pairs ranked right {heldout_pair_accuracy:.0%}",
@@ -48,21 +48,16 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, genera
                          f"no preference pairs to train the DPO verifier on")
     init_uri = Layout.of(cfg).generator(0) if d.init == "sft" else generator_uri
     imported = d.init == "sft" and store.read_manifest(init_uri).get("metrics", {}).get("imported")
-    folder = store.fetch_folder(init_uri)
-    base = adapter_base(folder)
-    curve: list = []
-    with tempfile.TemporaryDirectory() as tmp:
-        stats = dpo.train_dpo(folder, tmp, pairs, beta=d.beta, epochs=d.epochs, lr=d.lr, batch_size=d.batch_size,
-                              seed=cfg.seed + round_idx, base_dir=store.fetch_folder(base) if base else None,
-                              log=lambda step, m: curve.append((step, m["train_loss"])),
-                              placement=serving.placement(cfg), calibration=calibration_traces(rows))
-        metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))}, **dropped, "pairs": len(pairs),
-                   "problems": len({p["prompt"] for p in pairs}), "seconds": time.perf_counter() - t0,
-                   "loss_curve": curve}
-        # The reference is part of the verifier: its score is a ratio to exactly this model.
-        store.publish_folder(tmp, out_uri, {"kind": "dpo", "round": round_idx, "data": generated_uris,
-                                            "reference": init_uri, "init": d.init,
-                                            **({"init_note": "G_0 was imported, not fine-tuned on gold: it stands "
-                                                             "in for V-STaR's G_SFT"} if imported else {}),
-                                            "metrics": metrics})
-    return metrics
+    folder_in = store.fetch_folder(init_uri)
+    base = adapter_base(folder_in)
+    # The reference is part of the verifier: its score is a ratio to exactly this model.
+    manifest = {"kind": "dpo", "round": round_idx, "data": generated_uris, "reference": init_uri, "init": d.init,
+                **({"init_note": "G_0 was imported, not fine-tuned on gold: it stands in for V-STaR's G_SFT"}
+                   if imported else {})}
+    return train_and_publish(
+        out_uri, manifest,
+        lambda folder, log: dpo.train_dpo(
+            folder_in, folder, pairs, beta=d.beta, epochs=d.epochs, lr=d.lr, batch_size=d.batch_size,
+            seed=cfg.seed + round_idx, base_dir=store.fetch_folder(base) if base else None, log=log,
+            placement=serving.placement(cfg), calibration=calibration_traces(rows), warmup_ratio=d.warmup_ratio),
+        t0, lambda stats: {**scalars(stats), **dropped, "pairs": len(pairs), "problems": len({p["prompt"] for p in pairs})})

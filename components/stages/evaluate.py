@@ -1,6 +1,6 @@
 """On the held-out split (never trained on): greedy pass@1 per difficulty; on a subset, one pool of k
 samples per problem that every selector ranks (vote, and each verifier of
-components/evaluation/verifiers.py: the PRM's aggregates, the ORM, the DPO verifier, the generator's own
+components/evaluation/scorers.py: the PRM's aggregates, the ORM, the DPO verifier, the generator's own
 confidence; votes weighted by each): maj@k and best-of-k, curves for k = 1, 2, 4, ..., N with bootstrap
 intervals (components/evaluation/bestofk.py), and the PRM's first-error F1 vs gold."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 from components.config import RunConfig
 from components.data.prompting import family_of
-from components.evaluation import beam_search, bestofk, verifiers
+from components.evaluation import beam_search, bestofk, scorers
 from components.evaluation.heldout import round_metrics
 from components.infra import shards, store
 from components.labeling.quality import refuse_leak
@@ -18,7 +18,7 @@ from components.models.generation import Sampling
 from components.stages import Stage
 from components.stages.generate import problem_row
 
-STAGE = Stage("evaluate", reads=("model", "prm", "orm", "dpo"), publishes="eval", accelerator=True, isolated=True,
+STAGE = Stage.of(__name__, accelerator=True, isolated=True,
               shardable=True,
               summary=("pass@1 {pass1_all:.1%}", "maj@k {maj_at_k_all:.1%}", "best-of-k by PRM {bestofk_prm_min_all:.1%}",
                        "PRM F1 {prm_f1:.2f}", "at its calibrated threshold {prm_f1_calibrated:.2f}"))
@@ -51,9 +51,9 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, tag: str, prm_uri: str | N
     work: dict = {"samples": len(samples), "sample_tokens": sum(len(s.token_ids) for o in sampled for s in o), "flops": {}}
     names: list[str] = []
     if samples:
-        ctx = verifiers.Context(cfg, fam, gen, {**({"prm": prm_uri} if prm_uri else {}), **(verifier_uris or {})})
-        names = verifiers.score(samples, ctx)
-        verifiers.generation_flops(samples, ctx)
+        ctx = scorers.Context(cfg, fam, gen, {**({"prm": prm_uri} if prm_uri else {}), **(verifier_uris or {})})
+        names = scorers.score(samples, ctx)
+        scorers.generation_flops(samples, ctx)
         work["flops"] = {k: v * len(samples) for k, v in ctx.flops.items()}  # ctx.flops: per sample
         if e.beam.enabled and prm_uri:
             work["beam"] = beam_work(cfg, gen, fam, subset, ctx.scorer(prm_uri), store.fetch_folder(prm_uri))
@@ -69,12 +69,12 @@ def merge(cfg: RunConfig, out_uri: str, parts: list[str], model_uri: str, tag: s
           verifier_uris: dict[str, str] | None = None, seconds: float = 0.0) -> dict:
     """Publish the evaluation from its shards' parts (in shard order): the rows and metrics of the
     unsharded stage."""
-    rows, manifests = shards.gather(parts)
+    got = shards.gathered(parts, out_uri)
     pool = _pool_order(cfg, family_of(cfg).problems("eval"))
-    samples = sorted((r for r in rows if r["kind"] == "sample"), key=lambda r: pool[r["problem_id"]])  # stable
-    return finish(cfg, out_uri, [r for r in rows if r["kind"] == "greedy"], samples, [m["names"] for m in manifests],
-                  [m["work"] for m in manifests], model_uri, tag, prm_uri, verifier_uris, seconds,
-                  **shards.sharding_metrics(manifests))
+    samples = sorted((r for r in got.rows if r["kind"] == "sample"), key=lambda r: pool[r["problem_id"]])  # stable
+    return finish(cfg, out_uri, [r for r in got.rows if r["kind"] == "greedy"], samples,
+                  [m["names"] for m in got.manifests], [m["work"] for m in got.manifests], model_uri, tag, prm_uri,
+                  verifier_uris, seconds, **got.sharding)
 
 
 def finish(cfg: RunConfig, out_uri: str, greedy: list[dict], samples: list[dict], names: list[list[str]],
@@ -136,7 +136,7 @@ def beam_work(cfg: RunConfig, gen, fam, problems, scorer, prm_dir) -> dict:
     its FLOPs: ~2 x params per token the generator generates and per token the PRM reads (every
     proposal's whole partial trace, each step)."""
     b, e = cfg.eval.beam, cfg.eval
-    measure = verifiers.input_tokens(prm_dir)
+    measure = scorers.input_tokens(prm_dir)
     found = beam_search.search(gen, fam, [p.prompt for p in problems], scorer.score, b.width, b.expansions,
                                b.max_steps, Sampling(temperature=e.temperature, max_tokens=cfg.generation.max_tokens,
                                                      seed=cfg.seed + 199), cfg.family.prompt.step_separator,

@@ -7,7 +7,7 @@ from components.infra import store
 from components.labeling.filtering import select
 from components.stages import Stage
 
-STAGE = Stage("filter", reads=("scored",), publishes="filtered", metrics="filter_traces",
+STAGE = Stage.of(__name__, metrics="filter_traces",
               summary=("kept {kept:,} of {traces:,} traces", "{kept_flawed_share:.1%} flawed",
                        "outcome-only would keep {outcome_only_kept:,}, {outcome_only_flawed_share:.1%} flawed",
                        "{kept_rationalized:,} rationalized ({kept_rationalized_flawed_share:.1%} flawed)"))

@@ -13,7 +13,7 @@ from components.models import serving
 from components.models.generation import Sampling
 from components.stages import Stage
 
-STAGE = Stage("generate", reads=("model",), publishes="candidates", accelerator=True, isolated=True, shardable=True,
+STAGE = Stage.of(__name__, accelerator=True, isolated=True, shardable=True,
               summary=("{traces:,} traces", "{accuracy:.1%} correct",
                        "rationalized {rationalized:,} of {rationalize_samples:,} hinted samples "
                        "({rationalized_problems:,}/{rationalize_problems:,} failed problems)",
@@ -85,15 +85,12 @@ def merge(cfg: RunConfig, out_uri: str, parts: list[str], model_uri: str, round_
     """Publish the round's candidates from its shards' (`parts`, in shard order): the rows the
     unsharded stage writes. Engine load and generation time add up over the shards; `seconds` is the
     stage's wall time."""
-    rows, manifests = shards.gather(parts)
-    each = [m.get("metrics", {}) for m in manifests]
-    shards.gather_quarantine(parts, out_uri)
-    total = lambda key: sum(m.get(key, 0) for m in each)  # noqa: E731
-    gen_s = sum(m["tokens"] / m["tokens_per_s"] for m in each if m.get("tokens_per_s"))
-    metrics = {**_metrics(rows, target, total("problems"), total("too_long_quarantined"), total("engine_load_s"),
-                          gen_s, seconds, cfg.rationalize.enabled and total("rationalize_samples")),
-               **shards.sharding_metrics(manifests)}
-    store.write_rows(rows, out_uri, {"stage": "generate", "round": round_idx, "model": model_uri, "metrics": metrics})
+    got = shards.gathered(parts, out_uri)
+    gen_s = sum(m["tokens"] / m["tokens_per_s"] for m in got.metrics if m.get("tokens_per_s"))
+    metrics = {**_metrics(got.rows, target, got.total("problems"), got.total("too_long_quarantined"),
+                          got.total("engine_load_s"), gen_s, seconds,
+                          cfg.rationalize.enabled and got.total("rationalize_samples")), **got.sharding}
+    store.write_rows(got.rows, out_uri, {"stage": "generate", "round": round_idx, "model": model_uri, "metrics": metrics})
     return metrics
 
 

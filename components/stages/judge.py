@@ -16,7 +16,7 @@ from components.models import serving
 from components.data.decontam import bootstrap_split
 from components.stages import Stage
 
-STAGE = Stage("train-judge", reads=("bootstrap",), publishes="judge", accelerator=True, data_parallel=True,
+STAGE = Stage.of(__name__, accelerator=True, data_parallel=True,
               isolated=True, metrics="train_judge",
               summary=("{examples:,} examples", "{steps:,} steps", "loss {loss_first:.3f} -> {loss_last:.3f}"))
 

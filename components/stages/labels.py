@@ -17,7 +17,7 @@ from components.models import serving
 from components.models.generation import Sampling
 from components.stages import Stage
 
-STAGE = Stage("import-labels", reads=("model",), publishes="labels", accelerator=True, isolated=True,
+STAGE = Stage.of(__name__, accelerator=True, isolated=True,
               metrics="import_labels", summary=("{rows_accepted:,} of {rows_read:,} rows", "{rows_quarantined:,} quarantined",
                                                 "{steps:,} steps"))
 

@@ -6,7 +6,6 @@ held-out pool by evaluate (components/evaluation/bestofk.py)."""
 from __future__ import annotations
 
 import random
-import tempfile
 import time
 
 from components.config import RunConfig
@@ -16,9 +15,10 @@ from components.infra import store
 from components.loop import labels_uri
 from components.models import prm, serving
 from components.stages import Stage
+from components.stages.training import scalars, train_and_publish
 from components.stages import prm as train_prm_stage
 
-STAGE = Stage("train-orm", reads=("scored", "model"), publishes="orm", accelerator=True, data_parallel=True, isolated=True,
+STAGE = Stage.of(__name__, accelerator=True, data_parallel=True, isolated=True,
               metrics="train_orm",
               summary=("{examples:,} traces", "{right_share:.0%} right", "loss {loss_first:.3f} -> {loss_last:.3f}",
                        "held-out AUROC {heldout_auroc:.2f}"))
@@ -61,18 +61,12 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, genera
         raise ValueError(f"round {round_idx}: no traces with a labelled last step to train the ORM on in "
                          f"{generated_uris} (orm.labels: {cfg.orm.labels})")
     o = cfg.orm
-    curve: list = []
-    with tempfile.TemporaryDirectory() as tmp:
-        stats = prm.train_prm(str(store.fetch_folder(serving.base_of(generator_uri))), tmp, examples, epochs=o.epochs,
-                              lr=o.lr, batch_size=o.batch_size, seed=cfg.seed + round_idx,
-                              soft=cfg.prm.soft and o.labels == "prm",
-                              log=lambda step, m: curve.append((step, m["train_loss"])),
-                              placement=serving.placement(cfg), step_separator=cfg.family.prompt.step_separator,
-                              balance=o.balance, max_tokens_per_batch=o.max_tokens_per_batch)
-        metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))}, **dropped,
-                   "examples": len(examples),
-                   "right_share": sum(e["labels"][-1] >= 0.5 for e in examples) / len(examples),
-                   "seconds": time.perf_counter() - t0, "loss_curve": curve}
-        store.publish_folder(tmp, out_uri, {"kind": "orm", "round": round_idx, "data": generated_uris,
-                                            "metrics": metrics})
-    return metrics
+    return train_and_publish(
+        out_uri, {"kind": "orm", "round": round_idx, "data": generated_uris},
+        lambda folder, log: prm.train_prm(
+            str(store.fetch_folder(serving.base_of(generator_uri))), folder, examples, epochs=o.epochs, lr=o.lr,
+            batch_size=o.batch_size, seed=cfg.seed + round_idx, soft=cfg.prm.soft and o.labels == "prm", log=log,
+            placement=serving.placement(cfg), step_separator=cfg.family.prompt.step_separator, balance=o.balance,
+            max_tokens_per_batch=o.max_tokens_per_batch, warmup_ratio=o.warmup_ratio),
+        t0, lambda stats: {**scalars(stats), **dropped, "examples": len(examples),
+                           "right_share": sum(e["labels"][-1] >= 0.5 for e in examples) / len(examples)})

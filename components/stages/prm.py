@@ -16,8 +16,9 @@ from components.labeling.sources import GUESSES
 from components.loop import labels_uri
 from components.models import prm, serving
 from components.stages import Stage
+from components.stages.training import scalars, train_and_publish
 
-STAGE = Stage("train-prm", reads=("scored", "labels", "model", "prm"), publishes="prm", accelerator=True,
+STAGE = Stage.of(__name__, accelerator=True,
               data_parallel=True, isolated=True, metrics="train_prm",
               summary=("{examples:,} examples", "{steps:,} steps", "loss {loss_first:.3f} -> {loss_last:.3f}", "held-out AUROC {heldout_auroc:.2f}",
                        "first-error F1 {heldout_f1:.2f} at 0.5, {heldout_f1_calibrated:.2f} at {calibrated_threshold:.3g}"))
@@ -32,19 +33,16 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, scored
                  **({"first_error": r["label_first_error"]} if "label_first_error" in r else {})} for r in rows]
     if not examples:
         raise ValueError(f"round {round_idx}: no labelled steps to train the PRM on in {scored_uris}")
-    curve: list = []
-    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as fetched:
+    with tempfile.TemporaryDirectory() as fetched:
         init_dir, init = _init(cfg, generator_uri, previous_prm_uri, fetched)
-        stats = prm.train_prm(init_dir, tmp, examples, epochs=cfg.prm.epochs, lr=cfg.prm.lr,
-                              batch_size=cfg.prm.batch_size, seed=cfg.seed + round_idx, soft=soft,
-                              log=lambda step, m: curve.append((step, m["train_loss"])),
-                              placement=serving.placement(cfg), step_separator=cfg.family.prompt.step_separator,
-                              balance=cfg.prm.balance, max_tokens_per_batch=cfg.prm.max_tokens_per_batch)
-        metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))}, **dropped,
-                   "examples": len(examples), "seconds": time.perf_counter() - t0, "loss_curve": curve}
-        store.publish_folder(tmp, out_uri, {"kind": "prm", "round": round_idx, "data": scored_uris, "init": init,
-                                            "metrics": metrics})
-    return metrics
+        return train_and_publish(
+            out_uri, {"kind": "prm", "round": round_idx, "data": scored_uris, "init": init},
+            lambda folder, log: prm.train_prm(
+                init_dir, folder, examples, epochs=cfg.prm.epochs, lr=cfg.prm.lr, batch_size=cfg.prm.batch_size,
+                seed=cfg.seed + round_idx, soft=soft, log=log, placement=serving.placement(cfg),
+                step_separator=cfg.family.prompt.step_separator, balance=cfg.prm.balance,
+                max_tokens_per_batch=cfg.prm.max_tokens_per_batch, warmup_ratio=cfg.prm.warmup_ratio),
+            t0, lambda stats: {**scalars(stats), **dropped, "examples": len(examples)})
 
 
 def training_rows(cfg: RunConfig, round_idx: int, scored_uris: list[str]) -> tuple[list[dict], dict]:

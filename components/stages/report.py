@@ -5,7 +5,7 @@ from components.config import RunConfig
 from components.evaluation.trace_report import trace_report
 from components.stages import Stage
 
-STAGE = Stage("trace-report", reads=("scored", "filtered", "prm"), publishes="report",
+STAGE = Stage.of(__name__,
               isolated=True, metrics="trace_report", summary=("{report_traces:,} traces shown",))
 
 

@@ -20,7 +20,7 @@ from components.labeling.step_labels import StepLabels
 from components.models import serving
 from components.stages import Stage
 
-STAGE = Stage("score", reads=("candidates", "model", "prm", "judge", "dpo"), publishes="scored", accelerator=True,
+STAGE = Stage.of(__name__, accelerator=True,
               isolated=True, shardable=True,
               summary=("{traces:,} traces", "{steps:,} steps labelled", "label F1 {label_f1:.2f}"))
 AUDIT = "mc"  # the audit sample's source: its columns are set on the sampled rows only
@@ -86,10 +86,8 @@ def merge(cfg: RunConfig, out_uri: str, parts: list[str], model_uri: str, candid
           prm_uri: str | None = None, judge_uri: str | None = None, seconds: float = 0.0,
           dpo_uri: str | None = None) -> dict:
     """Publish the round's scored traces from its shards' parts (in shard order)."""
-    rows, manifests = shards.gather(parts)
-    each = [{k: v for k, v in m.get("metrics", {}).items() if k != "seconds"} for m in manifests]
-    return finish(cfg, out_uri, rows, each, round_idx, prm_uri, seconds, dpo_uri=dpo_uri,
-                  **shards.sharding_metrics(manifests))
+    got = shards.gathered(parts, out_uri)
+    return finish(cfg, out_uri, got.rows, got.metrics, round_idx, prm_uri, seconds, dpo_uri=dpo_uri, **got.sharding)
 
 
 def finish(cfg: RunConfig, out_uri: str, rows: list[dict], stats: list[dict], round_idx: int,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-import tempfile
 import time
 
 from components.config import RunConfig
@@ -17,9 +16,10 @@ from components.infra.log import get_logger
 from components.models import serving
 from components.models.sft import sft, training_pairs, with_replay
 from components.stages import Stage
+from components.stages.training import train_and_publish
 
 log = get_logger(__name__)
-STAGE = Stage("sft", reads=("model", "filtered"), publishes="model", accelerator=True, data_parallel=True,
+STAGE = Stage.of(__name__, accelerator=True, data_parallel=True,
               isolated=True, metrics="train_generator", summary=("{examples:,} examples", "{steps:,} steps", "loss {loss_first:.3f} -> {loss_last:.3f}"))
 
 
@@ -50,19 +50,14 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, kept_uris:
     start_uri = Layout.of(cfg).bootstrap() if cfg.sft.init == "base" else model_uri
     base_uri = serving.base_of(start_uri)
     adapter = store.fetch_folder(start_uri) if cfg.sft.lora and start_uri != base_uri else None
-    curve: list = []
-    with tempfile.TemporaryDirectory() as tmp:
-        lora = cfg.sft.lora.model_dump() if cfg.sft.lora else None
-        stats = sft(str(store.fetch_folder(base_uri)), tmp, data, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
-                    batch_size=cfg.sft.batch_size, seed=cfg.seed + round_idx, lora=lora, base_uri=base_uri,
-                    log=lambda step, m: curve.append((step, m["train_loss"])), warmup_ratio=cfg.sft.warmup_ratio,
-                    placement=serving.placement(cfg), adapter_dir=adapter,
-                    max_tokens_per_batch=cfg.sft.max_tokens_per_batch)
-        metrics = {"examples": len(data), "kept_examples": len(pairs), "replay_examples": n_replay, **dict(dropped),
-                   "started_from": 0 if start_uri == Layout.of(cfg).bootstrap() else round_idx - 1,
-                   "loss_first": stats["loss_first"], "loss_last": stats["loss_last"], "steps": stats["steps"],
-                   "examples_per_step": len(data) * cfg.sft.epochs / max(1, stats["steps"]),
-                   "seconds": time.perf_counter() - t0, "loss_curve": curve}
-        store.publish_folder(tmp, out_uri, {"kind": "lora" if lora else "model", "round": round_idx,
-                                            "parent": model_uri, "data": kept_uris, "metrics": metrics})
-    return metrics
+    lora = cfg.sft.lora.model_dump() if cfg.sft.lora else None
+    return train_and_publish(
+        out_uri, {"kind": "lora" if lora else "model", "round": round_idx, "parent": model_uri, "data": kept_uris},
+        lambda folder, log: sft(str(store.fetch_folder(base_uri)), folder, data, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
+                                batch_size=cfg.sft.batch_size, seed=cfg.seed + round_idx, lora=lora, base_uri=base_uri,
+                                log=log, warmup_ratio=cfg.sft.warmup_ratio, placement=serving.placement(cfg),
+                                adapter_dir=adapter, max_tokens_per_batch=cfg.sft.max_tokens_per_batch),
+        t0, lambda stats: {"examples": len(data), "kept_examples": len(pairs), "replay_examples": n_replay, **dict(dropped),
+                           "started_from": 0 if start_uri == Layout.of(cfg).bootstrap() else round_idx - 1,
+                           "loss_first": stats["loss_first"], "loss_last": stats["loss_last"], "steps": stats["steps"],
+                           "examples_per_step": len(data) * cfg.sft.epochs / max(1, stats["steps"])})

@@ -1,6 +1,9 @@
-"""Verifiers: what ranks a problem's sampled solutions, one signature, registered by name.
+"""Scorers: what ranks a problem's sampled solutions at evaluation, one signature.
 
     fn(samples, ctx) -> {score name: one score per sample}   (higher = more likely right)
+
+A trained verifier's scorer is named by its row of the round table (components/round_table.py:
+`scorer`) and runs when the round has that verifier; `confidence` runs first and `calc` last.
 
 - `confidence`: the generator's own lowest windowed token confidence over the steps (DeepConf, Fu et
   al. 2025: -mean top-k log-probability per token), from one prefill pass: no verifier model at all;
@@ -27,10 +30,12 @@ FLOPs (~6 x params x tokens seen) are in the PRM and ORM stages' metrics.
 """
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+from components import round_table
 from components.config import RunConfig
 from components.evaluation.bestofk import sigmoid
 from components.labeling import confidence as conf
@@ -55,15 +60,7 @@ class Context:
         return self.scorers[uri]
 
 
-Verifier = Callable[[list[dict], Context], dict[str, list[float]]]
-REGISTRY: dict[str, tuple[Verifier, Callable[[Context], bool]]] = {}
-
-
-def verifier(name: str, when: Callable[[Context], bool] = lambda ctx: True):
-    def register(fn: Verifier) -> Verifier:
-        REGISTRY[name] = (fn, when)
-        return fn
-    return register
+Scorer = Callable[[list[dict], Context], dict[str, list[float]]]
 
 
 def _steps(samples: list[dict], ctx: Context) -> list[list[str]]:
@@ -101,7 +98,6 @@ def _verifier_flops(model_dir, samples: list[dict], steps: list[list[str]]) -> f
     return 2.0 * serving.param_count(model_dir) * _mean(lengths)
 
 
-@verifier("confidence")
 def confidence(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
     window, top_k = ctx.cfg.scoring.confidence.window, ctx.cfg.scoring.confidence.top_k
     tokens = ctx.generator.token_logprobs([s["prompt"] for s in samples], [s["completion"] for s in samples],
@@ -114,7 +110,6 @@ def confidence(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
     return {"confidence": out}
 
 
-@verifier("prm", when=lambda ctx: "prm" in ctx.models)
 def prm(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
     steps = _steps(samples, ctx)
     step_scores = ctx.scorer(ctx.models["prm"]).score([s["prompt"] for s in samples], steps)
@@ -126,7 +121,6 @@ def prm(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
     return out
 
 
-@verifier("orm", when=lambda ctx: "orm" in ctx.models)
 def orm(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
     steps = _steps(samples, ctx)
     scorer = ctx.scorer(ctx.models["orm"], ctx.cfg.orm.scorer)  # the PRM's model and format
@@ -134,7 +128,6 @@ def orm(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
     return {"orm": [sc[-1] if sc else 0.0 for sc in scorer.score([s["prompt"] for s in samples], steps)]}
 
 
-@verifier("dpo", when=lambda ctx: "dpo" in ctx.models)
 def dpo(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
     out = serving.dpo_verifier_scores(ctx.cfg, ctx.models["dpo"], [s["prompt"] for s in samples],
                                       [s["completion"] for s in samples], _steps(samples, ctx))
@@ -157,9 +150,8 @@ def dpo_scores(reward: list[float], logp: list[float], steps: list[list[float]])
             "implicit_mean": [sum(q) / len(q) if q else 0.0 for q in steps]}
 
 
-@verifier("calc", when=lambda ctx: hasattr(ctx.family, "calculator_labels"))
 def calc(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
-    """After `prm` (registry order): its step scores are on the samples by now, when it ran."""
+    """After the trained verifiers (`score`): the PRM's step scores are on the samples by now, when it ran."""
     for s, steps in zip(samples, _steps(samples, ctx)):
         s["calc_labels"] = ctx.family.calculator_labels(steps)
     out = {"calc": [0.0 if 0 in s["calc_labels"] else 1.0 for s in samples]}
@@ -170,14 +162,20 @@ def calc(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
     return out
 
 
+def scorers(ctx: Context) -> list[Scorer]:
+    """What scores this round's samples, in order: the generator's confidence, each verifier of the
+    round table the round has (ctx.models), the calculator where the family has one."""
+    trained = [r.scorer.split(":") for r in round_table.verifiers() if r.verifier in ctx.models and r.scorer]
+    return [confidence, *(getattr(importlib.import_module(m), fn) for m, fn in trained),
+            *([calc] if hasattr(ctx.family, "calculator_labels") else [])]
+
+
 def score(samples: list[dict], ctx: Context) -> list[str]:
-    """Every verifier that applies: each sample gets `scores` {name: score}; returns the names."""
+    """Every scorer that applies: each sample gets `scores` {name: score}; returns the names."""
     names: list[str] = []
     for s in samples:
         s.setdefault("scores", {})
-    for fn, when in REGISTRY.values():
-        if not when(ctx):
-            continue
+    for fn in scorers(ctx):
         for name, values in fn(samples, ctx).items():
             for s, v in zip(samples, values):
                 s["scores"][name] = v

@@ -1,0 +1,110 @@
+"""The training sections of the run config: the generator's SFT and the verifiers (PRM, ORM, DPO).
+Each extends TrainConfig (epochs, lr, batch_size, warmup, token budget) with its own defaults."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from components.config_sections import Strict, TrainConfig
+
+
+class LoraConfig(Strict):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class SFTConfig(TrainConfig):
+    epochs: float = Field(3.0, gt=0)
+    lr: float = Field(1e-3, gt=0, lt=1)
+    replay_gold: float = Field(1.0, ge=0)  # bootstrap gold examples mixed in per kept trace
+    keep_history: bool = True  # earlier rounds' kept traces join this round's
+    max_examples: int = Field(6000, ge=1)
+    lora: LoraConfig | None = None
+    # Where G_n starts: G_{n-1} (previous; with LoRA, G_{n-1}'s adapter trains on) or G_0 (base:
+    # V-STaR retrains from the base model every round, on all data so far; with LoRA, a new adapter).
+    init: Literal["previous", "base"] = "previous"
+    # A round that kept fewer traces (after decontamination) learns nothing: no SFT on replayed gold
+    # alone (that would be plain SFT on references, not self-improvement), G_n = G_{n-1} published as
+    # unchanged, and a warning says what was generated, what was right and what to try.
+    min_kept: int = Field(1, ge=1)
+
+
+class CalibrateConfig(Strict):
+    """The PRM as a label source (`prm`, `prm+mc`, `labels`) calls a step wrong below the threshold its
+    training chose on its held-back traces (the one maximising their first-error F1 against their
+    labels; saved in the checkpoint's prm_format.json, in MLflow as train_prm/calibrated_threshold),
+    instead of the fixed 0.5 (off). Its scores are mapped so that threshold falls at 0.5: the filter,
+    `prm_unsure` and the quality report read them as before. Evaluation reports the PRM's F1 at both."""
+    enabled: bool = False
+
+
+class BackboneConfig(Strict):
+    """The PRM's own backbone instead of the generator's: a Hugging Face causal-LM folder (local or any
+    fsspec URI), a .gguf file or `package:<dist>` (converted once and published, as for model.init_uri),
+    with its own tokenizer: a verifier reads a trace's text, never the generator's token ids. Every
+    round's PRM starts from it (`init_from: previous`: from PRM_{n-1} once there is one)."""
+    enabled: bool = False
+    uri: str | None = None
+
+    @model_validator(mode="after")
+    def _named(self):
+        if self.enabled and not self.uri:
+            raise ValueError("prm.backbone.uri: a backbone needs a folder, a .gguf file or package:<dist>")
+        return self
+
+
+class PRMConfig(TrainConfig):
+    enabled: bool = True
+    init_from: Literal["generator", "previous"] = "generator"
+    epochs: float = Field(2.0, gt=0)
+    lr: float = Field(1e-3, gt=0, lt=1)
+    max_examples: int = Field(4000, ge=1)
+    soft: bool = True  # train on MC fractions as floats (BCE) rather than hard labels
+    balance: bool = False  # weigh bad steps n_good / n_bad in the loss (they are rare)
+    scorer: Literal["transformers", "vllm"] = "transformers"
+    calibrate: CalibrateConfig = CalibrateConfig()
+    backbone: BackboneConfig = BackboneConfig()
+
+
+class ORMConfig(TrainConfig):
+    """The outcome verifier: the PRM's model and format, trained on one label per trace (is its final
+    answer right?), read at the trace's last step tag; trained on every generated trace of rounds 1..n
+    (V-STaR keeps all iterations' data). Off by default: the PRM-vs-ORM comparison turns it on."""
+    enabled: bool = False
+    # outcome: every generated trace, labelled by the family's answer check. prm: PRM vs ORM at one
+    # label budget: exactly the rows PRM_n trains on, each labelled by its last step's label alone, so
+    # the two differ only in how many of those labels they learn from. With Monte Carlo labels the
+    # last step's is the trace's own outcome (its rollouts are the trace); with another source it is
+    # what that source says of the last step (the calculator: its arithmetic).
+    labels: Literal["outcome", "prm"] = "outcome"
+    epochs: float = Field(2.0, gt=0)
+    lr: float = Field(1e-3, gt=0, lt=1)
+    max_examples: int = Field(4000, ge=1)
+    balance: bool = True  # wrong traces weigh n_right / n_wrong (or the reverse share): either may be rare
+    scorer: Literal["transformers", "vllm"] = "transformers"
+
+
+class DPOVerifierConfig(TrainConfig):
+    """V-STaR's verifier: a generator trained with DPO on (right, wrong) solution pairs of a problem,
+    every generated trace of rounds 1..n, the model it starts from its reference; it scores a solution
+    by DPO's implicit reward beta * log(pi / pi_ref) (components/models/dpo.py). Off by default.
+    `init: sft` starts from G_0, the model fine-tuned on the bootstrap gold (V-STaR's G_SFT, §3);
+    `generator` from the round's G_n. lr 5e-4 suits the tiny demo model; pretrained checkpoints want
+    DPO's usual 1e-6..1e-5."""
+    enabled: bool = False
+    init: Literal["sft", "generator"] = "sft"
+    beta: float = Field(0.1, gt=0)
+    epochs: float = Field(3.0, gt=0)
+    lr: float = Field(5e-4, gt=0, lt=1)
+    batch_size: int = Field(16, ge=1)
+    pairs_per_problem: int = Field(2, ge=1)  # of all right x wrong pairings of a problem's solutions
+    max_pairs: int = Field(2000, ge=1)
+
+    @model_validator(mode="after")
+    def _by_pairs(self):
+        if self.max_tokens_per_batch is not None:  # TRL 1.16's DPOTrainer pads (padding-free is off there)
+            raise ValueError("max_tokens_per_batch: the DPO verifier batches by pairs (dpo.batch_size), "
+                             "TRL's DPOTrainer cannot size its batches in tokens")
+        return self
