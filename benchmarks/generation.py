@@ -302,16 +302,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from components.checks import load_config
+    from benchmarks.common import config_or_exit
     from components.data.families import get_family
     from components.infra.isolation import StageFailed, call_isolated
 
-    from components.config import ConfigError
-
-    try:
-        cfg = load_config(args.config, args.set)
-    except ConfigError as e:
-        raise SystemExit(str(e)) from None
+    cfg = config_or_exit(args.config, args.set)
     prompts, warmup = pick_prompts([p.prompt for p in get_family(cfg.family, cfg.seed).problems("eval")],
                                    args.prompts)
     out_path = Path(args.out).resolve()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import sys
 import time
@@ -121,15 +120,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from benchmarks.generation import bootstrap_dir, machine_info
-    from components.checks import load_config
-    from components.config import ConfigError
+    from benchmarks.common import config_or_exit, write_report
     from components.data.families import get_family
     from components.models.generation import load_backend
 
-    try:
-        cfg = load_config(args.config, args.set)
-    except ConfigError as e:
-        raise SystemExit(str(e)) from None
+    cfg = config_or_exit(args.config, args.set)
     fam = get_family(cfg.family, cfg.seed)
     model_dir = Path(args.model_dir).resolve() if args.model_dir else bootstrap_dir(cfg)
     t_start = time.perf_counter()
@@ -156,12 +151,7 @@ def main(argv=None) -> dict:
                            "temperature": cfg.scoring.mc.temperature, "max_tokens": cfg.generation.max_tokens,
                            "gold_correct": sum(g < 0 for g in gold)},
               "total_s": time.perf_counter() - t_start, "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print_table(report)
-    print(f"results: {out}")
-    return report
+    return write_report(args.out, report, print_table)
 
 
 if __name__ == "__main__":

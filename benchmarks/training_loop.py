@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import statistics
 import sys
@@ -274,16 +273,12 @@ def main(argv=None) -> dict:
     import torch
 
     from benchmarks.generation import machine_info
-    from components.checks import load_config
-    from components.config import ConfigError
+    from benchmarks.common import config_or_exit, write_report
     from components.config_sections import TrainConfig
     from components.data.families import get_family
     from components.models.tiny import build_model, n_params, train_tokenizer
 
-    try:
-        cfg = load_config(args.config, args.set)
-    except ConfigError as e:
-        raise SystemExit(str(e)) from None
+    cfg = config_or_exit(args.config, args.set)
     args.seed = cfg.seed if args.seed is None else args.seed
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -318,12 +313,7 @@ def main(argv=None) -> dict:
                            "threads": args.threads, "heldout": len(held), "seed": args.seed,
                            "trainer_optim": trainer_optim, "fit_optimizer": "torch.optim.AdamW (default impl)"},
               "total_s": time.perf_counter() - t_start, "rows": rows, "summary": summarize(rows)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print_table(report)
-    print(f"results: {out}")
-    return report
+    return write_report(args.out, report, print_table)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ NOT_IDENTITY = ("rounds", "store_uri", "tracking_uri", "experiment", "hardware",
 # The verifiers' warmup_ratio came with their sections' extending TrainConfig: 0.05 is what they used.
 NEUTRAL_DEFAULTS = {("sft", "min_kept"): 1, ("orm", "labels"): "outcome", **{
     (verifier, "warmup_ratio"): 0.05 for verifier in ("prm", "orm", "dpo")}}
+# Fields renamed after loops were published: the identity keeps the name they were published under.
+PUBLISHED_NAMES = {("filter", "rank_by"): "verifier"}
 # The same, for a field of whichever section has it (TrainConfig's and the verifiers' token budgets).
 NEUTRAL_FIELDS = {"max_tokens_per_batch": None}
 
@@ -81,8 +83,8 @@ class RunConfig(Strict):
             raise ValueError(f"scoring.labels.budget labels traces with the family's exact step check, which only "
                              f"the arith family has ({self.family.name!r}: import human labels with scoring.labels.uri)")
         f, src = self.filter, self.scoring.label_source
-        if f.verifier and f.verifier not in (src, *self.scoring.also):
-            raise ValueError(f"filter.verifier {f.verifier!r} ranks by a source's step scores: it must be the "
+        if f.rank_by and f.rank_by not in (src, *self.scoring.also):
+            raise ValueError(f"filter.rank_by {f.rank_by!r} ranks by a source's step scores: it must be the "
                              f"label source ({src!r}) or in scoring.also ({', '.join(self.scoring.also) or 'empty'})")
         mc, g = self.scoring.mc, self.generation
         if "mc_binary" in (src, *self.scoring.also) and mc.reuse_completion and \
@@ -107,6 +109,8 @@ class RunConfig(Strict):
         for (section, field), neutral in NEUTRAL_DEFAULTS.items():
             if tree[section].get(field) == neutral:
                 del tree[section][field]
+        for (section, field), name in PUBLISHED_NAMES.items():
+            tree[section][name] = tree[section].pop(field)
         return _switched_on(_without_neutral(tree))
 
     def config_hash(self) -> str:

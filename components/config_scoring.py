@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from components.config_sections import Strict, TrainConfig
 
@@ -125,7 +125,8 @@ class FilterConfig(Strict):
     max_per_problem: int = Field(2, ge=1)
     # Whose step scores rank the traces: the label source's (None), or a source scored beside it in
     # scoring.also (`confidence`, `mc_binary`, ...), so "which verifier filters best" is one flag.
-    verifier: str | None = None
+    # Named `verifier` until issue #34: a config may still say so.
+    rank_by: str | None = Field(None, validation_alias=AliasChoices("rank_by", "verifier"))
     # A fixed budget: the `keep` best-scored right traces in all (no threshold), so filters that
     # differ only in their verifier keep as many traces and compare on what they keep.
     keep: int | None = Field(None, ge=1)

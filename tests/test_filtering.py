@@ -86,7 +86,7 @@ def test_first_error_f1_is_undefined_with_one_side():
 
 
 def test_any_source_can_filter_and_a_budget_keeps_the_best_m():
-    """`filter.verifier` ranks by a source scored beside the label source (its `<source>_scores` column);
+    """`filter.rank_by` ranks by a source scored beside the label source (its `<source>_scores` column);
     `filter.keep: m` keeps the m best-scored right traces, threshold or not: one budget for every verifier."""
     rows = [{**row("a", "p", True, [0.9, 0.9]), "prm_scores": [0.2, 0.3]},
             {**row("a", "q", True, [0.6, 0.6]), "prm_scores": [0.9, 0.8]},
@@ -103,7 +103,10 @@ def test_the_filter_verifier_must_be_scored(tmp_path):
     from components.checks import load_config
     from components.config import ConfigError
 
-    with pytest.raises(ConfigError, match="filter.verifier 'prm'.*scoring.also"):
-        load_config("configs/smoke.yaml", ["filter.verifier=prm"])
-    cfg = load_config("configs/smoke.yaml", ["filter.verifier=confidence", "scoring.also=[confidence]"])
-    assert cfg.filter.verifier == "confidence"
+    with pytest.raises(ConfigError, match="filter.rank_by 'prm'.*scoring.also"):
+        load_config("configs/smoke.yaml", ["filter.rank_by=prm"])
+    cfg = load_config("configs/smoke.yaml", ["filter.rank_by=confidence", "scoring.also=[confidence]"])
+    assert cfg.filter.rank_by == "confidence"
+    # Its name until issue #34 still reads, and names the same loop (the identity keeps the old name).
+    old = load_config("configs/smoke.yaml", ["filter.verifier=confidence", "scoring.also=[confidence]"])
+    assert old == cfg and old.loop_id() == cfg.loop_id()

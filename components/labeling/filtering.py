@@ -2,7 +2,7 @@
 
 A trace is kept when its final answer is right and (in `step` mode) its aggregate step score clears
 the threshold; `outcome` mode checks the answer alone (the STaR / V-STaR filter, and the ablation).
-The step scores are the label source's, or those of the source `filter.verifier` names; with
+The step scores are the label source's, or those of the source `filter.rank_by` names; with
 `filter.keep: m` the m best-scored right traces are kept instead of those over the threshold (outcome
 mode: the first m), so verifiers compare at one budget.
 """
@@ -30,8 +30,8 @@ def aggregate(scores: list[float | None], how: str = "min") -> float:
 
 
 def step_scores(row: dict, cfg: FilterConfig) -> list[float | None]:
-    """The step scores the filter ranks by: `filter.verifier`'s column of the scored rows, or the label source's."""
-    return row[f"{cfg.verifier.replace('+', '_')}_scores"] if cfg.verifier else row["step_scores"]
+    """The step scores the filter ranks by: `filter.rank_by`'s column of the scored rows, or the label source's."""
+    return row[f"{cfg.rank_by.replace('+', '_')}_scores"] if cfg.rank_by else row["step_scores"]
 
 
 def passes(row: dict, cfg: FilterConfig) -> bool:

@@ -115,8 +115,8 @@ def finish(cfg: RunConfig, out_uri: str, rows: list[dict], stats: list[dict], ro
     if cfg.scoring.calculator.enabled:  # what the filter and the PRM see: the source, overruled by the calculator
         calc = [c.labels for c in by_source["calc"]]
         primary = [sources.overrule(lab, c) for lab, c in zip(primary, calc)]
-        if cfg.filter.verifier not in (None, "calc"):  # the filter ranks by that column: overruled too
-            _put(rows, cfg.filter.verifier, [sources.overrule(lab, c) for lab, c in zip(by_source[cfg.filter.verifier], calc)])
+        if cfg.filter.rank_by not in (None, "calc"):  # the filter ranks by that column: overruled too
+            _put(rows, cfg.filter.rank_by, [sources.overrule(lab, c) for lab, c in zip(by_source[cfg.filter.rank_by], calc)])
         graded = f"{source}+calculator"
         report.update(quality({graded: primary}, gold_fe))
     for r, lab in zip(rows, primary):
