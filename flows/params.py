@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel
 
 from components.config import ConfigError, RunConfig, load_config
-from components.infra.redact import redact
+from components.redact import redact
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout the worker runs from
 CONFIGS = ROOT / "configs"

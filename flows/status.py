@@ -3,7 +3,7 @@ round has published, when, with which figures), the loop's lock and the Prefect 
 holds the loop now, which flow runs are running), and MLflow (how the loop's runs ended).
 
 A published stage made by other code than this checkout's shows as `stale` (its manifest records the
-code: components/infra/code_version.py). A stage of an unfinished round shows as `running` while a live holder keeps the loop, `failed` or
+code: components/artifacts/code_version.py). A stage of an unfinished round shows as `running` while a live holder keeps the loop, `failed` or
 `killed` when the round's MLflow run ended so, `interrupted` when the run still says RUNNING but no
 live process holds the loop (killed outright), else `not started`.
 """
@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from components.infra import code_version, progress, store, tracking
-from components.infra.layout import Layout, is_safe_id
+from components.artifacts import code_version, store, tracking
+from components.runtime import progress
+from components.artifacts.layout import Layout, is_safe_id
 from components.stages import dpo, evaluate, filter as filter_stage, generate, orm, prm, report, score, sft
 
 ROUND_STAGES = (generate, score, filter_stage, sft, prm, orm, dpo, evaluate, report)  # in the order a round runs them

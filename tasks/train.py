@@ -3,8 +3,8 @@ from types import ModuleType
 from prefect import get_run_logger, task
 
 from components.config import RunConfig
-from components.infra import tracking
-from components.infra.layout import Layout
+from components.artifacts import tracking
+from components.artifacts.layout import Layout
 from components.loop import learned_nothing
 from components.stages import dpo, orm, prm, sft
 from tasks.common import run_stage, stage_task

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.infra import store
+from components.artifacts import store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -240,7 +240,7 @@ def _can_unshare() -> bool:
 FILL = r"""
 import json, shutil, sys, traceback
 from pathlib import Path
-from components.infra import store
+from components.artifacts import store
 
 disk, src = Path(sys.argv[1]), Path(sys.argv[2])
 out = {}

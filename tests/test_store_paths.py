@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from components.infra import catalog, store
-from components.infra.layout import Layout
+from components.artifacts import catalog, store
+from components.artifacts.layout import Layout
 from flows import status
 
 GOOD = "config.json"

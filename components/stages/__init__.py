@@ -2,8 +2,8 @@
 
 Every stage module has a typed entry point `run(cfg: RunConfig, out_uri: str, ...) -> dict` (metrics)
 that publishes one artifact at `out_uri` (manifest last), and a `STAGE` declaring what it reads, what
-it publishes (names in components/infra/layout.py), whether it wants an accelerator and whether it
-runs isolated in a child process (components/infra/isolation.py). Prefect tasks import the module of
+it publishes (names in components/artifacts/layout.py), whether it wants an accelerator and whether it
+runs isolated in a child process (components/runtime/isolation.py). Prefect tasks import the module of
 the stage they run (tasks/common.py: run_stage); tests call `run` directly.
 """
 from __future__ import annotations
@@ -23,10 +23,10 @@ class Stage:
     accelerator: bool = False  # generation, scoring, training: one at a time per GPU ("gpu" tag)
     isolated: bool = False  # heavy: runs in its own child process
     # splits its work by problem (`run(..., shard=(i, n))`) and puts the parts together (`merge`)
-    # when `execution.shards` > 1 (components/infra/shards.py, tasks/shards.py)
+    # when `execution.shards` > 1 (components/artifacts/shards.py, tasks/shards.py)
     shardable: bool = False
     # trains through transformers' Trainer / TRL: runs data-parallel in `execution.train_processes`
-    # processes (torchrun) when that is > 1 (components/infra/isolation.py)
+    # processes (torchrun) when that is > 1 (components/runtime/isolation.py)
     data_parallel: bool = False
     metrics: str = ""  # prefix of its MLflow metrics (default: name); kept stable so rounds stay comparable
     summary: tuple[str, ...] = ()  # its one console line: format strings over its metrics (progress.summary)

@@ -12,7 +12,7 @@ from components.data.decontam import decontaminate
 from components.data.families import get_family
 from components.data.importers import import_labels, write_prm800k
 from components.data.prompting import family_of
-from components.infra import store
+from components.artifacts import store
 from components.models import serving
 from components.models.generation import Sampling
 from components.stages import Stage

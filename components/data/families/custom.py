@@ -19,8 +19,8 @@ import re
 import threading
 from decimal import Decimal, InvalidOperation
 
-from components.infra import store
-from components.infra.layout import Layout
+from components.artifacts import store
+from components.artifacts.layout import Layout
 from components.config import ConfigError
 from components.config_sections import FamilyConfig
 from components.data.families import Problem, answer_end, register

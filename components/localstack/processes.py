@@ -1,6 +1,6 @@
 """Long-running child processes for local services: each in its own session/process group, logging
 to a file, stopped by signalling the whole group; a module-level registry plus `atexit` stops what is
-still running when the interpreter exits. Used by components/infra/services.py. A service can be
+still running when the interpreter exits. Used by components/localstack/services.py. A service can be
 detached (`vstar services up`: it outlives us) and its group stopped later from another process
 (stop_group, `vstar services down`)."""
 from __future__ import annotations

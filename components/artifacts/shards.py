@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence, TypeVar
 
-from components.infra import store
+from components.artifacts import store
 
 T = TypeVar("T")
 QUARANTINE = "quarantine.jsonl"

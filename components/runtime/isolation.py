@@ -8,7 +8,7 @@ This is the one place where a stage's arguments cross a process boundary: the co
 arguments go to the child as JSON, the child validates the config again and calls the stage module's
 `run(cfg, **kwargs)`, and its JSON-able result comes back. The child writes to a log file; on
 failure the parent raises with the log's tail. While it runs, its progress reports
-(components/infra/progress.py) reach the parent's `on_progress`.
+(components/runtime/progress.py) reach the parent's `on_progress`.
 """
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ from types import ModuleType
 from typing import Callable
 
 from components.config import RunConfig
-from components.infra import code_version, orphans, progress
-from components.infra.redact import redact
+from components.artifacts import code_version
+from components.runtime import orphans, progress
+from components.redact import redact
 
 
 class StageFailed(RuntimeError):
@@ -93,12 +94,12 @@ def child_env() -> dict[str, str]:
 
 
 def warm_up(cfg=None) -> None:
-    """Get stage children ready to start at once (components/infra/warm.py), in the background; with
+    """Get stage children ready to start at once (components/runtime/warm.py), in the background; with
     the run's config at hand, vLLM is preloaded only if a stage of it uses a vLLM engine. A flow that
     takes its loop's lock calls it once it holds it: a trigger that is refused, or waits behind a
     running round, must not spend ~15 s of CPU and ~1 GB importing beside that round for stages it
     will never run."""
-    from components.infra import warm
+    from components.runtime import warm
 
     if cfg is not None:  # in this process's environment: every later child, and the helper's key, agree
         os.environ[warm.VLLM_ENV] = "1" if "vllm" in (cfg.generation.backend, cfg.prm.scorer, cfg.orm.scorer) else "0"
@@ -107,8 +108,8 @@ def warm_up(cfg=None) -> None:
 
 
 def _warm_start(argv: list[str], log_path: Path, env: dict[str, str], name: str):
-    """The child forked by this process's warm-start helper (components/infra/warm.py), or None."""
-    from components.infra import warm
+    """The child forked by this process's warm-start helper (components/runtime/warm.py), or None."""
+    from components.runtime import warm
 
     helper = warm.helper({k: v for k, v in env.items() if k != progress.ENV})
     if helper is None:
@@ -159,7 +160,7 @@ def _main(target: str, args_path: str, result_path: str) -> None:
         orphans.die_with_parent()
     if rank > 0:  # every rank trains; rank 0 alone reports progress, publishes and answers
         os.environ.pop(progress.ENV, None)
-        from components.infra import store
+        from components.artifacts import store
 
         store.replica()
     first = [RunConfig.model_validate(args["config"])] if args["config"] is not None else []
@@ -177,7 +178,7 @@ def _main(target: str, args_path: str, result_path: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """The child's entry (`python -m components.infra.isolation TARGET ARGS RESULT`, or forked by the
+    """The child's entry (`python -m components.runtime.isolation TARGET ARGS RESULT`, or forked by the
     warm-start helper): runs the target and ends the process."""
     try:
         _main(*argv[:3])

@@ -23,7 +23,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from components.infra import code_version
+from components.artifacts import code_version
 
 MANIFEST = "manifest.json"
 
@@ -188,7 +188,7 @@ _REPLICA = False
 
 
 def replica() -> None:
-    """This process is a replica (a data-parallel rank other than 0, components/infra/isolation.py): it
+    """This process is a replica (a data-parallel rank other than 0, components/runtime/isolation.py): it
     reads the store and publishes nothing, so its stage's artifact is published once, by rank 0."""
     global _REPLICA
     _REPLICA = True

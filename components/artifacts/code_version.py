@@ -2,7 +2,7 @@
 
 A stage's code is its module plus every `components` module it imports, directly or through others
 (read from the source, lazy imports inside functions included), the child entry that runs it
-(components/infra/isolation.py and what it imports), and the versions of the libraries that compute
+(components/runtime/isolation.py and what it imports), and the versions of the libraries that compute
 (LIBRARIES: torch, transformers, vLLM, TRL, ...): a fix to Monte Carlo scoring changes the hash of
 `score` and of nothing that does not import it; a transformers upgrade changes every stage's. Every manifest a stage publishes carries
 `code`, and the digests of the `inputs` it was made from (`stamped`), so a rerun or `vstar status` can
@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: `components/` lives here
 PACKAGE = "vstar-flow"
-ENTRY = "components.infra.isolation"  # what runs every stage in its child process
+ENTRY = "components.runtime.isolation"  # what runs every stage in its child process
 # The installed distributions whose version can change what a stage computes (pyproject pins them).
 LIBRARIES = ("torch", "transformers", "tokenizers", "accelerate", "peft", "trl", "vllm", "datasets",
              "safetensors", "gguf", "math-verify", "numpy")
@@ -109,7 +109,7 @@ def input_digests(kwargs: dict) -> dict[str, str | None]:
     arguments (not `out_uri`; `*_uris` a list, or a dict of name -> URI). Recorded in what the stage
     publishes, so a rerun can tell that an input was made again since (a recomputed stage) and that
     this output is out of date."""
-    from components.infra import store  # store stamps manifests with this module: import late
+    from components.artifacts import store  # store stamps manifests with this module: import late
 
     uris = [u for k, v in sorted(kwargs.items()) if k != "out_uri" and k.endswith(("_uri", "_uris"))
             for u in (v if isinstance(v, (list, tuple)) else v.values() if isinstance(v, dict) else [v])

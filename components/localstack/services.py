@@ -14,7 +14,7 @@ plus ``atexit`` stops anything still running when the interpreter exits (a backs
 where fixture teardown never runs). A SIGKILLed test process cannot clean up after itself;
 in that case look for leftovers with ``ps -eo pid,pgid,cmd | grep -E 'moto|mlflow|prefect'``.
 
-``vstar services up|status|down`` starts the same stack detached (components/infra/local_stack.py).
+``vstar services up|status|down`` starts the same stack detached (components/localstack/local_stack.py).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.infra.processes import (STARTUP_TIMEOUT_S, EnvPatch, Service, ServiceStartError, free_port,
-                                        http_json, http_status, run_cli, service_env)
+from components.localstack.processes import (STARTUP_TIMEOUT_S, EnvPatch, Service, ServiceStartError, free_port,
+                                             http_json, http_status, run_cli, service_env)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the venv's bin/: moto_server, mlflow, prefect live here
@@ -313,7 +313,7 @@ class ServiceStack:
         return VllmServer(base_url=base_url, model=model, service=svc)
 
 
-def _demo() -> None:  # python -m components.infra.services: start everything, print timings, stop
+def _demo() -> None:  # python -m components.localstack.services: start everything, print timings, stop
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="vstar-services-") as d, ServiceStack(d) as stack:

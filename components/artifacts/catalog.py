@@ -14,8 +14,8 @@ import time
 import uuid
 from pathlib import Path
 
-from components.infra import store
-from components.infra.layout import Layout, is_safe_id
+from components.artifacts import store
+from components.artifacts.layout import Layout, is_safe_id
 
 
 class UnknownDataset(LookupError):
