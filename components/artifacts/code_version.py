@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from contextvars import ContextVar
 from contextlib import contextmanager
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+
+from components.artifacts import store
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: `components/` lives here
 PACKAGE = "vstar-flow"
@@ -88,20 +89,15 @@ def code_version(module: str) -> dict:
     return {"package": version, "hash": digest.hexdigest()[:12], "libraries": libs}
 
 
-# What the stage publishing in this thread or process records in every manifest it writes meanwhile:
-# {"code": its code version, "inputs": its inputs' digests}.
-CURRENT: ContextVar[dict | None] = ContextVar("vstar_code", default=None)
-
-
 @contextmanager
 def stamped(module: str, inputs: dict[str, str | None] | None = None):
     """Manifests published inside the block record `module`'s code version and `inputs` (input_digests)."""
-    token = CURRENT.set({"code": {"module": module, **code_version(module)},
-                         **({"inputs": inputs} if inputs is not None else {})})
+    token = store.STAMP.set({"code": {"module": module, **code_version(module)},
+                             **({"inputs": inputs} if inputs is not None else {})})
     try:
         yield
     finally:
-        CURRENT.reset(token)
+        store.STAMP.reset(token)
 
 
 def input_digests(kwargs: dict) -> dict[str, str | None]:
@@ -109,8 +105,6 @@ def input_digests(kwargs: dict) -> dict[str, str | None]:
     arguments (not `out_uri`; `*_uris` a list, or a dict of name -> URI). Recorded in what the stage
     publishes, so a rerun can tell that an input was made again since (a recomputed stage) and that
     this output is out of date."""
-    from components.artifacts import store  # store stamps manifests with this module: import late
-
     uris = [u for k, v in sorted(kwargs.items()) if k != "out_uri" and k.endswith(("_uri", "_uris"))
             for u in (v if isinstance(v, (list, tuple)) else v.values() if isinstance(v, dict) else [v])
             if isinstance(u, str) and u]

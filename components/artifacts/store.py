@@ -17,13 +17,12 @@ import shutil
 import tempfile
 import time
 import uuid
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
-
-from components.artifacts import code_version
 
 MANIFEST = "manifest.json"
 
@@ -184,6 +183,11 @@ def _put_manifest(fs, path: str, manifest: dict) -> None:
         retry(fs.pipe_file, target, body.encode())
 
 
+# What the stage publishing in this thread or process records in every manifest it writes meanwhile:
+# {"code": its code version, "inputs": its inputs' digests}. Set by code_version.stamped; kept here so
+# that the store needs nothing above it.
+STAMP: ContextVar[dict | None] = ContextVar("vstar_code", default=None)
+
 _REPLICA = False
 
 
@@ -214,7 +218,7 @@ def publish_folder(local_dir: str | Path, uri: str, meta: dict[str, Any]) -> dic
             retry(fs.put_file, str(local_dir / name), join(path, name))
         manifest = {"files": files, "sha256": sha256, "digests": digests, "uri": uri,
                     "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta}
-        for key, value in (code_version.CURRENT.get() or {}).items():  # a stage publishing: its code, inputs
+        for key, value in (STAMP.get() or {}).items():  # a stage publishing: its code, inputs
             manifest.setdefault(key, value)
         _put_manifest(fs, path, manifest)
     except OSError as e:
