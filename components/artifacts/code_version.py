@@ -22,7 +22,7 @@ from components.artifacts import store
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: `components/` lives here
 PACKAGE = "vstar-flow"
-ENTRY = "components.runtime.isolation"  # what runs every stage in its child process
+ENTRY = "components.runtime.isolation"  # what runs every stage in its child process (with child, warm)
 # The installed distributions whose version can change what a stage computes (pyproject pins them).
 LIBRARIES = ("torch", "transformers", "tokenizers", "accelerate", "peft", "trl", "vllm", "datasets",
              "safetensors", "gguf", "math-verify", "numpy")

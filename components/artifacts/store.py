@@ -192,7 +192,7 @@ _REPLICA = False
 
 
 def replica() -> None:
-    """This process is a replica (a data-parallel rank other than 0, components/runtime/isolation.py): it
+    """This process is a replica (a data-parallel rank other than 0, components/runtime/child.py): it
     reads the store and publishes nothing, so its stage's artifact is published once, by rank 0."""
     global _REPLICA
     _REPLICA = True

@@ -253,9 +253,9 @@ def _child(req: dict) -> None:
         os.environ.clear()
         os.environ.update(req["env"])
         sys.argv = req["argv"]
-        from components.runtime import isolation
+        from components.runtime import child
 
-        isolation.main(req["argv"][-3:])  # TARGET ARGS RESULT; exits the process
+        child.main(req["argv"][-3:])  # TARGET ARGS RESULT; exits the process
     except BaseException:
         import traceback
 
