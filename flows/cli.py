@@ -92,7 +92,7 @@ def run(config: Optional[Path] = typer.Argument(None, help="YAML config; embedde
                                                  "Repeatable.")):
     """Bootstrap (or reuse) a generator and run the configured rounds."""
     cfg = _load(config, [*set, *([f"recompute=[{', '.join(recompute)}]"] if recompute else [])])
-    from components.artifacts import store
+    from components.artifacts import integrity
     from components.runtime.isolation import StageFailed, warm_up
 
     from flows.lock import LoopBusy, loop_lock
@@ -105,7 +105,7 @@ def run(config: Optional[Path] = typer.Argument(None, help="YAML config; embedde
             result = self_improve(cfg)
     except LoopBusy as e:
         _fail(str(e))
-    except (store.CorruptArtifact, store.UnsafePath) as e:  # the store, not the code: say which file
+    except (integrity.CorruptArtifact, integrity.UnsafePath) as e:  # the store, not the code: say which file
         _fail(f"{e}\nRepublish it (`--recompute STAGE` of the stage that made it) or restore it from a copy.")
     except StageFailed as e:  # its log's tail says why (Prefect has shown the trace above)
         console.print(redact(str(e)), style="red", markup=False, soft_wrap=True)

@@ -18,7 +18,8 @@ import re
 from dataclasses import dataclass
 
 from components.config import RunConfig, stable_hash
-from components.artifacts.store import UnsafePath, join
+from components.artifacts.integrity import UnsafePath
+from components.artifacts.store import join
 
 # What a round publishes, in the order its stages run.
 ROUND_ARTIFACTS = ("candidates", "scored", "filtered", "model", "prm", "orm", "dpo", "eval", "report")
