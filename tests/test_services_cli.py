@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from components.localstack import local_stack
-from components.localstack.processes import group_alive, http_json, http_status, start_time
+from components.localstack.groups import group_alive, start_time
+from components.localstack.processes import http_json, http_status
 
 VSTAR = str(Path(sys.executable).parent / "vstar")
 

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from components.localstack.processes import (Service, ServiceStartError, group_alive, http_json, http_status,
-                                             start_time, stop_group)
+from components.localstack.groups import group_alive, start_time, stop_group
+from components.localstack.processes import Service, ServiceStartError, http_json, http_status
 from components.localstack.services import REPO_ROOT, WORK_POOL, ServiceStack
 
 STACK_DIR = Path(".vstar/services")  # the default --dir: state.json, env.sh, logs/, the servers' databases
