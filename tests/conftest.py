@@ -4,7 +4,7 @@ All fixtures are lazy: a service starts only when a test (or another fixture) as
 per session, and is stopped at the end of the session (process groups; see components/localstack/services.py).
 Everything temporary lives under one directory from tmp_path_factory; logs are in its logs/.
 
-    s3              -> services.S3: .endpoint, .bucket ("vstar-test"), .uri(prefix)
+    s3              -> handles.S3: .endpoint, .bucket ("vstar-test"), .uri(prefix)
                        sets AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
                        AWS_DEFAULT_REGION, MLFLOW_S3_ENDPOINT_URL
     mlflow_server   -> tracking URI "http://127.0.0.1:PORT"; sets MLFLOW_TRACKING_URI
