@@ -23,6 +23,8 @@ from components.artifacts.store import join
 
 # What a round publishes, in the order its stages run.
 ROUND_ARTIFACTS = ("candidates", "scored", "filtered", "model", "prm", "orm", "dpo", "eval", "report")
+# The rows a stage refused (bad input, a prompt too long), beside the artifact it published.
+QUARANTINE = "quarantine.jsonl"
 
 # Loop ids (`demo-f03bfe2bb7`), catalog ids (`demo-f03bfe2bb7-r1-1a2b3c4d`) and hashes become one path
 # component each; they also come from users and from store listings and entries, so they are checked.

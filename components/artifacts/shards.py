@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Sequence, TypeVar
 
 from components.artifacts import store
+from components.artifacts.layout import QUARANTINE
 
 T = TypeVar("T")
-QUARANTINE = "quarantine.jsonl"
 
 
 def part(items: Sequence[T], shard: Sequence[int] | None) -> list[T]:
