@@ -32,7 +32,7 @@ class Row:
 
 
 def loop_ids(store_uri: str) -> list[str]:
-    fs, path = store.fs_for(store.join(store_uri, "loops"))
+    fs, path = store.fs_for(Layout(store_uri).loops())
     try:
         names = (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
         return sorted(n for n in names if is_safe_id(n))  # anything else is no loop's (Layout refuses it)
@@ -46,7 +46,7 @@ def rounds(at: Layout) -> list[int]:
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
     except FileNotFoundError:
         return []
-    return sorted(int(m.group(1)) for m in map(re.compile(r"round-(\d+)$").match, names) if m)
+    return sorted(n for n in map(Layout.round_number, names) if n is not None)
 
 
 def _manifest(uri: str) -> dict | None:

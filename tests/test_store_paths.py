@@ -145,3 +145,13 @@ def test_catalog_and_status_skip_or_refuse_names_they_did_not_write(tmp_path):
     (tmp_path / "loops" / "demo-f03bfe2bb7").mkdir(parents=True)
     (tmp_path / "loops" / ".. x").mkdir()
     assert status.loop_ids(root) == ["demo-f03bfe2bb7"]
+
+
+def test_status_reads_rounds_back_by_the_layouts_folder_names(tmp_path):
+    at = Layout(str(tmp_path), "demo-f03bfe2bb7")
+    assert at.loop() == f"{Layout(str(tmp_path)).loops()}/demo-f03bfe2bb7"
+    for name in (Layout.round_name(10), Layout.round_name(2), "round-x", "round-3.old", "notes"):
+        (tmp_path / "loops" / "demo-f03bfe2bb7" / name).mkdir(parents=True)
+    assert status.rounds(at) == [2, 10]  # anything else in the loop's prefix is no round's
+    assert at.round(2, "model").split("/")[-2] == Layout.round_name(2) == "round-2"
+    assert Layout.round_number(Layout.round_name(7)) == 7 and Layout.round_number("round-") is None
