@@ -31,8 +31,8 @@ from rich.table import Table  # noqa: E402
 
 from benchmarks.generation import machine_info  # noqa: E402
 from components.data.families.arith import APPLY, EQUATION, Arith  # noqa: E402
-from components.infra import store  # noqa: E402
-from components.infra.layout import Layout  # noqa: E402
+from components.artifacts import store  # noqa: E402
+from components.artifacts.layout import Layout  # noqa: E402
 
 KINDS = ("arithmetic", "carried", "wrong op", "format")
 

@@ -133,9 +133,9 @@ def pick_prompts(all_prompts: list[str], n: int) -> tuple[list[str], list[str]]:
 
 def bootstrap_dir(cfg) -> Path:
     """The config's bootstrap model folder: from the store, trained (and published) first if missing."""
-    from components.infra import store
-    from components.infra.layout import Layout
-    from components.infra.isolation import run_isolated
+    from components.artifacts import store
+    from components.artifacts.layout import Layout
+    from components.runtime.isolation import run_isolated
     from components.stages import bootstrap
 
     uri = Layout.of(cfg).bootstrap()
@@ -304,7 +304,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from benchmarks.common import config_or_exit
     from components.data.families import get_family
-    from components.infra.isolation import StageFailed, call_isolated
+    from components.runtime.isolation import StageFailed, call_isolated
 
     cfg = config_or_exit(args.config, args.set)
     prompts, warmup = pick_prompts([p.prompt for p in get_family(cfg.family, cfg.seed).problems("eval")],

@@ -30,8 +30,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from components.checks import load_config  # noqa: E402
-from components.infra import store  # noqa: E402
-from components.infra.layout import Layout  # noqa: E402
+from components.artifacts import store  # noqa: E402
+from components.artifacts.layout import Layout  # noqa: E402
 
 
 def measure(cfg, prm_uri: str, pool: list[dict]) -> dict:

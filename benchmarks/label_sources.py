@@ -30,7 +30,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from components.infra import store  # noqa: E402
+from components.artifacts import store  # noqa: E402
 from components.checks import load_config  # noqa: E402
 from components.loop import judge_uri  # noqa: E402
 
@@ -65,7 +65,7 @@ def main() -> None:
         "scoring.label_source=consensus", "scoring.also=[mc, mc_binary, judge, gold]"])
     labels = [f"scoring.labels.uri={args.labels}"] if args.labels else [f"scoring.labels.budget={args.budget}"]
     results["labels"] = run(args.config, args.overrides + ["scoring.label_source=labels", *labels])
-    from components.infra import services
+    from components.localstack import services
 
     cfg = load_config(args.config, args.overrides + ["scoring.label_source=judge"])
     with tempfile.TemporaryDirectory() as tmp:

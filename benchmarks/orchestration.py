@@ -30,8 +30,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from components.infra import store  # noqa: E402
-from components.infra.layout import Layout
+from components.artifacts import store  # noqa: E402
+from components.artifacts.layout import Layout
 from components.checks import load_config  # noqa: E402
 
 STAGES = ("generate", "score", "filter", "sft", "prm", "evaluate")
@@ -41,7 +41,7 @@ def _seed_store(cfg, dest: str) -> None:
     """Publish the loop's bootstrap into a fresh store, training it once if the default store lacks it."""
     src = Layout(".vstar/store", bootstrap_hash=cfg.bootstrap_hash()).bootstrap()
     if not store.is_published(src):
-        from components.infra.isolation import run_isolated
+        from components.runtime.isolation import run_isolated
         from components.stages import bootstrap
 
         run_isolated(bootstrap, cfg.model_copy(update={"store_uri": ".vstar/store"}), {"out_uri": src})
@@ -95,7 +95,7 @@ def run_ephemeral(config: str, overrides: list[str]) -> dict:
 def run_worker(config: str, overrides: list[str]) -> dict:
     import subprocess
 
-    from components.infra import services
+    from components.localstack import services
 
     with tempfile.TemporaryDirectory() as tmp:
         stack = services.ServiceStack(Path(tmp))

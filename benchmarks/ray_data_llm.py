@@ -32,8 +32,8 @@ from benchmarks.orchestration import _seed_store  # noqa: E402
 from components.checks import load_config  # noqa: E402
 from components.data.curriculum import round_problems  # noqa: E402
 from components.data.prompting import family_of  # noqa: E402
-from components.infra import store  # noqa: E402
-from components.infra.layout import Layout  # noqa: E402
+from components.artifacts import store  # noqa: E402
+from components.artifacts.layout import Layout  # noqa: E402
 from components.models.generation import Sampling, prompt_seed  # noqa: E402
 
 

@@ -34,8 +34,8 @@ from benchmarks.generation import machine_info  # noqa: E402
 from benchmarks.label_budget import measure_scored, scored  # noqa: E402
 from components.checks import load_config  # noqa: E402
 from components.data.prompting import family_of  # noqa: E402
-from components.infra import store  # noqa: E402
-from components.infra.layout import Layout  # noqa: E402
+from components.artifacts import store  # noqa: E402
+from components.artifacts.layout import Layout  # noqa: E402
 
 
 def half(problem_id: str) -> str:

@@ -22,7 +22,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from components.evaluation import report  # noqa: E402
-from components.infra import tracking  # noqa: E402
+from components.artifacts import tracking  # noqa: E402
 
 STAGES = ("train_generator", "train_prm", "train_orm", "train_dpo", "evaluate")
 

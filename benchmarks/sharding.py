@@ -35,8 +35,9 @@ from rich.table import Table  # noqa: E402
 
 from benchmarks.orchestration import _seed_store  # noqa: E402
 from components.checks import load_config  # noqa: E402
-from components.infra import services, store  # noqa: E402
-from components.infra.layout import Layout  # noqa: E402
+from components.artifacts import store  # noqa: E402
+from components.localstack import services  # noqa: E402
+from components.artifacts.layout import Layout  # noqa: E402
 
 WAYS = {"unsharded": [], "ray x2": ["execution.engine=ray", "execution.shards=2"],
         "local x2": ["execution.engine=local", "execution.shards=2"], "train x2": ["execution.train_processes=2"]}

@@ -29,8 +29,8 @@ from components.checks import load_config  # noqa: E402
 from components.data.prompting import family_of  # noqa: E402
 from components.evaluation import bestofk  # noqa: E402
 from components.round_table import differences  # noqa: E402
-from components.infra import store  # noqa: E402
-from components.infra.layout import Layout  # noqa: E402
+from components.artifacts import store  # noqa: E402
+from components.artifacts.layout import Layout  # noqa: E402
 
 SHOWN = ("pass_at_k", "vote", "prm_min", "prm_calc", "orm", "dpo", "dpo_likelihood", "confidence", "calc",
          "weighted_vote/prm_min", "weighted_vote/orm", "weighted_vote/dpo", "weighted_vote/calc")

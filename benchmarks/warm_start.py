@@ -1,4 +1,4 @@
-"""Warm starts of stage children (components/infra/warm.py) against a new Python per stage.
+"""Warm starts of stage children (components/runtime/warm.py) against a new Python per stage.
 
     python benchmarks/warm_start.py [--config configs/smoke.yaml] [--set k=v ...] [--repeats 3]
 
@@ -33,8 +33,8 @@ from rich.table import Table  # noqa: E402
 
 from benchmarks.orchestration import STAGES, _seed_store  # noqa: E402
 from components.checks import load_config  # noqa: E402
-from components.infra import store  # noqa: E402
-from components.infra.layout import Layout  # noqa: E402
+from components.artifacts import store  # noqa: E402
+from components.artifacts.layout import Layout  # noqa: E402
 
 
 def imports() -> bool:
@@ -48,7 +48,7 @@ def imports() -> bool:
 
 
 def child_starts(repeats: int, warm: bool) -> list[float]:
-    from components.infra.isolation import call_isolated
+    from components.runtime.isolation import call_isolated
 
     os.environ["VSTAR_WARM_START"] = "1" if warm else "0"
     out = []

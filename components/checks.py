@@ -2,7 +2,7 @@
 needs), a stage by name. The typed config (components/config*.py) imports nothing above itself, so
 these live here, and every loader calls them: `load_config` below, and flows/params.check_typed for
 a config handed to a flow as a typed parameter. A code-version closure of a stage then takes in the
-config without taking in every registry (components/infra/code_version.py)."""
+config without taking in every registry (components/artifacts/code_version.py)."""
 from __future__ import annotations
 
 from pathlib import Path

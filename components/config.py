@@ -19,7 +19,7 @@ from components.config_sections import (CurriculumConfig, DecontamConfig, EvalCo
                                         GenerationConfig, HardwareConfig, ModelConfig, RationalizeConfig, Strict,
                                         TrainConfig)
 from components.config_training import DPOVerifierConfig, ORMConfig, PRMConfig, SFTConfig
-from components.infra.redact import redact, redact_tree
+from components.redact import redact, redact_tree
 
 
 class ConfigError(ValueError):
@@ -126,7 +126,7 @@ class RunConfig(Strict):
                             "bootstrap": _without_neutral(self.bootstrap.model_dump(mode="json"))})
 
     def flat_params(self) -> dict[str, str]:
-        """What MLflow shows as params: credentials in URIs masked (components/infra/redact.py)."""
+        """What MLflow shows as params: credentials in URIs masked (components/redact.py)."""
         return flatten(redact_tree(self.model_dump(mode="json")))
 
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from components.config import RunConfig
 from components.data.curriculum import next_difficulty
-from components.infra import store
-from components.infra.layout import Layout
+from components.artifacts import store
+from components.artifacts.layout import Layout
 from components.labeling import sources
 
 

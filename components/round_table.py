@@ -22,7 +22,7 @@ ON_GENERATED = ("generator_uri", "generated_uris")
 class Row:
     name: str  # the stage's name: its Prefect task, what `recompute` names, its STAGE.name
     module: str  # the stage module (components/stages: STAGE, run, and merge where shardable)
-    artifact: str  # what it publishes (components/infra/layout.py): in a round's folder, or the loop's
+    artifact: str  # what it publishes (components/artifacts/layout.py): in a round's folder, or the loop's
     inputs: tuple[str, ...] = ()  # the URIs its run() reads: its `*_uri` / `*_uris` parameters
     section: str | None = None  # the config section whose `enabled` switches it (None: always runs)
     verifier: str | None = None  # the verifier it trains: its name in evaluation and the round's result

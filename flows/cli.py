@@ -12,7 +12,7 @@ from rich.table import Table
 
 from components.checks import load_config
 from components.config import ConfigError, dump_yaml
-from components.infra.redact import redact
+from components.redact import redact
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # Wide enough for the round table even when stdout is a pipe or a CI log.
@@ -31,14 +31,14 @@ def _watch_temporary_server() -> None:
     use (prefect.server.api.server.SubprocessASGIServer) and stops it at exit; a `vstar` that is
     SIGKILLed leaves it running for good (ppid 1, its port and ~300 MB held). A thread waits for it to
     start, without importing the server itself (~5 s), and puts a watcher beside it that ends it once
-    this process is gone (components/infra/orphans.py)."""
+    this process is gone (components/runtime/orphans.py)."""
     import sys
     import threading
 
     def wait_for_it() -> None:
         import psutil
 
-        from components.infra import orphans
+        from components.runtime import orphans
 
         watched: set[int] = set()
         while True:  # every server process it starts (it starts another when its port was taken)
@@ -93,8 +93,8 @@ def run(config: Optional[Path] = typer.Argument(None, help="YAML config; embedde
                                                  "Repeatable.")):
     """Bootstrap (or reuse) a generator and run the configured rounds."""
     cfg = _load(config, [*set, *([f"recompute=[{', '.join(recompute)}]"] if recompute else [])])
-    from components.infra import store
-    from components.infra.isolation import StageFailed, warm_up
+    from components.artifacts import integrity
+    from components.runtime.isolation import StageFailed, warm_up
 
     from flows.lock import LoopBusy, loop_lock
     from flows.self_improve import self_improve
@@ -106,7 +106,7 @@ def run(config: Optional[Path] = typer.Argument(None, help="YAML config; embedde
             result = self_improve(cfg)
     except LoopBusy as e:
         _fail(str(e))
-    except (store.CorruptArtifact, store.UnsafePath) as e:  # the store, not the code: say which file
+    except (integrity.CorruptArtifact, integrity.UnsafePath) as e:  # the store, not the code: say which file
         _fail(f"{e}\nRepublish it (`--recompute STAGE` of the stage that made it) or restore it from a copy.")
     except StageFailed as e:  # its log's tail says why (Prefect has shown the trace above)
         console.print(redact(str(e)), style="red", markup=False, soft_wrap=True)
@@ -134,8 +134,8 @@ def status(loop: Optional[str] = typer.Argument(None, help="Loop id; omitted: ev
            set: list[str] = typer.Option([], "--set", help=SET_HELP)):
     """Where loops stand: per round, each stage published (when, key figures), running, failed or not
     started; whether a live run holds the loop; the running flow runs; where the runs and data are."""
-    from components.infra import tracking
-    from components.infra.layout import Layout
+    from components.artifacts import tracking
+    from components.artifacts.layout import Layout
     from flows import status as st
     from flows.lock import lock_state
 
@@ -193,7 +193,7 @@ def labels_export(scored_uri: str = typer.Argument(..., help="A published scored
                   out: str = typer.Argument(..., help="jsonl to write (any fsspec URI)."),
                   format: str = typer.Option("prm800k", help="prm800k | math_shepherd")):
     """Export a round's step-labelled traces in a published format (for other tools, or as `labels`)."""
-    from components.infra import store
+    from components.artifacts import store
     from components.data.importers import EXPORTERS
 
     if format not in EXPORTERS:
@@ -214,7 +214,7 @@ def compare(loops: list[str] = typer.Argument(..., help="Loop ids, e.g. demo-aac
     from mlflow import MlflowClient
 
     from components.evaluation import report
-    from components.infra import tracking
+    from components.artifacts import tracking
 
     c = MlflowClient(tracking_uri or tracking.tracking_uri())
     found = {}
@@ -258,7 +258,7 @@ STORE_HELP = "Store URI holding the catalog (default: $VSTAR_STORE, else .vstar/
 
 
 def _entry(store_uri: Optional[str], id: str) -> tuple[str, dict]:
-    from components.infra import catalog
+    from components.artifacts import catalog
 
     store_uri = store_uri or catalog.default_store()
     try:
@@ -277,7 +277,7 @@ def _filter_text(f: dict) -> str:
 @datasets_app.command("list")
 def datasets_list(store_uri: Optional[str] = typer.Option(None, "--store", help=STORE_HELP)):
     """Every catalogued dataset: id, loop, round, rows, filter, label source, URI."""
-    from components.infra import catalog
+    from components.artifacts import catalog
 
     store_uri = store_uri or catalog.default_store()
     entries = catalog.list_entries(store_uri)
@@ -299,7 +299,7 @@ def datasets_show(id: str = typer.Argument(..., help="Catalog id, or a unique pr
 
     store_uri, e = _entry(store_uri, id)
     console.print_json(redact(json.dumps(e)))
-    console.print(f"python: components.infra.catalog.load_filtered({e['id']!r}, store_uri={redact(store_uri)!r})",
+    console.print(f"python: components.artifacts.catalog.load_filtered({e['id']!r}, store_uri={redact(store_uri)!r})",
                   markup=False)
     console.print(f"datasets: datasets.load_dataset('parquet', data_files={redact(e['data_files'])!r}, split='train')",
                   markup=False)
@@ -318,9 +318,9 @@ def sft_command(
     """Fine-tune a model on a catalogued dataset; publish it and log the lineage (dataset -> model) in MLflow."""
     import tempfile
 
-    from components.infra import catalog, store, tracking
+    from components.artifacts import catalog, store, tracking
     from components.config import RunConfig
-    from components.infra.layout import Layout
+    from components.artifacts.layout import Layout
     from components.models.sft import sft
 
     store_uri, entry = _entry(store_uri, data)
@@ -376,7 +376,7 @@ services_app = typer.Typer(no_args_is_help=True, help="The full local stack: S3 
                                                       "+ work pool `vstar` + worker, on 127.0.0.1.")
 app.add_typer(services_app, name="services")
 STACK_DIR_HELP = "Where the stack keeps state.json, env.sh, logs and its databases."
-STACK_DIR = Path(".vstar/services")  # = components.infra.local_stack.STACK_DIR, imported only when used
+STACK_DIR = Path(".vstar/services")  # = components.localstack.local_stack.STACK_DIR, imported only when used
 
 
 def _shown(path: Path) -> str:
@@ -391,8 +391,8 @@ def services_up(dir: Path = typer.Option(STACK_DIR, "--dir", help=STACK_DIR_HELP
                 mlflow_port: Optional[int] = typer.Option(None, help="Default: a free port."),
                 s3_port: Optional[int] = typer.Option(None, help="Default: a free port.")):
     """Start the stack; it keeps running after this command. Writes DIR/env.sh to source."""
-    from components.infra import local_stack
-    from components.infra.processes import ServiceStartError
+    from components.localstack import local_stack
+    from components.localstack.processes import ServiceStartError
 
     try:
         state = local_stack.start_stack(dir, s3=not no_s3, s3_port=s3_port, mlflow_port=mlflow_port,
@@ -415,7 +415,7 @@ def services_up(dir: Path = typer.Option(STACK_DIR, "--dir", help=STACK_DIR_HELP
 @services_app.command("status")
 def services_status(dir: Path = typer.Option(STACK_DIR, "--dir", help=STACK_DIR_HELP)):
     """Each recorded service: alive (process group) and healthy (its health check). Exit 0 only when all are."""
-    from components.infra import local_stack
+    from components.localstack import local_stack
 
     rows = local_stack.stack_status(dir)
     if rows is None:
@@ -438,7 +438,7 @@ def services_status(dir: Path = typer.Option(STACK_DIR, "--dir", help=STACK_DIR_
 @services_app.command("down")
 def services_down(dir: Path = typer.Option(STACK_DIR, "--dir", help=STACK_DIR_HELP)):
     """Stop every recorded service (its whole process group) and forget the stack. Harmless when none runs."""
-    from components.infra import local_stack
+    from components.localstack import local_stack
 
     stopped = local_stack.stop_stack(dir)
     if stopped is None:
@@ -457,7 +457,7 @@ def _pct(x) -> str:
 
 def describe_g0(model_uri: str) -> str:
     """G_0 for what it is: trained here (params, examples, time), or imported (source, digest, params)."""
-    from components.infra import store
+    from components.artifacts import store
 
     m = store.read_manifest(model_uri)
     x = m.get("metrics", {})
@@ -526,8 +526,8 @@ def print_summary(result: dict, seconds: float) -> None:
 
 def print_where_to_look(cfg, result: dict) -> None:
     """What a user opens next: the MLflow runs, the last round's trace report, the store, a comparison."""
-    from components.infra import tracking
-    from components.infra.layout import Layout
+    from components.artifacts import tracking
+    from components.artifacts.layout import Layout
 
     at, uri, last = Layout.of(cfg), tracking.tracking_uri(cfg), result["rounds"][-1]["round"]
     runs = f"experiment {cfg.experiment}, loop run {result['parent_run_id']}"

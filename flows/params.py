@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from components.checks import check, load_config
 from components.config import ConfigError, RunConfig
-from components.infra.redact import redact
+from components.redact import redact
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout the worker runs from
 CONFIGS = ROOT / "configs"

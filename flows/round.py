@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from components.infra import tracking
+from components.artifacts import tracking
 from components.config import RunConfig
 from components.loop import round_inputs
 from tasks.evaluate import evaluate_task

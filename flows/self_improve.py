@@ -15,10 +15,11 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from components import round_table
-from components.infra import isolation, store, tracking
+from components.artifacts import store, tracking
+from components.runtime import isolation
 from components.checks import load_config
 from components.config import RunConfig, stable_hash
-from components.infra.layout import Layout
+from components.artifacts.layout import Layout
 from components.labeling.sources import prm0_from_imports
 from components.loop import judge_uri, labels_uri, last_round
 from flows.lock import loop_lock

@@ -3,17 +3,17 @@ round has published, when, with which figures), the loop's lock and the Prefect 
 holds the loop now, which flow runs are running), and MLflow (how the loop's runs ended).
 
 A published stage made by other code than this checkout's shows as `stale` (its manifest records the
-code: components/infra/code_version.py). A stage of an unfinished round shows as `running` while a live holder keeps the loop, `failed` or
+code: components/artifacts/code_version.py). A stage of an unfinished round shows as `running` while a live holder keeps the loop, `failed` or
 `killed` when the round's MLflow run ended so, `interrupted` when the run still says RUNNING but no
 live process holds the loop (killed outright), else `not started`.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from components.infra import code_version, progress, store, tracking
-from components.infra.layout import Layout, is_safe_id
+from components.artifacts import code_version, store, tracking
+from components.runtime import progress
+from components.artifacts.layout import Layout, is_safe_id
 from components import round_table
 
 # Artifacts a config switches on or off (its section's `enabled`), and each round artifact's stage
@@ -32,7 +32,7 @@ class Row:
 
 
 def loop_ids(store_uri: str) -> list[str]:
-    fs, path = store.fs_for(store.join(store_uri, "loops"))
+    fs, path = store.fs_for(Layout(store_uri).loops())
     try:
         names = (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
         return sorted(n for n in names if is_safe_id(n))  # anything else is no loop's (Layout refuses it)
@@ -46,7 +46,7 @@ def rounds(at: Layout) -> list[int]:
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
     except FileNotFoundError:
         return []
-    return sorted(int(m.group(1)) for m in map(re.compile(r"round-(\d+)$").match, names) if m)
+    return sorted(n for n in map(Layout.round_number, names) if n is not None)
 
 
 def _manifest(uri: str) -> dict | None:

@@ -1,8 +1,8 @@
 from prefect import task
 
 from components.config import RunConfig
-from components.infra import store, tracking
-from components.infra.layout import Layout
+from components.artifacts import store, tracking
+from components.artifacts.layout import Layout
 from components.stages import bootstrap
 from tasks.common import run_stage, stage_task
 

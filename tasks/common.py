@@ -15,9 +15,10 @@ from prefect import get_run_logger
 from prefect.cache_policies import NO_CACHE
 
 from components.config import RunConfig
-from components.infra import code_version, progress, store, tracking
-from components.infra.isolation import run_isolated
-from components.infra.redact import redact
+from components.artifacts import code_version, store, tracking
+from components.runtime import progress
+from components.runtime.isolation import run_isolated
+from components.redact import redact
 from components.models.hardware import peak_memory
 from components.stages import StageModule, refusal
 from tasks.shards import run_sharded
@@ -40,7 +41,7 @@ def run_stage(cfg: RunConfig, stage: StageModule, out_uri: str, run_id: str | No
     if stage.STAGE.shardable and cfg.execution.shards > 1:  # split by problem, maybe over a Ray cluster
         log.info("%s: %d shards on %s -> %s", name, cfg.execution.shards, cfg.execution.engine, redact(out_uri))
         metrics = run_sharded(cfg, stage, out_uri, kwargs, inputs)
-    elif stage.STAGE.isolated:  # the child's metrics carry its own peak memory (components/infra/isolation.py)
+    elif stage.STAGE.isolated:  # the child's metrics carry its own peak memory (components/runtime/isolation.py)
         log.info("%s: running in a child process -> %s", name, redact(out_uri))
         show = progress.watcher(name, log.info)
         try:

@@ -1,7 +1,7 @@
 from prefect import task
 
 from components.config import RunConfig
-from components.infra.layout import Layout
+from components.artifacts.layout import Layout
 from components.stages import data
 from tasks.common import run_stage, stage_task
 

@@ -5,8 +5,8 @@ from prefect import task
 
 from components.config import RunConfig
 from components.evaluation import bestofk
-from components.infra import store, tracking
-from components.infra.layout import Layout
+from components.artifacts import store, tracking
+from components.artifacts.layout import Layout
 from components.stages import evaluate
 from tasks.common import run_stage, stage_task
 

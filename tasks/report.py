@@ -8,9 +8,9 @@ from components import round_table
 from components.config import RunConfig
 from components.evaluation import report
 from components.evaluation.trace_report import REPORT
-from components.infra import store, tracking
-from components.infra.layout import Layout
-from components.infra.redact import redact
+from components.artifacts import store, tracking
+from components.artifacts.layout import Layout
+from components.redact import redact
 from components.stages import report as trace_report
 from tasks.common import run_stage, stage_task
 

@@ -4,7 +4,7 @@ per block of its problems, then put together by the stage's `merge`.
 `execution.engine: ray` submits the shard tasks to a Ray cluster through prefect-ray's RayTaskRunner
 (each with `cpus_per_shard` and `gpus_per_shard` of Ray's resources, so Ray places one engine per
 device); `local` runs them one after another here. Either way each shard runs its stage in a child
-process (components/infra/isolation.py) and publishes its part on its own: a failed shard runs again
+process (components/runtime/isolation.py) and publishes its part on its own: a failed shard runs again
 alone (Prefect task retries), a rerun after a crash skips the parts already published, and the
 stage's artifact is published once, by `merge`, after every shard finished.
 """
@@ -20,10 +20,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.config import RunConfig
-from components.infra import code_version, shards, store
-from components.infra.isolation import run_isolated
-from components.infra.layout import Layout
-from components.infra.redact import redact
+from components.artifacts import code_version, shards, store
+from components.runtime.isolation import run_isolated
+from components.artifacts.layout import Layout
+from components.redact import redact
 from components.stages import ShardableStage, refusal
 
 # What a shard's child needs from this process's environment on a Ray worker, which does not inherit

@@ -4,8 +4,8 @@ from prefect import get_run_logger, task
 
 from components import round_table
 from components.config import RunConfig
-from components.infra import tracking
-from components.infra.layout import Layout
+from components.artifacts import tracking
+from components.artifacts.layout import Layout
 from components.loop import learned_nothing
 from components.stages import prm, sft
 from tasks.common import run_stage, stage_task

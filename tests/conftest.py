@@ -1,10 +1,10 @@
 """Session fixtures for the external services (S3, MLflow, Prefect server and worker).
 
 All fixtures are lazy: a service starts only when a test (or another fixture) asks for it, once
-per session, and is stopped at the end of the session (process groups; see components/infra/services.py).
+per session, and is stopped at the end of the session (process groups; see components/localstack/services.py).
 Everything temporary lives under one directory from tmp_path_factory; logs are in its logs/.
 
-    s3              -> services.S3: .endpoint, .bucket ("vstar-test"), .uri(prefix)
+    s3              -> handles.S3: .endpoint, .bucket ("vstar-test"), .uri(prefix)
                        sets AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
                        AWS_DEFAULT_REGION, MLFLOW_S3_ENDPOINT_URL
     mlflow_server   -> tracking URI "http://127.0.0.1:PORT"; sets MLFLOW_TRACKING_URI
@@ -44,7 +44,7 @@ _share_the_cores()
 # prefect.yaml's pull step runs deployments from $VSTAR_HOME: the worker started below inherits it.
 os.environ.setdefault("VSTAR_HOME", str(Path(__file__).resolve().parent.parent))
 
-from components.infra import services  # noqa: E402
+from components.localstack import services  # noqa: E402
 
 # Deployment parameters may name only allowed stores (flows/params.py): here, the tests' S3 bucket.
 os.environ.setdefault("VSTAR_ALLOWED_STORES", f"s3://{services.BUCKET}/")
@@ -203,9 +203,9 @@ def _shared_dir(tmp_path_factory, name: str) -> Path:
 def _train_tiny_model(smoke_cfg, log_dir) -> str:
     import fcntl
 
-    from components.infra import store
-    from components.infra.layout import Layout
-    from components.infra.isolation import run_isolated
+    from components.artifacts import store
+    from components.artifacts.layout import Layout
+    from components.runtime.isolation import run_isolated
     from components.stages import bootstrap
 
     uri = Layout.of(smoke_cfg).bootstrap()
@@ -249,7 +249,7 @@ def tiny_model_uri(smoke_cfg, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_model_uri):
-    from components.infra import store
+    from components.artifacts import store
 
     return store.fetch_folder(tiny_model_uri)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from components.infra import store
+from components.artifacts import store
 
 
 def stage_child(proc: subprocess.Popen | int, stage: str) -> psutil.Process | None:
@@ -32,7 +32,7 @@ def stage_child(proc: subprocess.Popen | int, stage: str) -> psutil.Process | No
 
 
 def warm_helpers(pid: int) -> list[psutil.Process]:
-    """The warm-start helpers (components/infra/warm.py) that process `pid` started, still running."""
+    """The warm-start helpers (components/runtime/warm.py) that process `pid` started, still running."""
     out = []
     try:
         kids = psutil.Process(pid).children()
@@ -40,7 +40,7 @@ def warm_helpers(pid: int) -> list[psutil.Process]:
         return out
     for k in kids:
         try:
-            if k.status() != psutil.STATUS_ZOMBIE and "components.infra.warm" in " ".join(k.cmdline()):
+            if k.status() != psutil.STATUS_ZOMBIE and "components.runtime.warm" in " ".join(k.cmdline()):
                 out.append(k)
         except psutil.Error:
             pass

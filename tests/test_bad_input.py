@@ -10,7 +10,7 @@ import pytest
 
 from components.config_sections import DataConfig, FamilyConfig
 from components.data.families import get_family
-from components.infra.layout import Layout
+from components.artifacts.layout import Layout
 from components.data.families.custom import publish_problems
 from components.data.ingest import BadInput
 

@@ -11,8 +11,8 @@ import datasets
 import mlflow
 import pytest
 
-from components.infra import catalog, store, tracking
-from components.infra.layout import Layout
+from components.artifacts import catalog, store, tracking
+from components.artifacts.layout import Layout
 from components.stages import filter as filter_stage
 from components.stages import score
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from components.checks import load_config
-from components.infra import store
-from components.infra.layout import Layout
+from components.artifacts import store
+from components.artifacts.layout import Layout
 from components.models.checkpoint import CheckpointError, smollm2_gguf
 from components.stages import bootstrap
 

@@ -93,7 +93,7 @@ def test_a_round_that_learns_nothing_says_so(user, tiny_model_uri, smoke_cfg):
     pretrained model that solves nothing met this silently: 0 kept, G_1 = G_0 published as trained.)"""
     import mlflow
 
-    from components.infra import store
+    from components.artifacts import store
 
     tmp_path, _, run = user
     args = ["--set", f"store_uri={smoke_cfg.store_uri}", "--set", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",

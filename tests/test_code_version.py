@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from components.infra import code_version, store
-from components.infra.layout import Layout
+from components.artifacts import code_version, store
+from components.artifacts.layout import Layout
 from flows import status
 
 
@@ -72,9 +72,10 @@ def test_a_library_upgrade_or_a_change_to_the_stage_runner_makes_every_stage_sta
     stage's hash, and the manifest says which versions made it."""
     import sys
 
-    (fake_checkout / "infra").mkdir()
-    (fake_checkout / "infra/__init__.py").write_text("")
-    (fake_checkout / "infra/isolation.py").write_text("def main():\n    pass\n")
+    entry = tmp_path.joinpath(*code_version.ENTRY.split(".")).with_suffix(".py")  # the fake checkout's runner
+    entry.parent.mkdir()
+    (entry.parent / "__init__.py").write_text("")
+    entry.write_text("def main():\n    pass\n")
     monkeypatch.setattr(code_version, "LIBRARIES", ("vstar-fake-lib",))
     for version in ("1.0", "1.1"):
         dist = tmp_path / f"site-{version}" / f"vstar_fake_lib-{version}.dist-info"
@@ -87,5 +88,5 @@ def test_a_library_upgrade_or_a_change_to_the_stage_runner_makes_every_stage_sta
     monkeypatch.syspath_prepend(str(tmp_path / "site-1.1"))
     upgraded = hash_of("components.stages.a")
     assert upgraded != old and code_version.code_version("components.stages.a")["libraries"] == {"vstar-fake-lib": "1.1"}
-    (fake_checkout / "infra/isolation.py").write_text("def main():\n    return 1  # the runner changed\n")
+    entry.write_text("def main():\n    return 1  # the runner changed\n")
     assert hash_of("components.stages.a") != upgraded

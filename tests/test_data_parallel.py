@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from components.infra import store
-from components.infra.isolation import call_isolated, run_isolated
+from components.artifacts import store
+from components.runtime.isolation import call_isolated, run_isolated
 from components.stages import generate, prm as prm_stage, score, sft as sft_stage
 
 

@@ -109,7 +109,7 @@ def test_nothing_g0_its_tokenizer_or_its_prompts_learn_from_is_an_evaluation_pro
     assert metrics["examples"] == 4 and metrics["decontam/dropped"] == 2
     from transformers import AutoTokenizer
 
-    from components.infra import store
+    from components.artifacts import store
 
     vocab = AutoTokenizer.from_pretrained(str(store.fetch_folder(f"{tmp_path}/store/g0"))).get_vocab()
     assert "€" not in vocab

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from components.infra import store
+from components.artifacts import store
 from components.checks import load_config
 
 ROOT = Path(__file__).resolve().parent.parent

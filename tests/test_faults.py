@@ -33,8 +33,9 @@ import psutil
 import pytest
 
 from components.checks import load_config
-from components.infra import services, store, tracking
-from components.infra.layout import Layout
+from components.artifacts import store, tracking
+from components.localstack import services
+from components.artifacts.layout import Layout
 from tests.procs import (PublishedWatcher, assert_live_progress, freeze, one_line_error, stage_child, stray_files,
                          wait_for, warm_helpers)
 

@@ -10,7 +10,7 @@ import pytest
 from components.data import importers
 from components.stages import labels as labels_stage
 from components.stages import prm as prm_stage
-from components.infra import store
+from components.artifacts import store
 from components.config_scoring import LabelsConfig
 from components.data.importers import import_labels, write_math_shepherd, write_prm800k
 from components.data.ingest import BadInput

@@ -6,8 +6,8 @@ from components.stages import judge as judge_stage
 from components.stages import labels as labels_stage
 from components.stages import prm as prm_stage
 from components.stages import score
-from components.infra import store
-from components.infra.layout import Layout
+from components.artifacts import store
+from components.artifacts.layout import Layout
 from tests.expect import agreement, assert_reported, reported_f1
 
 
@@ -206,7 +206,7 @@ def test_a_round_labelled_in_shards_is_the_round_labelled_whole(scored_gold, jud
     agreement a ratio), the generator's confidence (its threshold a quantile over the whole round) and
     an MC audit sample drawn over the whole round give the bytes and metrics of the unsharded stage."""
     from components.config_scoring import JudgeConfig
-    from components.infra import code_version
+    from components.artifacts import code_version
     from tasks.shards import run_sharded
 
     cfg, base, _ = scored_gold

@@ -90,7 +90,7 @@ def test_two_waiters_reclaiming_one_dead_holder_at_once_hold_it_one_after_the_ot
 def test_a_holder_whose_lease_cannot_be_renewed_stops_with_its_stage(tmp_path):
     """The Prefect server goes away under a holder: its lease can no longer be renewed, so another run
     may get the slot. The holder stops (LockLost, one message) and its stage child goes with it."""
-    from components.infra import services
+    from components.localstack import services
 
     # A stack of its own: stopping a second server of the session's stack would restore the worker's
     # environment to before the first (PREFECT_API_URL gone for the tests after this one).
@@ -100,7 +100,7 @@ def test_a_holder_whose_lease_cannot_be_renewed_stops_with_its_stage(tmp_path):
 import sys
 import prefect.concurrency._leases as leases
 leases._RENEWAL_FRACTION = 0.02  # renew every ~1 s instead of every 45 s: the test need not wait
-from components.infra.isolation import call_isolated
+from components.runtime.isolation import call_isolated
 from flows.lock import loop_lock
 with loop_lock(sys.argv[1]):
     print("held", flush=True)

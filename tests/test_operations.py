@@ -11,8 +11,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from components.infra import catalog, store
-from components.infra.layout import Layout
+from components.artifacts import catalog, store
+from components.artifacts.layout import Layout
 from components.checks import load_config
 from tests.procs import PublishedWatcher
 

@@ -15,8 +15,8 @@ import pytest
 
 from components.checks import load_config
 from components.config_sections import HardwareConfig
-from components.infra import store
-from components.infra.layout import Layout
+from components.artifacts import store
+from components.artifacts.layout import Layout
 from components.models.hardware import resolve
 
 ROOT = Path(__file__).resolve().parent.parent

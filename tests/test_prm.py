@@ -123,7 +123,7 @@ def test_the_threshold_chosen_on_held_back_traces_finds_first_errors_at_0_5_miss
 def test_a_threshold_measured_on_the_problems_that_chose_it_is_refused(tiny_model_dir, smoke_family, tmp_path):
     """evaluate reports F1 at the calibrated threshold only on problems it was not chosen on: plant one
     of the PRM's held-back problems among those evaluated and the stage refuses, naming the PRM."""
-    from components.infra import store
+    from components.artifacts import store
     from components.stages.evaluate import calibrated_thresholds
 
     rng = random.Random(5)

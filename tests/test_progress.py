@@ -1,8 +1,8 @@
 """Live progress from a stage's child process, and the one-line stage summaries (issue #15)."""
 from __future__ import annotations
 
-from components.infra import progress
-from components.infra.isolation import call_isolated
+from components.runtime import progress
+from components.runtime.isolation import call_isolated
 from components.stages import evaluate, filter as filter_stage, generate
 
 

@@ -12,7 +12,7 @@ import pytest
 from prefect import flow
 
 from components.checks import load_config
-from components.infra import code_version, store, tracking
+from components.artifacts import code_version, store, tracking
 from components.stages import Stage
 from tasks.common import run_stage
 

@@ -13,8 +13,8 @@ from browser import assert_not_blank, render_app  # tests/browser.py
 
 from components.evaluation import bestofk
 from components.evaluation.trace_report import REPORT
-from components.infra import store, tracking
-from components.infra.layout import Layout
+from components.artifacts import store, tracking
+from components.artifacts.layout import Layout
 from tests.expect import assert_reported, first_error_f1, prm_f1
 from tests.procs import stray_files
 

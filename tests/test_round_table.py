@@ -13,7 +13,7 @@ from components import round_table
 from components.checks import load_config
 from components.config import RunConfig
 from components.config_sections import Strict
-from components.infra import code_version, store
+from components.artifacts import code_version, store
 from components.stages import ShardableStage, Stage, StageModule
 from components.stages.training import train_and_publish
 
@@ -44,6 +44,9 @@ def test_the_config_is_the_ground_floor():
     assert "components/labeling/montecarlo.py" in score_code
     assert "components/labeling/montecarlo.py" not in filter_code
     assert not {p for p in filter_code if p.startswith(("components/data/families", "components/labeling/sources"))}
+    # Every stage reads the round table; a row added for a new verifier marks none of them stale.
+    assert not any(p == "components/round_table.py" for m in round_table.ROWS for p in
+                   (q.relative_to(ROOT).as_posix() for q in code_version.closure(m.module)))
 
 
 def test_a_registry_rule_is_checked_by_the_loader_with_its_field(tmp_path):
@@ -105,7 +108,7 @@ def test_a_new_verifier_is_its_module_its_section_and_one_row(toy_registered, sm
     from prefect import flow
 
     from components.evaluation import report
-    from components.infra.layout import Layout
+    from components.artifacts.layout import Layout
     from components.stages import evaluate
     from tests.test_verifiers import outcome_rows
     from tasks.train import train_verifiers

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from components.checks import load_config
-from components.infra.redact import redact
+from components.redact import redact
 from tests.test_config import JUDGE_KEY, SECRET_OVERRIDES, secrets_in
 
 
@@ -115,7 +115,7 @@ def test_the_loop_run_in_mlflow_holds_no_credential(mlflow_server, s3, smoke_cfg
     (what connects keeps it; MLflow's server ignores it)."""
     from mlflow import MlflowClient
 
-    from components.infra import tracking
+    from components.artifacts import tracking
 
     monkeypatch.setenv("VSTAR_JUDGE_API_KEY", JUDGE_KEY)
     host = mlflow_server.split("://", 1)[1]
@@ -141,9 +141,9 @@ def test_the_loop_run_in_mlflow_holds_no_credential(mlflow_server, s3, smoke_cfg
 def test_stage_logs_and_failures_show_no_credential(tmp_path):
     """Library log lines (the `vstar` logger) are redacted; so is a failed child stage's traceback, in
     its log file and in the error the flow raises."""
-    from components.infra.isolation import StageFailed, call_isolated
-    from components.infra.log import get_logger
-    from components.infra.redact import RedactFilter
+    from components.runtime.isolation import StageFailed, call_isolated
+    from components.runtime.log import get_logger
+    from components.redact import RedactFilter
 
     get_logger(__name__)
     assert any(isinstance(f, RedactFilter) for h in logging.getLogger("vstar").handlers for f in h.filters)

@@ -89,7 +89,7 @@ def test_setup_requests_outlast_a_busy_server_and_fail_on_a_real_error():
 
     import pytest
 
-    from components.infra.processes import http_json
+    from components.localstack.processes import http_json
 
     answers = [503, 503, 200]
 

@@ -12,8 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from components.infra import local_stack
-from components.infra.processes import group_alive, http_json, http_status, start_time
+from components.localstack import local_stack
+from components.localstack.groups import group_alive, start_time
+from components.localstack.processes import http_json, http_status
 
 VSTAR = str(Path(sys.executable).parent / "vstar")
 

@@ -14,8 +14,8 @@ import mlflow
 import psutil
 import pytest
 
-from components.infra import store, tracking
-from components.infra.layout import Layout
+from components.artifacts import store, tracking
+from components.artifacts.layout import Layout
 from components.stages import evaluate, filter as filter_stage, generate, score
 from tests.procs import PublishedWatcher, stage_child, stray_files, wait_for
 
@@ -137,7 +137,7 @@ def test_two_shards_on_ray_match_the_unsharded_round(ray_head, s3, mlflow_server
 def test_a_part_left_by_a_crash_is_reused_only_if_made_from_the_same_inputs(smoke_cfg, tmp_path):
     """After a crash mid-stage a rerun skips the parts already published, unless what they were made
     from has changed (another model, other code) or the stage is to be recomputed."""
-    from components.infra import code_version
+    from components.artifacts import code_version
     from tasks.shards import reusable_part
 
     part = Layout.shard(str(tmp_path / "round-1/candidates"), 0, 2)

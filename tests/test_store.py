@@ -3,7 +3,7 @@ import json
 import datasets
 import pytest
 
-from components.infra import store
+from components.artifacts import store
 
 
 def test_local_publish_and_read_back(tmp_path):

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from components.infra import store
+from components.artifacts import store
 
 
 class Relay:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.infra import store
+from components.artifacts import integrity, store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,7 +69,7 @@ def test_a_corrupt_manifest_names_itself(tmp_path, body, where, remote):
     fs, path = store.fs_for(uri)
     fs.pipe_file(store.join(path, store.MANIFEST), body)
     for read in (store.read_manifest, store.is_published, store.fetch_folder, store.read_dataset):
-        with pytest.raises(store.CorruptArtifact, match="corrupt manifest, not valid JSON") as e:
+        with pytest.raises(integrity.CorruptArtifact, match="corrupt manifest, not valid JSON") as e:
             read(uri)
         assert isinstance(e.value, ValueError) and store.join(uri, store.MANIFEST) in str(e.value), str(e.value)
 
@@ -98,7 +98,7 @@ def test_a_malformed_digest_map_is_refused(tmp_path, digests):
     uri = str(tmp_path / "store/model")
     store.publish_folder(folder_with(tmp_path, FILES), uri, {"kind": "model"})
     rewrite_manifest(uri, lambda m: m.update(digests=digests))
-    with pytest.raises(store.UnsafeManifest, match="digest") as e:
+    with pytest.raises(integrity.UnsafeManifest, match="digest") as e:
         store.read_manifest(uri)
     assert store.join(uri, store.MANIFEST) in str(e.value)
 
@@ -120,7 +120,7 @@ def test_a_damaged_remote_file_is_refused_and_nothing_cached(tmp_path, how, remo
     uri, cache = remote(), tmp_path / "cache"
     manifest = store.publish_folder(folder_with(tmp_path, FILES), uri, {"kind": "model"})
     damage(uri, "sub/weights.bin", how)
-    with pytest.raises(store.CorruptArtifact) as e:
+    with pytest.raises(integrity.CorruptArtifact) as e:
         store.fetch_folder(uri, cache_root=cache)
     msg = str(e.value)
     fs, path = store.fs_for(uri)
@@ -136,7 +136,7 @@ def test_a_damaged_remote_file_under_an_older_manifest_is_refused(tmp_path, remo
     manifest = store.publish_folder(folder_with(tmp_path, FILES), uri, {"kind": "model"})
     rewrite_manifest(uri, lambda m: m.pop("digests"))
     damage(uri, "config.json", "flip")
-    with pytest.raises(store.CorruptArtifact, match="corrupt artifact") as e:
+    with pytest.raises(integrity.CorruptArtifact, match="corrupt artifact") as e:
         store.fetch_folder(uri, cache_root=cache)
     assert uri in str(e.value) and manifest["sha256"] in str(e.value)
     assert files_under(cache) == []
@@ -150,7 +150,7 @@ def test_a_manifest_claiming_another_artifacts_digest_cannot_poison_the_cache(tm
     real = store.publish_folder(folder_with(tmp_path, FILES), genuine, {"kind": "model"})
     store.publish_folder(folder_with(tmp_path, {**FILES, "config.json": b'{"x": "forged"}'}), forged, {"kind": "model"})
     rewrite_manifest(forged, lambda m: m.update(sha256=real["sha256"]))
-    with pytest.raises(store.CorruptArtifact, match=rf"{forged}: .*sha256 .* but its manifest recorded {real['sha256']}"):
+    with pytest.raises(integrity.CorruptArtifact, match=rf"{forged}: .*sha256 .* but its manifest recorded {real['sha256']}"):
         store.fetch_folder(forged, cache_root=cache)
     assert files_under(cache) == []
     assert (store.fetch_folder(genuine, cache_root=cache) / "config.json").read_bytes() == FILES["config.json"]
@@ -162,7 +162,7 @@ def test_an_intact_remote_artifact_is_fetched_once(tmp_path, monkeypatch, remote
     dest = store.fetch_folder(uri, cache_root=cache)
     assert (dest / "sub/weights.bin").read_bytes() == FILES["sub/weights.bin"]
     assert files_under(cache) == sorted(str(p.relative_to(cache)) for p in [dest, *dest.rglob("*")])
-    monkeypatch.setattr(store, "_digests", lambda *a: pytest.fail("a cached folder is checked again"))
+    monkeypatch.setattr(integrity, "digests", lambda *a: pytest.fail("a cached folder is checked again"))
     assert store.fetch_folder(uri, cache_root=cache) == dest  # verified when it was fetched
 
 
@@ -170,14 +170,14 @@ def test_a_damaged_local_file_is_refused_once_per_published_version(tmp_path, mo
     uri = str(tmp_path / "store/model")
     store.publish_folder(folder_with(tmp_path, FILES), uri, {"kind": "model"})
     damage(uri, "sub/weights.bin", "flip")
-    with pytest.raises(store.CorruptArtifact, match="corrupt file") as e:
+    with pytest.raises(integrity.CorruptArtifact, match="corrupt file") as e:
         store.fetch_folder(uri)
     assert store.join(uri, "sub/weights.bin") in str(e.value)
     # Republished intact: checked (anew) at the first fetch, not at every one in this process.
     store.publish_folder(folder_with(tmp_path, FILES), uri, {"kind": "model", "again": True})
     calls = []
-    digests = store._digests
-    monkeypatch.setattr(store, "_digests", lambda *a: calls.append(a) or digests(*a))
+    digests = integrity.digests
+    monkeypatch.setattr(integrity, "digests", lambda *a: calls.append(a) or digests(*a))
     assert store.fetch_folder(uri) == store.fetch_folder(uri) == tmp_path / "store/model"
     assert len(calls) == 1
 
@@ -190,7 +190,7 @@ def test_a_damaged_parquet_names_itself(tmp_path, how, where, remote):
     uri = str(tmp_path / "store/filtered") if where == "local" else remote()
     store.write_rows([{"q": f"{i} + {i}", "ok": i % 2 == 0} for i in range(200)], uri)
     damage(uri, "data.parquet", how)
-    with pytest.raises(store.CorruptArtifact, match="corrupt file") as e:
+    with pytest.raises(integrity.CorruptArtifact, match="corrupt file") as e:
         store.read_rows(uri)
     assert store.join(uri, "data.parquet") in str(e.value)
 
@@ -200,12 +200,12 @@ def test_a_damaged_parquet_under_an_older_manifest_names_itself(tmp_path):
     store.write_rows([{"q": f"{i} + {i}"} for i in range(200)], uri)
     rewrite_manifest(uri, lambda m: m.pop("digests"))
     damage(uri, "data.parquet", "truncate")
-    with pytest.raises(store.CorruptArtifact, match="corrupt artifact") as e:
+    with pytest.raises(integrity.CorruptArtifact, match="corrupt artifact") as e:
         store.read_rows(uri)
     assert store.join(uri, "data.parquet") in str(e.value)
     # A manifest that records no digest at all: pyarrow's error, naming the file.
     rewrite_manifest(uri, lambda m: m.pop("sha256"))
-    with pytest.raises(store.CorruptArtifact, match="cannot be read as parquet") as e:
+    with pytest.raises(integrity.CorruptArtifact, match="cannot be read as parquet") as e:
         store.read_rows(uri)
     assert store.join(uri, "data.parquet") in str(e.value)
 
@@ -240,7 +240,7 @@ def _can_unshare() -> bool:
 FILL = r"""
 import json, shutil, sys, traceback
 from pathlib import Path
-from components.infra import store
+from components.artifacts import store
 
 disk, src = Path(sys.argv[1]), Path(sys.argv[2])
 out = {}

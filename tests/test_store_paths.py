@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from components.infra import catalog, store
-from components.infra.layout import Layout
+from components.artifacts import catalog, integrity, store
+from components.artifacts.layout import Layout
 from flows import status
 
 GOOD = "config.json"
@@ -42,7 +42,7 @@ def test_fetch_refuses_a_manifest_name_outside_the_artifact_and_writes_nothing(t
     if isinstance(bad, str) and bad and not bad.startswith("/"):
         planted[bad] = b"pwned"
     uri = memory_artifact(planted, [GOOD, bad])
-    with pytest.raises(store.UnsafeManifest) as e:
+    with pytest.raises(integrity.UnsafeManifest) as e:
         store.fetch_folder(uri, cache_root=cache)
     assert isinstance(e.value, ValueError)
     msg = str(e.value)
@@ -53,7 +53,7 @@ def test_fetch_refuses_a_manifest_name_outside_the_artifact_and_writes_nothing(t
 def test_fetch_refuses_an_absolute_name_that_would_write_elsewhere(tmp_path):
     cache, target = tmp_path / "cache", tmp_path / "outside" / "evil"
     uri = memory_artifact({GOOD: b"{}", str(target): b"pwned"}, [GOOD, str(target)])
-    with pytest.raises(store.UnsafeManifest, match="outside/evil"):
+    with pytest.raises(integrity.UnsafeManifest, match="outside/evil"):
         store.fetch_folder(uri, cache_root=cache)
     assert not target.exists() and files_under(tmp_path) == set()
 
@@ -64,7 +64,7 @@ def test_fetch_refuses_a_sha256_that_would_name_another_folder(tmp_path):
     fs, path = store.fs_for(uri)
     crafted = {"files": [GOOD], "sha256": "../../../../evil-cache-x"}
     fs.pipe_file(store.join(path, store.MANIFEST), json.dumps(crafted).encode())
-    with pytest.raises(store.UnsafeManifest, match="sha256"):
+    with pytest.raises(integrity.UnsafeManifest, match="sha256"):
         store.fetch_folder(uri, cache_root=cache)
     assert files_under(tmp_path) == set()
 
@@ -84,7 +84,7 @@ def test_local_artifacts_never_hand_out_a_file_from_outside(tmp_path):
     (src / "weights.bin").symlink_to(secret)
     uri = str(tmp_path / "store/loops/x/round-1/model")
     # Publishing would copy the secret into the store: refused, and nothing is published.
-    with pytest.raises(store.UnsafeManifest, match="weights.bin") as e:
+    with pytest.raises(integrity.UnsafeManifest, match="weights.bin") as e:
         store.publish_folder(src, uri, {"kind": "model"})
     assert "symlink" in str(e.value) and not store.is_published(uri)
     # A published local artifact in which someone swapped a file for a symlink: reads are refused.
@@ -94,15 +94,15 @@ def test_local_artifacts_never_hand_out_a_file_from_outside(tmp_path):
     assert store.fetch_folder(uri) == tmp_path / "store/loops/x/round-1/model"
     (tmp_path / "store/loops/x/round-1/model/weights.bin").unlink()
     (tmp_path / "store/loops/x/round-1/model/weights.bin").symlink_to(secret)
-    with pytest.raises(store.UnsafeManifest, match="weights.bin"):
+    with pytest.raises(integrity.UnsafeManifest, match="weights.bin"):
         store.read_manifest(uri)
-    with pytest.raises(store.UnsafeManifest):
+    with pytest.raises(integrity.UnsafeManifest):
         store.fetch_folder(uri)
     # ... and so is an extra, unlisted one (a model loader opens whatever the folder holds).
     (tmp_path / "store/loops/x/round-1/model/weights.bin").unlink()
     (tmp_path / "store/loops/x/round-1/model/weights.bin").write_bytes(b"w")
     (tmp_path / "store/loops/x/round-1/model/tokenizer.json").symlink_to(secret)
-    with pytest.raises(store.UnsafeManifest, match="tokenizer.json"):
+    with pytest.raises(integrity.UnsafeManifest, match="tokenizer.json"):
         store.fetch_folder(uri)
 
 
@@ -111,7 +111,7 @@ def test_unsafe_loop_ids_are_refused(tmp_path, loop_id):
     if loop_id == "":  # "" means "no loop" (store-wide paths), not a loop id
         assert Layout(str(tmp_path)).catalog() == f"{tmp_path}/catalog"
         return
-    with pytest.raises(store.UnsafePath, match="loop id"):
+    with pytest.raises(integrity.UnsafePath, match="loop id"):
         Layout(str(tmp_path), loop_id)
 
 
@@ -121,15 +121,15 @@ def test_ids_that_become_paths_are_checked(tmp_path):
     entry = "demo-f03bfe2bb7-r1-1a2b3c4d"
     assert Layout(root).catalog_entry(entry) == f"{root}/catalog/{entry}.json"
     for bad in ("../../x", "a/b", ".."):
-        with pytest.raises(store.UnsafePath, match="catalog id"):
+        with pytest.raises(integrity.UnsafePath, match="catalog id"):
             Layout(root).catalog_entry(bad)
-        with pytest.raises(store.UnsafePath, match="catalog id"):
+        with pytest.raises(integrity.UnsafePath, match="catalog id"):
             Layout(root).sft(bad, {})
     with pytest.raises(ValueError, match="unknown round artifact"):
         Layout(root, "demo-f03bfe2bb7").round(1, "eval-../../x")
     with pytest.raises(TypeError):
         Layout(root, "demo-f03bfe2bb7").round("1/../..", "model")
-    with pytest.raises(store.UnsafePath, match="bootstrap hash"):
+    with pytest.raises(integrity.UnsafePath, match="bootstrap hash"):
         Layout(root, bootstrap_hash="../x")
 
 
@@ -140,8 +140,18 @@ def test_catalog_and_status_skip_or_refuse_names_they_did_not_write(tmp_path):
     good = {"id": "demo-f03bfe2bb7-r1-1a2b3c4d", "uri": "u", "sha256": "ab" * 32, "rows": 1}
     (tmp_path / "catalog" / f"{good['id']}.json").write_text(json.dumps({**good, "id": "../../sft-elsewhere"}))
     assert catalog.ids(root) == [good["id"]]
-    with pytest.raises(store.UnsafePath, match="sft-elsewhere"):  # an entry naming another id is refused
+    with pytest.raises(integrity.UnsafePath, match="sft-elsewhere"):  # an entry naming another id is refused
         catalog.get(root, good["id"])
     (tmp_path / "loops" / "demo-f03bfe2bb7").mkdir(parents=True)
     (tmp_path / "loops" / ".. x").mkdir()
     assert status.loop_ids(root) == ["demo-f03bfe2bb7"]
+
+
+def test_status_reads_rounds_back_by_the_layouts_folder_names(tmp_path):
+    at = Layout(str(tmp_path), "demo-f03bfe2bb7")
+    assert at.loop() == f"{Layout(str(tmp_path)).loops()}/demo-f03bfe2bb7"
+    for name in (Layout.round_name(10), Layout.round_name(2), "round-x", "round-3.old", "notes"):
+        (tmp_path / "loops" / "demo-f03bfe2bb7" / name).mkdir(parents=True)
+    assert status.rounds(at) == [2, 10]  # anything else in the loop's prefix is no round's
+    assert at.round(2, "model").split("/")[-2] == Layout.round_name(2) == "round-2"
+    assert Layout.round_number(Layout.round_name(7)) == 7 and Layout.round_number("round-") is None

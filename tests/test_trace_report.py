@@ -10,8 +10,8 @@ from browser import chromium, evaluate  # tests/browser.py
 from components.models import prm
 from components.stages import filter as filter_stage
 from components.stages import score
-from components.infra import store
-from components.infra.layout import Layout
+from components.artifacts import store
+from components.artifacts.layout import Layout
 from components.config_scoring import FilterConfig
 from components.data.families.arith import APPLY
 from components.labeling.filtering import select

@@ -1,7 +1,7 @@
 """MLflow runs say what happened to them: a finished loop's runs are not shown as running forever."""
 import pytest
 
-from components.infra import tracking
+from components.artifacts import tracking
 
 
 def test_a_run_is_running_only_while_its_block_works_on_it(mlflow_server, smoke_cfg):

@@ -43,7 +43,7 @@ def test_the_equal_budget_orm_sees_only_the_last_step_labels_of_the_prms_rows(sm
     """`orm.labels: prm`: PRM vs ORM at one label budget. The ORM takes exactly the rows the PRM
     trains on, in its order, each with its last step's label alone, never the answer check's verdict
     (planted here to disagree) nor a row whose last step is unlabelled."""
-    from components.infra import store
+    from components.artifacts import store
     from components.stages import orm, prm as train_prm_stage
 
     rows = outcome_rows(smoke_family, smoke_family.problems("train")[:60], seed=4)

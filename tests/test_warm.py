@@ -1,4 +1,4 @@
-"""Warm starts (components/infra/warm.py): a stage child forked by the helper that imported the heavy
+"""Warm starts (components/runtime/warm.py): a stage child forked by the helper that imported the heavy
 libraries is still a process of its own, with its own environment, working directory and log; it
 runs the code on disk now, not what the helper saw; a failure reads as before; and the plain way
 (`VSTAR_WARM_START=0`) still works."""
@@ -8,8 +8,8 @@ import textwrap
 import psutil
 import pytest
 
-from components.infra import warm
-from components.infra.isolation import StageFailed, call_isolated
+from components.runtime import warm
+from components.runtime.isolation import StageFailed, call_isolated
 from tests.procs import wait_for, warm_helpers
 
 PROBE = '''
@@ -45,7 +45,7 @@ def probe(tmp_path, monkeypatch):
 def test_a_warm_child_is_its_own_process_and_runs_the_code_on_disk(probe, tmp_path):
     first = call_isolated("warm_probe:who", {"tag": "a"}, "probe", log_dir=tmp_path / "logs")
     helper = psutil.Process(first["ppid"])
-    assert helper.ppid() == os.getpid() and "components.infra.warm" in " ".join(helper.cmdline())
+    assert helper.ppid() == os.getpid() and "components.runtime.warm" in " ".join(helper.cmdline())
     # What the warm start is for: a stage child starts with the libraries its stage imports (3-4 s of
     # CPU per child otherwise, with transformers' auto classes and Trainer imported lazily).
     assert first["torch_preloaded"] and first["stage_imports_preloaded"]
@@ -68,7 +68,7 @@ def test_the_flow_starts_the_helper_early_and_keeps_it(probe, tmp_path, monkeypa
     background, so its imports overlap the flow's own start; a variable a library sets in the flow process as it imports
     (scikit-learn: KMP_DUPLICATE_LIB_OK) does not cost a second helper halfway through the round, nor
     does a service's address set later (a test session starts MLflow, S3, Prefect as tests ask)."""
-    from components.infra.isolation import warm_up
+    from components.runtime.isolation import warm_up
 
     monkeypatch.setenv("VSTAR_TEST_PROBE", "a-new-environment")  # so this test's helper is a new one
     monkeypatch.delenv("KMP_DUPLICATE_LIB_OK", raising=False)
@@ -97,7 +97,7 @@ def test_the_helper_leaves_vllm_out_when_the_run_uses_no_vllm_engine(probe, tmp_
     """A run on the transformers backend (generation, PRM and ORM scorers) does not pay vLLM's import
     (~9 s of CPU) in every flow process; one that uses a vLLM engine keeps it preloaded."""
     from components.checks import load_config
-    from components.infra.isolation import warm_up
+    from components.runtime.isolation import warm_up
 
     monkeypatch.setenv("VSTAR_TEST_PROBE", "no-vllm")  # a helper of this test's own
     monkeypatch.setenv(warm.VLLM_ENV, "unset")  # restored after the test

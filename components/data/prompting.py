@@ -100,8 +100,8 @@ def family_of(cfg: RunConfig) -> Family:
         return fam
     tok = None
     if pr.style == "chat":
-        from components.infra import store
-        from components.infra.layout import Layout
+        from components.artifacts import store
+        from components.artifacts.layout import Layout
 
         tok = _tokenizer(str(store.fetch_folder(Layout.of(cfg).bootstrap())))
     return PromptedFamily(fam, pr, tok, cfg.decontam)

@@ -39,7 +39,7 @@ from components import round_table
 from components.config import RunConfig
 from components.evaluation.bestofk import sigmoid
 from components.labeling import confidence as conf
-from components.infra import store
+from components.artifacts import store
 from components.labeling.filtering import AGGREGATES
 from components.models import serving
 

@@ -14,8 +14,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from components.infra import store
-from components.infra.redact import redact
+from components.artifacts import store
+from components.redact import redact
 from components.config import RunConfig
 from components.config_scoring import FilterConfig
 from components.labeling.filtering import aggregate, passes, select

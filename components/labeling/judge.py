@@ -23,8 +23,8 @@ from typing import Callable
 
 from components.config_scoring import JudgeConfig, RemoteJudgeConfig
 from components.config_sections import GenerationConfig
-from components.infra.log import get_logger
-from components.infra.redact import protect_loggers, redact
+from components.runtime.log import get_logger
+from components.redact import protect_loggers, redact
 from components.labeling.step_labels import from_first_error
 
 log = get_logger(__name__)

@@ -30,7 +30,7 @@ def token_logprobs(model, sequences: list[list[int]], pad_id: int, batch_size: i
     k largest log-probabilities there (all of them in a vocabulary smaller than k)."""
     import torch
 
-    from components.infra import progress
+    from components.runtime import progress
 
     device = next(model.parameters()).device
     result: list[list[float | None]] = []
@@ -72,10 +72,10 @@ def collate(batch: list[tuple[list[int], int]], pad_id: int):
 
 def progress_callback():
     """A TrainerCallback that reports optimizer steps, examples/s and the last logged loss as live
-    progress (components/infra/progress.py): every step, the reporter throttles."""
+    progress (components/runtime/progress.py): every step, the reporter throttles."""
     from transformers import TrainerCallback
 
-    from components.infra import progress
+    from components.runtime import progress
 
     class _Progress(TrainerCallback):
         loss, t0 = None, 0.0

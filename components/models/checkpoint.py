@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from components.infra.redact import redact
+from components.redact import redact
 
 GGUF_MAGIC = b"GGUF"
 

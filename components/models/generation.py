@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from components.config_sections import GenerationConfig
-from components.infra import progress
+from components.runtime import progress
 from components.models.hardware import CPU, Placement
 
 

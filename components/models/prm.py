@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from components.infra import progress
+from components.runtime import progress
 from components.labeling.quality import calibrate_threshold, fingerprints
 from components.models import packing
 from components.models.causal_lm import ensure_pad_token, fit

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from components.infra import progress
-from components.infra.log import get_logger
+from components.runtime import progress
+from components.runtime.log import get_logger
 from components.models.causal_lm import ensure_pad_token
 from components.models.hardware import CPU, Placement
 from components.models.prm import check_separator, check_tag, format_input, load_format, step_probs

@@ -4,8 +4,8 @@ opening store folders themselves."""
 from __future__ import annotations
 
 from components.config import RunConfig
-from components.infra import store
-from components.infra.log import get_logger
+from components.artifacts import store
+from components.runtime.log import get_logger
 from components.models.sft import adapter_base
 
 log = get_logger(__name__)

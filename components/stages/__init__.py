@@ -2,7 +2,7 @@
 
 A stage module is a `StageModule`: a typed entry point `run(cfg: RunConfig, out_uri: str, ...) -> dict`
 (metrics) that publishes one artifact at `out_uri` (manifest last), and a `STAGE` saying how it runs:
-whether it wants an accelerator, runs isolated in a child process (components/infra/isolation.py),
+whether it wants an accelerator, runs isolated in a child process (components/runtime/isolation.py),
 splits by problem (then it is a `ShardableStage`, with a `merge`) or trains data-parallel. Its name,
 what it publishes and the URIs it reads are its row of the round table (components/round_table.py),
 which `Stage.of` reads. Prefect tasks import the module of the stage they run (tasks/common.py:
@@ -23,10 +23,10 @@ class Stage:
     accelerator: bool = False  # generation, scoring, training: one at a time per GPU ("gpu" tag)
     isolated: bool = False  # heavy: runs in its own child process
     # splits its work by problem (`run(..., shard=(i, n))`) and puts the parts together (`merge`)
-    # when `execution.shards` > 1 (components/infra/shards.py, tasks/shards.py)
+    # when `execution.shards` > 1 (components/artifacts/shards.py, tasks/shards.py)
     shardable: bool = False
     # trains through transformers' Trainer / TRL: runs data-parallel in `execution.train_processes`
-    # processes (torchrun) when that is > 1 (components/infra/isolation.py)
+    # processes (torchrun) when that is > 1 (components/runtime/isolation.py)
     data_parallel: bool = False
     metrics: str = ""  # prefix of its MLflow metrics (default: name); kept stable so rounds stay comparable
     summary: tuple[str, ...] = ()  # its one console line: format strings over its metrics (progress.summary)
@@ -57,7 +57,7 @@ class StageModule(Protocol):
 @runtime_checkable
 class ShardableStage(StageModule, Protocol):
     """A stage that splits by problem (STAGE.shardable): `run(..., shard=(i, n))` publishes a part,
-    `merge` publishes the artifact from the parts (components/infra/shards.gathered reads them)."""
+    `merge` publishes the artifact from the parts (components/artifacts/shards.gathered reads them)."""
 
     def merge(self, cfg, out_uri: str, parts: list[str], seconds: float = 0.0, **inputs) -> dict: ...
 
@@ -68,7 +68,7 @@ def refusal(cfg, stage: StageModule, manifest: dict, inputs: dict, stale_reused:
     `stale_reused`: a whole stage reuses stale output, warning, unless `recompute` names `stale`; a
     part left by a crashed run never does); or an input changed since (by digest, not by URI: a loop
     copied to another store is still current)."""
-    from components.infra import code_version
+    from components.artifacts import code_version
 
     name, module = stage.STAGE.name, stage.__name__
     if name in cfg.recompute:

@@ -11,10 +11,10 @@ from pathlib import Path
 from components.config import RunConfig
 from components.data.decontam import against_eval, bootstrap_split
 from components.data.prompting import family_of
-from components.infra import store
-from components.infra.layout import Layout
-from components.infra.log import get_logger
-from components.infra.redact import redact
+from components.artifacts import store
+from components.artifacts.layout import Layout
+from components.runtime.log import get_logger
+from components.redact import redact
 from components.models import checkpoint
 from components.models.serving import placement
 from components.stages import Stage

@@ -4,8 +4,8 @@ from __future__ import annotations
 from components.config import RunConfig
 from components.data.families import get_family
 from components.data.families.custom import publish_problems
-from components.infra import store
-from components.infra.layout import Layout
+from components.artifacts import store
+from components.artifacts.layout import Layout
 from components.stages import Stage
 
 STAGE = Stage.of(__name__, metrics="prepare_data")

@@ -14,8 +14,8 @@ import time
 from components.config import RunConfig
 from components.data.decontam import against_eval
 from components.data.prompting import family_of
-from components.infra import store
-from components.infra.layout import Layout
+from components.artifacts import store
+from components.artifacts.layout import Layout
 from components.labeling.sources import GUESSES
 from components.models import dpo, serving
 from components.models.sft import adapter_base

@@ -11,7 +11,7 @@ from components.config import RunConfig
 from components.data.prompting import family_of
 from components.evaluation import beam_search, bestofk, scorers
 from components.evaluation.heldout import round_metrics
-from components.infra import shards, store
+from components.artifacts import shards, store
 from components.labeling.quality import refuse_leak
 from components.models import dpo, prm, serving
 from components.models.generation import Sampling

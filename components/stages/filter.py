@@ -3,7 +3,7 @@ every correct one), at most `max_per_problem` per problem."""
 from __future__ import annotations
 
 from components.config import RunConfig
-from components.infra import store
+from components.artifacts import store
 from components.labeling.filtering import select
 from components.stages import Stage
 

@@ -8,7 +8,7 @@ from components.config import RunConfig
 from components.data.curriculum import round_problems
 from components.data.prompting import family_of, hinted_prompt
 from components.data.ingest import Quarantine, reject_long
-from components.infra import shards, store
+from components.artifacts import layout, shards, store
 from components.models import serving
 from components.models.generation import Sampling
 from components.stages import Stage
@@ -52,7 +52,7 @@ def rationalize(cfg: RunConfig, fam, generator, problems: list, rows: list[dict]
 
 def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, target: int | None = None,
         shard: list[int] | None = None) -> dict:
-    """`shard` (i, n): only the i-th of n blocks of the round's problems (components/infra/shards.py)."""
+    """`shard` (i, n): only the i-th of n blocks of the round's problems (components/artifacts/shards.py)."""
     fam = family_of(cfg)
     g = cfg.generation
     # A problem whose prompt leaves no room for a solution in the model's context is quarantined.
@@ -61,7 +61,7 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, target: in
     problems = reject_long(shards.part(round_problems(cfg, fam, target, round_idx), shard),
                            lambda t: len(tok(t).input_ids), cfg.model.max_positions - g.max_tokens, q,
                            field_name="prompt")
-    q.write(store.join(out_uri, shards.QUARANTINE))
+    q.write(store.join(out_uri, layout.QUARANTINE))
     t0 = time.perf_counter()
     generator = serving.Generator(cfg, model_uri, fam)
     t_load = time.perf_counter() - t0

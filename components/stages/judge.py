@@ -9,7 +9,7 @@ import time
 
 from components.config import RunConfig
 from components.data.prompting import family_of
-from components.infra import store
+from components.artifacts import store
 from components.labeling import judge_training
 from components.labeling.judge import make_judge_client
 from components.models import serving

@@ -12,7 +12,8 @@ from components.data.decontam import decontaminate
 from components.data.families import get_family
 from components.data.importers import import_labels, write_prm800k
 from components.data.prompting import family_of
-from components.infra import store
+from components.artifacts import store
+from components.artifacts.layout import QUARANTINE
 from components.models import serving
 from components.models.generation import Sampling
 from components.stages import Stage
@@ -54,7 +55,7 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str | None = None) -> dict:
     rows, q = import_labels(source, lab)
     fam = get_family(cfg.family, cfg.seed)
     rows, dropped = decontaminate(rows, fam.problems("eval"), cfg.decontam)
-    q.write(store.join(out_uri, "quarantine.jsonl"))  # before the manifest: published means complete
+    q.write(store.join(out_uri, QUARANTINE))  # before the manifest: published means complete
     metrics = {**q.counts(), **spent, "decontam_dropped": len(dropped), "traces": len(rows),
                "steps": sum(len(r["steps"]) for r in rows),
                "unlabelled_steps": sum(y is None for r in rows for y in r["step_labels"]),

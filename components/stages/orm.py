@@ -11,7 +11,7 @@ import time
 from components.config import RunConfig
 from components.data.decontam import against_eval
 from components.data.prompting import family_of
-from components.infra import store
+from components.artifacts import store
 from components.loop import labels_uri
 from components.models import prm, serving
 from components.stages import Stage

@@ -10,8 +10,8 @@ import time
 from components.config import RunConfig
 from components.data.decontam import against_eval
 from components.data.prompting import family_of
-from components.infra import store
-from components.infra.redact import redact
+from components.artifacts import store
+from components.redact import redact
 from components.labeling.sources import GUESSES
 from components.loop import labels_uri
 from components.models import prm, serving

@@ -12,7 +12,7 @@ import time
 
 from components.config import RunConfig
 from components.data.prompting import family_of
-from components.infra import shards, store
+from components.artifacts import shards, store
 from components.labeling import sources
 from components.labeling.quality import quality
 from components.labeling.sources import Batch, Engines

@@ -10,9 +10,9 @@ import time
 from components.config import RunConfig
 from components.data.decontam import against_eval, bootstrap_split
 from components.data.prompting import family_of
-from components.infra import store
-from components.infra.layout import Layout
-from components.infra.log import get_logger
+from components.artifacts import store
+from components.artifacts.layout import Layout
+from components.runtime.log import get_logger
 from components.models import serving
 from components.models.sft import sft, training_pairs, with_replay
 from components.stages import Stage

@@ -7,7 +7,7 @@ import tempfile
 import time
 from typing import Callable
 
-from components.infra import store
+from components.artifacts import store
 
 Log = Callable[[int, dict], None]  # what a trainer calls each logging step: (step, {"train_loss": ...})
 

@@ -19,8 +19,8 @@ import re
 import threading
 from decimal import Decimal, InvalidOperation
 
-from components.infra import store
-from components.infra.layout import Layout
+from components.artifacts import store
+from components.artifacts.layout import QUARANTINE, Layout
 from components.config import ConfigError
 from components.config_sections import FamilyConfig
 from components.data.families import Problem, answer_end, register
@@ -307,10 +307,10 @@ def publish_problems(fam, layout: Layout) -> dict[str, int]:
         if q is not None:  # bootstrap's rejects are train's: counted once, under train
             split_counts.update({**q.counts(), **{f"quarantined/{k}": v for k, v in q.reasons().items()}})
             fs, path = store.fs_for(uri)
-            qpath = store.join(path, "quarantine.jsonl")
+            qpath = store.join(path, QUARANTINE)
             if fs.exists(qpath):
                 fs.rm(qpath)  # a stale quarantine from an earlier publish would count twice
-            q.write(store.join(uri, "quarantine.jsonl"))
+            q.write(store.join(uri, QUARANTINE))
         rows = [{"problem_id": p.id, "prompt": p.prompt, "answer": p.answer, "difficulty": p.difficulty,
                  "meta": json.dumps(p.meta)} for p in problems]
         store.write_rows(rows, uri, {"kind": "problems", "split": split, "counts": split_counts})

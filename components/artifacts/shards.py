@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence, TypeVar
 
-from components.infra import store
+from components.artifacts import store
+from components.artifacts.layout import QUARANTINE
 
 T = TypeVar("T")
-QUARANTINE = "quarantine.jsonl"
 
 
 def part(items: Sequence[T], shard: Sequence[int] | None) -> list[T]:

@@ -2,7 +2,7 @@
 
 A stage's code is its module plus every `components` module it imports, directly or through others
 (read from the source, lazy imports inside functions included), the child entry that runs it
-(components/infra/isolation.py and what it imports), and the versions of the libraries that compute
+(components/runtime/isolation.py and what it imports), and the versions of the libraries that compute
 (LIBRARIES: torch, transformers, vLLM, TRL, ...): a fix to Monte Carlo scoring changes the hash of
 `score` and of nothing that does not import it; a transformers upgrade changes every stage's. Every manifest a stage publishes carries
 `code`, and the digests of the `inputs` it was made from (`stamped`), so a rerun or `vstar status` can
@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from contextvars import ContextVar
 from contextlib import contextmanager
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
+from components.artifacts import store
+
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: `components/` lives here
 PACKAGE = "vstar-flow"
-ENTRY = "components.infra.isolation"  # what runs every stage in its child process
+ENTRY = "components.runtime.isolation"  # what runs every stage in its child process (with child, warm)
 # The installed distributions whose version can change what a stage computes (pyproject pins them).
 LIBRARIES = ("torch", "transformers", "tokenizers", "accelerate", "peft", "trl", "vllm", "datasets",
              "safetensors", "gguf", "math-verify", "numpy")
@@ -57,15 +58,21 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+# Declarations every stage imports but none computes from: the round table names the stages, their
+# artifacts and the selectors of verifiers; a row added for a new verifier (which, switched on, names
+# a new loop) must not mark every published stage of every loop stale.
+DECLARATIONS = ("components.round_table",)
+
+
 @lru_cache(maxsize=None)
 def closure(module: str) -> tuple[Path, ...]:
-    """The files of `module` and of every `components` module it reaches, sorted."""
+    """The files of `module` and of every `components` module it reaches (DECLARATIONS aside), sorted."""
     seen: dict[str, Path] = {}
     todo = [module]
     while todo:
         name = todo.pop()
         path = _file(name)
-        if name in seen or path is None:
+        if name in seen or path is None or name in DECLARATIONS:
             continue
         seen[name] = path
         todo += sorted(_imports(path) - set(seen))
@@ -88,20 +95,15 @@ def code_version(module: str) -> dict:
     return {"package": version, "hash": digest.hexdigest()[:12], "libraries": libs}
 
 
-# What the stage publishing in this thread or process records in every manifest it writes meanwhile:
-# {"code": its code version, "inputs": its inputs' digests}.
-CURRENT: ContextVar[dict | None] = ContextVar("vstar_code", default=None)
-
-
 @contextmanager
 def stamped(module: str, inputs: dict[str, str | None] | None = None):
     """Manifests published inside the block record `module`'s code version and `inputs` (input_digests)."""
-    token = CURRENT.set({"code": {"module": module, **code_version(module)},
-                         **({"inputs": inputs} if inputs is not None else {})})
+    token = store.STAMP.set({"code": {"module": module, **code_version(module)},
+                             **({"inputs": inputs} if inputs is not None else {})})
     try:
         yield
     finally:
-        CURRENT.reset(token)
+        store.STAMP.reset(token)
 
 
 def input_digests(kwargs: dict) -> dict[str, str | None]:
@@ -109,8 +111,6 @@ def input_digests(kwargs: dict) -> dict[str, str | None]:
     arguments (not `out_uri`; `*_uris` a list, or a dict of name -> URI). Recorded in what the stage
     publishes, so a rerun can tell that an input was made again since (a recomputed stage) and that
     this output is out of date."""
-    from components.infra import store  # store stamps manifests with this module: import late
-
     uris = [u for k, v in sorted(kwargs.items()) if k != "out_uri" and k.endswith(("_uri", "_uris"))
             for u in (v if isinstance(v, (list, tuple)) else v.values() if isinstance(v, dict) else [v])
             if isinstance(u, str) and u]

@@ -14,8 +14,8 @@ import time
 import uuid
 from pathlib import Path
 
-from components.infra import store
-from components.infra.layout import Layout, is_safe_id
+from components.artifacts import integrity, store
+from components.artifacts.layout import Layout, is_safe_id
 
 
 class UnknownDataset(LookupError):
@@ -69,7 +69,7 @@ def _read_entry(fs, path: str, uri: str) -> dict:
     if missing:
         raise ValueError(f"{uri}: catalog entry lacks field(s) {', '.join(missing)}")
     if entry["id"] != Path(path).name[: -len(".json")]:  # the id names paths (`vstar sft` output): only its own
-        raise store.UnsafePath(f"{uri}: catalog entry says id {entry['id']!r:.120}, not its file's name")
+        raise integrity.UnsafePath(f"{uri}: catalog entry says id {entry['id']!r:.120}, not its file's name")
     return entry
 
 

@@ -1,7 +1,7 @@
 """Live progress from a stage, wherever it runs, to whoever watches it; and one-line stage summaries.
 
 A stage's long loops (training steps, generated samples, scored traces) call `report(...)`. In a stage's
-child process (components/infra/isolation.py) each report is a JSON line appended to the file named by
+child process (components/runtime/isolation.py) each report is a JSON line appended to the file named by
 $VSTAR_PROGRESS, at most a few per second; the parent follows that file and hands each `Event` (and
 None as a tick, 4 times a second) to a watcher: a rich progress bar on a terminal, a plain line every few seconds in a log or CI
 (`watcher`), plus Prefect's progress artifact for the task run (tasks/common.py). In a process with no

@@ -3,27 +3,27 @@
 Every artifact (dataset or model) is a folder with a `manifest.json` written last. Readers trust only
 published manifests, so a stage that dies half-way leaves nothing that looks complete: an old manifest is
 removed first, the files are written, and the manifest is put last (one PUT, atomic on S3; os.replace
-locally). S3 endpoint and keys come from the environment (AWS_ENDPOINT_URL, AWS_*), never
-from config.
+locally). Every manifest read and every file handed out is checked against what was published
+(components/artifacts/integrity.py). S3 endpoint and keys come from the environment (AWS_ENDPOINT_URL,
+AWS_*), never from config.
 """
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
 import uuid
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
 
-from components.infra import code_version
+from components.artifacts import integrity
 
 MANIFEST = "manifest.json"
 
@@ -32,67 +32,8 @@ class NotPublished(FileNotFoundError):
     """The artifact has no published manifest (never written, or its writer died)."""
 
 
-class UnsafePath(ValueError):
-    """A name from the store (or from a user) that would make a path outside where it belongs."""
-
-
-class UnsafeManifest(UnsafePath):
-    """A manifest whose file names (or sha256) would reach outside its artifact's folder, or whose digests
-    are not one sha256 per listed file."""
-
-
-class CorruptArtifact(ValueError):
-    """Published bytes that are not what was published: a manifest that is not JSON, or a file whose sha256
-    differs from the one its manifest recorded (damaged on disk or in transit, or changed since)."""
-
-
-_DRIVE = re.compile(r"^[A-Za-z]:")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _LOCAL = fsspec.filesystem("file")
-
-
-def check_name(name: object, where: str) -> str:
-    """`name` if it is a relative POSIX path that stays inside its folder, else UnsafeManifest naming it:
-    manifests come from the store, which a shared bucket lets others write."""
-    parts = name.split("/") if isinstance(name, str) else []
-    if (not parts or "\\" in name or "\0" in name or _DRIVE.match(name)
-            or any(p in ("", ".", "..") for p in parts)):
-        raise UnsafeManifest(f"{where}: unsafe file name {name!r} (a manifest may list only relative paths "
-                             f"inside the artifact: no '..', '.', empty parts, leading '/', backslash or drive)")
-    return name
-
-
-def _check_manifest(manifest: object, uri: str) -> dict:
-    where = join(uri, MANIFEST)
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", []), list):
-        raise UnsafeManifest(f"{where}: not a manifest (an object with a list of files)")
-    for name in manifest.get("files", []):
-        check_name(name, where)
-    if "sha256" in manifest and not (isinstance(manifest["sha256"], str) and _SHA256.fullmatch(manifest["sha256"])):
-        raise UnsafeManifest(f"{where}: sha256 {manifest['sha256']!r:.80} is not 64 hex digits")
-    if "digests" in manifest:  # absent from manifests published before per-file digests: still readable
-        _check_digests(manifest["digests"], manifest.get("files", []), where)
-    if is_local(uri):  # a symlink in a local artifact must not hand a reader a file from elsewhere
-        _check_inside(Path(fs_for(uri)[1]), manifest.get("files", []), where)
-    return manifest
-
-
-def _check_digests(digests: object, files: list, where: str) -> None:
-    if not isinstance(digests, dict) or set(digests) != set(files):
-        got = sorted(map(str, digests)) if isinstance(digests, dict) else type(digests).__name__
-        raise UnsafeManifest(f"{where}: digests {got!r:.200} do not map exactly the listed files to their sha256")
-    for name, digest in digests.items():
-        if not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
-            raise UnsafeManifest(f"{where}: digest of {name!r} {digest!r:.80} is not 64 hex digits")
-
-
-def _check_inside(folder: Path, names, where: str) -> None:
-    root = folder.resolve()
-    for name in names:
-        target = (folder / name).resolve()
-        if not target.is_relative_to(root):
-            raise UnsafeManifest(f"{where}: {name!r} is a symlink to {target}, outside {root}")
 
 
 def join(base: str, *parts: str) -> str:
@@ -141,6 +82,14 @@ def retry(fn, *args, attempts: int = 4, **kw):
             time.sleep(0.5 * 2**i)
 
 
+def _check_manifest(manifest: object, uri: str) -> dict:
+    where = join(uri, MANIFEST)
+    integrity.check_manifest(manifest, where)
+    if is_local(uri):  # a symlink in a local artifact must not hand a reader a file from elsewhere
+        integrity.check_inside(Path(fs_for(uri)[1]), manifest.get("files", []), where)
+    return manifest
+
+
 def read_manifest(uri: str) -> dict:
     fs, path = fs_for(uri)
     mpath = join(path, MANIFEST)
@@ -156,8 +105,8 @@ def read_manifest(uri: str) -> dict:
     try:
         manifest = json.loads(raw)
     except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not text at all
-        raise CorruptArtifact(f"{join(uri, MANIFEST)}: corrupt manifest, not valid JSON ({len(raw)} bytes: {e}); "
-                              f"the artifact cannot be read until it is published again") from e
+        raise integrity.CorruptArtifact(f"{join(uri, MANIFEST)}: corrupt manifest, not valid JSON ({len(raw)} "
+                                        f"bytes: {e}); the artifact cannot be read until it is published again") from e
     return _check_manifest(manifest, uri)
 
 
@@ -184,11 +133,16 @@ def _put_manifest(fs, path: str, manifest: dict) -> None:
         retry(fs.pipe_file, target, body.encode())
 
 
+# What the stage publishing in this thread or process records in every manifest it writes meanwhile:
+# {"code": its code version, "inputs": its inputs' digests}. Set by code_version.stamped; kept here so
+# that the store needs nothing above it.
+STAMP: ContextVar[dict | None] = ContextVar("vstar_code", default=None)
+
 _REPLICA = False
 
 
 def replica() -> None:
-    """This process is a replica (a data-parallel rank other than 0, components/infra/isolation.py): it
+    """This process is a replica (a data-parallel rank other than 0, components/runtime/child.py): it
     reads the store and publishes nothing, so its stage's artifact is published once, by rank 0."""
     global _REPLICA
     _REPLICA = True
@@ -202,8 +156,8 @@ def publish_folder(local_dir: str | Path, uri: str, meta: dict[str, Any]) -> dic
     # A folder fetched from the store carries its old manifest: the new one replaces it, last.
     files = sorted(p.relative_to(local_dir).as_posix() for p in local_dir.rglob("*")
                    if p.is_file() and p.relative_to(local_dir) != Path(MANIFEST))
-    _check_inside(local_dir, files, f"publishing {local_dir} to {uri}")  # never publish a file from elsewhere
-    sha256, digests = _digests(_LOCAL, str(local_dir), files)
+    integrity.check_inside(local_dir, files, f"publishing {local_dir} to {uri}")  # no file from elsewhere
+    sha256, digests = integrity.digests(_LOCAL, str(local_dir), files)
     fs, path = fs_for(uri)
     if retry(fs.exists, join(path, MANIFEST)):
         retry(fs.rm, join(path, MANIFEST))  # unpublish first: a reader never sees an old manifest over new files
@@ -214,7 +168,7 @@ def publish_folder(local_dir: str | Path, uri: str, meta: dict[str, Any]) -> dic
             retry(fs.put_file, str(local_dir / name), join(path, name))
         manifest = {"files": files, "sha256": sha256, "digests": digests, "uri": uri,
                     "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta}
-        for key, value in (code_version.CURRENT.get() or {}).items():  # a stage publishing: its code, inputs
+        for key, value in (STAMP.get() or {}).items():  # a stage publishing: its code, inputs
             manifest.setdefault(key, value)
         _put_manifest(fs, path, manifest)
     except OSError as e:
@@ -235,43 +189,6 @@ def _remove_quietly(fs, paths: list[str]) -> None:
             pass
 
 
-def _digests(fs, folder: str, names: list[str]) -> tuple[str, dict[str, str]]:
-    """The artifact's sha256 (over names and bytes, in order) and each file's, reading each file once."""
-    overall, each = hashlib.sha256(), {}
-    for name in names:
-        overall.update(name.encode())
-        one = hashlib.sha256()
-        with fs.open(join(folder, name), "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                overall.update(chunk)
-                one.update(chunk)
-        each[name] = one.hexdigest()
-    return overall.hexdigest(), each
-
-
-def _verify(fs, folder: str, manifest: dict, uri: str, names: list[str]) -> bool:
-    """CorruptArtifact naming the first of `names` (under `folder`, published at `uri`) whose sha256 differs from
-    the manifest's; False when the manifest records nothing to compare them with."""
-    want = manifest.get("digests")
-    if want is None and (names != manifest["files"] or "sha256" not in manifest):
-        return False  # an older manifest's one sha256 covers all its files together, not a subset
-    overall, each = _digests(fs, folder, names)
-    for name in names if want is not None else ():  # a damaged file first, by name
-        if each[name] != want[name]:
-            raise CorruptArtifact(f"{join(uri, name)}: corrupt file, sha256 {each[name]} but its manifest "
-                                  f"recorded {want[name]} (damaged or changed since it was published)")
-    if want is not None and names == manifest["files"] and overall != manifest.get("sha256", overall):
-        # Each file matches but the whole does not: the manifest names another artifact's digest, which
-        # would put these files in that one's cache entry (cache/<sha256[:16]>).
-        raise CorruptArtifact(f"{uri}: corrupt manifest, its files' sha256 is {overall} but its manifest recorded "
-                              f"{manifest['sha256']} (another artifact's digest, or changed since it was published)")
-    if want is None and overall != manifest["sha256"]:  # which file changed is unknown: name them (a few)
-        shown = ", ".join(join(uri, n) for n in names[:4]) + (", ..." if len(names) > 4 else "")
-        raise CorruptArtifact(f"{uri}: corrupt artifact, sha256 of its files ({shown}) is {overall} but its "
-                              f"manifest recorded {manifest['sha256']} (damaged or changed since it was published)")
-    return True
-
-
 _VERIFIED: set[tuple] = set()  # local artifacts (uri, published_at, sha256) whose files matched in this process
 
 
@@ -281,13 +198,14 @@ def fetch_folder(uri: str, cache_root: str | Path = ".vstar/cache") -> Path:
     manifest = read_manifest(uri)
     if is_local(uri):  # readers (from_pretrained) may open any file here, listed or not
         folder = Path(fs_for(uri)[1])
-        _check_inside(folder, [p.relative_to(folder).as_posix() for p in folder.rglob("*")], join(uri, MANIFEST))
+        everything = [p.relative_to(folder).as_posix() for p in folder.rglob("*")]
+        integrity.check_inside(folder, everything, join(uri, MANIFEST))
         # Read in place, so checked in place. Hashing (~1 GB/s) costs about what loading the weights does, but a
         # stage fetches the same model several times (tokenizer, serving): once per process per published version.
         # A file damaged after that check is not seen by this process; a republish is checked anew.
         key = (uri, manifest.get("published_at"), manifest.get("sha256"))
         if key not in _VERIFIED:
-            _verify(_LOCAL, str(folder), manifest, uri, manifest["files"])
+            integrity.verify(_LOCAL, str(folder), manifest, uri, manifest["files"])
             _VERIFIED.add(key)
         return folder
     dest = Path(cache_root) / manifest["sha256"][:16]
@@ -300,7 +218,8 @@ def fetch_folder(uri: str, cache_root: str | Path = ".vstar/cache") -> Path:
         for name in manifest["files"]:  # names and sha256 checked by read_manifest: all land under tmp
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             retry(fs.get, join(path, name), str(tmp / name))
-        _verify(_LOCAL, str(tmp), manifest, uri, manifest["files"])  # before the move: the cache holds checked files
+        # Checked before the move: the cache holds checked files only.
+        integrity.verify(_LOCAL, str(tmp), manifest, uri, manifest["files"])
         (tmp / MANIFEST).write_text(json.dumps(manifest))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed or corrupt download leaves nothing in the cache
@@ -352,7 +271,7 @@ def read_dataset(uri: str):
     # Small files: checking them first names a bit flip or a truncation, where pyarrow names no file (or
     # reads a flipped value without noticing).
     fs, path = fs_for(uri)
-    checked = _verify(fs, path, manifest, uri, names)
+    checked = integrity.verify(fs, path, manifest, uri, names)
     try:
         tables = []
         for name in names:
@@ -364,8 +283,8 @@ def read_dataset(uri: str):
         if checked:  # the bytes are those published: not a corrupt file
             raise
         files = ", ".join(join(uri, n) for n in names)
-        raise CorruptArtifact(f"{files}: cannot be read as parquet ({e}); corrupt or "
-                              f"truncated since it was published? (its manifest records no digest to check)") from e
+        raise integrity.CorruptArtifact(f"{files}: cannot be read as parquet ({e}); corrupt or truncated since it "
+                                        f"was published? (its manifest records no digest to check)") from e
 
 
 def read_rows(uri: str) -> list[dict]:

@@ -18,9 +18,13 @@ import re
 from dataclasses import dataclass
 
 from components import round_table
+from components.artifacts.integrity import UnsafePath
+from components.artifacts.store import join
 from components.config import RunConfig, stable_hash
-from components.infra.store import UnsafePath, join
 
+# The rows a stage refused (bad input, a prompt too long), beside the artifact it published.
+QUARANTINE = "quarantine.jsonl"
+_ROUND = re.compile(r"round-(\d+)$")  # the name of a round's folder (Layout.round_name), read back
 
 # Loop ids (`demo-f03bfe2bb7`), catalog ids (`demo-f03bfe2bb7-r1-1a2b3c4d`) and hashes become one path
 # component each; they also come from users and from store listings and entries, so they are checked.
@@ -87,16 +91,31 @@ class Layout:
         return join(self.root, "sft", safe_id(dataset_id, "catalog id"), stable_hash(settings)[:10])
 
     # ------------------------------------------------------------------ one loop's rounds
+    def loops(self) -> str:
+        """The prefix under which every loop of the store is published, a folder per loop id."""
+        return join(self.root, "loops")
+
     def loop(self) -> str:
         """The prefix under which the loop's rounds are published."""
-        return join(self.root, "loops", self.loop_id)
+        return join(self.loops(), self.loop_id)
+
+    @staticmethod
+    def round_name(n: int) -> str:
+        """Round n's folder under its loop's prefix."""
+        return f"round-{operator.index(n)}"
+
+    @staticmethod
+    def round_number(name: str) -> int | None:
+        """n for round n's folder (the last part of its path), None for anything else in a loop's prefix."""
+        m = _ROUND.match(name)
+        return int(m.group(1)) if m else None
 
     def round(self, n: int, artifact: str) -> str:
         """Round n's artifact; `eval-<hash>` names a re-evaluation beside `eval`."""
         known = round_table.artifacts()  # what a round publishes, in the order its stages run
         if artifact not in known and not (artifact.startswith("eval-") and is_safe_id(artifact)):
             raise ValueError(f"unknown round artifact {artifact!r}; known: {', '.join(known)}")
-        return join(self.loop(), f"round-{operator.index(n)}", artifact)
+        return join(self.loop(), self.round_name(n), artifact)
 
     def generator(self, n: int) -> str:
         """G_n: the bootstrap for n = 0, else round n's model."""

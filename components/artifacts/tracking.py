@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from components.config import RunConfig, dump_yaml
-from components.infra.redact import redact
+from components.redact import redact
 
 LOOP_TAG, ROUND_TAG, KIND_TAG = "vstar.loop_id", "vstar.round", "vstar.kind"
 # The local default (no tracking URI given): a database and its artifacts under .vstar/, with the store,
@@ -110,7 +110,7 @@ def log_dataset(cfg: RunConfig, run_id: str, uri: str, name: str, context: str) 
     import mlflow
     from mlflow.entities import InputTag
 
-    from components.infra.store import read_dataset
+    from components.artifacts.store import read_dataset
 
     with warnings.catch_warnings():  # MLflow's notes on ambiguous local sources and int columns: noise here
         warnings.simplefilter("ignore", UserWarning)

@@ -1,6 +1,6 @@
 """One logger for library code: `log = get_logger(__name__)` in any component or stage.
 
-Loggers live under "vstar". A stage running in a child process (components/infra/isolation.py) writes
+Loggers live under "vstar". A stage running in a child process (components/runtime/isolation.py) writes
 them to its log file; in the flow's own process Prefect's console handler shows them, and tasks add
 Prefect's run logger on top (tasks/common.py)."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from components.infra.redact import RedactFilter
+from components.redact import RedactFilter
 
 ROOT = "vstar"
 _FORMAT = "%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"

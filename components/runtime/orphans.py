@@ -7,7 +7,7 @@ threads, which every flow process has: the child can deadlock between fork and e
 thread held at the fork):
 
 - `die_with_parent(parent)`, called by the child itself first thing: PR_SET_PDEATHSIG, so the kernel
-  SIGKILLs it when the parent goes; it is kept across exec, so `python -m components.infra.orphans
+  SIGKILLs it when the parent goes; it is kept across exec, so `python -m components.runtime.orphans
   exec PARENT -m MODULE ...` sets it and becomes that program (torchrun). A parent already gone by
   then (the child is an orphan) ends the child at once.
 - `watch(...)`: a process we do not start ourselves (Prefect's temporary server) gets a small

@@ -1,4 +1,4 @@
-"""`vstar services up|down|status`: the local full stack of components/infra/services.py (moto S3,
+"""`vstar services up|down|status`: the local full stack of components/localstack/services.py (moto S3,
 MLflow, Prefect server + work pool + worker), started detached so it outlives the command, recorded
 in a state file (pids, process groups, URLs, logs) that `status` and `down` read, with an env.sh to
 source. Tests and benchmarks start the same services through `ServiceStack`."""
@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from components.infra.processes import (Service, ServiceStartError, group_alive, http_json, http_status,
-                                        start_time, stop_group)
-from components.infra.services import REPO_ROOT, WORK_POOL, ServiceStack
+from components.localstack.groups import group_alive, start_time, stop_group
+from components.localstack.processes import Service, ServiceStartError, http_json, http_status
+from components.localstack.services import REPO_ROOT, WORK_POOL, ServiceStack
 
 STACK_DIR = Path(".vstar/services")  # the default --dir: state.json, env.sh, logs/, the servers' databases
 STACK_BUCKET = "vstar"

@@ -14,7 +14,7 @@ plus ``atexit`` stops anything still running when the interpreter exits (a backs
 where fixture teardown never runs). A SIGKILLed test process cannot clean up after itself;
 in that case look for leftovers with ``ps -eo pid,pgid,cmd | grep -E 'moto|mlflow|prefect'``.
 
-``vstar services up|status|down`` starts the same stack detached (components/infra/local_stack.py).
+``vstar services up|status|down`` starts the same stack detached (components/localstack/local_stack.py).
 """
 
 from __future__ import annotations
@@ -27,76 +27,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from components.infra.processes import (STARTUP_TIMEOUT_S, EnvPatch, Service, ServiceStartError, free_port,
-                                        http_json, http_status, run_cli, service_env)
+from components.localstack.handles import S3, MlflowServer, PrefectServer, PrefectWorker, RayHead, VllmServer
+from components.localstack.processes import (STARTUP_TIMEOUT_S, EnvPatch, Service, ServiceStartError, free_port,
+                                             http_json, http_status, run_cli, service_env)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the venv's bin/: moto_server, mlflow, prefect live here
 BUCKET = "vstar-test"
 WORK_POOL = "vstar"  # the pool prefect.yaml names
-
-
-# --------------------------------------------------------------------------- the services
-
-@dataclass
-class S3:
-    endpoint: str
-    bucket: str
-    service: Service
-
-    def uri(self, prefix: str = "") -> str:
-        return f"s3://{self.bucket}/{prefix.lstrip('/')}"
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
-        }
-
-    def client(self):
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
-
-
-@dataclass
-class MlflowServer:
-    uri: str
-    service: Service
-
-
-@dataclass
-class PrefectWorker:
-    pool: str
-    service: Service
-
-
-@dataclass
-class PrefectServer:
-    api_url: str
-    home: Path
-    service: Service
-
-
-@dataclass
-class RayHead:
-    address: str  # what ray.init / execution.address take: "127.0.0.1:PORT"
-    service: Service
-
-
-@dataclass
-class VllmServer:
-    base_url: str  # ends in /v1, what OpenAI clients take
-    model: str  # the served model name
-    service: Service
 
 
 class ServiceStack:
@@ -313,7 +253,7 @@ class ServiceStack:
         return VllmServer(base_url=base_url, model=model, service=svc)
 
 
-def _demo() -> None:  # python -m components.infra.services: start everything, print timings, stop
+def _demo() -> None:  # python -m components.localstack.services: start everything, print timings, stop
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="vstar-services-") as d, ServiceStack(d) as stack:

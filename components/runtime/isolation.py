@@ -5,14 +5,13 @@ vLLM's changes to its host process (LD_PRELOAD, thread binding that turns torch.
 a no-op) stay in the child instead of leaking into the flow or into a later training stage.
 
 This is the one place where a stage's arguments cross a process boundary: the config and keyword
-arguments go to the child as JSON, the child validates the config again and calls the stage module's
-`run(cfg, **kwargs)`, and its JSON-able result comes back. The child writes to a log file; on
-failure the parent raises with the log's tail. While it runs, its progress reports
-(components/infra/progress.py) reach the parent's `on_progress`.
+arguments go to the child as JSON, the child (components/runtime/child.py) validates the config again
+and calls the stage module's `run(cfg, **kwargs)`, and its JSON-able result comes back. The child
+writes to a log file; on failure the parent raises with the log's tail. While it runs, its progress
+reports (components/runtime/progress.py) reach the parent's `on_progress`.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -24,8 +23,8 @@ from types import ModuleType
 from typing import Callable
 
 from components.config import RunConfig
-from components.infra import code_version, orphans, progress
-from components.infra.redact import redact
+from components.redact import redact
+from components.runtime import child, orphans, progress
 
 
 class StageFailed(RuntimeError):
@@ -66,14 +65,14 @@ def call_isolated(target: str, kwargs: dict, name: str, log_dir: str | Path = ".
         args.write_text(json.dumps({"config": cfg and cfg.model_dump(mode="json"), "kwargs": kwargs, "inputs": inputs}))
         env[progress.ENV] = events = str(Path(tmp) / "progress.jsonl")
         with open(log_path, "w") as log:
-            argv = [sys.executable, "-m", __name__, target, str(args), str(result)]
+            argv = [sys.executable, "-m", child.__name__, target, str(args), str(result)]
             if processes > 1:  # torchrun sets each rank's RANK, WORLD_SIZE, LOCAL_RANK and rendezvous
                 argv[1:2] = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m"]
             proc = _warm_start(argv, log_path, env, name) if processes == 1 else None
             if proc is None:  # a new Python: it imports torch (and vLLM) itself, and dies with this process
-                argv, child = ((argv, {**env, orphans.PARENT_ENV: str(os.getpid())}) if processes == 1 else
+                argv, plain = ((argv, {**env, orphans.PARENT_ENV: str(os.getpid())}) if processes == 1 else
                                (orphans.exec_argv(argv), env))  # torchrun: through the launcher
-                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child)
+                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=plain)
             if on_start:
                 on_start(log_path)
             _wait(proc, events, on_progress)
@@ -93,12 +92,12 @@ def child_env() -> dict[str, str]:
 
 
 def warm_up(cfg=None) -> None:
-    """Get stage children ready to start at once (components/infra/warm.py), in the background; with
+    """Get stage children ready to start at once (components/runtime/warm.py), in the background; with
     the run's config at hand, vLLM is preloaded only if a stage of it uses a vLLM engine. A flow that
     takes its loop's lock calls it once it holds it: a trigger that is refused, or waits behind a
     running round, must not spend ~15 s of CPU and ~1 GB importing beside that round for stages it
     will never run."""
-    from components.infra import warm
+    from components.runtime import warm
 
     if cfg is not None:  # in this process's environment: every later child, and the helper's key, agree
         os.environ[warm.VLLM_ENV] = "1" if "vllm" in (cfg.generation.backend, cfg.prm.scorer, cfg.orm.scorer) else "0"
@@ -107,8 +106,8 @@ def warm_up(cfg=None) -> None:
 
 
 def _warm_start(argv: list[str], log_path: Path, env: dict[str, str], name: str):
-    """The child forked by this process's warm-start helper (components/infra/warm.py), or None."""
-    from components.infra import warm
+    """The child forked by this process's warm-start helper (components/runtime/warm.py), or None."""
+    from components.runtime import warm
 
     helper = warm.helper({k: v for k, v in env.items() if k != progress.ENV})
     if helper is None:
@@ -149,50 +148,3 @@ def _wait(proc: subprocess.Popen, events: str, on_progress) -> None:
         except subprocess.TimeoutExpired:
             pass
         raise
-
-
-def _main(target: str, args_path: str, result_path: str) -> None:
-    module, fn = target.split(":")
-    args = json.loads(Path(args_path).read_text())
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:  # a rank under torchrun: it goes when torchrun goes (killed with the stage's parent)
-        orphans.die_with_parent()
-    if rank > 0:  # every rank trains; rank 0 alone reports progress, publishes and answers
-        os.environ.pop(progress.ENV, None)
-        from components.infra import store
-
-        store.replica()
-    first = [RunConfig.model_validate(args["config"])] if args["config"] is not None else []
-    with code_version.stamped(module, args.get("inputs")):  # what it publishes says which code made it, from what
-        out = getattr(importlib.import_module(module), fn)(*first, **args["kwargs"])
-    if isinstance(out, dict):  # a stage's metrics: with this child's own peak memory
-        from components.models.hardware import peak_memory
-
-        out = {**out, **peak_memory(), **({"train_processes": world} if world > 1 else {})}
-    if rank > 0:
-        return
-    tmp = result_path + ".tmp"
-    Path(tmp).write_text(json.dumps(out))
-    os.replace(tmp, result_path)
-
-
-def main(argv: list[str]) -> None:
-    """The child's entry (`python -m components.infra.isolation TARGET ARGS RESULT`, or forked by the
-    warm-start helper): runs the target and ends the process."""
-    try:
-        _main(*argv[:3])
-    except Exception:  # the traceback goes to the stage's log file: a URI in it may carry credentials
-        import traceback
-
-        sys.stdout.flush()
-        sys.stderr.write(redact(traceback.format_exc()))
-        sys.stderr.flush()
-        os._exit(1)
-    sys.stdout.flush()
-    # vLLM's in-process engine can hang interpreter shutdown on its background threads.
-    os._exit(0)
-
-
-if __name__ == "__main__":
-    orphans.from_env()  # first: a stage must not outlive the flow process that started it
-    main(sys.argv[1:4])

@@ -2,7 +2,7 @@
 (torch, transformers, vLLM: 5-15 s on a CPU, which every stage child would otherwise pay) and forks a
 fresh process for each stage.
 
-Each stage still runs in its own process (components/infra/isolation.py says why): it gets its own
+Each stage still runs in its own process (components/runtime/isolation.py says why): it gets its own
 log, environment and working directory, its memory goes back to the OS when it exits, and whatever
 vLLM changes in it stays there. Forking after torch is imported, but before it has run anything or
 touched CUDA, is what PyTorch's DataLoader workers do. Where an NVIDIA device is present the plain
@@ -66,7 +66,7 @@ class Helper:
             raise RuntimeError(self.error)
 
     def _keep(self, ready: threading.Event) -> None:
-        from components.infra import orphans
+        from components.runtime import orphans
 
         self.error = None
         try:  # the helper sets its own PDEATHSIG (orphans: no preexec_fn in a threaded process)
@@ -238,7 +238,7 @@ def _child(req: dict) -> None:
     try:
         import ctypes
 
-        from components.infra.orphans import die_with_parent
+        from components.runtime.orphans import die_with_parent
 
         die_with_parent()  # with the helper, which dies with the flow process
         ctypes.CDLL("libc.so.6").prctl(15, f"vstar-{req['name']}"[:15].encode())  # PR_SET_NAME: `ps -o comm`
@@ -253,9 +253,9 @@ def _child(req: dict) -> None:
         os.environ.clear()
         os.environ.update(req["env"])
         sys.argv = req["argv"]
-        from components.infra import isolation
+        from components.runtime import child
 
-        isolation.main(req["argv"][-3:])  # TARGET ARGS RESULT; exits the process
+        child.main(req["argv"][-3:])  # TARGET ARGS RESULT; exits the process
     except BaseException:
         import traceback
 
@@ -264,7 +264,7 @@ def _child(req: dict) -> None:
 
 
 if __name__ == "__main__":
-    from components.infra import orphans
+    from components.runtime import orphans
 
     orphans.from_env()
     _serve()
