@@ -18,6 +18,7 @@ from components.config_sections import (CurriculumConfig, DecontamConfig, DPOVer
                                         ExecutionConfig, FamilyConfig, FilterConfig, GenerationConfig,
                                         HardwareConfig, ModelConfig, ORMConfig, PRMConfig, RationalizeConfig,
                                         ScoringConfig, SFTConfig, Strict, TrainConfig)
+from components.config_sections import LoraConfig
 from components.infra.redact import redact, redact_tree
 
 
@@ -35,8 +36,9 @@ NOT_IDENTITY = ("rounds", "store_uri", "tracking_uri", "experiment", "hardware",
 # Fields added after loops were published, whose default computes what those loops computed: at that
 # default they are left out of the identity (as a switched-off section is), so those loop ids stay.
 NEUTRAL_DEFAULTS = {("sft", "min_kept"): 1, ("orm", "labels"): "outcome"}
-# The same, for a field of whichever section has it (TrainConfig's and the verifiers' token budgets).
-NEUTRAL_FIELDS = {"max_tokens_per_batch": None}
+# The same, for a field of whichever section has it (TrainConfig's and the verifiers' token budgets;
+# sft.lora's target_modules, at the modules every LoRA loop trained before it could be set).
+NEUTRAL_FIELDS = {"max_tokens_per_batch": None, "target_modules": list(LoraConfig().target_modules)}
 
 
 class RunConfig(Strict):

@@ -319,6 +319,7 @@ def sft_command(
 
     from components.infra import catalog, store, tracking
     from components.config import RunConfig
+    from components.config_sections import LoraConfig
     from components.infra.layout import Layout
     from components.models.sft import sft
 
@@ -348,7 +349,7 @@ def sft_command(
         curve: list = []
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            lora = {"r": lora_r, "alpha": 2 * lora_r} if lora_r else None
+            lora = LoraConfig(r=lora_r) if lora_r else None  # alpha: LoraConfig's default, 2 r
             stats = sft(str(base_dir), tmp, pairs, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                         lora=lora, base_uri=model, log=lambda step, m: curve.append((step, m["train_loss"])))
             metrics = {"examples": len(pairs), "loss_first": stats["loss_first"], "loss_last": stats["loss_last"],

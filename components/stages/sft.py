@@ -52,9 +52,8 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, kept_uris:
     adapter = store.fetch_folder(start_uri) if cfg.sft.lora and start_uri != base_uri else None
     curve: list = []
     with tempfile.TemporaryDirectory() as tmp:
-        lora = cfg.sft.lora.model_dump() if cfg.sft.lora else None
         stats = sft(str(store.fetch_folder(base_uri)), tmp, data, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
-                    batch_size=cfg.sft.batch_size, seed=cfg.seed + round_idx, lora=lora, base_uri=base_uri,
+                    batch_size=cfg.sft.batch_size, seed=cfg.seed + round_idx, lora=cfg.sft.lora, base_uri=base_uri,
                     log=lambda step, m: curve.append((step, m["train_loss"])), warmup_ratio=cfg.sft.warmup_ratio,
                     placement=serving.placement(cfg), adapter_dir=adapter,
                     max_tokens_per_batch=cfg.sft.max_tokens_per_batch)
@@ -63,6 +62,6 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, kept_uris:
                    "loss_first": stats["loss_first"], "loss_last": stats["loss_last"], "steps": stats["steps"],
                    "examples_per_step": len(data) * cfg.sft.epochs / max(1, stats["steps"]),
                    "seconds": time.perf_counter() - t0, "loss_curve": curve}
-        store.publish_folder(tmp, out_uri, {"kind": "lora" if lora else "model", "round": round_idx,
+        store.publish_folder(tmp, out_uri, {"kind": "lora" if cfg.sft.lora else "model", "round": round_idx,
                                             "parent": model_uri, "data": kept_uris, "metrics": metrics})
     return metrics
