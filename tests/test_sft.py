@@ -198,3 +198,22 @@ def test_serving_sizes_the_engine_by_the_adapter_it_serves(tiny_model_uri, tiny_
     for cfg in (smoke_cfg, smoke_cfg.model_copy(update={"sft": smoke_cfg.sft.model_copy(update={"lora": LoraConfig()})})):
         serving.Generator(cfg, uri, smoke_family)
         assert started == {"enable_lora": True, "max_lora_rank": 16, "dir": str(tiny_model_dir)}
+
+
+def test_vllm_is_started_for_a_rank_it_takes(tiny_model_dir, smoke_cfg, monkeypatch):
+    """vLLM's max_lora_rank is one of a few sizes: a rank-4 adapter (`sft.lora.r: 4`, `vstar sft --lora-r 4`)
+    starts the engine at 8, the least size that holds it, instead of failing its config check."""
+    import vllm
+
+    from components.models.generation import VLLMBackend, vllm_lora_rank
+
+    started = {}
+    monkeypatch.setattr(vllm, "LLM", lambda **kw: started.update(kw))
+    for r, size in ((1, 1), (4, 8), (8, 8), (12, 16), (64, 64)):
+        VLLMBackend(tiny_model_dir, smoke_cfg.generation, 128, enable_lora=True, max_lora_rank=r)
+        assert started["max_lora_rank"] == size == vllm_lora_rank(r)
+    from vllm.config.lora import LoRAConfig
+
+    LoRAConfig(max_lora_rank=vllm_lora_rank(4))  # what vLLM checks
+    with pytest.raises(ValueError, match="max_lora_rank"):
+        LoRAConfig(max_lora_rank=4)
