@@ -18,7 +18,7 @@ from components.config_scoring import FilterConfig, ScoringConfig
 from components.config_sections import (CurriculumConfig, DecontamConfig, EvalConfig, ExecutionConfig, FamilyConfig,
                                         GenerationConfig, HardwareConfig, ModelConfig, RationalizeConfig, Strict,
                                         TrainConfig)
-from components.config_training import DPOVerifierConfig, ORMConfig, PRMConfig, SFTConfig
+from components.config_training import DPOVerifierConfig, LoraConfig, ORMConfig, PRMConfig, SFTConfig
 from components.redact import redact, redact_tree
 
 
@@ -40,8 +40,9 @@ NEUTRAL_DEFAULTS = {("sft", "min_kept"): 1, ("orm", "labels"): "outcome", **{
     (verifier, "warmup_ratio"): 0.05 for verifier in ("prm", "orm", "dpo")}}
 # Fields renamed after loops were published: the identity keeps the name they were published under.
 PUBLISHED_NAMES = {("filter", "rank_by"): "verifier"}
-# The same, for a field of whichever section has it (TrainConfig's and the verifiers' token budgets).
-NEUTRAL_FIELDS = {"max_tokens_per_batch": None}
+# The same, for a field of whichever section has it (TrainConfig's and the verifiers' token budgets;
+# sft.lora's target_modules, at the modules every LoRA loop trained before it could be set).
+NEUTRAL_FIELDS = {"max_tokens_per_batch": None, "target_modules": list(LoraConfig().target_modules)}
 
 
 class RunConfig(Strict):

@@ -4,15 +4,41 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from components.config_sections import Strict, TrainConfig
 
 
 class LoraConfig(Strict):
+    """A LoRA adapter (PEFT) trained instead of the whole model, served unmerged on its base: the one
+    place its defaults live. The loop's `sft.lora` is one and `vstar sft --lora-r N` builds one; training
+    (components/models/sft.py) takes it as is, and serving reads the one it serves back from the adapter."""
     r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
+    alpha: int | None = Field(None, ge=1)  # not given: 2 r (filled in below), so alpha / r stays 2 at any rank
     dropout: float = Field(0.0, ge=0, lt=1)
+    # The modules that get an adapter, by name (PEFT matches a module name's last part): the attention
+    # projections of Llama / Qwen2 / Mistral-style models; add gate_proj, up_proj, down_proj for the MLP.
+    # Kept sorted, without repeats: the same modules in another order are the same adapter and loop.
+    target_modules: list[str] = Field(["k_proj", "o_proj", "q_proj", "v_proj"], min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alpha_twice_r(cls, data):
+        if isinstance(data, dict) and data.get("alpha") is None:
+            try:
+                r = int(data.get("r", cls.model_fields["r"].default))
+            except (TypeError, ValueError):
+                return data  # r's own error says what is wrong
+            if r >= 1:
+                data = {**data, "alpha": 2 * r}
+        return data
+
+    @field_validator("target_modules")
+    @classmethod
+    def _module_names(cls, names: list[str]) -> list[str]:
+        if not all(n.strip() for n in names):
+            raise ValueError("a module name is empty")
+        return sorted(set(names))
 
 
 class SFTConfig(TrainConfig):

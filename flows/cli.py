@@ -305,6 +305,9 @@ def datasets_show(id: str = typer.Argument(..., help="Catalog id, or a unique pr
                   markup=False)
 
 
+SFT_OPTIONS = {"batch_size": "batch-size", "r": "lora-r"}  # `vstar sft`'s options by the config field they set
+
+
 @app.command("sft")
 def sft_command(
         data: str = typer.Option(..., "--data", help="Catalog id of the training data (vstar datasets list)."),
@@ -316,56 +319,27 @@ def sft_command(
         tracking_uri: Optional[str] = typer.Option(None, help="Default: $MLFLOW_TRACKING_URI, else .vstar/mlflow.db."),
         experiment: str = "vstar"):
     """Fine-tune a model on a catalogued dataset; publish it and log the lineage (dataset -> model) in MLflow."""
-    import tempfile
+    from pydantic import ValidationError
 
-    from components.artifacts import catalog, store, tracking
     from components.config import RunConfig
-    from components.artifacts.layout import Layout
-    from components.models.sft import sft
+    from components.config_training import LoraConfig, SFTConfig
+    from components.stages import finetune
+    from tasks.finetune import finetune_tracked
 
     store_uri, entry = _entry(store_uri, data)
-    rows = catalog.load_filtered(entry["id"], store_uri)
-    missing = {"prompt", "completion"} - set(rows.column_names)
-    if missing or len(rows) == 0:
-        _fail(f"{entry['uri']}: {len(rows)} rows, missing field(s) {sorted(missing)}: "
-              f"nothing to fine-tune on")
-    pairs = list(zip(rows["prompt"], rows["completion"]))
-    local = store.is_local(model) and Path(model).is_dir() and not (Path(model) / store.MANIFEST).exists()
-    try:  # a plain local folder is used as is; anything else must be a published model
-        base_dir, base_sha = (Path(model), None) if local else (store.fetch_folder(model), store.read_manifest(model)["sha256"])
-    except store.NotPublished as e:
-        _fail(f"--model {model}: {e}")
-    hp = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "lora_r": lora_r}
-    out = out or Layout(store_uri).sft(entry["id"], {"base": base_sha or model, **hp})
-    cfg = RunConfig(tracking_uri=tracking_uri, experiment=experiment)
-    c = tracking.client(cfg)
-    run_id = c.create_run(tracking.experiment_id(c, experiment), run_name=f"sft/{entry['id']}", tags={
-        tracking.KIND_TAG: "sft", "vstar.data_id": entry["id"], "vstar.data_loop_id": entry.get("loop_id", ""),
-        "vstar.data_run_id": entry.get("run_id") or "", "vstar.base_model": redact(model), "vstar.model_uri": redact(out),
-        "mlflow.note.content": redact(f"Fine-tuned {model} on catalog dataset {entry['id']} ({entry['uri']}) -> {out}"),
-    }).info.run_id
-    with tracking.running(cfg, run_id):  # FINISHED, or FAILED / KILLED with what went wrong
-        tracking.log_dataset(cfg, run_id, entry["uri"], entry["id"], context="training")
-        curve: list = []
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            lora = {"r": lora_r, "alpha": 2 * lora_r} if lora_r else None
-            stats = sft(str(base_dir), tmp, pairs, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                        lora=lora, base_uri=model, log=lambda step, m: curve.append((step, m["train_loss"])))
-            metrics = {"examples": len(pairs), "loss_first": stats["loss_first"], "loss_last": stats["loss_last"],
-                       "steps": stats["steps"], "seconds": time.perf_counter() - t0, "loss_curve": curve}
-            store.publish_folder(tmp, out, {"kind": "lora" if lora else "model", "data_id": entry["id"],
-                                            "data_uri": entry["uri"], "data_sha256": entry["sha256"],
-                                            "base_model": model, "base_sha256": base_sha, "hparams": hp,
-                                            "mlflow_run_id": run_id, "metrics": metrics})
-        from mlflow.entities import Param
-
-        c.log_batch(run_id, params=[Param(k, redact(str(v))) for k, v in {
-            "data_id": entry["id"], "data_uri": entry["uri"], "base_model": model, "model_uri": out,
-            "examples": len(pairs), **hp}.items()])
-        tracking.log_metrics(cfg, run_id, metrics)
-    console.print(f"fine-tuned {redact(model)} on {entry['id']} ({len(pairs)} examples, {stats['steps']} steps, "
-                  f"loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}) in {metrics['seconds']:.0f} s")
+    try:
+        cfg = RunConfig(store_uri=store_uri, tracking_uri=tracking_uri, experiment=experiment, seed=seed,
+                        sft=SFTConfig(epochs=epochs, lr=lr, batch_size=batch_size,
+                                      lora=LoraConfig(r=lora_r) if lora_r else None))
+        src = finetune.source(store_uri, entry, model)
+    except ValidationError as e:
+        _fail("\n".join(f"--{SFT_OPTIONS.get(x['loc'][-1], x['loc'][-1])}: {x['msg']}" for x in e.errors()))
+    except finetune.Refused as e:
+        _fail(str(e))
+    out = out or finetune.default_out(cfg, src)
+    m, run_id = finetune_tracked(cfg, out, src)
+    console.print(f"fine-tuned {redact(model)} on {entry['id']} ({m['examples']} examples, {m['steps']} steps, "
+                  f"loss {m['loss_first']:.3f} -> {m['loss_last']:.3f}) in {m['seconds']:.0f} s")
     console.print(f"model: {redact(out)}")
     console.print(f"MLflow run {run_id} (experiment {experiment}): input {redact(entry['uri'])}")
 

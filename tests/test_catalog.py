@@ -159,3 +159,61 @@ def test_filtered_data_records_the_source_that_labelled_it(smoke_cfg, smoke_fami
     assert store.read_manifest(scored)["label_source"] == "gold"
     assert store.read_manifest(filtered)["label_source"] == "gold"
     assert {r["label_source"] for r in store.read_rows(filtered)} == {"gold"}
+
+
+def sft_cli(*args, tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    return CliRunner().invoke(app, ["sft", *args, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+
+
+def test_vstar_sft_publishes_an_adapter_where_it_always_did(smoke_cfg, smoke_family, tiny_model_dir, tmp_path,
+                                                             monkeypatch):
+    """`vstar sft --lora-r 4` on a local store: an adapter of rank 4 and alpha 8 (LoraConfig's default, 2 r)
+    on the attention projections, published at the URI the command has always chosen (its settings'
+    hash under <store>/sft/<id>/) with the manifest fields it has always written, the run in MLflow."""
+    cfg = gold_cfg(smoke_cfg, str(tmp_path / "store"))
+    filtered, stats = publish_round(cfg, smoke_family, 8)
+    entry = register(cfg, filtered, stats)
+    monkeypatch.chdir(tmp_path)
+    res = sft_cli("--data", entry["id"], "--model", str(tiny_model_dir), "--store", cfg.store_uri, "--epochs", "1",
+                  "--batch-size", "8", "--lr", "1e-3", "--lora-r", "4", tmp_path=tmp_path)
+    assert res.exit_code == 0, res.output
+    hp = {"epochs": 1.0, "lr": 1e-3, "batch_size": 8, "seed": 0, "lora_r": 4}
+    base_sha = store.read_manifest(str(tiny_model_dir))["sha256"]
+    out = Layout(cfg.store_uri).sft(entry["id"], {"base": base_sha, **hp})
+    m = store.read_manifest(out)
+    assert set(m) == {"kind", "data_id", "data_uri", "data_sha256", "base_model", "base_sha256", "hparams",
+                      "mlflow_run_id", "metrics", "files", "digests", "sha256", "published_at", "uri"}, sorted(m)
+    assert (m["kind"], m["data_id"], m["data_uri"], m["data_sha256"]) == ("lora", entry["id"], filtered, entry["sha256"])
+    assert (m["base_model"], m["base_sha256"], m["hparams"]) == (str(tiny_model_dir), base_sha, hp)
+    assert set(m["metrics"]) == {"examples", "loss_first", "loss_last", "steps", "seconds", "loss_curve"}
+    assert m["metrics"]["examples"] == 8 and m["metrics"]["steps"] == 1
+    adapter = json.loads((Path(out) / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"]) == (4, 8)
+    assert sorted(adapter["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert lines[-3].startswith(f"fine-tuned {tiny_model_dir} on {entry['id']} (8 examples, 1 steps, loss ")
+    assert lines[-2:] == [f"model: {out}", f"MLflow run {m['mlflow_run_id']} (experiment vstar): input {filtered}"]
+    r = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(m["mlflow_run_id"])
+    assert r.info.status == "FINISHED" and r.data.params["lora_r"] == "4" and r.data.params["model_uri"] == out
+
+
+def test_vstar_sft_refuses_what_it_cannot_train(smoke_cfg, smoke_family, tmp_path, monkeypatch):
+    """Settings the loop's config would refuse, and a base that is not there: one line naming the option,
+    exit 2, before anything is trained or an MLflow run is opened."""
+    cfg = gold_cfg(smoke_cfg, str(tmp_path / "store"))
+    entry = register(cfg, *publish_round(cfg, smoke_family, 2))
+    monkeypatch.chdir(tmp_path)
+    common = ("--data", entry["id"], "--store", cfg.store_uri)
+    res = sft_cli(*common, "--model", str(tmp_path / "nowhere"), tmp_path=tmp_path)
+    assert res.exit_code == 2 and f"--model {tmp_path / 'nowhere'}: " in res.output and "no published" in res.output
+    res = sft_cli(*common, "--model", str(tmp_path), "--lr", "2", "--batch-size", "0", tmp_path=tmp_path)
+    assert res.exit_code == 2, res.output
+    assert res.output.splitlines() == ["--lr: Input should be less than 1",
+                                       "--batch-size: Input should be greater than or equal to 1"]
+    res = sft_cli(*common, "--model", str(tmp_path), "--lora-r", "-1", tmp_path=tmp_path)
+    assert res.output.splitlines() == ["--lora-r: Input should be greater than or equal to 1"]
+    assert not (tmp_path / "mlflow.db").exists() and not Path(cfg.store_uri, "sft").exists()

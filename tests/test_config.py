@@ -137,6 +137,24 @@ def test_the_calculator_needs_a_family_with_written_arithmetic():
         "configs/demo.yaml", ["scoring.calculator.enabled=false"]).loop_id()
 
 
+def test_lora_defaults_come_from_one_place_and_lora_loops_keep_their_ids():
+    """sft.lora's alpha is 2 r unless given, at any rank, as `vstar sft --lora-r` always had it (a config
+    used to get 16 whatever its r); target_modules may be set, and at its default (the attention
+    projections every LoRA loop trained on before it could be) a LoRA loop keeps its published id."""
+    lora = lambda value: load_config("configs/demo.yaml", [f"sft.lora={value}"])  # noqa: E731
+    assert [lora(v).sft.lora.alpha for v in ("{}", "{r: 4}", "{r: 32}", "{r: 4, alpha: 4}")] == [16, 8, 64, 4]
+    assert lora("{r: 8}").loop_id() == lora("{r: 8, alpha: 16}").loop_id() == "demo-aaf12f4b84"
+    assert lora("{r: 16, alpha: 32}").loop_id() == "demo-7994639051"
+    # the same modules, in any order: the same adapter, the same loop
+    assert lora("{r: 8, target_modules: [v_proj, q_proj, o_proj, k_proj, q_proj]}").loop_id() == "demo-aaf12f4b84"
+    mlp = lora("{r: 8, target_modules: [q_proj, v_proj, gate_proj]}")
+    assert mlp.sft.lora.target_modules == ["gate_proj", "q_proj", "v_proj"] and mlp.loop_id() != "demo-aaf12f4b84"
+    for bad, why in (("{target_modules: []}", "at least 1 item"), ("{target_modules: q_proj}", "valid list"),
+                     ("{r: 0}", "greater than or equal to 1")):
+        with pytest.raises(ConfigError, match=f"sft.lora.(target_modules|r): .*{why}"):
+            lora(bad)
+
+
 def test_features_added_off_or_at_their_neutral_default_keep_published_loop_ids():
     """rationalize (a section, off) and sft.min_kept (at 1: a round that keeps nothing does not train, as
     before) leave the demo's published loop id as docs/benchmarks.md has it; set, they are the loop's.

@@ -5,10 +5,10 @@ import pytest
 
 from components.models.generation import Sampling, VLLMBackend
 from components.models.sft import ADAPTER_BASE, make_trainer, sft, vllm_lora_request
+from components.config_training import LoraConfig
 from components.models.causal_lm import collate, encode_examples
 
-LORA = {"r": 8, "alpha": 16, "dropout": 0.0,
-        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+LORA = LoraConfig(r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
 def gold_pairs(family, split, n=None):
@@ -114,7 +114,7 @@ def test_lora_adapter_generates_through_vllm_like_peft(tiny_model_dir, smoke_cfg
     prompts = [p.prompt for p in smoke_family.problems("eval")[-16:]]  # the 3-op level
     greedy = Sampling(n=1, temperature=0.0, max_tokens=48)
     engine = VLLMBackend(tiny_model_dir, smoke_cfg.generation, 128, enable_lora=True,
-                         max_lora_rank=LORA["r"])
+                         max_lora_rank=LORA.r)
     base_out = [o[0].text for o in engine.generate(prompts, greedy)]
     lora_out = [o[0].text for o in engine.generate(prompts, greedy, lora_request=vllm_lora_request(adapter))]
     del engine
@@ -154,3 +154,66 @@ def test_sft_cap_keeps_the_newest_rounds():
     rounds[2].append(dict(rounds[0][0]))  # a trace kept again later counts once, as the newest
     pairs = training_pairs(rounds, cap=5)
     assert [p for p, _ in pairs] == ["p3-0", "p3-1", "p3-2", "p1-0", "p2-0"]
+
+
+def adapted_modules(model) -> set[str]:
+    """The names (last part) of the modules of a PEFT model that carry a LoRA adapter."""
+    from peft.tuners.lora import LoraLayer
+
+    return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+
+
+def test_lora_target_modules_set_in_the_config_get_the_adapters(tiny_model_dir, smoke_family, tmp_path):
+    """`sft.lora.target_modules` reaches PEFT: only the modules it names get an adapter, at its rank and
+    alpha (2 r, not given); left out, the attention projections, as before it could be set."""
+    from components.checks import load_config
+
+    pairs = gold_pairs(smoke_family, "train", 8)
+    lora = load_config(None, ["sft.lora={r: 4, target_modules: [v_proj, q_proj, up_proj]}"]).sft.lora
+    trainer = make_trainer(tiny_model_dir, tmp_path / "a", pairs, 1, 1e-3, 8, 0, lora=lora)
+    assert adapted_modules(trainer.model) == {"q_proj", "v_proj", "up_proj"}
+    peft_cfg = trainer.model.peft_config["default"]
+    assert (peft_cfg.r, peft_cfg.lora_alpha) == (4, 8)
+    default = make_trainer(tiny_model_dir, tmp_path / "b", pairs, 1, 1e-3, 8, 0,
+                           lora=load_config(None, ["sft.lora={r: 8}"]).sft.lora)
+    assert adapted_modules(default.model) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+def test_serving_sizes_the_engine_by_the_adapter_it_serves(tiny_model_uri, tiny_model_dir, smoke_cfg, smoke_family,
+                                                           tmp_path, monkeypatch):
+    """A rank-16 adapter served by a run whose config has no `sft.lora` (or another rank): the engine is
+    started for rank 16, read from the adapter, not for a default of 8 (vLLM refuses the adapter then)."""
+    from components.artifacts import store
+    from components.models import generation, serving
+    from components.models.sft import adapter_lora
+
+    lora = LoraConfig(r=16, target_modules=["q_proj", "v_proj"])
+    sft(tiny_model_dir, tmp_path / "lora", gold_pairs(smoke_family, "train", 3), epochs=1, lr=1e-3, batch_size=8,
+        seed=0, lora=lora, base_uri=tiny_model_uri)
+    assert adapter_lora(tmp_path / "lora") == lora and adapter_lora(tiny_model_dir) is None
+    uri = str(tmp_path / "store" / "model")
+    store.publish_folder(tmp_path / "lora", uri, {"kind": "lora"})
+    started = {}
+    monkeypatch.setattr(generation, "load_backend", lambda name, model_dir, *a, **kw: started.update(kw, dir=model_dir))
+    for cfg in (smoke_cfg, smoke_cfg.model_copy(update={"sft": smoke_cfg.sft.model_copy(update={"lora": LoraConfig()})})):
+        serving.Generator(cfg, uri, smoke_family)
+        assert started == {"enable_lora": True, "max_lora_rank": 16, "dir": str(tiny_model_dir)}
+
+
+def test_vllm_is_started_for_a_rank_it_takes(tiny_model_dir, smoke_cfg, monkeypatch):
+    """vLLM's max_lora_rank is one of a few sizes: a rank-4 adapter (`sft.lora.r: 4`, `vstar sft --lora-r 4`)
+    starts the engine at 8, the least size that holds it, instead of failing its config check."""
+    import vllm
+
+    from components.models.generation import VLLMBackend, vllm_lora_rank
+
+    started = {}
+    monkeypatch.setattr(vllm, "LLM", lambda **kw: started.update(kw))
+    for r, size in ((1, 1), (4, 8), (8, 8), (12, 16), (64, 64)):
+        VLLMBackend(tiny_model_dir, smoke_cfg.generation, 128, enable_lora=True, max_lora_rank=r)
+        assert started["max_lora_rank"] == size == vllm_lora_rank(r)
+    from vllm.config.lora import LoRAConfig
+
+    LoRAConfig(max_lora_rank=vllm_lora_rank(4))  # what vLLM checks
+    with pytest.raises(ValueError, match="max_lora_rank"):
+        LoRAConfig(max_lora_rank=4)

@@ -75,6 +75,16 @@ def configure_vllm_env() -> None:
         os.environ.setdefault(k, v)
 
 
+def vllm_lora_rank(r: int) -> int:
+    """The engine's max_lora_rank for adapters of rank up to `r`: vLLM takes only some sizes (1, 8, 16,
+    32, ...) and refuses any other (`sft.lora.r: 4`), so the least of them that holds `r`."""
+    from typing import get_args
+
+    from vllm.config.lora import MaxLoRARanks
+
+    return min((size for size in get_args(MaxLoRARanks) if size >= r), default=r)
+
+
 @register("vllm")
 class VLLMBackend:
     def __init__(self, model_dir: str, cfg: GenerationConfig, max_model_len: int, placement: Placement = CPU,
@@ -82,6 +92,8 @@ class VLLMBackend:
         configure_vllm_env()
         from vllm import LLM
 
+        if "max_lora_rank" in engine_kw:
+            engine_kw = {**engine_kw, "max_lora_rank": vllm_lora_rank(engine_kw["max_lora_rank"])}
         self.llm = LLM(model=str(model_dir), tokenizer=str(model_dir), **placement.vllm_args(cfg.kv_cache_bytes),
                        enable_prefix_caching=cfg.prefix_caching,
                        max_model_len=max_model_len, seed=cfg.seed,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from components.config import RunConfig
 from components.artifacts import store
 from components.runtime.log import get_logger
-from components.models.sft import adapter_base
+from components.models.sft import adapter_base, adapter_lora
 
 log = get_logger(__name__)
 PRM_EXTRA_POSITIONS = 64  # a PRM input is the trace plus one step tag per step
@@ -42,9 +42,10 @@ class Generator:
         if base_uri:
             from components.models.sft import vllm_lora_request
 
+            # sized by the adapter it serves (its rank), not by a config that may not have made it
             self.backend = load_backend(cfg.generation.backend, str(store.fetch_folder(base_uri)), cfg.generation,
                                         cfg.model.max_positions, where, enable_lora=True,
-                                        max_lora_rank=cfg.sft.lora.r if cfg.sft.lora else 8)
+                                        max_lora_rank=adapter_lora(folder).r)
             self.lora = vllm_lora_request(str(folder))
         else:
             self.backend = load_backend(cfg.generation.backend, str(folder), cfg.generation, cfg.model.max_positions,

@@ -27,22 +27,34 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from components.config_training import LoraConfig
 from components.models.causal_lm import progress_callback, warmup_steps
 from components.models.hardware import CPU, Placement, data_parallel_size, per_process_batch
 
 ADAPTER_BASE = "adapter_base.json"
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's
 
 
-def _lora_config(lora: dict):
-    from peft import LoraConfig
+def _peft_config(lora: LoraConfig):
+    from peft import LoraConfig as PeftLoraConfig
 
-    return LoraConfig(r=lora.get("r", 8), lora_alpha=lora.get("alpha", 16), lora_dropout=lora.get("dropout", 0.0),
-                      target_modules=lora.get("target_modules") or ["q_proj", "k_proj", "v_proj", "o_proj"],
-                      bias="none", task_type="CAUSAL_LM")
+    return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+def adapter_lora(folder: str | Path) -> LoraConfig | None:
+    """The LoraConfig an adapter folder saved by `sft` was trained with (PEFT's adapter_config.json), None
+    for a full checkpoint: what serving sizes its engine by, whatever the config of the run reading it says."""
+    saved = Path(folder) / ADAPTER_CONFIG
+    if not saved.exists():
+        return None
+    c = json.loads(saved.read_text())
+    return LoraConfig(r=c["r"], alpha=c["lora_alpha"], dropout=c.get("lora_dropout", 0.0),
+                      target_modules=sorted(c["target_modules"]))
 
 
 def make_trainer(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[str, str]], epochs: float, lr: float,
-                 batch_size: int, seed: int, lora: dict | None = None, log: Callable[[int, dict], None] | None = None,
+                 batch_size: int, seed: int, lora: LoraConfig | None = None, log: Callable[[int, dict], None] | None = None,
                  warmup_ratio: float = 0.05, placement: Placement = CPU, adapter_dir: str | Path | None = None,
                  max_tokens_per_batch: int | None = None):
     """An SFTTrainer ready to `.train()`; its `train_dataset` is already tokenized (tests inspect it).
@@ -59,7 +71,7 @@ def make_trainer(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[st
     full = lora is None and adapter_dir is None
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), **(placement.train_load_args() if full
                                                                    else placement.load_args()))
-    peft_config = _lora_config(lora) if lora is not None and adapter_dir is None else None
+    peft_config = _peft_config(lora) if lora is not None and adapter_dir is None else None
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -122,12 +134,12 @@ def adapter_base(folder: str | Path) -> str | None:
 
 
 def sft(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[str, str]], epochs: float, lr: float,
-        batch_size: int, seed: int, lora: dict | None = None, log: Callable[[int, dict], None] | None = None,
+        batch_size: int, seed: int, lora: LoraConfig | None = None, log: Callable[[int, dict], None] | None = None,
         warmup_ratio: float = 0.05, base_uri: str | None = None, placement: Placement = CPU,
         adapter_dir: str | Path | None = None, max_tokens_per_batch: int | None = None) -> dict:
     """Fine-tune the model in `base_dir` on `pairs` and save the result to `out_dir`.
 
-    Full fine-tuning saves model + tokenizer. With `lora` ({"r", "alpha", "dropout", "target_modules"}) only the
+    Full fine-tuning saves model + tokenizer. With `lora` (its target modules get an adapter) only the
     adapter is saved (not merged: vLLM serves it on top of the base) with the tokenizer and `adapter_base.json`
     naming the base (`base_uri`: where a reader finds it again, e.g. its store URI; default `base_dir`).
     Returns {'loss_first', 'loss_last', 'steps', 'seconds', 'log_history': [{'step', 'loss', 'lr'}, ...]}.

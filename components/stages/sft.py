@@ -50,11 +50,10 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, kept_uris:
     start_uri = Layout.of(cfg).bootstrap() if cfg.sft.init == "base" else model_uri
     base_uri = serving.base_of(start_uri)
     adapter = store.fetch_folder(start_uri) if cfg.sft.lora and start_uri != base_uri else None
-    lora = cfg.sft.lora.model_dump() if cfg.sft.lora else None
     return train_and_publish(
-        out_uri, {"kind": "lora" if lora else "model", "round": round_idx, "parent": model_uri, "data": kept_uris},
+        out_uri, {"kind": "lora" if cfg.sft.lora else "model", "round": round_idx, "parent": model_uri, "data": kept_uris},
         lambda folder, log: sft(str(store.fetch_folder(base_uri)), folder, data, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
-                                batch_size=cfg.sft.batch_size, seed=cfg.seed + round_idx, lora=lora, base_uri=base_uri,
+                                batch_size=cfg.sft.batch_size, seed=cfg.seed + round_idx, lora=cfg.sft.lora, base_uri=base_uri,
                                 log=log, warmup_ratio=cfg.sft.warmup_ratio, placement=serving.placement(cfg),
                                 adapter_dir=adapter, max_tokens_per_batch=cfg.sft.max_tokens_per_batch),
         t0, lambda stats: {"examples": len(data), "kept_examples": len(pairs), "replay_examples": n_replay, **dict(dropped),
