@@ -91,7 +91,8 @@ def test_every_accelerated_stage_resolves_the_run_placement(monkeypatch):
     monkeypatch.setattr(hardware, "cuda_available", lambda: True)
     cfg = load_config(None)
     accelerated = [m for m in (importlib.import_module(f"components.stages.{i.name}")
-                               for i in pkgutil.iter_modules(stages.__path__)) if m.STAGE.accelerator]
+                               for i in pkgutil.iter_modules(stages.__path__))
+                   if isinstance(m, stages.StageModule) and m.STAGE.accelerator]  # `training`: the skeleton, no stage
     assert {m.STAGE.name for m in accelerated} >= {"bootstrap", "generate", "score", "sft", "train-prm", "evaluate",
                                                    "train-judge"}
     for m in accelerated:
