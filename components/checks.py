@@ -9,6 +9,7 @@ from pathlib import Path
 
 from components import round_table
 from components.config import ConfigError, RunConfig, describe, parse_config
+from components.config_training import REWARDS
 from components.data.families import FAMILIES
 from components.labeling import sources
 
@@ -46,6 +47,26 @@ def problems(cfg: RunConfig) -> list[tuple[str, str]]:
     if (s.calculator.enabled or "calc" in (src, *s.also)) and not hasattr(FAMILIES[cfg.family.name], "calculator_labels"):
         out.append(("scoring.calculator", f"the calculator (`calc`, scoring.calculator) reads the arithmetic a step "
                                           f"states; the {cfg.family.name!r} family has no such check (arith and gsm8k do)"))
+    if cfg.train_generator.method == "grpo":
+        out += reward_problems(cfg)
+    return out
+
+
+def reward_problems(cfg: RunConfig) -> list[tuple[str, str]]:
+    """A GRPO reward must exist in every round that trains on it: its verifier on (and trained by the
+    round before), the calculator in the family."""
+    out, first = [], cfg.train_generator.from_round
+    for name in cfg.grpo.rewards:
+        field, section = f"grpo.rewards.{name}", REWARDS[name]
+        if name == "calc" and not hasattr(FAMILIES[cfg.family.name], "calculator_labels"):
+            out.append((field, f"the {cfg.family.name!r} family has no calculator (arith and gsm8k do)"))
+        if section and not getattr(cfg, section).enabled:
+            out.append((field, f"the {name} reward scores with the previous round's {section} verifier, which is "
+                               f"off: {section}.enabled must be true"))
+        elif section and first == 1 and not (name == "prm" and sources.prm0_from_imports(cfg)):
+            out.append((field, f"round 1 has no {section} verifier to reward with (round n rewards with round "
+                               f"n-1's; the first is trained in round 1): set train_generator.from_round: 2, "
+                               f"so round 1 trains by SFT"))
     return out
 
 

@@ -18,7 +18,8 @@ from components.config_scoring import FilterConfig, ScoringConfig
 from components.config_sections import (CurriculumConfig, DecontamConfig, EvalConfig, ExecutionConfig, FamilyConfig,
                                         GenerationConfig, HardwareConfig, ModelConfig, RationalizeConfig, Strict,
                                         TrainConfig)
-from components.config_training import DPOVerifierConfig, LoraConfig, ORMConfig, PRMConfig, SFTConfig
+from components.config_training import (REWARDS, DPOVerifierConfig, GRPOConfig, LoraConfig, ORMConfig, PRMConfig,
+                                        SFTConfig, TrainGeneratorConfig)
 from components.redact import redact, redact_tree
 
 
@@ -65,7 +66,9 @@ class RunConfig(Strict):
     scoring: ScoringConfig = ScoringConfig()
     filter: FilterConfig = FilterConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
+    train_generator: TrainGeneratorConfig = TrainGeneratorConfig()
     sft: SFTConfig = SFTConfig()
+    grpo: GRPOConfig = GRPOConfig()
     prm: PRMConfig = PRMConfig()
     orm: ORMConfig = ORMConfig()
     dpo: DPOVerifierConfig = DPOVerifierConfig()
@@ -112,13 +115,17 @@ class RunConfig(Strict):
                 del tree[section][field]
         for (section, field), name in PUBLISHED_NAMES.items():
             tree[section][name] = tree[section].pop(field)
+        if self.train_generator.method == "sft":  # every round by SFT, as every loop before GRPO: the same id
+            del tree["train_generator"], tree["grpo"]
         return _switched_on(_without_neutral(tree))
 
     def config_hash(self) -> str:
         return stable_hash(self.identity())
 
     def loop_id(self) -> str:
-        return f"{self.name}-{self.config_hash()[:10]}"
+        """`name-hash`; a loop that trains its generator by RL says so and with what: `demo-grpo-outcome-prm-hash`."""
+        rl = "" if self.train_generator.method == "sft" else f"-{self.train_generator.method}-{'-'.join(r for r in REWARDS if r in self.grpo.rewards)}"
+        return f"{self.name}{rl}-{self.config_hash()[:10]}"
 
     def bootstrap_hash(self) -> str:
         """What the bootstrap model depends on, and nothing else: later stages may change freely."""

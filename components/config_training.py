@@ -134,3 +134,53 @@ class DPOVerifierConfig(TrainConfig):
             raise ValueError("max_tokens_per_batch: the DPO verifier batches by pairs (dpo.batch_size), "
                              "TRL's DPOTrainer cannot size its batches in tokens")
         return self
+
+
+# The rewards GRPO can train on (components/evaluation/rewards.py computes each), with the config section
+# of the verifier each reads (round n-1's), None for the family's answer check and its calculator.
+REWARDS = {"outcome": None, "orm": "orm", "prm": "prm", "implicit": "dpo", "calc": None}
+
+
+class GRPOConfig(TrainConfig):
+    """G_n by reinforcement learning: TRL's GRPOTrainer (Shao et al. 2024) on the round's problems (the
+    ones `generate` sampled), the policy starting from G_{n-1}, each completion rewarded by
+    sum_r rewards[r] * r(completion). A verifier's reward reads round n-1's verifier (`verifier:
+    previous`; PRIME's online retraining within the round is not built). `aggregate` folds the PRM's
+    (or the implicit PRM's) step scores into one reward per completion: TRL 1.16's GRPOTrainer takes one
+    scalar per completion and spreads its group-normalised advantage over every completion token, so a
+    step's score cannot be credited to that step's tokens alone. Samples at generation.temperature, by
+    transformers' generate (TRL's vLLM modes need CUDA)."""
+    rewards: dict[Literal[tuple(REWARDS)], float] = {"outcome": 1.0}
+    aggregate: Literal["min", "last", "mean"] = "min"
+    verifier: Literal["previous"] = "previous"
+    num_generations: int = Field(8, ge=2)  # completions per problem: GRPO's group
+    batch_size: int = Field(64, ge=2)  # completions per optimizer step: whole groups
+    epochs: float = Field(1.0, gt=0)  # passes over the round's problems
+    lr: float = Field(1e-4, gt=0, lt=1)
+    beta: float = Field(0.0, ge=0)  # KL to G_{n-1}; 0 (TRL's default, after DAPO/Dr. GRPO) loads no reference
+    max_problems: int = Field(2000, ge=1)
+    max_tokens: int | None = Field(None, ge=1)  # completion length; None: generation.max_tokens
+    lora: LoraConfig | None = None  # a new adapter on a full G_{n-1}; an adapter G_{n-1} trains on regardless
+
+    @model_validator(mode="after")
+    def _groups(self):
+        if not self.rewards or not any(self.rewards.values()):
+            raise ValueError("rewards: name at least one reward with a nonzero weight "
+                             f"({', '.join(REWARDS)}), e.g. {{outcome: 1.0}}")
+        if self.batch_size % self.num_generations:
+            raise ValueError(f"batch_size {self.batch_size} must be whole groups of num_generations "
+                             f"{self.num_generations} completions")
+        if self.max_tokens_per_batch is not None:
+            raise ValueError("max_tokens_per_batch: GRPO batches by completions (grpo.batch_size)")
+        return self
+
+
+class TrainGeneratorConfig(Strict):
+    """How a round makes G_n: `sft` (V-STaR: SFT on the round's filtered traces) or `grpo` (RL on the
+    round's problems, section `grpo`), from round `from_round` on; earlier rounds train by SFT (a
+    verifier's reward needs round n-1's verifier, which round 1 does not have)."""
+    method: Literal["sft", "grpo"] = "sft"
+    from_round: int = Field(1, ge=1)
+
+    def method_of(self, round_idx: int) -> str:
+        return self.method if round_idx >= self.from_round else "sft"

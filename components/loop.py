@@ -2,9 +2,11 @@
 from a schedule, a manual trigger or a crashed run, without passing state between flow runs."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from components import round_table
 from components.config import RunConfig
+from components.config_training import REWARDS
 from components.data.curriculum import next_difficulty
 from components.artifacts import store
 from components.artifacts.layout import Layout
@@ -22,6 +24,8 @@ class RoundInputs:
     generated_uris: list[str] = ()  # scored data of rounds 1..n-1 alone: every generated trace (the ORM's)
     target_why: str = ""  # how the curriculum chose `target`
     dpo_uri: str | None = None  # DPO_{n-1} where the label source reads it (the implicit PRM), else None
+    # Round n-1's verifiers a GRPO round's rewards read (config section -> URI); empty in an SFT round
+    reward_uris: dict[str, str] = field(default_factory=dict)
 
 
 def round_inputs(cfg: RunConfig, n: int) -> RoundInputs:
@@ -50,7 +54,23 @@ def round_inputs(cfg: RunConfig, n: int) -> RoundInputs:
     if dpo and not store.is_published(dpo):
         raise store.NotPublished(f"round {n} needs round {prev}'s DPO verifier, not published at {dpo}")
     return RoundInputs(generator, prm, target, [at.round(r, "filtered") for r in earlier], imported + generated,
-                       judge_uri(cfg), generated, why, dpo)
+                       judge_uri(cfg), generated, why, dpo, reward_uris(cfg, n, prm))
+
+
+def reward_uris(cfg: RunConfig, n: int, prm_uri: str | None) -> dict[str, str]:
+    """The verifiers of round n-1 that round n's GRPO rewards read, by config section (the config's
+    checks made sure round n-1 trains them: components/checks.py)."""
+    if cfg.train_generator.method_of(n) != "grpo":
+        return {}
+    artifact = {r.section: r.artifact for r in round_table.verifiers()}
+    out = {}
+    for section in {REWARDS[name] for name in cfg.grpo.rewards} - {None}:
+        uri = prm_uri if section == "prm" else Layout.of(cfg).round(n - 1, artifact[section])
+        if not uri or not store.is_published(uri):
+            raise store.NotPublished(f"round {n}'s GRPO reward needs round {n - 1}'s {section} verifier, "
+                                     f"not published at {uri}")
+        out[section] = uri
+    return dict(sorted(out.items()))
 
 
 def judge_uri(cfg: RunConfig) -> str | None:

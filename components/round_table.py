@@ -29,6 +29,9 @@ class Row:
     selectors: tuple[str, ...] = ()  # its headline best-of-k scores (evaluation's others are in MLflow)
     scorer: str | None = None  # "module:function" scoring samples with the trained verifier at evaluation
     in_round: bool = True  # run by every round (False: once for the loop, before round 1)
+    # A way to train the generator (train_generator.method): a round runs the one its config names for
+    # it (RunConfig.train_generator.method_of); they publish the same artifact, whose manifest says which.
+    method: str | None = None
 
     @property
     def key(self) -> str:
@@ -53,7 +56,8 @@ ROWS: list[Row] = [
     Row("generate", _S + "generate", "candidates", ("model_uri",)),
     Row("score", _S + "score", "scored", ("model_uri", "candidates_uri", "prm_uri", "judge_uri", "dpo_uri")),
     Row("filter", _S + "filter", "filtered", ("scored_uri",)),
-    Row("sft", _S + "sft", "model", ("model_uri", "kept_uris")),
+    Row("sft", _S + "sft", "model", ("model_uri", "kept_uris"), method="sft"),
+    Row("grpo", _S + "grpo", "model", ("model_uri", "candidates_uri", "verifier_uris"), method="grpo"),
     Row("train-prm", _S + "prm", "prm", ("generator_uri", "scored_uris", "previous_prm_uri"), "prm", "prm",
         ("prm_min", "prm_calc"), _V + "prm"),
     Row("train-orm", _S + "orm", "orm", ON_GENERATED, "orm", "orm", ("orm",), _V + "orm"),
@@ -75,7 +79,7 @@ def round_rows() -> list[Row]:
 
 def artifacts() -> tuple[str, ...]:
     """What a round publishes, in the order its stages run."""
-    return tuple(r.artifact for r in round_rows())
+    return tuple(dict.fromkeys(r.artifact for r in round_rows()))
 
 
 def verifiers() -> list[Row]:
@@ -87,6 +91,12 @@ def on_generated() -> list[Row]:
     """The verifiers trained on every trace generated in rounds 1..n (the ORM, the DPO verifier, a new
     one): tasks/train.py trains them alike, evaluation gets them by name (the PRM has its own inputs)."""
     return [r for r in verifiers() if r.inputs == ON_GENERATED]
+
+
+def publishing(artifact: str, manifest: dict) -> Row:
+    """The row that made a round's published `artifact`: the generator's by its manifest's `method`."""
+    rows = [r for r in round_rows() if r.artifact == artifact]
+    return next((r for r in rows if r.method and r.method == manifest.get("method", "sft")), rows[0])
 
 
 def by_module(module: str) -> Row:

@@ -234,7 +234,9 @@ def compare(loops: list[str] = typer.Argument(..., help="Loop ids, e.g. demo-aac
                report.verifier_rows(rounds, differences=True)),
               # PRM vs ORM at one label budget (orm.labels: prm): the same labels, their cost, what each bought
               ("what each learned verifier cost and bought (labels: step labels learned from; label TFLOPs: "
-               "the Monte Carlo rollouts behind them)", report.cost_rows(rounds))]
+               "the Monte Carlo rollouts behind them)", report.cost_rows(rounds)),
+              # SFT on filtered traces vs GRPO on a reward (train_generator.method), and the reward against the truth
+              ("how each round trained its generator, what it cost and bought", report.generator_rows(rounds))]
     for title, (header, rows) in tables:
         if not rows:
             continue

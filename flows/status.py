@@ -19,7 +19,7 @@ from components import round_table
 # Artifacts a config switches on or off (its section's `enabled`), and each round artifact's stage
 # module, in the order a round runs them.
 OPTIONAL = tuple(r.artifact for r in round_table.round_rows() if r.section)
-BY_ARTIFACT = {r.artifact: r.stage() for r in round_table.round_rows()}
+BY_ARTIFACT = {a: round_table.publishing(a, {}).stage() for a in round_table.artifacts()}
 
 
 @dataclass
@@ -79,8 +79,8 @@ def round_rows(at: Layout, n: int, enabled: dict[str, bool | None] | None, run_s
     for artifact in artifacts:
         module = BY_ARTIFACT[artifact]
         manifest = _manifest(at.round(n, artifact))
-        if manifest is not None:
-            rows.append(_published_row(n, module, manifest))
+        if manifest is not None:  # the generator's by how it was trained (its manifest says)
+            rows.append(_published_row(n, round_table.publishing(artifact, manifest).stage(), manifest))
             continue
         if artifact in enabled and enabled[artifact] is None:
             continue

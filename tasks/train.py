@@ -7,7 +7,7 @@ from components.config import RunConfig
 from components.artifacts import tracking
 from components.artifacts.layout import Layout
 from components.loop import learned_nothing
-from components.stages import prm, sft
+from components.stages import grpo, prm, sft
 from tasks.common import run_stage, stage_task
 
 
@@ -17,6 +17,24 @@ def sft_task(cfg: RunConfig, model_uri: str, kept_uris: list[str], round_idx: in
     """Fine-tune the generator on kept traces (+ history, + replayed gold) -> round-<n>/model."""
     uri = Layout.of(cfg).round(round_idx, "model")
     return uri, run_stage(cfg, sft, uri, run_id, model_uri=model_uri, round_idx=round_idx, kept_uris=kept_uris)
+
+
+@task(**stage_task(grpo))
+def grpo_task(cfg: RunConfig, model_uri: str, candidates_uri: str, verifier_uris: dict[str, str], round_idx: int,
+              run_id: str | None) -> tuple[str, dict]:
+    """Train the generator by GRPO on the round's problems, rewarded by grpo.rewards -> round-<n>/model."""
+    uri = Layout.of(cfg).round(round_idx, "model")
+    return uri, run_stage(cfg, grpo, uri, run_id, model_uri=model_uri, round_idx=round_idx,
+                          candidates_uri=candidates_uri, verifier_uris=verifier_uris)
+
+
+def train_generator(cfg: RunConfig, inp, candidates_uri: str, filtered_uri: str, round_idx: int,
+                    run_id: str | None) -> tuple[str, str, dict]:
+    """G_n by the round's method (train_generator): (the method, G_n's URI, its metrics)."""
+    method = cfg.train_generator.method_of(round_idx)
+    if method == "grpo":
+        return (method, *grpo_task(cfg, inp.generator_uri, candidates_uri, inp.reward_uris, round_idx, run_id))
+    return (method, *sft_task(cfg, inp.generator_uri, inp.kept_uris + [filtered_uri], round_idx, run_id))
 
 
 def warn_if_learned_nothing(cfg: RunConfig, round_idx: int, run_id: str | None, generated: dict, kept: dict,

@@ -166,3 +166,30 @@ def test_features_added_off_or_at_their_neutral_default_keep_published_loop_ids(
     assert load_config("configs/demo.yaml", ["sft.min_kept=1", "rationalize.k=3"]).loop_id() == demo.loop_id()
     ids = {load_config("configs/demo.yaml", [o]).loop_id() for o in ("sft.min_kept=5", "rationalize.enabled=true")}
     assert len(ids) == 2 and demo.loop_id() not in ids
+
+
+def test_grpo_is_named_in_the_loop_id_and_a_reward_the_round_lacks_is_refused():
+    """train_generator.method: sft (the default, whatever the grpo section says) keeps every published loop
+    id; grpo names itself and its rewards in the id. A reward that needs a verifier round 1 cannot have
+    (round n rewards with round n-1's), or one that is off, is refused at load, naming the field."""
+    demo = load_config("configs/demo.yaml")
+    assert load_config("configs/demo.yaml", ["grpo.rewards={prm: 1.0}", "grpo.lr=0.5"]).loop_id() == "demo-b72a45f165"
+    grpo = ["train_generator.method=grpo"]
+    outcome = load_config("configs/demo.yaml", grpo)
+    assert outcome.loop_id().startswith("demo-grpo-outcome-") and outcome.loop_id() != demo.loop_id()
+    both = load_config("configs/demo.yaml", [*grpo, "train_generator.from_round=2", "grpo.rewards={prm: 0.5, outcome: 1}"])
+    assert both.loop_id().startswith("demo-grpo-outcome-prm-")
+    assert both.train_generator.method_of(1) == "sft" and both.train_generator.method_of(2) == "grpo"
+    with pytest.raises(ConfigError, match=r"grpo\.rewards\.prm: round 1 has no prm verifier.*from_round: 2"):
+        load_config("configs/demo.yaml", [*grpo, "grpo.rewards={outcome: 1, prm: 0.5}"])
+    with pytest.raises(ConfigError, match=r"grpo\.rewards\.orm: .*orm\.enabled must be true"):
+        load_config("configs/demo.yaml", [*grpo, "train_generator.from_round=2", "grpo.rewards={orm: 1}",
+                                          "orm.enabled=false"])
+    with pytest.raises(ConfigError, match=r"grpo\.rewards\.implicit: round 1 has no dpo verifier"):
+        load_config("configs/demo.yaml", [*grpo, "grpo.rewards={implicit: 1}"])
+    with pytest.raises(ConfigError, match=r"grpo\.rewards\.calc: the 'math' family has no calculator"):
+        load_config(None, [*grpo, "grpo.rewards={calc: 1}", "family.name=math"])
+    with pytest.raises(ConfigError, match="whole groups"):
+        load_config("configs/demo.yaml", [*grpo, "grpo.batch_size=20", "grpo.num_generations=8"])
+    with pytest.raises(ConfigError, match="grpo.rewards"):
+        load_config("configs/demo.yaml", [*grpo, "grpo.rewards={length: 1}"])

@@ -232,6 +232,38 @@ def test_format_file_is_the_source_of_truth(planted_prm, tmp_path):
     assert len(AutoTokenizer.from_pretrained(str(again))) == len(AutoTokenizer.from_pretrained(str(model_dir)))
 
 
+def test_grpo_rewards_equal_their_definitions_on_planted_traces(planted_prm, smoke_cfg, smoke_family, tmp_path):
+    """GRPO's rewards (components/evaluation/rewards.py) on three planted traces of one problem: the gold
+    one, a "lucky" one whose first step states a wrong result (a stray leading digit, the slip the planted
+    PRM learned) while the next step goes on from the right value, so its answer is right, and one whose
+    answer is wrong. Each reward equals its definition computed here from the same PRM's step scores,
+    the answer check and the calculator; the flawed step lowers the `prm` reward and `outcome` ignores it."""
+    from components.artifacts import store
+    from components.evaluation.rewards import Rewarder
+
+    model_dir, _ = planted_prm
+    prm_uri = str(tmp_path / "prm")
+    store.publish_folder(model_dir, prm_uri, {"kind": "prm"})
+    cfg = smoke_cfg.model_copy(update={"grpo": smoke_cfg.grpo.model_copy(update={
+        "rewards": {"outcome": 1.0, "prm": 0.5, "calc": 0.25}, "aggregate": "min"})})
+    p = next(q for q in smoke_family.problems("eval") if len(q.meta["ops"]) >= 2)
+    gold = smoke_family.split_steps(smoke_family.gold_solution(p))
+    value, rest = gold[0].split("=")
+    lucky = [f"{value}={int(rest) + 300}", *gold[1:]]
+    wrong = [*gold[:-1], f"{ANSWER} {int(p.answer) + 1}"]
+    completions = [smoke_family.steps_text(s) for s in (gold, lucky, wrong)]
+    got = Rewarder(cfg, smoke_family, {p.prompt: p}, {"prm": prm_uri}).score([p] * 3, completions)
+
+    steps = [smoke_family.split_steps(c) for c in completions]
+    step_scores = prm_scoring.load_scorer("transformers", model_dir).score([p.prompt] * 3, steps)
+    assert [r["outcome"] for r in got] == [1.0, 1.0, 0.0]  # the answer alone: the lucky slip is not seen
+    assert [r["prm"] for r in got] == pytest.approx([min(s) for s in step_scores], abs=1e-6)
+    assert [r["calc"] for r in got] == [1.0, 0.0, 0.0]
+    assert [r["reward"] for r in got] == pytest.approx([r["outcome"] + 0.5 * r["prm"] + 0.25 * r["calc"] for r in got])
+    assert got[1]["prm"] < 0.5 < got[0]["prm"]  # the flawed first step lowers the PRM's reward
+    assert [r["right"] for r in got] == [True, True, False] and [r["flawed"] for r in got] == [False, True, True]
+
+
 def test_vllm_matches_transformers(planted_prm, smoke_family):
     """Last in this module: an in-process vLLM engine changes its host process (see stack notes)."""
     model_dir, _ = planted_prm

@@ -169,6 +169,35 @@ def cost_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]
             "best-of-N - vote (points)", "points / train TFLOP"], rows
 
 
+def generator_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
+    """Per loop and round, how G_n was trained (train_generator.method) and what that cost and bought:
+    SFT's examples or GRPO's problems; GRPO's reward on the policy's own samples (first tenth of training
+    -> last), the share of them right, and of those the reward ranked in its top quarter the share the
+    exact check calls flawed (reward hacking shows as the reward rising while these do not follow);
+    the round's kept flawed share (its filter); TFLOPs to sample the round's traces (2 x params x
+    tokens) and to train G_n (SFT: ~6 x params x tokens; GRPO: its rollouts, updates and reward passes);
+    and greedy held-out pass@1."""
+    rows = []
+    pct = lambda d, k: f"{100 * d[k]:.0f}%" if d.get(k) is not None else "-"  # noqa: E731
+    for loop, rounds in loops.items():
+        params = next((r["bootstrap"]["params"] for r in rounds if "params" in r.get("bootstrap", {})), None)
+        for r in rounds:
+            g = r.get("train_generator", {})
+            if not g:
+                continue
+            grpo = "reward_mean" in g
+            tokens = r.get("generate", {}).get("tokens")
+            rows.append([loop, str(r["round"]), "grpo" if grpo else "sft",
+                         f"{int(g.get('problems' if grpo else 'examples', 0)):,}",
+                         f"{g['reward_first']:.2f} -> {g['reward_last']:.2f}" if grpo else "-",
+                         pct(g, "right"), pct(g, "high_reward_flawed"), pct(r.get("filter", {}), "kept_flawed_share"),
+                         f"{2.0 * params * tokens / 1e12:.3g}" if params and tokens else "-",
+                         f"{g['train_flops'] / 1e12:.3g}" if g.get("train_flops") else "-",
+                         pct(r["evaluate"], "pass1_all")])
+    return ["loop", "round", "G_n by", "examples / problems", "reward", "policy right", "high-reward flawed",
+            "kept flawed", "sample TFLOPs", "train TFLOPs", "pass@1"], rows
+
+
 def plot_comparison(loops: dict[str, list[dict]], path: str | Path) -> Path:
     import matplotlib
 

@@ -53,6 +53,36 @@ def adapter_lora(folder: str | Path) -> LoraConfig | None:
                       target_modules=sorted(c["target_modules"]))
 
 
+def load_trainable(base_dir: str | Path, lora: LoraConfig | None, adapter_dir: str | Path | None, placement: Placement):
+    """The model a generator trainer (SFT, GRPO) trains, and the PEFT config of a new adapter (None for the
+    whole model, or an adapter in `adapter_dir` whose training goes on)."""
+    from transformers import AutoModelForCausalLM
+
+    # Trained weights stay float32 (the Trainer autocasts to the placement's dtype); a LoRA adapter's
+    # frozen base is loaded in that dtype, which halves its memory on a GPU.
+    full = lora is None and adapter_dir is None
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), **(placement.train_load_args() if full
+                                                                   else placement.load_args()))
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True), None
+    return model, _peft_config(lora) if lora is not None else None
+
+
+def save_trained(trainer, out_dir: str | Path, adapter_base_uri: str | None) -> None:
+    """Save a trained generator (model or adapter, and its tokenizer) as serving reads it back; an adapter
+    names its base (`adapter_base_uri`) in adapter_base.json."""
+    # transformers' Trainer sets config.use_cache = args.use_cache (False) for training; without this the saved
+    # checkpoint would make transformers' generate run without its KV cache.
+    trainer.model.config.use_cache = True
+    # On a PeftModel, save_pretrained writes adapter_config.json + adapter_model.safetensors only.
+    trainer.model.save_pretrained(str(out_dir))
+    trainer.processing_class.save_pretrained(str(out_dir))
+    if adapter_base_uri is not None:
+        (Path(out_dir) / ADAPTER_BASE).write_text(json.dumps({"base_uri": adapter_base_uri}))
+
+
 def make_trainer(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[str, str]], epochs: float, lr: float,
                  batch_size: int, seed: int, lora: LoraConfig | None = None, log: Callable[[int, dict], None] | None = None,
                  warmup_ratio: float = 0.05, placement: Placement = CPU, adapter_dir: str | Path | None = None,
@@ -62,20 +92,11 @@ def make_trainer(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[st
     `placement.packing`: each batch flattened into one row (TRL's padding_free); `max_tokens_per_batch`:
     TRL's best-fit-decreasing packs of that many tokens, one per process and step."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     tok = AutoTokenizer.from_pretrained(str(base_dir))  # no pad token: TRL pads with EOS (and says so in the config)
-    # Trained weights stay float32 (the Trainer autocasts to the placement's dtype); a LoRA adapter's
-    # frozen base is loaded in that dtype, which halves its memory on a GPU.
-    full = lora is None and adapter_dir is None
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), **(placement.train_load_args() if full
-                                                                   else placement.load_args()))
-    peft_config = _peft_config(lora) if lora is not None and adapter_dir is None else None
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    model, peft_config = load_trainable(base_dir, lora, adapter_dir, placement)
     if max_tokens_per_batch:
         budget = max_tokens_per_batch // data_parallel_size()
         _refuse_longer_than(tok, pairs, budget)
@@ -94,7 +115,7 @@ def make_trainer(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[st
         **placement.trainer_args(), report_to=[], save_strategy="no", dataloader_num_workers=0,
         # ~50 points per curve however long the run; a loss point costs nothing beyond the step itself.
         logging_steps=max(1, steps // 50), logging_first_step=True, disable_tqdm=True,
-        completion_only_loss=True,
+        completion_only_loss=True, include_num_input_tokens_seen="non_padding",
         train_sampling_strategy="group_by_length" if placement.group_by_length and not max_tokens_per_batch else "random",
         **sizing,
     )
@@ -142,7 +163,8 @@ def sft(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[str, str]],
     Full fine-tuning saves model + tokenizer. With `lora` (its target modules get an adapter) only the
     adapter is saved (not merged: vLLM serves it on top of the base) with the tokenizer and `adapter_base.json`
     naming the base (`base_uri`: where a reader finds it again, e.g. its store URI; default `base_dir`).
-    Returns {'loss_first', 'loss_last', 'steps', 'seconds', 'log_history': [{'step', 'loss', 'lr'}, ...]}.
+    Returns {'loss_first', 'loss_last', 'steps', 'seconds', 'train_tokens', 'train_flops' (~6 x params x
+    tokens seen), 'log_history': [{'step', 'loss', 'lr'}, ...]}.
     """
     out_dir = Path(out_dir)
     trainer = make_trainer(base_dir, out_dir, pairs, epochs, lr, batch_size, seed, lora, log, warmup_ratio, placement,
@@ -150,19 +172,14 @@ def sft(base_dir: str | Path, out_dir: str | Path, pairs: list[tuple[str, str]],
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
-    # transformers' Trainer sets config.use_cache = args.use_cache (False) for training; without this the saved
-    # checkpoint would make transformers' generate run without its KV cache.
-    trainer.model.config.use_cache = True
-    # On a PeftModel, save_pretrained writes adapter_config.json + adapter_model.safetensors only.
-    trainer.model.save_pretrained(str(out_dir))
-    trainer.processing_class.save_pretrained(str(out_dir))
-    if lora is not None or adapter_dir is not None:
-        (out_dir / ADAPTER_BASE).write_text(json.dumps({"base_uri": base_uri or str(base_dir)}))
+    save_trained(trainer, out_dir, base_uri or str(base_dir) if lora is not None or adapter_dir is not None else None)
     history = [{"step": h["step"], "loss": h["loss"], "lr": h.get("learning_rate")}
                for h in trainer.state.log_history if "loss" in h]
+    params, tokens = trainer.model.num_parameters(), int(trainer.state.num_input_tokens_seen)
     return {"loss_first": history[0]["loss"] if history else None,
             "loss_last": history[-1]["loss"] if history else None,
-            "steps": trainer.state.global_step, "seconds": seconds, "log_history": history}
+            "steps": trainer.state.global_step, "seconds": seconds, "log_history": history,
+            "train_tokens": tokens, "train_flops": 6.0 * params * tokens}  # ~6 x params x tokens seen
 
 
 def vllm_lora_request(adapter_dir: str | Path, name: str | None = None, lora_id: int = 1):

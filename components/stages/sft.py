@@ -59,4 +59,5 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, kept_uris:
         t0, lambda stats: {"examples": len(data), "kept_examples": len(pairs), "replay_examples": n_replay, **dict(dropped),
                            "started_from": 0 if start_uri == Layout.of(cfg).bootstrap() else round_idx - 1,
                            "loss_first": stats["loss_first"], "loss_last": stats["loss_last"], "steps": stats["steps"],
+                           "train_tokens": stats["train_tokens"], "train_flops": stats["train_flops"],
                            "examples_per_step": len(data) * cfg.sft.epochs / max(1, stats["steps"])})
