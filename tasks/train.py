@@ -6,7 +6,7 @@ from components import round_table
 from components.config import RunConfig
 from components.artifacts import tracking
 from components.artifacts.layout import Layout
-from components.loop import learned_nothing
+from components.loop import RoundInputs, learned_nothing
 from components.stages import grpo, prm, sft
 from tasks.common import run_stage, stage_task
 
@@ -28,7 +28,7 @@ def grpo_task(cfg: RunConfig, model_uri: str, candidates_uri: str, verifier_uris
                           candidates_uri=candidates_uri, verifier_uris=verifier_uris)
 
 
-def train_generator(cfg: RunConfig, inp, candidates_uri: str, filtered_uri: str, round_idx: int,
+def train_generator(cfg: RunConfig, inp: RoundInputs, candidates_uri: str, filtered_uri: str, round_idx: int,
                     run_id: str | None) -> tuple[str, str, dict]:
     """G_n by the round's method (train_generator): (the method, G_n's URI, its metrics)."""
     method = cfg.train_generator.method_of(round_idx)

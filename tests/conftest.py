@@ -170,7 +170,7 @@ _TINY: dict = {"needed": False}
 LONGEST = {"tests/test_pretrained.py": 524, "tests/test_sharding.py": 405, "tests/test_faults.py": 328,
            "tests/test_label_sources.py": 255, "tests/test_round_e2e.py": 243, "tests/test_operations.py": 119,
            "tests/test_cli_lock.py": 116, "tests/test_data_parallel.py": 96, "tests/test_judge.py": 87,
-           "tests/test_prm.py": 59}
+           "tests/test_prm.py": 59, "tests/test_grpo.py": 90}
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -14,12 +14,14 @@ from components.data.decontam import against_eval
 from components.data.prompting import family_of
 from components.evaluation.rewards import Rewarder
 from components.models import grpo, serving
+from components.runtime.log import get_logger
 from components.stages import Stage
 from components.stages.training import train_and_publish
 
+log = get_logger(__name__)
 STAGE = Stage.of(__name__, accelerator=True, isolated=True, metrics="train_generator",
                  summary=("{problems:,} problems", "{steps:,} steps", "reward {reward_first:.2f} -> {reward_last:.2f}",
-                          "right {right:.0%}", "high-reward flawed {high_reward_flawed:.0%}"))
+                          "right {right:.0%}", "high-reward flawed {high_reward_flawed:.0%}", "{mean_tokens:.0f} tok"))
 
 
 def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, candidates_uri: str,
@@ -49,10 +51,11 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, candidates
                 "train_seconds": stats["seconds"], **rewarder.watch(), **flops, "train_flops": sum(flops.values()),
                 "loss_first": stats["loss_first"], "loss_last": stats["loss_last"],
                 "kl_last": curve[-1].get("kl", 0.0) if curve else 0.0,
+                "mean_tokens": sum(h.get("completions/mean_length", 0.0) for h in curve) / max(1, len(curve)),
                 "zero_std_groups": sum(h.get("frac_reward_zero_std", 0.0) for h in curve) / max(1, len(curve)),
                 "reward_curve": [(h["step"], h["reward"]) for h in curve if "reward" in h]}
 
-    return train_and_publish(
+    out = train_and_publish(
         out_uri, {"kind": "lora" if (adapter or g.lora) else "model", "round": round_idx, "parent": model_uri,
                   "data": [candidates_uri], "method": "grpo", "rewards": g.rewards, "verifiers": verifier_uris},
         lambda folder, log: grpo.grpo(base_dir, folder, [p.prompt for p in problems], rewarder,
@@ -62,3 +65,8 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, candidates
                                       adapter_dir=adapter, base_uri=base_uri, placement=serving.placement(cfg),
                                       warmup_ratio=g.warmup_ratio, log=log),
         t0, metrics)
+    if out["zero_std_groups"] >= 0.9:  # said, never silent: G_n is nearly G_{n-1}
+        log.warning("round %d: %.0f%% of GRPO's groups got one reward for every completion (advantage 0: nothing "
+                    "to learn from); try a graded reward (prm, orm, implicit), more grpo.num_generations or a "
+                    "higher generation.temperature", round_idx, 100 * out["zero_std_groups"])
+    return out
