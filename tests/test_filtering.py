@@ -52,7 +52,7 @@ def test_per_problem_cap_keeps_the_best_scored_traces():
 def test_consensus_rejects_a_trace_whose_first_error_the_sources_dispute():
     """Issue #12: where MC and the judge disagreed, the disputed steps were unlabelled and the min over
     the rest passed the trace; Zhang et al. (2025) keep only what both agree on."""
-    from components.labeling.sources import agree
+    from components.labeling.builtin_sources import agree
     from components.labeling.step_labels import from_first_error
 
     mc, judge = from_first_error(4, 2), from_first_error(4, -1)  # MC flags step 2, the judge sees no error
