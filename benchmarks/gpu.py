@@ -16,7 +16,7 @@ and hardware.fused_loss, LAYOUTS below):
              attention mask when padded, by where the position ids restart when packed).
   lm-train   components.models.causal_lm.train_causal_lm, the bootstrap's path (fit, the Trainer):
              where the fused loss applies (TRL's SFT always computes its loss in chunks).
-  prm-train  components.models.prm.train_prm on (question, answer lines, random soft labels); timed
+  prm-train  components.models.prm_training.train_prm on (question, answer lines, random soft labels); timed
              from the end of fit's first step to the end of its last (fit's own log calls; tokens
              counted by wrapping packing.layout, which builds every training batch of fit).
   prm-score  components.models.prm_scoring.TransformersPRM(<trained PRM>).score; one untimed warm-up call.
@@ -345,7 +345,7 @@ def measure_sft(base_dir: Path, work: Path, rows: list[dict], spec: dict, placem
 
 def measure_prm_train(base_dir: Path, prm_dir: Path, rows: list[dict], spec: dict, placement, seed: int,
                       threads: int | None, max_tokens: int | None = None) -> dict:
-    from components.models import prm
+    from components.models import prm_training
 
     batch, steps = spec["batch"], spec["steps"]
     # fit runs ceil(n_train / batch) steps for one epoch; n_train is ~90% of the examples (held-out 10%).
@@ -355,10 +355,10 @@ def measure_prm_train(base_dir: Path, prm_dir: Path, rows: list[dict], spec: dic
     reset_memory(placement)
     with counted_batches() as counts:
         t0 = time.perf_counter()
-        stats = prm.train_prm(base_dir, prm_dir, examples, epochs=1.0, lr=1e-4, batch_size=batch, seed=seed,
-                              soft=True, heldout_fraction=0.1, threads=threads, placement=placement,
-                              log=lambda step, m: marks.append((step, time.perf_counter(), dict(counts))),
-                              step_separator="\n", max_tokens_per_batch=max_tokens)
+        stats = prm_training.train_prm(base_dir, prm_dir, examples, epochs=1.0, lr=1e-4, batch_size=batch, seed=seed,
+                                       soft=True, heldout_fraction=0.1, threads=threads, placement=placement,
+                                       log=lambda step, m: marks.append((step, time.perf_counter(), dict(counts))),
+                                       step_separator="\n", max_tokens_per_batch=max_tokens)
         total_s = time.perf_counter() - t0
     mem = memory_mb(placement)
     (s0, t_first, c0), (s1, t_last, c1) = marks[0], marks[-1]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from components.config_sections import HardwareConfig, TrainConfig
-from components.models import packing, prm
+from components.models import packing, prm, prm_training
 from components.models.causal_lm import completion_labels, encode_examples, ensure_pad_token, fit, train_causal_lm
 from components.models.hardware import CPU, resolve
 from components.models.tiny import build_qwen2_checkpoint
@@ -86,14 +86,14 @@ def test_trls_padding_free_sft_batches_give_the_padded_loss_and_gradients(qwen, 
 
 
 def test_a_packed_prm_batch_gives_the_padded_batchs_loss_and_gradients(qwen, tmp_path):
-    model, tok, fmt = prm._init_model(Path(qwen))
+    model, tok, fmt = prm_training._init_model(Path(qwen))
     items = []
     for i, (q, a) in enumerate(gsm8k_pairs(10)):
         steps = a.split("\n")
         ids, pos = prm._encode(tok, fmt, q, steps)
         items.append((ids, [(p, (0.3 if (i + k) % 3 == 0 else 1.0)) for k, p in enumerate(pos)]))
-    runs = [loss_and_grads(model, prm.training_batch(items, packed, tok.pad_token_id),
-                           lambda logits, labels: prm.tag_loss(logits, labels, w_bad=2.0)) for packed in (False, True)]
+    runs = [loss_and_grads(model, prm_training.training_batch(items, packed, tok.pad_token_id),
+                           lambda logits, labels: prm_training.tag_loss(logits, labels, w_bad=2.0)) for packed in (False, True)]
     assert_same(*runs)
 
 
@@ -172,7 +172,7 @@ def test_the_fused_loss_trains_the_model_the_unfused_loss_does(qwen, monkeypatch
 
 def test_prm_step_scores_are_the_same_packed_or_padded(qwen, tmp_path):
     examples = [{"prompt": q, "steps": a.split("\n"), "labels": [1.0] * len(a.split("\n"))} for q, a in gsm8k_pairs(40)]
-    prm.train_prm(qwen, tmp_path / "prm", examples, epochs=1, lr=1e-3, batch_size=16, seed=0, soft=True)
+    prm_training.train_prm(qwen, tmp_path / "prm", examples, epochs=1, lr=1e-3, batch_size=16, seed=0, soft=True)
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     model = AutoModelForTokenClassification.from_pretrained(str(tmp_path / "prm"))

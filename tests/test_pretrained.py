@@ -242,12 +242,12 @@ def test_vllm_scorer_falls_back_to_transformers_where_vllm_lacks_the_architectur
     """A PRM on an architecture vLLM cannot pool is scored by transformers, and the log says so."""
     import shutil
 
-    from components.models import prm, prm_scoring
+    from components.models import prm_scoring, prm_training
 
     examples = [{"prompt": "1 +2\n", "steps": ["1+2=3", "Answer: 3"], "labels": [1.0, 1.0]},
                 {"prompt": "4 +4\n", "steps": ["4+4=9", "Answer: 9"], "labels": [0.0, 0.0]}] * 4
-    prm.train_prm(pretrained_dir, tmp_path / "prm", examples, epochs=1, lr=1e-3, batch_size=4, seed=0, soft=True,
-                  heldout_fraction=0.0)
+    prm_training.train_prm(pretrained_dir, tmp_path / "prm", examples, epochs=1, lr=1e-3, batch_size=4, seed=0, soft=True,
+                           heldout_fraction=0.0)
     assert prm_scoring.vllm_can_pool(tmp_path / "prm")
     odd = tmp_path / "odd"
     shutil.copytree(tmp_path / "prm", odd)
@@ -268,7 +268,7 @@ def test_a_prm_on_a_backbone_of_its_own_scores_another_tokenizers_traces(pretrai
 
     from transformers import AutoTokenizer
 
-    from components.models import prm, prm_scoring
+    from components.models import prm_scoring, prm_training
     from components.stages import prm as prm_stage
     from tests.test_prm import planted_trace
 
@@ -288,6 +288,6 @@ def test_a_prm_on_a_backbone_of_its_own_scores_another_tokenizers_traces(pretrai
     traces = [planted_trace(smoke_family, p, rng) for p in smoke_family.problems("eval")]
     scores = prm_scoring.load_scorer("transformers", folder).score([t["prompt"] for t in traces], [t["steps"] for t in traces])
     assert [len(s) for s in scores] == [len(t["steps"]) for t in traces]
-    auroc = prm.auroc([x for s in scores for x in s], [bool(y) for t in traces for y in t["labels"]])
+    auroc = prm_training.auroc([x for s in scores for x in s], [bool(y) for t in traces for y in t["labels"]])
     print(f"PRM on the stand-in's backbone: held-out step AUROC {m['heldout_auroc']:.3f}, on eval traces {auroc:.3f}")
     assert auroc >= 0.8, auroc

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from components.labeling.step_labels import first_error_from_scores
-from components.models import prm, prm_scoring
+from components.models import prm, prm_scoring, prm_training
 from components.data.families.arith import ANSWER, APPLY
 from components.labeling.quality import first_error_f1
 
@@ -58,8 +58,8 @@ def planted_prm(tiny_model_dir, smoke_family, tmp_path_factory):
     rng = random.Random(0)
     train = [planted_trace(smoke_family, p, rng) for p in smoke_family.problems("bootstrap")[:2400]]
     out = tmp_path_factory.mktemp("prm") / "planted"
-    stats = prm.train_prm(tiny_model_dir, out, train, epochs=3, lr=2e-3, batch_size=32, seed=0, soft=False,
-                          threads=THREADS)
+    stats = prm_training.train_prm(tiny_model_dir, out, train, epochs=3, lr=2e-3, batch_size=32, seed=0, soft=False,
+                                   threads=THREADS)
     return out, stats
 
 
@@ -104,8 +104,8 @@ def test_the_threshold_chosen_on_held_back_traces_finds_first_errors_at_0_5_miss
     rng = random.Random(3)
     train = [dict(t, labels=[0.3 * y for y in t["labels"]])
              for t in (planted_trace(smoke_family, p, rng) for p in smoke_family.problems("bootstrap")[:1200])]
-    stats = prm.train_prm(tiny_model_dir, tmp_path / "mc", train, epochs=4, lr=2e-3, batch_size=32, seed=0,
-                          soft=True, threads=THREADS)
+    stats = prm_training.train_prm(tiny_model_dir, tmp_path / "mc", train, epochs=4, lr=2e-3, batch_size=32, seed=0,
+                                   soft=True, threads=THREADS)
     t = prm.load_format(tmp_path / "mc")["threshold"]
     assert t == stats["calibrated_threshold"] < 0.3, stats
     assert stats["heldout_f1"] < 0.3 and stats["heldout_f1_calibrated"] >= 0.8, stats
@@ -128,21 +128,21 @@ def test_a_threshold_measured_on_the_problems_that_chose_it_is_refused(tiny_mode
 
     rng = random.Random(5)
     train = [planted_trace(smoke_family, p, rng) for p in smoke_family.problems("bootstrap")[:200]]
-    prm.train_prm(tiny_model_dir, tmp_path / "prm", train, epochs=1, lr=2e-3, batch_size=32, seed=0, soft=True,
-                  threads=THREADS)
+    prm_training.train_prm(tiny_model_dir, tmp_path / "prm", train, epochs=1, lr=2e-3, batch_size=32, seed=0, soft=True,
+                           threads=THREADS)
     uri = str(tmp_path / "store" / "prm")
     store.publish_folder(tmp_path / "prm", uri, {"kind": "prm"})
     unseen = [x["prompt"] for x in held_out_traces(smoke_family, seed=1)]
     assert calibrated_thresholds(uri, None, unseen) == {"prm_scores": prm.load_format(tmp_path / "prm")["threshold"]}
-    held = sorted(prm._heldout_prompts([t["prompt"] for t in train], 0.1, 0))
+    held = sorted(prm_training._heldout_prompts([t["prompt"] for t in train], 0.1, 0))
     with pytest.raises(ValueError, match=rf"{uri}: its step threshold was calibrated on 1 of the {len(unseen) + 1} problems"):
         calibrated_thresholds(uri, None, unseen + held[:1])
 
 
 def test_auroc_by_ranks():
-    assert prm.auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75
-    assert prm.auroc([0.5, 0.5, 0.5], [True, False, True]) == 0.5  # ties count half
-    assert math.isnan(prm.auroc([0.2, 0.9], [True, True]))
+    assert prm_training.auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75
+    assert prm_training.auroc([0.5, 0.5, 0.5], [True, False, True]) == 0.5  # ties count half
+    assert math.isnan(prm_training.auroc([0.2, 0.9], [True, True]))
     assert first_error_from_scores([0.9, 0.6, 0.4, 0.9]) == 2
     assert first_error_from_scores([0.9, 0.5]) == -1 and first_error_from_scores([]) == -1
 
@@ -151,12 +151,12 @@ def test_soft_labels_stay_floats(tiny_model_dir, smoke_family, tmp_path):
     """A constant 0.7 target: an int() cast would train towards 0 (and the loss towards 0)."""
     examples = [gold_example(smoke_family, p, 0.7) for p in smoke_family.problems("bootstrap")[:192]]
     with pytest.raises(ValueError, match="soft=False needs labels 0 or 1"):
-        prm.train_prm(tiny_model_dir, tmp_path / "hard", examples, 1, 3e-3, 16, 0, soft=False, threads=THREADS)
+        prm_training.train_prm(tiny_model_dir, tmp_path / "hard", examples, 1, 3e-3, 16, 0, soft=False, threads=THREADS)
     # 4 epochs (44 steps): converged on any backbone. Measured: loss_last (the mean of the last 20
     # steps) - entropy = 0.0001, scores 0.697-0.704; after 2 epochs it was still 0.015 (bar 0.02), scores
     # 0.676-0.687, so how close it came hung on how fast the session's backbone got there.
-    stats = prm.train_prm(tiny_model_dir, tmp_path / "soft", examples, 4, 3e-3, 16, 0, soft=True,
-                          threads=THREADS)
+    stats = prm_training.train_prm(tiny_model_dir, tmp_path / "soft", examples, 4, 3e-3, 16, 0, soft=True,
+                                   threads=THREADS)
     # Cross-entropy against [0.3, 0.7] can't go below its entropy; it should end close to it.
     entropy = -(0.7 * math.log(0.7) + 0.3 * math.log(0.3))
     assert entropy - 1e-4 <= stats["loss_last"] < entropy + 0.02, stats
@@ -174,7 +174,7 @@ def test_unlabeled_steps_are_not_trained_on(tiny_model_dir, smoke_family, tmp_pa
 
     unlabeled = [dict(t, labels=[None] * len(t["steps"])) for t in traces]
     with pytest.raises(ValueError, match="no labeled steps"):
-        prm.train_prm(tiny_model_dir, tmp_path / "none", unlabeled, 1, 2e-3, 16, 0, soft=False, threads=THREADS)
+        prm_training.train_prm(tiny_model_dir, tmp_path / "none", unlabeled, 1, 2e-3, 16, 0, soft=False, threads=THREADS)
 
     # Only the first step labeled (None and NaN both mean unlabeled) vs the traces cut after that step:
     # a tag's logits depend only on the tokens before it, so if unlabeled tags add nothing to the loss,
@@ -182,8 +182,8 @@ def test_unlabeled_steps_are_not_trained_on(tiny_model_dir, smoke_family, tmp_pa
     first_only = [dict(t, labels=[t["labels"][0]] + [None] * (len(t["steps"]) - 2) + [float("nan")])
                   for t in traces]
     cut = [dict(t, steps=t["steps"][:1], labels=t["labels"][:1]) for t in traces]
-    a = prm.train_prm(tiny_model_dir, tmp_path / "a", first_only, 1, 2e-3, 16, 0, soft=False, threads=THREADS)
-    b = prm.train_prm(tiny_model_dir, tmp_path / "b", cut, 1, 2e-3, 16, 0, soft=False, threads=THREADS)
+    a = prm_training.train_prm(tiny_model_dir, tmp_path / "a", first_only, 1, 2e-3, 16, 0, soft=False, threads=THREADS)
+    b = prm_training.train_prm(tiny_model_dir, tmp_path / "b", cut, 1, 2e-3, 16, 0, soft=False, threads=THREADS)
     assert a["n_train_steps"] == b["n_train_steps"] == a["n_train"]
     assert a["loss_first"] == pytest.approx(b["loss_first"], abs=1e-5)
     assert a["loss_last"] == pytest.approx(b["loss_last"], abs=1e-5)
@@ -225,8 +225,8 @@ def test_format_file_is_the_source_of_truth(planted_prm, tmp_path):
 
     # A PRM dir as init: trained on as is, no second tag, same format.
     again = tmp_path / "again"
-    prm.train_prm(model_dir, again, [{"prompt": "1 +1\n", "steps": ["1+1=2", "Answer: 2"], "labels": [1, 1]}],
-                  1, 1e-4, 4, 0, soft=False, heldout_fraction=0, threads=THREADS)
+    prm_training.train_prm(model_dir, again, [{"prompt": "1 +1\n", "steps": ["1+1=2", "Answer: 2"], "labels": [1, 1]}],
+                           1, 1e-4, 4, 0, soft=False, heldout_fraction=0, threads=THREADS)
     # nothing held back: nothing to calibrate on, so the fixed 0.5
     assert prm.load_format(again) == {**fmt, "threshold": 0.5, "threshold_heldout_f1": None, "calibrated_on": []}
     assert len(AutoTokenizer.from_pretrained(str(again))) == len(AutoTokenizer.from_pretrained(str(model_dir)))

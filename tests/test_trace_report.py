@@ -7,7 +7,7 @@ from PIL import Image, ImageStat
 
 from browser import chromium, evaluate  # tests/browser.py
 
-from components.models import prm
+from components.models import prm_training
 from components.stages import filter as filter_stage
 from components.stages import score
 from components.artifacts import store
@@ -158,8 +158,8 @@ def test_round_report_renders_in_headless_chromium(smoke_cfg, smoke_family, tiny
     # A real PRM for the PRM column: the tiny generator with a step head, trained briefly on these labels.
     examples = [{"prompt": r["prompt"], "steps": r["steps"], "labels": r["step_scores"]}
                 for r in store.read_rows(scored)]
-    prm.train_prm(tiny_model_dir, tmp_path / "prm", examples, epochs=1, lr=1e-3, batch_size=16, seed=0,
-                  soft=True, threads=1)
+    prm_training.train_prm(tiny_model_dir, tmp_path / "prm", examples, epochs=1, lr=1e-3, batch_size=16, seed=0,
+                           soft=True, threads=1)
     prm_uri = store.join(cfg.store_uri, "prm")
     store.publish_folder(tmp_path / "prm", prm_uri, {"kind": "prm"})
     out = Layout.of(cfg).round(1, "report")

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from components.models import dpo, prm, prm_scoring
+from components.models import dpo, prm_scoring, prm_training
 from components.stages.orm import outcome_examples
 from tests.test_prm import THREADS, planted_trace
 
@@ -26,8 +26,8 @@ def planted_orm(tiny_model_dir, smoke_family, tmp_path_factory):
     rows = outcome_rows(smoke_family, smoke_family.problems("bootstrap")[:1200], seed=0)
     out = tmp_path_factory.mktemp("orm") / "planted"
     # lr 1e-3, 3 epochs: held-out AUROC 1.00 for 6 of 6 seeds here; at 2e-3 one seed in three stalled (0.66).
-    stats = prm.train_prm(tiny_model_dir, out, outcome_examples(rows), epochs=3, lr=1e-3, batch_size=32, seed=0,
-                          soft=False, threads=THREADS, balance=True)
+    stats = prm_training.train_prm(tiny_model_dir, out, outcome_examples(rows), epochs=3, lr=1e-3, batch_size=32, seed=0,
+                                   soft=False, threads=THREADS, balance=True)
     return out, stats, rows
 
 
@@ -76,7 +76,7 @@ def test_orm_separates_right_from_wrong_traces_it_never_saw(planted_orm, smoke_f
     held = outcome_rows(smoke_family, smoke_family.problems("eval") + smoke_family.problems("train"), seed=1)
     scores = prm_scoring.load_scorer("transformers", model_dir).score([r["prompt"] for r in held],
                                                                       [r["steps"] for r in held])
-    auroc = prm.auroc([s[-1] for s in scores], [r["correct"] for r in held])
+    auroc = prm_training.auroc([s[-1] for s in scores], [r["correct"] for r in held])
     print(f"ORM held-out AUROC {stats['heldout_auroc']:.3f} (own tenth), {auroc:.3f} (other splits)")
     assert auroc >= 0.9, auroc
 
@@ -147,9 +147,9 @@ def test_dpo_verifier_ranks_right_above_wrong_on_problems_it_never_saw(planted_d
     scored = dpo.score(model_dir, tiny_model_dir, None, [r["prompt"] for r in held], [r["completion"] for r in held])
     reward, logp = scored.reward, scored.mean_logp
     right, groups = [r["correct"] for r in held], [r["prompt"] for r in held]
-    within = prm.within_auroc(reward, right, groups)
-    print(f"DPO held-out within-problem AUROC {within:.3f}, across problems {prm.auroc(reward, right):.3f}; "
-          f"its mean token log-probability within problems {prm.within_auroc(logp, right, groups):.3f}")
+    within = prm_training.within_auroc(reward, right, groups)
+    print(f"DPO held-out within-problem AUROC {within:.3f}, across problems {prm_training.auroc(reward, right):.3f}; "
+          f"its mean token log-probability within problems {prm_training.within_auroc(logp, right, groups):.3f}")
     assert within >= 0.9, within
     assert stats["train_flops"] == 8.0 * stats["params"] * stats["train_tokens"] > 0
 
@@ -157,9 +157,9 @@ def test_dpo_verifier_ranks_right_above_wrong_on_problems_it_never_saw(planted_d
 def test_within_problem_auroc_compares_solutions_of_one_problem_only():
     # Right outranks wrong inside each problem, though problem b's scores all sit below problem a's.
     scores, right, groups = [0.9, 0.8, 0.2, 0.1], [True, False, True, False], ["a", "a", "b", "b"]
-    assert prm.within_auroc(scores, right, groups) == 1.0 and prm.auroc(scores, right) == 0.75
-    assert prm.within_auroc([0.5, 0.5], [True, False], ["a", "a"]) == 0.5  # a tie counts half
-    assert math.isnan(prm.within_auroc([0.9, 0.1], [True, False], ["a", "b"]))  # no problem has both kinds
+    assert prm_training.within_auroc(scores, right, groups) == 1.0 and prm_training.auroc(scores, right) == 0.75
+    assert prm_training.within_auroc([0.5, 0.5], [True, False], ["a", "a"]) == 0.5  # a tie counts half
+    assert math.isnan(prm_training.within_auroc([0.9, 0.1], [True, False], ["a", "b"]))  # no problem has both kinds
 
 
 def test_the_calculator_verifier_and_the_prm_with_a_calculator(smoke_cfg, smoke_family):
@@ -272,7 +272,7 @@ def test_the_implicit_prms_worst_step_tells_right_from_wrong_solutions_it_never_
                     steps=[t["steps"] for t in traces])
     right = [t["first_error"] < 0 for t in traces]
     assert 0.3 < sum(right) / len(right) < 0.8  # both kinds
-    auroc = prm.auroc(dpo_scores(got.reward, got.mean_logp, got.steps)["implicit_min"], right)
+    auroc = prm_training.auroc(dpo_scores(got.reward, got.mean_logp, got.steps)["implicit_min"], right)
     rows = [{"implicit_scores": [sigmoid(x) for x in q], "gold_first_error": t["first_error"]} for q, t in zip(got.steps, traces)]
     t = dpo.step_threshold(model_dir)
     f1 = {th: prm_first_error_f1(rows, th, key="implicit_scores")["f1"] for th in (0.5, t)}

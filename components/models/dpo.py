@@ -38,7 +38,7 @@ from components.evaluation.bestofk import sigmoid
 from components.labeling.quality import calibrate_threshold, fingerprints
 from components.models.causal_lm import progress_callback, warmup_steps
 from components.models.hardware import CPU, Placement, data_parallel_size, per_process_batch
-from components.models.prm import _heldout_prompts, auroc, within_auroc
+from components.models.prm_training import _heldout_prompts, auroc, within_auroc
 
 FORMAT_FILE = "dpo_verifier.json"
 CALIBRATION_TRACES = 512  # labelled traces that choose the implicit PRM's threshold, at most

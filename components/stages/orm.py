@@ -13,7 +13,8 @@ from components.data.decontam import against_eval
 from components.data.prompting import family_of
 from components.artifacts import store
 from components.loop import labels_uri
-from components.models import prm, serving
+from components.models import serving
+from components.models.prm_training import train_prm
 from components.stages import Stage
 from components.stages.training import scalars, train_and_publish
 from components.stages import prm as train_prm_stage
@@ -63,7 +64,7 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, genera
     o = cfg.orm
     return train_and_publish(
         out_uri, {"kind": "orm", "round": round_idx, "data": generated_uris},
-        lambda folder, log: prm.train_prm(
+        lambda folder, log: train_prm(
             str(store.fetch_folder(serving.base_of(generator_uri))), folder, examples, epochs=o.epochs, lr=o.lr,
             batch_size=o.batch_size, seed=cfg.seed + round_idx, soft=cfg.prm.soft and o.labels == "prm", log=log,
             placement=serving.placement(cfg), step_separator=cfg.family.prompt.step_separator, balance=o.balance,

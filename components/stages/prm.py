@@ -14,7 +14,8 @@ from components.artifacts import store
 from components.redact import redact
 from components.labeling.sources import GUESSES
 from components.loop import labels_uri
-from components.models import prm, serving
+from components.models import serving
+from components.models.prm_training import train_prm
 from components.stages import Stage
 from components.stages.training import scalars, train_and_publish
 
@@ -37,7 +38,7 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, scored
         init_dir, init = _init(cfg, generator_uri, previous_prm_uri, fetched)
         return train_and_publish(
             out_uri, {"kind": "prm", "round": round_idx, "data": scored_uris, "init": init},
-            lambda folder, log: prm.train_prm(
+            lambda folder, log: train_prm(
                 init_dir, folder, examples, epochs=cfg.prm.epochs, lr=cfg.prm.lr, batch_size=cfg.prm.batch_size,
                 seed=cfg.seed + round_idx, soft=soft, log=log, placement=serving.placement(cfg),
                 step_separator=cfg.family.prompt.step_separator, balance=cfg.prm.balance,
