@@ -6,8 +6,9 @@ import pytest
 
 from components.config_scoring import JudgeConfig, RemoteJudgeConfig
 from components.config_sections import TrainConfig
-from components.labeling.judge import (TINY_JUDGE, JudgeError, judge_prompt, judge_traces, make_judge_client,
-                                       parse_first_error, parse_step_verdict, per_step_prompts)
+from components.labeling.judge import (TINY_JUDGE, judge_prompt, judge_traces, parse_first_error, parse_step_verdict,
+                                       per_step_prompts)
+from components.labeling.judge_clients import JudgeError, make_judge_client
 from components.labeling.judge_training import (judge_accuracy, judge_examples, planted_traces, train_judge,
                                                 unknown_text)
 

@@ -72,7 +72,7 @@ class _EchoAuth(BaseHTTPRequestHandler):
 @pytest.mark.parametrize("userinfo", ["", "judge-user:base-SECRET-5@"])
 def test_remote_judge_never_shows_its_key_or_password(monkeypatch, userinfo):
     from components.config_scoring import JudgeConfig, RemoteJudgeConfig
-    from components.labeling.judge import JudgeError, make_judge_client
+    from components.labeling.judge_clients import JudgeError, make_judge_client
 
     class Capture(logging.Handler):
         def __init__(self):

@@ -173,7 +173,7 @@ class ImplicitPRM:
 
 def judge_client(cfg: RunConfig, judge_uri: str | None):
     """The configured judge: a local model (given, or the one the loop trained) or a remote endpoint."""
-    from components.labeling.judge import make_judge_client
+    from components.labeling.judge_clients import make_judge_client
 
     j = cfg.scoring.judge
     uri = j.model_uri or judge_uri

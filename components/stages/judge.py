@@ -11,7 +11,7 @@ from components.config import RunConfig
 from components.data.prompting import family_of
 from components.artifacts import store
 from components.labeling import judge_training
-from components.labeling.judge import make_judge_client
+from components.labeling.judge_clients import make_judge_client
 from components.models import serving
 from components.data.decontam import bootstrap_split
 from components.stages import Stage
