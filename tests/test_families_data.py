@@ -11,7 +11,8 @@ from components.artifacts import store
 from components.config_sections import DataConfig, FamilyConfig
 from components.data.families import get_family
 from components.artifacts.layout import Layout
-from components.data.families.custom import ANSWER_LINE, normalize_number, publish_problems
+from components.data.families.answers import ANSWER_LINE, normalize_number
+from components.data.families.custom import publish_problems
 from components.data.families.gsm8k import annotation_labels, check_annotation
 from components.data.ingest import BadInput, Quarantine, reject_long
 

@@ -16,7 +16,8 @@ import operator
 import re
 
 from components.data.families import Problem, register
-from components.data.families.custom import NUMBER, FileFamily, normalize_number, numbers_equal
+from components.data.families.answers import NUMBER, normalize_number, numbers_equal
+from components.data.families.custom import FileFamily
 
 FINAL = re.compile(r"^####\s*(.*?)\s*$", re.M)
 # The number written right after `>>` (not the `3` of `3/4`: a fraction is not checked against it).

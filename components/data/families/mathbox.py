@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 
 from components.data.families import register
-from components.data.families.custom import FileFamily, last_boxed
+from components.data.families.answers import last_boxed
+from components.data.families.custom import FileFamily
 
 
 @register("math")
