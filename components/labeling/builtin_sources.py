@@ -1,11 +1,10 @@
-"""The label sources themselves: each registers by name in components/labeling/sources.py (the
-registry, its policy and the table of what each source is) with the engines it needs, as a
-`fn(batch, cfg, engines) -> (labels, stats)`. The registry imports this module last, so importing
-either one registers every source."""
+"""The label sources themselves, each registered by name (components/labeling/source_registry.py) with
+the engines it needs, as a `fn(batch, cfg, engines) -> (labels, stats)`; what each means for the loop
+is in components/labeling/sources.py, which imports this module: importing it registers every source."""
 from __future__ import annotations
 
 from components.config import RunConfig
-from components.labeling.sources import SOURCES, Batch, Engines, label, source
+from components.labeling.source_registry import SOURCES, Batch, Engines, label, source
 from components.labeling.step_labels import StepLabels, centred, first_error_from_scores, first_error_of, from_first_error
 from components.evaluation.bestofk import sigmoid
 from components.models import prm as prm_model

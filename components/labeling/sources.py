@@ -17,86 +17,17 @@ origin, what round 1 uses when it needs a PRM that does not exist yet, and combi
     calc        the family's calculator: the arithmetic each step states, recomputed from the trace
                 alone (`scoring.calculator` applies the same check on top of any source: `overrule`)
 
-The sources themselves are in components/labeling/builtin_sources.py, registered here when this
-module is imported. Engines (generator for rollouts, judge, PRM, DPO verifier) start on first use,
+The registry and how a source runs are in components/labeling/source_registry.py; the sources themselves
+in components/labeling/builtin_sources.py, registered when this module is imported. Engines (generator for rollouts, judge, PRM, DPO verifier) start on first use,
 once per stage.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
-
 from components.config import RunConfig
-from components.data.families import Family, Problem
+from components.labeling import builtin_sources  # noqa: F401  (registers the sources)
+from components.labeling.source_registry import (GUESSES, SOURCES, Batch, Engines, Source, decide,  # noqa: F401
+                                                 label, measure, source)
 from components.labeling.step_labels import StepLabels, first_error_of
-
-
-@dataclass
-class Batch:
-    family: Family
-    problems: list[Problem]
-    completions: list[str]
-    steps: list[list[str]] = field(default_factory=list)
-
-    def __post_init__(self):
-        self.steps = self.steps or [self.family.split_steps(c) for c in self.completions]
-
-    def subset(self, idx: list[int]) -> "Batch":
-        return Batch(self.family, [self.problems[i] for i in idx], [self.completions[i] for i in idx],
-                     [self.steps[i] for i in idx])
-
-
-class Engines:
-    """What sources run on, created lazily: rollouts need the generator, `judge` a judge model,
-    `prm`/`labels` the PRM, `implicit` the DPO verifier. Handed in by the score stage, which knows the URIs."""
-
-    def __init__(self, make_generator: Callable, make_judge: Callable, make_prm: Callable, seed: int,
-                 make_dpo: Callable | None = None):
-        self._make = {"generator": make_generator, "judge": make_judge, "prm": make_prm, "dpo": make_dpo}
-        self._made: dict = {}
-        self.seed = seed
-
-    def get(self, name: str):
-        if name not in self._made:
-            self._made[name] = self._make[name]()
-        return self._made[name]
-
-
-LabelFn = Callable[[Batch, RunConfig, Engines], tuple[list[StepLabels], dict]]
-
-
-@dataclass(frozen=True)
-class Source:
-    fn: LabelFn
-    needs: frozenset[str]  # engines it runs on: generator, judge, prm, dpo
-    # The learned verifier of the round before it scores with ("prm", or "dpo": the implicit PRM): round
-    # 1 (none yet) falls back to `first_round_source`; its labels are that verifier's guesses.
-    uses: str = ""
-    imported: bool = False  # its PRM is trained on imported human labels first (PRM_0)
-    # A source whose labels need the whole round (a quantile of its traces): `fn` measures trace by
-    # trace (StepLabels with raw per-step values in `scores`, no labels), `pooled(raw, correct, cfg)`
-    # decides once every trace is measured. So a stage split by problem labels as the whole one does.
-    pooled: Callable[[list[StepLabels], list[bool], RunConfig], tuple[list[StepLabels], dict]] | None = None
-
-    @property
-    def origin(self) -> str:
-        """What a row labelled by it records: a PRM's guesses say "prm", the implicit PRM's "implicit"
-        (GUESSES: no verifier trains or calibrates on them)."""
-        return {"prm": "prm", "dpo": "implicit"}.get(self.uses, "")
-
-
-GUESSES = frozenset({"prm", "implicit"})  # rows' label_source when a learned verifier labelled them
-
-
-SOURCES: dict[str, Source] = {}
-
-
-def source(name: str, needs: tuple[str, ...] = (), uses: str = "", imported: bool = False,
-           pooled: Callable | None = None):
-    def deco(fn: LabelFn) -> LabelFn:
-        SOURCES[name] = Source(fn, frozenset(needs), uses, imported, pooled)
-        return fn
-    return deco
 
 
 # How a source's stats add up over the parts of a round (a stage split by problem): counts add (the
@@ -157,35 +88,6 @@ def for_round(cfg: RunConfig, verifiers: set[str]) -> str:
     return cfg.scoring.first_round_source if uses and uses not in verifiers else name
 
 
-def label(name: str, batch: Batch, cfg: RunConfig, engines: Engines) -> tuple[list[StepLabels], dict]:
-    """Run a source on a batch that is the whole round; every StepLabels comes back with its origin set."""
-    labels, stats = measure(name, batch, cfg, engines)
-    if SOURCES[name].pooled:
-        correct = [batch.family.is_correct(p, c) for p, c in zip(batch.problems, batch.completions)]
-        labels, pooled_stats = decide(name, labels, correct, cfg)
-        stats = {**stats, **pooled_stats}
-    return labels, stats
-
-
-def measure(name: str, batch: Batch, cfg: RunConfig, engines: Engines) -> tuple[list[StepLabels], dict]:
-    """What a source finds trace by trace, on any part of the round: labels, or a pooled source's raw
-    values (`decide` turns those into labels)."""
-    labels, stats = SOURCES[name].fn(batch, cfg, engines)
-    return _with_origin(name, labels), stats
-
-
-def decide(name: str, raw: list[StepLabels], correct: list[bool], cfg: RunConfig) -> tuple[list[StepLabels], dict]:
-    """A pooled source's labels from its raw values over the whole round (`correct`: each trace's outcome)."""
-    labels, stats = SOURCES[name].pooled(raw, correct, cfg)
-    return _with_origin(name, labels), stats
-
-
-def _with_origin(name: str, labels: list[StepLabels]) -> list[StepLabels]:
-    for lab in labels:
-        lab.origin = lab.origin or SOURCES[name].origin or name
-    return labels
-
-
 def overrule(lab: StepLabels, calc_labels: list[int | None]) -> StepLabels:
     """A source's labels with the calculator's verdict on top: from the first step whose arithmetic
     is wrong on, every step is wrong (score 0), whatever the source said; before it, the source's
@@ -198,7 +100,3 @@ def overrule(lab: StepLabels, calc_labels: list[int | None]) -> StepLabels:
     return StepLabels([s if i < err else 0.0 for i, s in enumerate(lab.scores[:n])],
                       [y if i < err else 0 for i, y in enumerate(lab.labels)], fe, lab.origin)
 
-
-# Imported last so the sources can register with `source` and use Batch, Engines and `label` from
-# this module (as components/data/families/__init__.py does with its families).
-from components.labeling import builtin_sources  # noqa: E402,F401
