@@ -1,12 +1,14 @@
 """SFT on filtered traces vs GRPO on each reward, from one bootstrap and one first round.
 
     python benchmarks/rl_rewards.py [--config configs/demo.yaml] [--arms sft+calc grpo+outcome ...]
-                                    [--rounds 3] [--fork-round 1] [--base-store STORE] [--set k=v ...]
+                                    [--rounds 3] [--fork-round 1] [--base-store STORE] [--seed N] [--set k=v ...]
 
 Every arm is the config's loop with its generator trained another way from round `fork-round + 1` on;
 rounds 0..fork-round are the config's own (the demo: the bootstrap, then SFT on calculator-filtered
 traces), computed once (or copied from `--base-store`, where that loop is published) and copied into
-each arm's loop, so every arm starts round 2 from the same G_1, PRM_1, ORM_1 and DPO_1. Arms:
+each arm's loop, so every arm starts round 2 from the same G_1, PRM_1, ORM_1 and DPO_1. `--seed N`
+samples the arms' rounds with generation.seed N (the round's candidates, and GRPO's own samples): a
+second seed of every arm from the same G_1. Arms:
 
     sft+calc          the config as it is (the demo: SFT on its calculator-filtered traces)
     grpo+outcome      GRPO rewarded by the answer check alone (R1-style)
@@ -73,6 +75,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--fork-round", type=int, default=1, help="rounds 0..this are the config's, shared by every arm")
     ap.add_argument("--base-store", default=None, help="a store where the config's loop is published through --fork-round")
+    ap.add_argument("--seed", type=int, default=None, help="generation.seed of the arms' rounds (after the fork)")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     ap.add_argument("--out", default="benchmarks/results/rl_rewards.json")
     args = ap.parse_args()
@@ -84,12 +87,13 @@ def main() -> None:
     self_improve(base)  # the shared rounds: reused where published (copied from --base-store), else computed
     results = {"shared": {"loop_id": base.loop_id(), "rounds": args.fork_round, "seconds": time.perf_counter() - t0}}
     for arm in args.arms:
-        cfg = config_or_exit(args.config, [*args.overrides, f"rounds={args.rounds}", *ARMS[arm],
+        seed = [] if args.seed is None else [f"generation.seed={args.seed}"]
+        cfg = config_or_exit(args.config, [*args.overrides, *seed, f"rounds={args.rounds}", *ARMS[arm],
                                            *([f"train_generator.from_round={args.fork_round + 1}"] if ARMS[arm] else [])])
         fork(base, cfg, args.fork_round, None)
         t0 = time.perf_counter()
         out = self_improve(cfg)
-        results[arm] = {"loop_id": out["loop_id"], "overrides": ARMS[arm], "wall_seconds": time.perf_counter() - t0,
+        results[arm] = {"loop_id": out["loop_id"], "overrides": ARMS[arm] + seed, "wall_seconds": time.perf_counter() - t0,
                         "rounds": [_round(r) for r in out["rounds"]]}
         print(f"{arm}: {out['loop_id']} in {results[arm]['wall_seconds'] / 60:.1f} min", flush=True)
     _table(results, args.arms)

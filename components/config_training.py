@@ -67,17 +67,18 @@ class CalibrateConfig(Strict):
 
 
 class BackboneConfig(Strict):
-    """The PRM's own backbone instead of the generator's: a Hugging Face causal-LM folder (local or any
-    fsspec URI), a .gguf file or `package:<dist>` (converted once and published, as for model.init_uri),
-    with its own tokenizer: a verifier reads a trace's text, never the generator's token ids. Every
-    round's PRM starts from it (`init_from: previous`: from PRM_{n-1} once there is one)."""
+    """A verifier's own backbone (`prm.backbone`, `orm.backbone`) instead of the generator's: a Hugging
+    Face causal-LM folder (local or any fsspec URI), a .gguf file or `package:<dist>` (converted once and
+    published, as for model.init_uri), with its own tokenizer: a verifier reads a trace's text, never the
+    generator's token ids. Every round's verifier starts from it (the PRM under `init_from: previous`:
+    from PRM_{n-1} once there is one)."""
     enabled: bool = False
     uri: str | None = None
 
     @model_validator(mode="after")
     def _named(self):
         if self.enabled and not self.uri:
-            raise ValueError("prm.backbone.uri: a backbone needs a folder, a .gguf file or package:<dist>")
+            raise ValueError("uri: a backbone needs a folder, a .gguf file or package:<dist>")
         return self
 
 
@@ -110,6 +111,7 @@ class ORMConfig(TrainConfig):
     max_examples: int = Field(4000, ge=1)
     balance: bool = True  # wrong traces weigh n_right / n_wrong (or the reverse share): either may be rare
     scorer: Literal["transformers", "vllm"] = "transformers"
+    backbone: BackboneConfig = BackboneConfig()
 
 
 class DPOVerifierConfig(TrainConfig):

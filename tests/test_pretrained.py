@@ -291,3 +291,38 @@ def test_a_prm_on_a_backbone_of_its_own_scores_another_tokenizers_traces(pretrai
     auroc = prm_training.auroc([x for s in scores for x in s], [bool(y) for t in traces for y in t["labels"]])
     print(f"PRM on the stand-in's backbone: held-out step AUROC {m['heldout_auroc']:.3f}, on eval traces {auroc:.3f}")
     assert auroc >= 0.8, auroc
+
+
+def test_an_orm_on_a_backbone_of_its_own_scores_another_tokenizers_traces(pretrained_dir, smoke_cfg, tiny_model_uri,
+                                                                          smoke_family, tmp_path):
+    """`orm.backbone`: the outcome verifier of the char-level generator's loop starts from the pretrained BPE
+    stand-in, reads the traces with its own tokenizer and tells right answers from wrong ones on traces of
+    problems it never trained on; its manifest names what it started from. Off, it starts from the generator."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from components.models import prm_scoring, prm_training
+    from components.stages import orm as orm_stage
+    from tests.test_prm import planted_trace
+
+    rng = random.Random(1)
+    rows = [{**t, "correct": t["first_error"] == -1, "problem_id": p.id, "completion": smoke_family.steps_text(t["steps"])}
+            for p in smoke_family.problems("bootstrap")[:1200] for t in [planted_trace(smoke_family, p, rng, p_clean=0.5)]]
+    store.write_rows(rows, f"{tmp_path}/scored", {"stage": "score"})
+    orm = {**smoke_cfg.orm.model_dump(), "enabled": True, "epochs": 3, "lr": 3e-3, "max_examples": 1200}
+    cfg = type(smoke_cfg).model_validate({**smoke_cfg.model_dump(), "orm": {
+        **orm, "backbone": {"enabled": True, "uri": str(pretrained_dir)}}})
+    orm_stage.run(cfg, f"{tmp_path}/orm", tiny_model_uri, 1, [f"{tmp_path}/scored"])
+    assert store.read_manifest(f"{tmp_path}/orm")["init"] == str(pretrained_dir)
+    folder = store.fetch_folder(f"{tmp_path}/orm")
+    assert type(AutoTokenizer.from_pretrained(str(folder))).__name__ == "Qwen2Tokenizer"
+    traces = [planted_trace(smoke_family, p, rng, p_clean=0.5) for p in smoke_family.problems("eval")]
+    last = [s[-1] for s in prm_scoring.load_scorer("transformers", folder).score([t["prompt"] for t in traces],
+                                                                                 [t["steps"] for t in traces])]
+    auroc = prm_training.auroc(last, [t["first_error"] == -1 for t in traces])
+    print(f"ORM on the stand-in's backbone: outcome AUROC on eval traces {auroc:.3f}")
+    assert auroc >= 0.8, auroc
+    off = type(smoke_cfg).model_validate({**smoke_cfg.model_dump(), "orm": {**orm, "epochs": 0.1}})
+    orm_stage.run(off, f"{tmp_path}/orm-off", tiny_model_uri, 1, [f"{tmp_path}/scored"])
+    assert store.read_manifest(f"{tmp_path}/orm-off")["init"] == tiny_model_uri

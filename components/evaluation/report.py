@@ -141,7 +141,7 @@ COSTED = {"prm_min": "train_prm", "orm": "train_orm"}  # verifier selector -> th
 
 
 def cost_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
-    """Per loop, round and learned verifier (PRM, ORM): the labels it learned from, what those labels
+    """Per loop, round and learned verifier (PRM, ORM): its backbone's size, the labels it learned from, what those labels
     cost (Monte Carlo rollouts: 2 x generator params x rollout tokens, the same for a PRM and an ORM
     trained on the PRM's rows, `orm.labels: prm`), its training FLOPs, and what it bought: best-of-N
     over the vote on the round's pool, in points [95% interval], and points per training TFLOP."""
@@ -162,10 +162,11 @@ def cost_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]
                         if gain is not None else "-")
                 per = (f"{100 * gain / (trained['train_flops'] / 1e12):+.3g}" if gain is not None and trained["train_flops"]
                        else "-")
-                rows.append([loop, str(r["round"]), sel, f"{int(trained.get('n_train_steps', 0)):,}",
+                rows.append([loop, str(r["round"]), sel, f"{trained['params'] / 1e6:.3g}M" if trained.get("params") else "-",
+                             f"{int(trained.get('n_train_steps', 0)):,}",
                              f"{label_flops / 1e12:.3g}" if label_flops else "-", f"{trained['train_flops'] / 1e12:.3g}",
                              cell, per])
-    return ["loop", "round", "verifier", "labels learned", "label TFLOPs", "train TFLOPs",
+    return ["loop", "round", "verifier", "backbone params", "labels learned", "label TFLOPs", "train TFLOPs",
             "best-of-N - vote (points)", "points / train TFLOP"], rows
 
 

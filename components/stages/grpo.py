@@ -61,7 +61,7 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, candidates
         lambda folder, log: grpo.grpo(base_dir, folder, [p.prompt for p in problems], rewarder,
                                       num_generations=g.num_generations, batch_size=g.batch_size, epochs=g.epochs,
                                       lr=g.lr, beta=g.beta, max_completion_length=g.max_tokens or cfg.generation.max_tokens,
-                                      temperature=cfg.generation.temperature, seed=cfg.seed + round_idx, lora=g.lora,
+                                      temperature=cfg.generation.temperature, seed=cfg.seed + cfg.generation.seed + round_idx, lora=g.lora,
                                       adapter_dir=adapter, base_uri=base_uri, placement=serving.placement(cfg),
                                       warmup_ratio=g.warmup_ratio, log=log),
         t0, metrics)

@@ -8,6 +8,7 @@ import tempfile
 import time
 
 from components.config import RunConfig
+from components.config_training import BackboneConfig
 from components.data.decontam import against_eval
 from components.data.prompting import family_of
 from components.artifacts import store
@@ -65,11 +66,16 @@ def step_labels(cfg: RunConfig, row: dict) -> list[float | None]:
 
 def _init(cfg: RunConfig, generator_uri: str, previous_prm_uri: str | None, scratch: str) -> tuple[str, str]:
     """The folder the PRM starts from, and what it is (for the manifest): PRM_{n-1} (`init_from:
-    previous`), else the configured backbone (`prm.backbone`: a folder, or a GGUF file converted once),
-    else the round's generator."""
+    previous`), else the configured backbone (`prm.backbone`), else the round's generator."""
     if cfg.prm.init_from == "previous" and previous_prm_uri:
         return str(store.fetch_folder(previous_prm_uri)), previous_prm_uri
-    if not cfg.prm.backbone.enabled:
+    return backbone(cfg, cfg.prm.backbone, "prm.backbone.uri", generator_uri, scratch)
+
+
+def backbone(cfg: RunConfig, b: BackboneConfig, field: str, generator_uri: str, scratch: str) -> tuple[str, str]:
+    """The folder a verifier starts from and what it is: its own backbone `b` where on (a folder, or a
+    GGUF file converted once), else the round's generator (its full checkpoint, a LoRA's base)."""
+    if not b.enabled:
         base = serving.base_of(generator_uri)
         return str(store.fetch_folder(base)), base
     import fsspec
@@ -77,15 +83,15 @@ def _init(cfg: RunConfig, generator_uri: str, previous_prm_uri: str | None, scra
     from components.models import checkpoint
     from components.stages.bootstrap import converted
 
-    src = checkpoint.resolve(cfg.prm.backbone.uri)
+    src = checkpoint.resolve(b.uri)
     if checkpoint.is_gguf(src):
         uri = converted(cfg.store_uri, src)[0]
-        return str(store.fetch_folder(uri)), redact(cfg.prm.backbone.uri)
+        return str(store.fetch_folder(uri)), redact(b.uri)
     fs, path = fsspec.core.url_to_fs(src)
     if not fs.isfile(f"{path.rstrip('/')}/config.json"):
-        raise FileNotFoundError(f"prm.backbone.uri: {redact(src)} is not a Hugging Face model folder (no config.json) "
+        raise FileNotFoundError(f"{field}: {redact(src)} is not a Hugging Face model folder (no config.json) "
                                 f"nor a .gguf file")
     if store.is_local(src):
-        return path, redact(cfg.prm.backbone.uri)
+        return path, redact(b.uri)
     fs.get(path.rstrip("/") + "/", scratch, recursive=True)  # read-only use: no copy kept
-    return scratch, redact(cfg.prm.backbone.uri)
+    return scratch, redact(b.uri)
