@@ -186,6 +186,8 @@ def test_step_labels():
     # What the calculator cannot see: a step that computes right but is not the problem's next op.
     (["12+5=17", "17*3=51", "51%10=1", "1^40=40", "Answer: 40"], [1, 1, 1, 1, 1]),
     (["12+5=17", "51=51", "51-4=47", "Answer: 47"], [1, None, 1, 1]),  # no equation: unchecked, no chain
+    # An undefined step (a GRPO policy hacking a PRM's reward wrote `%0`; it crashed evaluation): wrong.
+    (["12+5=17", "17%0=3", "3*2=6", "Answer: 6"], [1, 0, 0, 0]),
 ])
 def test_the_calculator_recomputes_the_trace_alone(lines, expected):
     """`calculator_labels` reads the steps, never the problem: the `calc` source and scoring.calculator."""

@@ -38,6 +38,14 @@ def make_problem(start: int, ops: list[list]) -> Problem:
                    difficulty=len(ops), meta={"start": start, "ops": ops})
 
 
+def _applied(sym: str, a: int, c: int) -> int | None:
+    """`a<sym>c` as a generator's step states it; None where it is undefined (`%0`): never its result."""
+    try:
+        return APPLY[sym](a, c)
+    except ZeroDivisionError:
+        return None
+
+
 def gold_lines(p: Problem) -> list[str]:
     """The gold steps: one `a<op>c=r` line per op, then the answer line."""
     lines, value = [], p.meta["start"]
@@ -185,8 +193,9 @@ class Arith:
 
     def calculator_labels(self, steps: list[str]) -> list[int | None]:
         """What a calculator sees, reading the trace alone (no problem, no answer): a step is wrong when
-        its result is not what `a<op>c` computes, or when it starts from another value than the result
-        before it, or when the answer line is not the last result; every step after it too. A line
+        its result is not what `a<op>c` computes (or `a<op>c` is undefined: `%0`), or when it starts
+        from another value than the result before it, or when the answer line is not the last result;
+        every step after it too. A line
         that is no equation (e.g. `64=64`) is left unchecked (None). It cannot tell whether a step
         applies the op the problem asks for next: a skipped, repeated or misread op passes."""
         labels: list[int | None] = []
@@ -198,7 +207,7 @@ class Arith:
             m, answer = EQUATION.fullmatch(line), _parse_answer(line) if line.startswith(ANSWER) else None
             if m:
                 a, sym, c, r = int(m[1]), m[2], int(m[3]), int(m[4])
-                failed = APPLY[sym](a, c) != r or (last is not None and a != last)
+                failed = _applied(sym, a, c) != r or (last is not None and a != last)
                 last = r
             elif answer is not None and last is not None:
                 failed = int(answer) != last
