@@ -302,3 +302,22 @@ def test_compare_shows_what_each_verifier_cost_and_bought():
                           "best-of-N - vote (points)", "points / train TFLOP"]
     assert rows == [["loop-a", "1", "prm_min", "1M", "9,000", "6", "2", "+4 [-1, +9]", "+2"],
                     ["loop-a", "1", "orm", "134M", "3,000", "6", "1", "-2 [-6, +2]", "-2"]]
+
+
+def test_grpos_watch_calls_a_reward_that_rose_while_the_answers_did_not_hacked():
+    """components/evaluation/rewards.watch over a GRPO stage's rewarded samples, in order: a PRM-like
+    reward climbing while the share right falls (what the demo's `grpo+prm` arm did) is `hacked`, its
+    top-quarter samples mostly flawed; an outcome reward climbing with the answers is not."""
+    from components.evaluation.rewards import watch
+
+    def rows(rewards, right, flawed):
+        return [{"reward": r, "prm": r, "right": y, "flawed": f, "chars": 40} for r, y, f in zip(rewards, right, flawed)]
+
+    n = 100
+    hacked = watch(rows([0.5 + 0.4 * i / n for i in range(n)], [i < 30 for i in range(n)], [i >= 30 for i in range(n)]), ["prm"])
+    assert hacked["hacked"] == 1 and hacked["right_first"] == 1.0 and hacked["right_last"] == 0.0
+    assert hacked["high_reward_flawed"] == 1.0 and hacked["high_reward_wrong"] == 1.0
+    assert hacked["reward_prm"] == pytest.approx(hacked["reward_mean"])
+    honest = watch(rows([float(i >= 40) for i in range(n)], [i >= 40 for i in range(n)], [False] * n), ["prm"])
+    assert honest["hacked"] == 0 and honest["high_reward_wrong"] == 0.0 and honest["high_reward_flawed"] == 0.0
+    assert watch([], ["prm"]) == {}

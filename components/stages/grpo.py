@@ -65,6 +65,12 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, candidates
                                       adapter_dir=adapter, base_uri=base_uri, placement=serving.placement(cfg),
                                       warmup_ratio=g.warmup_ratio, log=log),
         t0, metrics)
+    if out.get("hacked"):  # said, never silent: the reward rose, the answers did not
+        log.warning("round %d: GRPO's reward rose %.2f -> %.2f while its samples' share right went %.0f%% -> %.0f%%%s: "
+                    "the policy learned what the reward pays for; compare held-out pass@1 before trusting G_%d",
+                    round_idx, out["reward_first"], out["reward_last"], 100 * out["right_first"], 100 * out["right_last"],
+                    f" and {100 * out['high_reward_flawed']:.0f}% of its top-reward samples are flawed"
+                    if "high_reward_flawed" in out else "", round_idx)
     if out["zero_std_groups"] >= 0.9:  # said, never silent: G_n is nearly G_{n-1}
         log.warning("round %d: %.0f%% of GRPO's groups got one reward for every completion (advantage 0: nothing "
                     "to learn from); try a graded reward (prm, orm, implicit), more grpo.num_generations or a "
