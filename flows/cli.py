@@ -223,7 +223,7 @@ def compare(loops: list[str] = typer.Argument(..., help="Loop ids, e.g. demo-aac
             found[loop] = tracking.loop_runs(c, experiment, loop)
         except ValueError as e:
             _fail(str(e))
-    rounds = {loop: report.rounds_from_runs(children) for loop, (_, children) in found.items()}
+    rounds = {loop: report.rounds_from_runs(children, parent) for loop, (parent, children) in found.items()}
     tables = [("rounds compared (greedy pass@1 on held-out problems; change since the previous round)",
                report.comparison_rows(rounds)),
               # which verifier picks best from the same samples, and by how much (95% bootstrap intervals)

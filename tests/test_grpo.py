@@ -2,6 +2,7 @@
 the session's Prefect and MLflow servers, SIGKILLed inside the GRPO stage, then run again."""
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -84,9 +85,10 @@ def test_a_grpo_round_publishes_its_generator_like_sft_and_resumes_after_sigkill
 
     # `vstar compare` says how the round trained G_1, the reward against the truth, and what it cost.
     res = subprocess.run([VSTAR, "compare", cfg.loop_id(), "--tracking-uri", mlflow_server, "--out", str(tmp_path / "c.png")],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "COLUMNS": "250"})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "how each round trained its generator" in res.stdout, res.stdout[-3000:]
     g = m["metrics"]
-    assert re.search(rf"│ +grpo +│ +{g['problems']} +│ +{g['reward_first']:.2f} -> {g['reward_last']:.2f} +│", res.stdout), \
-        res.stdout[-3000:]
+    # ... and what sampling the round cost, by G_0's size (the loop's parent run holds the bootstrap's figures)
+    assert re.search(rf"│ +grpo +│ +{g['problems']} +│ +{g['reward_first']:.2f} -> {g['reward_last']:.2f} +│.*│ +\d[\d.e+-]* +│ +"
+                     rf"{g['train_flops'] / 1e12:.3g} +│ +\d+% +│", res.stdout), res.stdout[-3000:]

@@ -71,8 +71,9 @@ def plot(rounds: list[dict], path: str | Path, title: str = "") -> Path:
 
 # ------------------------------------------------------------------ comparing loops from MLflow
 
-def rounds_from_runs(runs) -> list[dict]:
-    """Round dicts shaped like the flow's results, rebuilt from MLflow child runs ("stage/key" metrics)."""
+def rounds_from_runs(runs, parent=None) -> list[dict]:
+    """Round dicts shaped like the flow's results, rebuilt from MLflow child runs ("stage/key" metrics);
+    the loop's `parent` run holds the bootstrap's (G_0's size: what FLOPs are counted by), given to round 0."""
     out = []
     for run in sorted(runs, key=lambda r: int(r.data.tags["vstar.round"])):
         r: dict = {"round": int(run.data.tags["vstar.round"]), "run_id": run.info.run_id, "evaluate": {}}
@@ -80,6 +81,9 @@ def rounds_from_runs(runs) -> list[dict]:
             stage, _, name = key.partition("/")
             r.setdefault("filter" if stage == "filter_traces" else stage, {})[name] = v
         out.append(r)
+    boot = {k.partition("/")[2]: v for k, v in (parent.data.metrics.items() if parent else ()) if k.startswith("bootstrap/")}
+    if boot and out and out[0]["round"] == 0:
+        out[0]["bootstrap"] = {**boot, **out[0].get("bootstrap", {})}
     return out
 
 
