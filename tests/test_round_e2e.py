@@ -272,9 +272,18 @@ def test_compare_reads_rounds_from_mlflow_server(loop_result, s3_cfg, tmp_path):
     _, children = tracking.loop_runs(client, "vstar", loop_result["loop_id"])
     trained = {(c.data.tags["vstar.round"], sel, c.data.metrics[f"{stage}/train_flops"]) for c in children
                for sel, stage in (("prm_min", "train_prm"), ("orm", "train_orm")) if f"{stage}/train_flops" in c.data.metrics}
+    cost_table, generator_table = cost_table.split("how each round trained its generator")
     cells = [[x.strip() for x in ln.split("│")[1:-1]] for ln in cost_table.splitlines() if loop_result["loop_id"] in ln]
     assert trained and {(c[1], c[2]) for c in cells} == {(r, sel) for r, sel, _ in trained}, cost_table
-    assert all(f"{f / 1e12:.3g}" in [c[5] for c in cells if (c[1], c[2]) == (r, sel)] for r, sel, f in trained), cost_table
+    assert all(f"{f / 1e12:.3g}" in [c[6] for c in cells if (c[1], c[2]) == (r, sel)] for r, sel, f in trained), cost_table
+    # The Monte Carlo rollouts behind the labels, by G_0's size, which the loop's parent run holds (a "-"
+    # in every compare before round 0 was given the bootstrap's figures).
+    assert all(re.fullmatch(r"\d[\d.e+-]*", c[5]) for c in cells), cost_table
+    # How each round trained G_n: SFT here, its examples and training TFLOPs, the round's pass@1.
+    gen = [[x.strip() for x in ln.split("│")[1:-1]] for ln in generator_table.splitlines() if loop_result["loop_id"] in ln]
+    assert [(c[1], c[2]) for c in gen] == [("1", "sft"), ("2", "sft")], generator_table
+    assert all(c[3] == f"{int(loop_result['rounds'][int(c[1])]['sft']['examples']):,}" and c[-1].endswith("%")
+               for c in gen), generator_table
     assert "compare/cmp.png" in {a.path for a in client.list_artifacts(loop_result["parent_run_id"], "compare")}
     missing = subprocess.run([vstar, "compare", "no-such-loop", "--tracking-uri", s3_cfg.tracking_uri],
                              capture_output=True, text=True, timeout=300)
