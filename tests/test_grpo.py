@@ -32,12 +32,13 @@ def runs(tmp_path):
 
 
 def test_a_grpo_round_publishes_its_generator_like_sft_and_resumes_after_sigkill(
-        runs, tmp_path, prefect_server, mlflow_server, tiny_model_dir):
+        runs, tmp_path, prefect_server, mlflow_server, tiny_model_uri, tiny_model_dir):
     uri = str(tmp_path / "store")
     cfg = load_config(CONFIG, [f"store_uri={uri}", *OVERRIDES, *GRPO])
     at = Layout(uri, cfg.loop_id(), cfg.bootstrap_hash())
     assert "-grpo-outcome-" in cfg.loop_id()
-    store.publish_folder(tiny_model_dir, at.bootstrap(), {"kind": "model"})
+    store.publish_folder(tiny_model_dir, at.bootstrap(),  # with its figures: compare counts FLOPs by G_0's size
+                         {"kind": "model", "metrics": store.read_manifest(tiny_model_uri)["metrics"]})
     sets = [x for s in GRPO for x in ("--set", s)]
     with PublishedWatcher(uri) as watcher:
         p = runs.start(uri, mlflow_server, *sets)

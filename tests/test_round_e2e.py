@@ -20,7 +20,7 @@ from tests.procs import stray_files
 
 
 @pytest.fixture(scope="module")
-def s3_cfg(s3, mlflow_server, tiny_model_dir):
+def s3_cfg(s3, mlflow_server, tiny_model_uri, tiny_model_dir):
     from components.checks import load_config
 
     # With V-STaR's DPO verifier too (off in smoke.yaml: ~10 s a round the other tests need not pay).
@@ -28,8 +28,10 @@ def s3_cfg(s3, mlflow_server, tiny_model_dir):
     cfg = load_config("configs/smoke.yaml", [
         f"store_uri={s3.uri('e2e')}", f"tracking_uri={mlflow_server}", "rounds=2", "dpo.enabled=true", "dpo.epochs=2",
         "family.eval.per_level=5", "eval.sampled_per_level=2", "curriculum.problems=24"])
-    # Reuse the session's bootstrap: publishing it where this loop looks also exercises S3 publishing.
-    store.publish_folder(tiny_model_dir, Layout.of(cfg).bootstrap(), {"kind": "model"})
+    # Reuse the session's bootstrap, with its figures (G_0's size: what compare counts FLOPs by):
+    # publishing it where this loop looks also exercises S3 publishing.
+    store.publish_folder(tiny_model_dir, Layout.of(cfg).bootstrap(),
+                         {"kind": "model", "metrics": store.read_manifest(tiny_model_uri)["metrics"]})
     return cfg
 
 
