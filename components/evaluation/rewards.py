@@ -16,28 +16,13 @@ stage can watch for reward hacking: how the reward rose against what the exact c
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable
 
 from components.config import RunConfig
 from components.evaluation.bestofk import sigmoid
 from components.labeling.filtering import AGGREGATES
+from components.labeling.source_registry import Batch  # what a label source reads: the same traces
 from components.models import serving
-
-
-@dataclass
-class Batch:
-    family: object
-    problems: list  # each completion's Problem
-    completions: list[str]
-    steps: list[list[str]] = field(init=False)
-
-    def __post_init__(self):
-        self.steps = [self.family.split_steps(c) for c in self.completions]
-
-    @property
-    def prompts(self) -> list[str]:
-        return [p.prompt for p in self.problems]
 
 
 class Models:
@@ -50,6 +35,10 @@ class Models:
         if name not in self._scorers:
             self._scorers[name] = serving.prm_scorer(self.cfg, self.uris[name], kind)
         return self._scorers[name]
+
+
+def _prompts(b: Batch) -> list[str]:
+    return [p.prompt for p in b.problems]
 
 
 def _fold(cfg: RunConfig, step_scores: list[list[float]]) -> list[float]:
@@ -65,15 +54,15 @@ def calc(b: Batch, models: Models, cfg: RunConfig) -> list[float]:
 
 
 def prm(b: Batch, models: Models, cfg: RunConfig) -> list[float]:
-    return _fold(cfg, models.scorer("prm").score(b.prompts, b.steps))
+    return _fold(cfg, models.scorer("prm").score(_prompts(b), b.steps))
 
 
 def orm(b: Batch, models: Models, cfg: RunConfig) -> list[float]:
-    return [s[-1] if s else 0.0 for s in models.scorer("orm", cfg.orm.scorer).score(b.prompts, b.steps)]
+    return [s[-1] if s else 0.0 for s in models.scorer("orm", cfg.orm.scorer).score(_prompts(b), b.steps)]
 
 
 def implicit(b: Batch, models: Models, cfg: RunConfig) -> list[float]:
-    q = serving.dpo_verifier_scores(cfg, models.uris["dpo"], b.prompts, b.completions, b.steps).steps
+    q = serving.dpo_verifier_scores(cfg, models.uris["dpo"], _prompts(b), b.completions, b.steps).steps
     return _fold(cfg, [[sigmoid(x) for x in row] for row in q])
 
 
