@@ -44,7 +44,8 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, candidates
         tokens, gen_params = stats["tokens"], serving.param_count(base_dir)
         # Per generated token: sampling it (~2 P), the policy's update pass (~6 P: forward and backward),
         # the reference's forward where the KL term needs one (~2 P), the verifiers' forward (~2 P_v).
-        flops = {"flops_rollouts": 2.0 * gen_params * tokens, "flops_update": (6.0 + 2.0 * (g.beta > 0)) * gen_params * tokens,
+        flops = {"flops_rollouts": 2.0 * gen_params * tokens,
+                 "flops_update": (6.0 + 2.0 * (g.beta > 0)) * gen_params * tokens,
                  "flops_reward": 2.0 * verifier_params * tokens}
         curve = stats["log_history"]
         return {"problems": len(problems), **dict(dropped), "steps": stats["steps"], "train_tokens": tokens,
@@ -61,7 +62,8 @@ def run(cfg: RunConfig, out_uri: str, model_uri: str, round_idx: int, candidates
         lambda folder, log: grpo.grpo(base_dir, folder, [p.prompt for p in problems], rewarder,
                                       num_generations=g.num_generations, batch_size=g.batch_size, epochs=g.epochs,
                                       lr=g.lr, beta=g.beta, max_completion_length=g.max_tokens or cfg.generation.max_tokens,
-                                      temperature=cfg.generation.temperature, seed=cfg.seed + cfg.generation.seed + round_idx, lora=g.lora,
+                                      temperature=cfg.generation.temperature, lora=g.lora,
+                                      seed=cfg.seed + cfg.generation.seed + round_idx,  # GRPO samples: generation's seed too
                                       adapter_dir=adapter, base_uri=base_uri, placement=serving.placement(cfg),
                                       warmup_ratio=g.warmup_ratio, log=log),
         t0, metrics)
