@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from components.config_sections import Strict, TrainConfig
+from components.config_sections import ModelConfig, Strict, TrainConfig
 
 
 class LoraConfig(Strict):
@@ -67,18 +67,30 @@ class CalibrateConfig(Strict):
 
 
 class BackboneConfig(Strict):
-    """A verifier's own backbone (`prm.backbone`, `orm.backbone`) instead of the generator's: a Hugging
-    Face causal-LM folder (local or any fsspec URI), a .gguf file or `package:<dist>` (converted once and
-    published, as for model.init_uri), with its own tokenizer: a verifier reads a trace's text, never the
-    generator's token ids. Every round's verifier starts from it (the PRM under `init_from: previous`:
-    from PRM_{n-1} once there is one)."""
+    """A verifier's own backbone (`prm.backbone`, `orm.backbone`, `dpo.backbone`) instead of the
+    generator's, with its own tokenizer: a verifier reads a trace's text, never the generator's token ids.
+    Either `uri`, a pretrained model: a Hugging Face causal-LM folder (local or any fsspec URI), a .gguf
+    file or `package:<dist>` (converted once and published, as for model.init_uri); or `size`, a model
+    made here from scratch by the bootstrap's recipe (its char-level tokenizer, the bootstrap split's
+    gold) at that size, trained `pretrain_epochs` on at most `pretrain_examples` of that gold as a
+    language model (0: left at its random initialisation) and published once under the store's
+    backbones/ for every loop that names the same one. Every round's verifier starts from it (the PRM
+    under `init_from: previous`: from PRM_{n-1} once there is one); the DPO verifier also refers to it
+    (its score is log pi / pi_backbone)."""
     enabled: bool = False
     uri: str | None = None
+    size: ModelConfig | None = None
+    pretrain_epochs: float = Field(1.0, ge=0)
+    pretrain_examples: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _named(self):
-        if self.enabled and not self.uri:
-            raise ValueError("uri: a backbone needs a folder, a .gguf file or package:<dist>")
+        if self.enabled and not (self.uri or self.size):
+            raise ValueError("uri: a backbone needs a folder, a .gguf file or package:<dist> (or `size`: one made here)")
+        if self.uri and self.size:
+            raise ValueError("size: a backbone is either pretrained (`uri`) or made here (`size`), not both")
+        if self.size and self.size.init_uri:
+            raise ValueError("size.init_uri: a backbone made here starts from scratch; name a pretrained one as `uri`")
         return self
 
 
@@ -119,10 +131,12 @@ class DPOVerifierConfig(TrainConfig):
     every generated trace of rounds 1..n, the model it starts from its reference; it scores a solution
     by DPO's implicit reward beta * log(pi / pi_ref) (components/models/dpo.py). Off by default.
     `init: sft` starts from G_0, the model fine-tuned on the bootstrap gold (V-STaR's G_SFT, §3);
-    `generator` from the round's G_n. lr 5e-4 suits the tiny demo model; pretrained checkpoints want
-    DPO's usual 1e-6..1e-5."""
+    `generator` from the round's G_n; `backbone` (on) from a model of its own, published in the store,
+    which is then its reference. lr 5e-4 suits the tiny demo model; pretrained checkpoints want DPO's
+    usual 1e-6..1e-5."""
     enabled: bool = False
     init: Literal["sft", "generator"] = "sft"
+    backbone: BackboneConfig = BackboneConfig()
     beta: float = Field(0.1, gt=0)
     epochs: float = Field(3.0, gt=0)
     lr: float = Field(5e-4, gt=0, lt=1)

@@ -326,3 +326,95 @@ def test_an_orm_on_a_backbone_of_its_own_scores_another_tokenizers_traces(pretra
     off = type(smoke_cfg).model_validate({**smoke_cfg.model_dump(), "orm": {**orm, "epochs": 0.1}})
     orm_stage.run(off, f"{tmp_path}/orm-off", tiny_model_uri, 1, [f"{tmp_path}/scored"])
     assert store.read_manifest(f"{tmp_path}/orm-off")["init"] == tiny_model_uri
+
+
+def test_a_dpo_verifier_on_a_backbone_of_its_own_refers_to_it_published(pretrained_dir, smoke_cfg, tiny_model_uri,
+                                                                         smoke_family, tmp_path):
+    """`dpo.backbone`: V-STaR's verifier of the char-level generator's loop starts from the pretrained BPE
+    stand-in, and its score is a ratio to exactly that model: the folder is copied into the store once
+    (by its digest) and the verifier's manifest names that published copy as its reference, so the score
+    can be recomputed after the folder changes or goes. It tells right from wrong solutions of problems it
+    never trained on, read in its own tokens."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from components.models import serving
+    from components.stages import dpo as dpo_stage
+    from tests.test_prm import planted_trace
+
+    rng = random.Random(2)
+    rows = [{**t, "correct": t["first_error"] == -1, "problem_id": p.id, "completion": smoke_family.steps_text(t["steps"])}
+            for p in smoke_family.problems("bootstrap")[:400] for t in (planted_trace(smoke_family, p, rng, p_clean=1.0),
+                                                                       planted_trace(smoke_family, p, rng, p_clean=0.0))]
+    store.write_rows(rows, f"{tmp_path}/generated", {"stage": "generate"})
+    cfg = type(smoke_cfg).model_validate({**smoke_cfg.model_dump(), "store_uri": str(tmp_path / "store"), "dpo": {
+        **smoke_cfg.dpo.model_dump(), "enabled": True, "epochs": 3, "lr": 2e-3, "pairs_per_problem": 1, "max_pairs": 400,
+        "backbone": {"enabled": True, "uri": str(pretrained_dir)}}})
+    dpo_stage.run(cfg, f"{tmp_path}/dpo", tiny_model_uri, 1, [f"{tmp_path}/generated"])
+    manifest = store.read_manifest(f"{tmp_path}/dpo")
+    reference = manifest["reference"]
+    assert reference.startswith(f"{tmp_path}/store/backbones/") and store.is_published(reference)
+    assert manifest["init"] == str(pretrained_dir) and store.read_manifest(reference)["source"] == str(pretrained_dir)
+    assert type(AutoTokenizer.from_pretrained(str(store.fetch_folder(reference)))).__name__ == "Qwen2Tokenizer"
+    traces = [planted_trace(smoke_family, p, rng, p_clean=c) for p in smoke_family.problems("eval") for c in (1.0, 0.0)]
+    got = serving.dpo_verifier_scores(cfg, f"{tmp_path}/dpo", [t["prompt"] for t in traces],
+                                      [smoke_family.steps_text(t["steps"]) for t in traces], [t["steps"] for t in traces])
+    assert [len(q) for q in got.steps] == [len(t["steps"]) for t in traces]
+    right = sum(a > b for a, b in zip(got.reward[::2], got.reward[1::2])) / (len(traces) // 2)
+    print(f"DPO verifier on the stand-in's backbone: unseen problems' right solution ranked first {right:.0%}")
+    assert right >= 0.8, right
+    published = store.read_manifest(reference)["published_at"]
+    dpo_stage.run(cfg, f"{tmp_path}/dpo-again", tiny_model_uri, 2, [f"{tmp_path}/generated"])
+    assert store.read_manifest(f"{tmp_path}/dpo-again")["reference"] == reference  # one copy, found by its digest
+    assert store.read_manifest(reference)["published_at"] == published
+
+
+def test_a_verifier_backbone_made_here_is_published_once_and_shared(smoke_cfg, tiny_model_uri, smoke_family, tmp_path):
+    """`backbone.size`: a verifier starts from a model of its own size made here by the bootstrap's recipe
+    (its char-level tokenizer, a share of the bootstrap gold): made on first use, published under the
+    store's backbones/, and reused by every verifier naming the same one (the ORM after the PRM: not
+    made again); `pretrain_epochs: 0` is another backbone, left at its random initialisation. The PRM on
+    it learns the planted slips of traces it reads in that tokenizer."""
+    import random
+
+    from components.models import prm_scoring, prm_training
+    from components.stages import orm as orm_stage
+    from components.stages import prm as prm_stage
+    from tests.test_prm import planted_trace
+
+    rng = random.Random(3)
+    rows = [{**t, "step_scores": [float(y) for y in t["labels"]], "step_labels": t["labels"], "label_first_error": t["first_error"],
+             "label_source": "gold", "problem_id": p.id, "completion": smoke_family.steps_text(t["steps"]),
+             "correct": t["first_error"] == -1}
+            for p in smoke_family.problems("bootstrap")[:1200] for t in [planted_trace(smoke_family, p, rng)]]
+    store.write_rows(rows, f"{tmp_path}/scored", {"stage": "score"})
+    size = {"hidden_size": 96, "layers": 2, "heads": 3, "intermediate_size": 256, "max_positions": 128}
+    own = {"enabled": True, "size": size, "pretrain_epochs": 1, "pretrain_examples": 3000}
+    base = {**smoke_cfg.model_dump(), "store_uri": str(tmp_path / "store")}
+    cfg = type(smoke_cfg).model_validate({**base, "prm": {**smoke_cfg.prm.model_dump(), "epochs": 4, "lr": 3e-3,
+                                                          "max_examples": 1200, "backbone": own},
+                                          "orm": {**smoke_cfg.orm.model_dump(), "enabled": True, "epochs": 0.2, "backbone": own}})
+    m = prm_stage.run(cfg, f"{tmp_path}/prm", tiny_model_uri, 1, [f"{tmp_path}/scored"])
+    made = store.read_manifest(f"{tmp_path}/prm")["init"]
+    assert made.startswith(f"{tmp_path}/store/backbones/") and store.is_published(made)
+    backbone = store.read_manifest(made)
+    assert backbone["kind"] == "backbone" and backbone["metrics"]["examples"] == 3000
+    assert backbone["metrics"]["loss_last"] < backbone["metrics"]["loss_first"]
+    generator_params = store.read_manifest(tiny_model_uri)["metrics"]["params"]
+    assert backbone["metrics"]["params"] != generator_params
+    assert abs(m["params"] - backbone["metrics"]["params"]) < 0.01 * backbone["metrics"]["params"]  # a head more
+    traces = [planted_trace(smoke_family, p, rng) for p in smoke_family.problems("eval")]
+    scores = prm_scoring.load_scorer("transformers", store.fetch_folder(f"{tmp_path}/prm")).score(
+        [t["prompt"] for t in traces], [t["steps"] for t in traces])
+    auroc = prm_training.auroc([x for s in scores for x in s], [bool(y) for t in traces for y in t["labels"]])
+    print(f"PRM on a {backbone['metrics']['params']:,}-parameter backbone made here: step AUROC on eval traces {auroc:.3f}")
+    assert auroc >= 0.8, auroc
+
+    orm_stage.run(cfg, f"{tmp_path}/orm", tiny_model_uri, 1, [f"{tmp_path}/scored"])
+    assert store.read_manifest(f"{tmp_path}/orm")["init"] == made
+    assert store.read_manifest(made)["published_at"] == backbone["published_at"]  # made once
+    random_init = type(smoke_cfg).model_validate({**base, "orm": {**cfg.orm.model_dump(), "backbone": {**own, "pretrain_epochs": 0}}})
+    orm_stage.run(random_init, f"{tmp_path}/orm-random", tiny_model_uri, 1, [f"{tmp_path}/scored"])
+    other = store.read_manifest(f"{tmp_path}/orm-random")["init"]
+    assert other != made and store.read_manifest(other)["metrics"]["examples"] == 0

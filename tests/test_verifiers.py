@@ -296,12 +296,15 @@ def test_compare_shows_what_each_verifier_cost_and_bought():
     rounds = [{"round": 0, "evaluate": {}, "bootstrap": {"params": 1_000_000}},
               {"round": 1, "evaluate": ev, "score": {"mc_rollout_tokens": 3e6},
                "train_prm": {"n_train_steps": 9000, "train_flops": 2e12, "params": 1_000_000},
-               "train_orm": {"n_train_steps": 3000, "train_flops": 1e12, "params": 134_500_000}}]
+               "train_orm": {"n_train_steps": 3000, "train_flops": 1e12, "params": 134_500_000},
+               "train_dpo": {"n_train": 800, "train_flops": 4e12, "params": 8_400_000}}]
+    ev.update({"bok_diff/dpo-vote/k16": 0.08, "bok_diff/dpo-vote/k16/lo": 0.02, "bok_diff/dpo-vote/k16/hi": 0.12})
     header, rows = cost_rows({"loop-a": rounds})
     assert header[2:] == ["verifier", "backbone params", "labels learned", "label TFLOPs", "train TFLOPs",
                           "best-of-N - vote (points)", "points / train TFLOP"]
     assert rows == [["loop-a", "1", "prm_min", "1M", "9,000", "6", "2", "+4 [-1, +9]", "+2"],
-                    ["loop-a", "1", "orm", "134M", "3,000", "6", "1", "-2 [-6, +2]", "-2"]]
+                    ["loop-a", "1", "orm", "134M", "3,000", "6", "1", "-2 [-6, +2]", "-2"],
+                    ["loop-a", "1", "dpo", "8.4M", "800", "6", "4", "+8 [+2, +12]", "+2"]]
 
 
 def test_grpos_watch_calls_a_reward_that_rose_while_the_answers_did_not_hacked():

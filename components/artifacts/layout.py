@@ -4,6 +4,7 @@ stage that writes a path and the one that reads it ask it. Nothing else builds a
     <store>/bootstrap/<bootstrap hash>/model             G_0, shared by every loop that would train the same one
     <store>/bootstrap/<bootstrap hash>/judge-<key>       the judge a loop trains (bootstrap + judge settings)
     <store>/converted/<file sha256>/model                a GGUF checkpoint (model.init_uri) as a Hugging Face folder
+    <store>/backbones/<backbone hash>/model              a verifier's own backbone, made here or copied from a folder
     <store>/data/<family hash>/<split>                   problems read from files, quarantine.jsonl beside them
     <store>/labels/<import hash>                         imported human step labels
     <store>/loops/<loop id>/round-<n>/<artifact>         candidates, scored, filtered, model, prm, eval, report
@@ -72,6 +73,11 @@ class Layout:
         """A GGUF file converted to a Hugging Face folder, named by the file's digest: shared by every
         loop (and store user) that starts from the same file."""
         return join(self.root, "converted", safe_id(sha256[:16], "file digest"), "model")
+
+    def backbone(self, settings: dict) -> str:
+        """A verifier's own backbone (`*.backbone`) made here from scratch, or a folder copied in, named
+        by what makes it (its settings, or the folder's digest): shared by every loop that names it."""
+        return join(self.root, "backbones", stable_hash(settings)[:12], "model")
 
     def data(self, family: dict, split: str) -> str:
         """Problems of a file-backed family (its config dumped) per split; `ready` marks them all published."""

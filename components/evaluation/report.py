@@ -141,14 +141,15 @@ def verifier_rows(loops: dict[str, list[dict]], differences: bool = False) -> tu
     return ["loop", "round", "pool x problems", *names], rows
 
 
-COSTED = {"prm_min": "train_prm", "orm": "train_orm"}  # verifier selector -> the stage that trained it
+COSTED = {"prm_min": "train_prm", "orm": "train_orm", "dpo": "train_dpo"}  # verifier selector -> the stage that trained it
 
 
 def cost_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
-    """Per loop, round and learned verifier (PRM, ORM): its backbone's size, the labels it learned from, what those labels
+    """Per loop, round and learned verifier (PRM, ORM, DPO verifier): its backbone's size, the labels it learned from, what those labels
     cost (Monte Carlo rollouts: 2 x generator params x rollout tokens, the same for a PRM and an ORM
     trained on the PRM's rows, `orm.labels: prm`), its training FLOPs, and what it bought: best-of-N
-    over the vote on the round's pool, in points [95% interval], and points per training TFLOP."""
+    over the vote on the round's pool, in points [95% interval], and points per training TFLOP. The DPO
+    verifier's labels are its training pairs (two outcome labels each)."""
     rows = []
     for loop, rounds in loops.items():
         params = next((r["bootstrap"]["params"] for r in rounds if "params" in r.get("bootstrap", {})), None)
@@ -167,7 +168,7 @@ def cost_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]
                 per = (f"{100 * gain / (trained['train_flops'] / 1e12):+.3g}" if gain is not None and trained["train_flops"]
                        else "-")
                 rows.append([loop, str(r["round"]), sel, f"{trained['params'] / 1e6:.3g}M" if trained.get("params") else "-",
-                             f"{int(trained.get('n_train_steps', 0)):,}",
+                             f"{int(trained.get('n_train_steps', trained.get('n_train', 0))):,}",
                              f"{label_flops / 1e12:.3g}" if label_flops else "-", f"{trained['train_flops'] / 1e12:.3g}",
                              cell, per])
     return ["loop", "round", "verifier", "backbone params", "labels learned", "label TFLOPs", "train TFLOPs",

@@ -81,6 +81,14 @@ def generation_flops(samples: list[dict], ctx: Context) -> float:
     return ctx.flops["generate"]
 
 
+def _lm_flops(model_dir, samples: list[dict]) -> float:
+    """~2 x params x (prompt + completion) tokens of the causal LM at `model_dir`, per sample."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    return 2.0 * serving.param_count(model_dir) * _mean([len(tok(s["prompt"] + s["completion"]).input_ids) for s in samples])
+
+
 def input_tokens(model_dir) -> Callable[[list[str], list[list[str]]], list[int]]:
     """The verifier at `model_dir`'s input length (prompt, steps and their tags) per trace it scores."""
     from transformers import AutoTokenizer
@@ -133,11 +141,11 @@ def dpo(samples: list[dict], ctx: Context) -> dict[str, list[float]]:
                                       [s["completion"] for s in samples], _steps(samples, ctx))
     for s, q in zip(samples, out.steps):
         s["implicit_scores"] = [sigmoid(x) for x in q]  # P(right | the first t steps), for first-error F1
-    # Two forward passes of the generator's size (the verifier, and its reference) per sample; the
-    # implicit PRM's step scores and the likelihood are read off the same passes.
-    cost = 2 * generation_flops(samples, ctx)
-    ctx.flops.update({"dpo": cost, "implicit_min": cost, "implicit_mean": cost,
-                      "dpo_likelihood": generation_flops(samples, ctx)})
+    # Two forward passes of the verifier's size (the verifier, and its reference: the generator's size
+    # unless it has a backbone of its own) over the solution in its own tokens; the implicit PRM's step
+    # scores and the likelihood are read off the same passes.
+    one = _lm_flops(store.fetch_folder(ctx.models["dpo"]), samples)
+    ctx.flops.update({"dpo": 2 * one, "implicit_min": 2 * one, "implicit_mean": 2 * one, "dpo_likelihood": one})
     return dpo_scores(out.reward, out.mean_logp, out.steps)
 
 

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 from components.config import RunConfig
+from components.config_sections import ModelConfig, TrainConfig
+from components.config_training import BackboneConfig
 from components.data.decontam import against_eval, bootstrap_split
 from components.data.prompting import family_of
 from components.artifacts import store
@@ -27,6 +29,14 @@ STAGE = Stage.of(__name__, accelerator=True, data_parallel=True, isolated=True,
 def run(cfg: RunConfig, out_uri: str) -> dict:
     if cfg.model.init_uri:
         return import_model(cfg, cfg.model.init_uri, out_uri)
+    return from_scratch(cfg, cfg.model, cfg.bootstrap, out_uri, {"kind": "model", "bootstrap_hash": cfg.bootstrap_hash()})
+
+
+def from_scratch(cfg: RunConfig, size: ModelConfig, training: TrainConfig | None, out_uri: str, manifest: dict,
+                 max_examples: int | None = None) -> dict:
+    """A tokenizer and a Llama of `size` made here, trained as a language model on the bootstrap split's
+    gold solutions (at most `max_examples`; `training` None: left at its random initialisation), published
+    at `out_uri`: G_0, or a verifier's backbone made here (`backbone`)."""
     import torch
     from components.models.hardware import cpu_threads
 
@@ -42,24 +52,72 @@ def run(cfg: RunConfig, out_uri: str) -> dict:
     # an evaluation problem's: what it cannot spell there is what a model trained here has not seen.
     train, _ = against_eval(fam.problems("train"), fam, cfg.decontam)
     corpus = [p + c for p, c in pairs] + [p.prompt for p in train]
+    pairs = pairs[:max_examples]
     with tempfile.TemporaryDirectory() as tmp:
         tok = train_tokenizer(corpus, tmp)
-        model = build_model(cfg.model, tok, cfg.seed)
+        model = build_model(size, tok, cfg.seed)
         losses: list[tuple[int, float]] = []
 
         def progress(step: int, m: dict) -> None:
             losses.append((step, m["train_loss"]))
             log.info("step %d loss %.4f lr %.2e %.0fs", step, m["train_loss"], m["lr"], time.perf_counter() - t0)
 
-        stats = train_causal_lm(model, tok, pairs, cfg.bootstrap, cfg.seed, log=progress, placement=placement(cfg))
+        metrics = {"params": n_params(model), "examples": len(pairs) if training else 0, **dropped}
+        if training is not None:
+            stats = train_causal_lm(model, tok, pairs, training, cfg.seed, log=progress, placement=placement(cfg))
+            metrics.update({"train_seconds": stats["seconds"], "loss_first": stats["loss_first"], "loss_last": stats["loss_last"],
+                            **{k: stats[k] for k in ("steps", "examples_per_step", "padding_share", "packed")}})
         model.to("cpu").save_pretrained(tmp)
-        metrics = {"params": n_params(model), "examples": len(pairs), "train_seconds": stats["seconds"], **dropped,
-                   "loss_first": stats["loss_first"], "loss_last": stats["loss_last"],
-                   **{k: stats[k] for k in ("steps", "examples_per_step", "padding_share", "packed")},
-                   "seconds": time.perf_counter() - t0}
-        store.publish_folder(tmp, out_uri, {"kind": "model", "bootstrap_hash": cfg.bootstrap_hash(),
-                                            "metrics": metrics, "loss_curve": losses})
+        metrics["seconds"] = time.perf_counter() - t0
+        store.publish_folder(tmp, out_uri, {**manifest, "metrics": metrics, "loss_curve": losses})
     return metrics
+
+
+def backbone(cfg: RunConfig, b: BackboneConfig, field: str) -> tuple[str, str]:
+    """A verifier's own backbone `b`, published in the store (made or copied on first use, then found by
+    every loop that names the same one), and what it is for manifests: a GGUF file converted
+    (`converted`), a Hugging Face folder copied in by its digest, or a model made here at `b.size`."""
+    if b.size is not None:
+        settings = {"seed": cfg.seed, "family": cfg.family.model_dump(mode="json"), "size": b.size.model_dump(mode="json"),
+                    "bootstrap": cfg.bootstrap.model_dump(mode="json"), "pretrain_epochs": b.pretrain_epochs,
+                    "pretrain_examples": b.pretrain_examples}
+        uri = Layout(cfg.store_uri).backbone(settings)
+        if not store.is_published(uri):
+            log.info("%s: making a %s-layer, %s-wide backbone here (%s epochs on the bootstrap gold)", field.rsplit(".", 1)[0],
+                     b.size.layers, b.size.hidden_size, b.pretrain_epochs)
+            training = cfg.bootstrap.model_copy(update={"epochs": b.pretrain_epochs}) if b.pretrain_epochs else None
+            from_scratch(cfg, b.size, training, uri, {"kind": "backbone", "settings": settings}, b.pretrain_examples)
+        return uri, uri
+    import fsspec
+
+    src = checkpoint.resolve(b.uri)
+    if checkpoint.is_gguf(src):
+        return converted(cfg.store_uri, src)[0], redact(b.uri)
+    fs, path = fsspec.core.url_to_fs(src)
+    if not fs.isfile(f"{path.rstrip('/')}/config.json"):
+        raise FileNotFoundError(f"{field}: {redact(src)} is not a Hugging Face model folder (no config.json) "
+                                f"nor a .gguf file")
+    if store.is_published(src):
+        return src, redact(b.uri)
+    uri = Layout(cfg.store_uri).backbone({"folder_sha256": _folder_digest(fs, path)})
+    if not store.is_published(uri):
+        with tempfile.TemporaryDirectory() as tmp:
+            fs.get(path.rstrip("/") + "/", tmp, recursive=True)
+            store.publish_folder(tmp, uri, {"kind": "backbone", "source": redact(b.uri)})
+    return uri, redact(b.uri)
+
+
+def _folder_digest(fs, path: str) -> str:
+    """sha256 over a folder's files, names and bytes: the same folder anywhere is one backbone."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(fs.find(path)):
+        h.update(f[len(path.rstrip("/")):].encode())
+        with fs.open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def import_model(cfg: RunConfig, src: str, out_uri: str) -> dict:

@@ -5,7 +5,8 @@ reference policy; it scores a solution by DPO's implicit reward beta * log(pi_dp
 (components/models/dpo.py). Here G_SFT is G_0, the bootstrap model trained on the bootstrap split's
 gold (`dpo.init: sft`, the default); an imported G_0 was never fine-tuned here, so it stands in as
 is (a deviation, said in the stage's manifest). `dpo.init: generator` starts from, and refers to,
-the round's G_n instead (this project's earlier rule). What it buys against the PRM, the ORM and the
+the round's G_n instead (this project's earlier rule); `dpo.backbone` from a model of its own (made
+here or pretrained, published in the store), which is then its reference. What it buys against the PRM, the ORM and the
 vote is measured on the same held-out pool by evaluate (components/evaluation/bestofk.py)."""
 from __future__ import annotations
 
@@ -46,12 +47,18 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, genera
     if not pairs:
         raise ValueError(f"round {round_idx}: no problem has both a right and a wrong solution in {generated_uris}: "
                          f"no preference pairs to train the DPO verifier on")
-    init_uri = Layout.of(cfg).generator(0) if d.init == "sft" else generator_uri
-    imported = d.init == "sft" and store.read_manifest(init_uri).get("metrics", {}).get("imported")
+    init = d.init
+    if d.backbone.enabled:  # a model of its own, published: the reference its scores are ratios to
+        from components.stages.bootstrap import backbone
+
+        init_uri, init = backbone(cfg, d.backbone, "dpo.backbone")
+    else:
+        init_uri = Layout.of(cfg).generator(0) if d.init == "sft" else generator_uri
+    imported = init == "sft" and store.read_manifest(init_uri).get("metrics", {}).get("imported")
     folder_in = store.fetch_folder(init_uri)
     base = adapter_base(folder_in)
     # The reference is part of the verifier: its score is a ratio to exactly this model.
-    manifest = {"kind": "dpo", "round": round_idx, "data": generated_uris, "reference": init_uri, "init": d.init,
+    manifest = {"kind": "dpo", "round": round_idx, "data": generated_uris, "reference": init_uri, "init": init,
                 **({"init_note": "G_0 was imported, not fine-tuned on gold: it stands in for V-STaR's G_SFT"}
                    if imported else {})}
     return train_and_publish(

@@ -6,7 +6,6 @@ it buys against the PRM is measured on the same held-out pool by evaluate (compo
 from __future__ import annotations
 
 import random
-import tempfile
 import time
 
 from components.config import RunConfig
@@ -63,14 +62,13 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, genera
         raise ValueError(f"round {round_idx}: no traces with a labelled last step to train the ORM on in "
                          f"{generated_uris} (orm.labels: {cfg.orm.labels})")
     o = cfg.orm
-    with tempfile.TemporaryDirectory() as fetched:
-        init_dir, init = train_prm_stage.backbone(cfg, o.backbone, "orm.backbone.uri", generator_uri, fetched)
-        return train_and_publish(
-            out_uri, {"kind": "orm", "round": round_idx, "data": generated_uris, "init": init},
-            lambda folder, log: train_prm(
-                init_dir, folder, examples, epochs=o.epochs, lr=o.lr, batch_size=o.batch_size, seed=cfg.seed + round_idx,
-                soft=cfg.prm.soft and o.labels == "prm", log=log, placement=serving.placement(cfg),
-                step_separator=cfg.family.prompt.step_separator, balance=o.balance,
-                max_tokens_per_batch=o.max_tokens_per_batch, warmup_ratio=o.warmup_ratio),
-            t0, lambda stats: {**scalars(stats), **dropped, "examples": len(examples),
-                               "right_share": sum(e["labels"][-1] >= 0.5 for e in examples) / len(examples)})
+    init_dir, init = train_prm_stage.backbone(cfg, o.backbone, "orm.backbone.uri", generator_uri)
+    return train_and_publish(
+        out_uri, {"kind": "orm", "round": round_idx, "data": generated_uris, "init": init},
+        lambda folder, log: train_prm(
+            init_dir, folder, examples, epochs=o.epochs, lr=o.lr, batch_size=o.batch_size, seed=cfg.seed + round_idx,
+            soft=cfg.prm.soft and o.labels == "prm", log=log, placement=serving.placement(cfg),
+            step_separator=cfg.family.prompt.step_separator, balance=o.balance,
+            max_tokens_per_batch=o.max_tokens_per_batch, warmup_ratio=o.warmup_ratio),
+        t0, lambda stats: {**scalars(stats), **dropped, "examples": len(examples),
+                           "right_share": sum(e["labels"][-1] >= 0.5 for e in examples) / len(examples)})

@@ -4,7 +4,6 @@ does not learn from a verifier's guesses."""
 from __future__ import annotations
 
 import random
-import tempfile
 import time
 
 from components.config import RunConfig
@@ -12,7 +11,6 @@ from components.config_training import BackboneConfig
 from components.data.decontam import against_eval
 from components.data.prompting import family_of
 from components.artifacts import store
-from components.redact import redact
 from components.labeling.sources import GUESSES
 from components.loop import labels_uri
 from components.models import serving
@@ -35,16 +33,15 @@ def run(cfg: RunConfig, out_uri: str, generator_uri: str, round_idx: int, scored
                  **({"first_error": r["label_first_error"]} if "label_first_error" in r else {})} for r in rows]
     if not examples:
         raise ValueError(f"round {round_idx}: no labelled steps to train the PRM on in {scored_uris}")
-    with tempfile.TemporaryDirectory() as fetched:
-        init_dir, init = _init(cfg, generator_uri, previous_prm_uri, fetched)
-        return train_and_publish(
-            out_uri, {"kind": "prm", "round": round_idx, "data": scored_uris, "init": init},
-            lambda folder, log: train_prm(
-                init_dir, folder, examples, epochs=cfg.prm.epochs, lr=cfg.prm.lr, batch_size=cfg.prm.batch_size,
-                seed=cfg.seed + round_idx, soft=soft, log=log, placement=serving.placement(cfg),
-                step_separator=cfg.family.prompt.step_separator, balance=cfg.prm.balance,
-                max_tokens_per_batch=cfg.prm.max_tokens_per_batch, warmup_ratio=cfg.prm.warmup_ratio),
-            t0, lambda stats: {**scalars(stats), **dropped, "examples": len(examples)})
+    init_dir, init = _init(cfg, generator_uri, previous_prm_uri)
+    return train_and_publish(
+        out_uri, {"kind": "prm", "round": round_idx, "data": scored_uris, "init": init},
+        lambda folder, log: train_prm(
+            init_dir, folder, examples, epochs=cfg.prm.epochs, lr=cfg.prm.lr, batch_size=cfg.prm.batch_size,
+            seed=cfg.seed + round_idx, soft=soft, log=log, placement=serving.placement(cfg),
+            step_separator=cfg.family.prompt.step_separator, balance=cfg.prm.balance,
+            max_tokens_per_batch=cfg.prm.max_tokens_per_batch, warmup_ratio=cfg.prm.warmup_ratio),
+        t0, lambda stats: {**scalars(stats), **dropped, "examples": len(examples)})
 
 
 def training_rows(cfg: RunConfig, round_idx: int, scored_uris: list[str]) -> tuple[list[dict], dict]:
@@ -64,34 +61,18 @@ def step_labels(cfg: RunConfig, row: dict) -> list[float | None]:
     return [None if x is None else float(x) for x in (row["step_scores"] if cfg.prm.soft else row["step_labels"])]
 
 
-def _init(cfg: RunConfig, generator_uri: str, previous_prm_uri: str | None, scratch: str) -> tuple[str, str]:
+def _init(cfg: RunConfig, generator_uri: str, previous_prm_uri: str | None) -> tuple[str, str]:
     """The folder the PRM starts from, and what it is (for the manifest): PRM_{n-1} (`init_from:
     previous`), else the configured backbone (`prm.backbone`), else the round's generator."""
     if cfg.prm.init_from == "previous" and previous_prm_uri:
         return str(store.fetch_folder(previous_prm_uri)), previous_prm_uri
-    return backbone(cfg, cfg.prm.backbone, "prm.backbone.uri", generator_uri, scratch)
+    return backbone(cfg, cfg.prm.backbone, "prm.backbone.uri", generator_uri)
 
 
-def backbone(cfg: RunConfig, b: BackboneConfig, field: str, generator_uri: str, scratch: str) -> tuple[str, str]:
-    """The folder a verifier starts from and what it is: its own backbone `b` where on (a folder, or a
-    GGUF file converted once), else the round's generator (its full checkpoint, a LoRA's base)."""
-    if not b.enabled:
-        base = serving.base_of(generator_uri)
-        return str(store.fetch_folder(base)), base
-    import fsspec
+def backbone(cfg: RunConfig, b: BackboneConfig, field: str, generator_uri: str) -> tuple[str, str]:
+    """The folder a verifier starts from and what it is: its own backbone `b` where on (published in the
+    store: components/stages/bootstrap.py), else the round's generator (its full checkpoint, a LoRA's base)."""
+    from components.stages.bootstrap import backbone as own_backbone
 
-    from components.models import checkpoint
-    from components.stages.bootstrap import converted
-
-    src = checkpoint.resolve(b.uri)
-    if checkpoint.is_gguf(src):
-        uri = converted(cfg.store_uri, src)[0]
-        return str(store.fetch_folder(uri)), redact(b.uri)
-    fs, path = fsspec.core.url_to_fs(src)
-    if not fs.isfile(f"{path.rstrip('/')}/config.json"):
-        raise FileNotFoundError(f"{field}: {redact(src)} is not a Hugging Face model folder (no config.json) "
-                                f"nor a .gguf file")
-    if store.is_local(src):
-        return path, redact(b.uri)
-    fs.get(path.rstrip("/") + "/", scratch, recursive=True)  # read-only use: no copy kept
-    return scratch, redact(b.uri)
+    uri, what = own_backbone(cfg, b, field) if b.enabled else (serving.base_of(generator_uri),) * 2
+    return str(store.fetch_folder(uri)), what
