@@ -286,8 +286,9 @@ def test_the_implicit_prms_worst_step_tells_right_from_wrong_solutions_it_never_
 
 def test_compare_shows_what_each_verifier_cost_and_bought():
     """`vstar compare`'s cost table, from the round metrics MLflow holds: the labels each learned from,
-    the rollouts behind them (2 x generator params x rollout tokens), training FLOPs, and the points
-    best-of-N gained over the vote per training TFLOP."""
+    the rollouts behind them (2 x generator params x rollout tokens; none for outcome labels: the DPO
+    verifier's pairs, the default ORM's), training FLOPs, and the points best-of-N gained over the vote
+    per training TFLOP."""
     from components.evaluation.report import cost_rows
 
     ev = {"bok_pool": 16, "bok_diff/prm_min-vote/k16": 0.04, "bok_diff/prm_min-vote/k16/lo": -0.01,
@@ -296,7 +297,7 @@ def test_compare_shows_what_each_verifier_cost_and_bought():
     rounds = [{"round": 0, "evaluate": {}, "bootstrap": {"params": 1_000_000}},
               {"round": 1, "evaluate": ev, "score": {"mc_rollout_tokens": 3e6},
                "train_prm": {"n_train_steps": 9000, "train_flops": 2e12, "params": 1_000_000},
-               "train_orm": {"n_train_steps": 3000, "train_flops": 1e12, "params": 134_500_000},
+               "train_orm": {"n_train_steps": 3000, "train_flops": 1e12, "params": 134_500_000, "prm_rows": 3000},
                "train_dpo": {"n_train": 800, "train_flops": 4e12, "params": 8_400_000}}]
     ev.update({"bok_diff/dpo-vote/k16": 0.08, "bok_diff/dpo-vote/k16/lo": 0.02, "bok_diff/dpo-vote/k16/hi": 0.12})
     header, rows = cost_rows({"loop-a": rounds})
@@ -304,7 +305,10 @@ def test_compare_shows_what_each_verifier_cost_and_bought():
                           "best-of-N - vote (points)", "points / train TFLOP"]
     assert rows == [["loop-a", "1", "prm_min", "1M", "9,000", "6", "2", "+4 [-1, +9]", "+2"],
                     ["loop-a", "1", "orm", "134M", "3,000", "6", "1", "-2 [-6, +2]", "-2"],
-                    ["loop-a", "1", "dpo", "8.4M", "800", "6", "4", "+8 [+2, +12]", "+2"]]
+                    ["loop-a", "1", "dpo", "8.4M", "800", "0", "4", "+8 [+2, +12]", "+2"]]
+    # An ORM on every trace's outcome (the default `orm.labels`) learned from answer checks, not rollouts.
+    outcome = [rounds[0], {**rounds[1], "train_orm": {"n_train_steps": 3000, "train_flops": 1e12, "params": 1_000_000}}]
+    assert [row[5] for row in cost_rows({"loop-b": outcome})[1]] == ["6", "0", "0"]
 
 
 def test_grpos_watch_calls_a_reward_that_rose_while_the_answers_did_not_hacked():

@@ -147,7 +147,7 @@ COSTED = {"prm_min": "train_prm", "orm": "train_orm", "dpo": "train_dpo"}  # ver
 def cost_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
     """Per loop, round and learned verifier (PRM, ORM, DPO verifier): its backbone's size, the labels it learned from, what those labels
     cost (Monte Carlo rollouts: 2 x generator params x rollout tokens, the same for a PRM and an ORM
-    trained on the PRM's rows, `orm.labels: prm`), its training FLOPs, and what it bought: best-of-N
+    trained on the PRM's rows, `orm.labels: prm`; 0 for outcome labels), its training FLOPs, and what it bought: best-of-N
     over the vote on the round's pool, in points [95% interval], and points per training TFLOP. The DPO
     verifier's labels are its training pairs (two outcome labels each)."""
     rows = []
@@ -161,6 +161,10 @@ def cost_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]
                 trained = r.get(stage, {})
                 if "train_flops" not in trained:
                     continue
+                # Only a verifier trained on the step labels' rows (the PRM; the ORM under `orm.labels: prm`)
+                # paid for the rollouts; outcome labels (the ORM's default, the DPO verifier's pairs) cost an
+                # answer check.
+                paid = label_flops if stage == "train_prm" or "prm_rows" in trained else 0.0
                 key = f"bok_diff/{sel}-vote/k{int(n)}" if n else None
                 gain = ev.get(key) if key else None
                 cell = (f"{100 * gain:+.0f} [{100 * ev[key + '/lo']:+.0f}, {100 * ev[key + '/hi']:+.0f}]"
@@ -169,7 +173,7 @@ def cost_rows(loops: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]
                        else "-")
                 rows.append([loop, str(r["round"]), sel, f"{trained['params'] / 1e6:.3g}M" if trained.get("params") else "-",
                              f"{int(trained.get('n_train_steps', trained.get('n_train', 0))):,}",
-                             f"{label_flops / 1e12:.3g}" if label_flops else "-", f"{trained['train_flops'] / 1e12:.3g}",
+                             "-" if paid is None else f"{paid / 1e12:.3g}", f"{trained['train_flops'] / 1e12:.3g}",
                              cell, per])
     return ["loop", "round", "verifier", "backbone params", "labels learned", "label TFLOPs", "train TFLOPs",
             "best-of-N - vote (points)", "points / train TFLOP"], rows
