@@ -10,7 +10,8 @@ For each round, verifier, backbone and label count, the verifier is trained by t
 scored traces of rounds 1..n, from the round's generator), published under `--out` (a rerun reuses what
 is there), then scores the round's held-out evaluation pool (N samples of every evaluation problem,
 never trained on). The generator's backbone at the config's label count is the loop's own published
-verifier, not retrained. Reported per arm: parameters, labels learned, training and scoring wall time,
+verifier, not retrained. `--step-labels exact` trains on the same traces with the exact step check's
+labels instead of the loop's: an oracle baseline (what labels that good, e.g. human ones, would buy). Reported per arm: parameters, labels learned, training and scoring wall time,
 training TFLOPs; against the exact step check on the pool, step AUROC and first-error F1 at 0.5 and at
 the threshold its training calibrated on held-back traces (all levels and `--f1-levels`); best-of-N by
 the verifier against the vote with the paired 95% interval of the difference, on all problems and on
@@ -57,12 +58,29 @@ def arm_config(cfg, verifier: str, backbone: str, labels: int | None):
     return type(cfg).model_validate({**cfg.model_dump(), verifier: section})
 
 
-def train(cfg, at: Layout, n: int, verifier: str, out_uri: str) -> dict:
+def exact_labels(scored_uri: str, out_uri: str) -> str:
+    """A round's scored traces with the exact step check's labels in place of the loop's (its first
+    error, and every step after it, wrong): an oracle, to measure what labels that good would buy a
+    verifier (as imported human labels might), never a result of the loop."""
+    if not store.is_published(out_uri):
+        rows = []
+        for r in store.read_rows(scored_uri):
+            fe, n = r["gold_first_error"], len(r["steps"])
+            labels = [1] * n if fe < 0 else [1] * fe + [0] * (n - fe)
+            rows.append({**r, "step_labels": labels, "step_scores": [float(x) for x in labels], "label_first_error": fe,
+                         "label_source": "gold"})
+        store.write_rows(rows, out_uri, {"stage": "score", "relabelled_from": scored_uri, "label_source": "gold"})
+    return out_uri
+
+
+def train(cfg, at: Layout, n: int, verifier: str, out_uri: str, step_labels: str, out: str) -> dict:
     """The verifier trained as round n's stage trains it, published at `out_uri` (reused if there)."""
     import importlib
 
     if not store.is_published(out_uri):
         scored = [at.round(m, "scored") for m in range(1, n + 1)]
+        if step_labels == "exact":
+            scored = [exact_labels(u, f"{out}/{at.loop_id}/round-{m}/scored-exact") for m, u in enumerate(scored, 1)]
         importlib.import_module(STAGES[verifier]).run(cfg, out_uri, at.generator(n), n, scored)
     return store.read_manifest(out_uri)
 
@@ -121,18 +139,19 @@ def best_of_n(samples: list[dict], scores: dict[str, list[float]], same, levels:
 
 
 def run_arm(cfg, fam, at: Layout, n: int, verifier: str, backbone: str, labels: int | None, out: str,
-            hard: set[int], f1_levels: set[int]) -> dict:
+            hard: set[int], f1_levels: set[int], step_labels: str) -> dict:
     arm = arm_config(cfg, verifier, backbone, labels)
-    published = backbone == "generator" and not labels and store.is_published(at.round(n, verifier))
+    published = backbone == "generator" and not labels and step_labels == "loop" and store.is_published(at.round(n, verifier))
     uri = at.round(n, verifier) if published else \
-        f"{out}/{at.loop_id}/round-{n}/{verifier}-{backbone}-{labels or 'config'}"
-    manifest = train(arm, at, n, verifier, uri)
+        f"{out}/{at.loop_id}/round-{n}/{verifier}-{backbone}-{labels or 'config'}" + ("-exact" if step_labels == "exact" else "")
+    manifest = train(arm, at, n, verifier, uri, step_labels, out)
     m = manifest.get("metrics", {})
     samples = [dict(r) for r in store.read_rows(at.round(n, "eval")) if r["kind"] == "sample"]
     t0 = time.perf_counter()
     scores, thresholds = score(arm, fam, verifier, uri, samples)
     seconds = time.perf_counter() - t0
     result = {"round": n, "verifier": verifier, "backbone": backbone, "uri": uri, "loop_verifier": published,
+              "step_labels": step_labels,
               "params": m.get("params"), "labels_learned": m.get("n_train_steps", m.get("n_train")),
               "examples": m.get("examples", m.get("pairs")), "train_seconds": m.get("seconds"),
               "train_flops": m.get("train_flops"), "score_seconds": seconds, "samples": len(samples),
@@ -160,7 +179,8 @@ def print_table(report: dict) -> None:
         for sel in [k for k in r["all"] if k not in ("problems", "pool", "vote") and not k.endswith("-vote")]:
             q = r.get("implicit" if sel == "implicit_min" else {"prm_min": "prm"}.get(sel, ""), {})
             d, h = r["all"][f"{sel}-vote"], r["hard"][f"{sel}-vote"]
-            t.add_row(str(r["round"]), sel, r["backbone"] + (" (loop's)" if r["loop_verifier"] else ""),
+            t.add_row(str(r["round"]), sel, r["backbone"] + (" (loop's)" if r["loop_verifier"] else "") +
+                      (", exact labels" if r.get("step_labels") == "exact" else ""),
                       fmt(r["params"] and r["params"] / 1e6, "{:.2f}M"), fmt(r["labels_learned"], "{:,}"),
                       fmt(r["train_seconds"], "{:.0f}"), fmt(r["train_flops"] and r["train_flops"] / 1e12, "{:.2g}"),
                       fmt(r["score_seconds"], "{:.0f}"), fmt(q.get("step_auroc")),
@@ -182,6 +202,8 @@ def main() -> None:
     ap.add_argument("--verifiers", default="prm,orm,dpo")
     ap.add_argument("--backbones", default="generator", help=f"of {', '.join(BACKBONES)}")
     ap.add_argument("--labels", default="", help="label counts (prm/orm max_examples, dpo max_pairs); default: the config's")
+    ap.add_argument("--step-labels", choices=("loop", "exact"), default="loop",
+                    help="exact: the PRM learns the exact step check's labels of the same traces (an oracle baseline)")
     ap.add_argument("--levels", default="5,6", help="the hardest levels, for best-of-N")
     ap.add_argument("--f1-levels", default="4,5,6", help="the levels of the first-error F1 target")
     ap.add_argument("--out", default="/tmp/verifier_backbones", help="where the trained verifiers are published")
@@ -200,7 +222,8 @@ def main() -> None:
         if b not in BACKBONES:
             raise SystemExit(f"--backbones: {b!r} is not one of {', '.join(BACKBONES)}")
         t0 = time.perf_counter()
-        report["arms"].append(run_arm(cfg, fam, at, n, v, b, lab, args.out, ints(args.levels), ints(args.f1_levels)))
+        report["arms"].append(run_arm(cfg, fam, at, n, v, b, lab, args.out, ints(args.levels), ints(args.f1_levels),
+                                      args.step_labels))
         print(f"round {n} {v} on {b}, labels {lab or 'config'}: {time.perf_counter() - t0:.0f} s", flush=True)
         write_report(args.json, report, lambda r: None)  # what is measured so far survives a later failure
     write_report(args.json, report, print_table)

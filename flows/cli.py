@@ -162,12 +162,17 @@ def status(loop: Optional[str] = typer.Argument(None, help="Loop id; omitted: ev
         def on(section: str) -> bool:  # as the loop ran, when MLflow has its params
             default = str(getattr(cfg, section).enabled)
             return (parent.data.params.get(f"{section}/enabled", default) if parent else default) == "True"
+        ran = parent.data.params if parent else {}  # as the loop ran
+        trains_generator = type(cfg.train_generator)(
+            method=ran.get("train_generator/method", cfg.train_generator.method),
+            from_round=int(ran.get("train_generator/from_round", cfg.train_generator.from_round)))
         t = Table(title=f"loop {loop}")
         for col in ("round", "stage", "state", "published (UTC)", "key figures"):
             t.add_column(col)
         for n in st.rounds(at):
             run = by_round.get(n)
-            for r in st.round_rows(at, n, {a: on(a) for a in st.OPTIONAL}, run.info.status if run else None, alive):
+            for r in st.round_rows(at, n, {a: on(a) for a in st.OPTIONAL}, run.info.status if run else None, alive,
+                                   trains_generator.method_of(n)):
                 t.add_row(str(r.round), r.stage, r.state, r.when, r.figures)
         console.print(t)
         g0 = st.generator_0(at)

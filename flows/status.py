@@ -69,10 +69,11 @@ def _published_row(n: int, module, manifest: dict) -> Row:
 
 
 def round_rows(at: Layout, n: int, enabled: dict[str, bool | None] | None, run_status: str | None,
-               holder_alive: bool | None) -> list[Row]:
+               holder_alive: bool | None, method: str | None = None) -> list[Row]:
     """Round n's stages: each published one, then the first one missing (if the round is unfinished).
     enabled: per OPTIONAL artifact, whether the loop's config switches it on; None (or left out): not
-    known (the loop's config is not at hand), and a missing one is passed over."""
+    known (the loop's config is not at hand), and a missing one is passed over. method: how the loop
+    trains round n's G_n (train_generator.method_of), which names that stage while it is missing."""
     rows: list[Row] = []
     enabled = {a: (enabled or {}).get(a) for a in OPTIONAL}
     artifacts = ["eval"] if n == 0 else [a for a in BY_ARTIFACT if enabled.get(a) is not False]
@@ -92,6 +93,8 @@ def round_rows(at: Layout, n: int, enabled: dict[str, bool | None] | None, run_s
             state = "interrupted"
         else:
             state = "not started"
+        if artifact == "model" and method:
+            module = next(r for r in round_table.round_rows() if r.method == method).stage()
         rows.append(Row(n, module.STAGE.name, state, "", ""))
         break  # later stages wait for this one
     return rows

@@ -50,6 +50,10 @@ def test_a_grpo_round_publishes_its_generator_like_sft_and_resumes_after_sigkill
         p.wait()
         psutil.wait_procs([child], timeout=30)
         assert not store.is_published(at.round(1, "model")), "a killed GRPO stage published G_1"
+        # `vstar status` names the stage that was killed by how this loop trains G_1, not `sft`.
+        rc, status = runs.finish(runs.start(uri, mlflow_server, cfg.loop_id(), *sets, command="status"), timeout=300)
+        rows = {tuple(c.strip() for c in x.split("│")[1:4]) for x in status.splitlines() if x.count("│") >= 6}
+        assert rc == 0 and ("1", "grpo", "interrupted") in rows, status[-3000:]
         before = {a: store.read_manifest(at.round(1, a))["published_at"] for a in BEFORE}
 
         rc, out = runs.finish(runs.start(uri, mlflow_server, *sets))
