@@ -238,8 +238,8 @@ def compare(loops: list[str] = typer.Argument(..., help="Loop ids, e.g. demo-aac
                "such intervals about 1 excludes 0 by chance])",
                report.verifier_rows(rounds, differences=True)),
               # PRM vs ORM at one label budget (orm.labels: prm): the same labels, their cost, what each bought
-              ("what each learned verifier cost and bought (labels: step labels learned from; label TFLOPs: "
-               "the Monte Carlo rollouts behind them)", report.cost_rows(rounds)),
+              ("what each learned verifier cost and bought (labels: step labels learned from, the DPO verifier's "
+               "pairs; label TFLOPs: the Monte Carlo rollouts behind them, 0 for outcome labels)", report.cost_rows(rounds)),
               # SFT on filtered traces vs GRPO on a reward (train_generator.method), and the reward against the truth
               ("how each round trained its generator, what it cost and bought", report.generator_rows(rounds))]
     for title, (header, rows) in tables:

@@ -273,7 +273,8 @@ def test_compare_reads_rounds_from_mlflow_server(loop_result, s3_cfg, tmp_path):
     # The cost table: a row per round and verifier MLflow holds a training of, its FLOPs in TFLOPs.
     _, children = tracking.loop_runs(client, "vstar", loop_result["loop_id"])
     trained = {(c.data.tags["vstar.round"], sel, c.data.metrics[f"{stage}/train_flops"]) for c in children
-               for sel, stage in (("prm_min", "train_prm"), ("orm", "train_orm")) if f"{stage}/train_flops" in c.data.metrics}
+               for sel, stage in (("prm_min", "train_prm"), ("orm", "train_orm"), ("dpo", "train_dpo"))
+               if f"{stage}/train_flops" in c.data.metrics}
     cost_table, generator_table = cost_table.split("how each round trained its generator")
     cells = [[x.strip() for x in ln.split("│")[1:-1]] for ln in cost_table.splitlines() if loop_result["loop_id"] in ln]
     assert trained and {(c[1], c[2]) for c in cells} == {(r, sel) for r, sel, _ in trained}, cost_table
